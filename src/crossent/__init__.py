@@ -1,0 +1,1 @@
+"""crossent: exact, fast, memory-lean cross-entropy for PyTorch."""
