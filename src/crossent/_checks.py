@@ -1,0 +1,257 @@
+"""Argument and input validation for every public loss: every error message of crossent lives here.
+
+Messages follow one pattern: ``"<function>: <argument> <what is wrong>, got <value>"``. Checks that
+only look at Python values and tensor metadata run on every call (they cost no device work). Checks
+that read tensor *values* (class-index targets in range, BCE probabilities in [0, 1]) need the data:
+on CPU they always run (a few microseconds); on an accelerator they force a device->host sync, so
+they run only when enabled with ``CROSSENT_CHECK_VALUES=1`` in the environment (read at call time)
+or ``crossent.check_values(True)``. Without them an out-of-range target on a GPU fails inside the
+kernel, as it does in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ._options import LossOptions
+
+_REDUCTIONS = ("none", "mean", "sum")
+_value_checks_on_accelerators: bool | None = None  # None: follow the environment variable
+
+
+def check_values(enabled: bool | None) -> None:
+    """Turn value checks on accelerators on (True), off (False), or back to the environment (None)."""
+    global _value_checks_on_accelerators
+    _value_checks_on_accelerators = enabled
+
+
+def _values_checked(t: torch.Tensor) -> bool:
+    if t.device.type == "cpu":
+        return True
+    if _value_checks_on_accelerators is not None:
+        return _value_checks_on_accelerators
+    return os.environ.get("CROSSENT_CHECK_VALUES", "0") not in ("", "0", "false", "False")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
+
+
+def _tensor(fn: str, name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _floating(fn: str, name: str, t: torch.Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _same_device(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    if t.device != input.device:
+        raise ValueError(
+            f"{fn}: {name} is on {t.device} but input is on {input.device}; move both to one device"
+        )
+
+
+def reduction(fn: str, value: object) -> str:
+    if value not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be 'none', 'mean' or 'sum', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _finite_number(fn: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: {name} must be finite, got {value}")
+    return value
+
+
+def loss_options(
+    fn: str,
+    *,
+    ignore_index: int = -100,
+    reduction_: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: float | None = None,
+    inplace_backward: bool = False,
+) -> LossOptions:
+    """Check the scalar options of the cross-entropy family and pack them."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    reduction(fn, reduction_)
+    label_smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    z_loss = _finite_number(fn, "z_loss", z_loss)
+    if z_loss < 0.0:
+        raise ValueError(f"{fn}: z_loss must be >= 0, got {z_loss}")
+    if softcap is not None:
+        softcap = _finite_number(fn, "softcap", softcap)
+        if softcap <= 0.0:
+            raise ValueError(f"{fn}: softcap must be > 0 (or None), got {softcap}")
+    if normalizer is not None:
+        if isinstance(normalizer, torch.Tensor):
+            if normalizer.numel() != 1:
+                raise ValueError(
+                    f"{fn}: normalizer must be a number or a one-element tensor, "
+                    f"got a tensor of shape {_shape(normalizer)}"
+                )
+            normalizer = normalizer.item()
+        normalizer = _finite_number(fn, "normalizer", normalizer)
+        if normalizer <= 0.0:
+            raise ValueError(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
+    if not isinstance(inplace_backward, bool):
+        raise TypeError(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
+    return LossOptions(
+        ignore_index=ignore_index,
+        reduction=reduction_,  # type: ignore[arg-type]
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        normalizer=normalizer,
+        inplace_backward=inplace_backward,
+    )
+
+
+def class_targets(
+    fn: str, input: torch.Tensor, target: object, *, class_dim_size: int, ignore_index: int
+) -> torch.Tensor:
+    """Check class-index targets against input (N, C, d1..dk) or (C,); return them as int64.
+
+    Accepts int64 and uint8 (as torch does) and any other integer dtype (converted). Values must
+    lie in [0, C) or equal ignore_index.
+    """
+    target = _tensor(fn, "target", target)
+    _same_device(fn, "target", target, input)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        expected = "()" if input.dim() == 1 else _shape(input[:, 0]) if input.dim() > 1 else ""
+        raise TypeError(
+            f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
+            f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
+            f"target of the input's shape {_shape(input)}"
+        )
+    expected_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
+    if target.shape != expected_shape:
+        raise ValueError(
+            f"{fn}: target of class indices must have shape {tuple(expected_shape)} for input of "
+            f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if target.dtype != torch.int64:
+        target = target.long()
+    if target.numel() and _values_checked(target):
+        lo, hi = torch.aminmax(target)
+        if lo.item() < 0 or hi.item() >= class_dim_size:
+            bad = (target != ignore_index) & ((target < 0) | (target >= class_dim_size))
+            if bool(bad.any()):
+                where = tuple(int(i) for i in bad.nonzero()[0])
+                value = int(target[where]) if where else int(target)
+                raise ValueError(
+                    f"{fn}: target contains {value} at index {where}, outside the classes "
+                    f"[0, {class_dim_size}) and not ignore_index={ignore_index}"
+                )
+    return target
+
+
+def logits_input(fn: str, input: object) -> torch.Tensor:
+    input = _tensor(fn, "input", input)
+    _floating(fn, "input", input)
+    if input.dim() == 0:
+        raise ValueError(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
+    return input
+
+
+def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor) -> None:
+    """Class-probability targets: a floating tensor of the input's shape."""
+    _same_device(fn, "target", target, input)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{fn}: target of class probabilities must have the input's shape "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+
+
+def is_prob_target(input: torch.Tensor, target: object) -> bool:
+    """torch's rule: a floating target of the input's shape holds class probabilities."""
+    return isinstance(target, torch.Tensor) and target.is_floating_point() and target.shape == input.shape
+
+
+def class_weight(fn: str, weight: object, input: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    if weight is None:
+        return None
+    weight = _tensor(fn, "weight", weight)
+    _floating(fn, "weight", weight)
+    _same_device(fn, "weight", weight, input)
+    if weight.dim() != 1 or weight.shape[0] != num_classes:
+        raise ValueError(
+            f"{fn}: weight must be a 1-D tensor with one entry per class ({num_classes}), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    return weight
+
+
+def inplace_input(fn: str, input: torch.Tensor) -> None:
+    """The gradient can only be written into storage where every element has its own address."""
+    if any(st == 0 and sz > 1 for st, sz in zip(input.stride(), input.shape)):
+        raise ValueError(
+            f"{fn}: inplace_backward=True needs an input whose elements do not share memory "
+            f"(got an expanded tensor with strides {input.stride()}); pass input.contiguous()"
+        )
+
+
+def binary_pair(fn: str, input: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+    input = _tensor(fn, "input", input)
+    target = _tensor(fn, "target", target)
+    _floating(fn, "input", input)
+    _same_device(fn, "target", target, input)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{fn}: target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if not target.is_floating_point():
+        raise TypeError(
+            f"{fn}: target must be a floating-point tensor of 0/1 labels or probabilities, "
+            f"got {target.dtype}; use target.float()"
+        )
+    return input, target
+
+
+def broadcast_weight(fn: str, name: str, weight: object, input: torch.Tensor) -> torch.Tensor | None:
+    """BCE weight / pos_weight: must broadcast to the input's shape."""
+    if weight is None:
+        return None
+    weight = _tensor(fn, name, weight)
+    _floating(fn, name, weight)
+    _same_device(fn, name, weight, input)
+    try:
+        shape = torch.broadcast_shapes(weight.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        hint = " (pos_weight holds one entry per class: the input's last dimension)" if name == "pos_weight" else ""
+        raise ValueError(
+            f"{fn}: {name} of shape {tuple(weight.shape)} does not broadcast to the input's shape "
+            f"{tuple(input.shape)}{hint}"
+        )
+    return weight
+
+
+def probabilities_in_unit_interval(fn: str, input: torch.Tensor) -> None:
+    if input.numel() and _values_checked(input):
+        lo, hi = torch.aminmax(input.detach())
+        if not (lo.item() >= 0.0 and hi.item() <= 1.0):  # also catches NaN
+            bad = ~((input >= 0) & (input <= 1))
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            value = float(input[where]) if where else float(input)
+            raise ValueError(
+                f"{fn}: input must hold probabilities in [0, 1], got {value} at index {where}; "
+                f"for raw scores use binary_cross_entropy_with_logits"
+            )

@@ -1,0 +1,215 @@
+"""The public functional API: torch.nn.functional's signatures, crossent's kernels.
+
+Each function resolves torch's deprecated ``size_average``/``reduce`` into ``reduction`` (with
+torch's warning), checks its arguments (`_checks`), packs the options, and hands over to the backend
+that `_dispatch` picks. Nothing below this module sees the legacy arguments.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import _checks, reference
+from ._dispatch import Backend, select
+from .backends import torch_chunked
+
+__all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits"]
+
+_WEIGHTED_MEAN = """\
+    'mean' with class weights w divides by the summed weights of the counted targets,
+    ``sum_i w[t_i] l_i / sum_i w[t_i]`` (ignored targets count in neither sum), exactly as torch
+    does; without weights it is the mean over counted targets. All targets ignored gives nan."""
+
+_LEGACY = """\
+    size_average, reduce: deprecated, as in torch; when either is given it overrides ``reduction``
+    (with torch's warning)."""
+
+_DETERMINISM = """\
+    Results are deterministic: the same inputs on the same device give bitwise-identical loss and
+    gradients, run after run and for any number of threads."""
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    """torch.nn._reduction.legacy_get_string, with torch's warning text."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    resolved = "mean" if (size_average and reduce) else "sum" if reduce else "none"
+    warnings.warn(
+        f"size_average and reduce args will be deprecated, please use reduction='{resolved}' instead.",
+        stacklevel=3,
+    )
+    return resolved
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    inplace_backward: bool = False,
+) -> torch.Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    fn = "cross_entropy"
+    input = _checks.logits_input(fn, input)
+    opts = _checks.loss_options(
+        fn,
+        ignore_index=ignore_index,
+        reduction_=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        inplace_backward=inplace_backward,
+    )
+    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    weight = _checks.class_weight(fn, weight, input, num_classes)
+    soft = _checks.is_prob_target(input, target)
+    if soft:
+        _checks.prob_targets(fn, input, target)
+    else:
+        target = _checks.class_targets(
+            fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
+        )
+    if inplace_backward:
+        _checks.inplace_input(fn, input)
+    if select(weight, target if soft else None) is Backend.REFERENCE:
+        loss = reference.cross_entropy(
+            input, target, weight, ignore_index, reduction, label_smoothing,
+            z_loss=z_loss, softcap=softcap,
+        )
+        return loss.to(torch.result_type(input, target) if soft else input.dtype)
+    return torch_chunked.cross_entropy(input, target, weight, opts, soft=soft)
+
+
+cross_entropy.__doc__ = f"""Cross-entropy between logits and targets; torch.nn.functional.cross_entropy, exactly.
+
+    input: logits (C,), (N, C) or (N, C, d1, ..., dk); float64/32/16 or bfloat16 (16-bit inputs
+    compute in float32 and return their own dtype).
+    target: class indices (), (N,) or (N, d1, ..., dk), int64 (uint8 and other integer dtypes are
+    accepted), each in [0, C) or equal to ignore_index; or class probabilities of the input's shape.
+
+    Per sample, with p = softmax(z) over the class dim and class weights w (1 without):
+        indices:        l = (1 - eps) w[t] (-log p[t]) + eps/C sum_c w[c] (-log p[c])
+        probabilities:  l = -sum_c w[c] ((1 - eps) t[c] + eps/C) log p[c]
+    where eps = label_smoothing. reduction: 'none' (per sample), 'sum', or 'mean'.
+{_WEIGHTED_MEAN}
+    With probability targets 'mean' divides by the number of samples N*d1*...*dk, as torch does.
+{_LEGACY}
+
+    Extensions (keyword-only):
+    z_loss: adds ``z_loss * logsumexp(z)**2`` to every counted sample's loss before reduction
+        (PaLM's auxiliary loss); 'mean' keeps the denominator above.
+    softcap: the logits become ``z = softcap * tanh(input / softcap)`` before everything else
+        (Gemma 2); the gradient includes the tanh's derivative.
+    inplace_backward: when a gradient is needed, write it into ``input``'s storage, so forward plus
+        backward needs no memory beyond the logits; ``input`` is destroyed (its version counter is
+        bumped, so autograd refuses any other use of the old values). Without it the caller's
+        tensors are never modified.
+
+{_DETERMINISM}
+    Equivalent to ``crossent.reference.cross_entropy`` (the formulas, in float64).
+    """
+
+
+def nll_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    fn = "nll_loss"
+    input = _checks.logits_input(fn, input)
+    opts = _checks.loss_options(fn, ignore_index=ignore_index, reduction_=reduction)
+    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    weight = _checks.class_weight(fn, weight, input, num_classes)
+    target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
+    if select(weight) is Backend.REFERENCE:
+        return reference.nll_loss(input, target, weight, ignore_index, reduction).to(input.dtype)
+    return torch_chunked.nll_loss(input, target, weight, opts)
+
+
+nll_loss.__doc__ = f"""Negative log-likelihood of log-probabilities; torch.nn.functional.nll_loss, exactly.
+
+    input: log-probabilities (C,), (N, C) or (N, C, d1, ..., dk); target: class indices as in
+    cross_entropy. Per sample l = -w[t] input[t]; ignored targets give 0.
+{_WEIGHTED_MEAN}
+{_LEGACY}
+{_DETERMINISM}
+    """
+
+
+def binary_cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    fn = "binary_cross_entropy"
+    input, target = _checks.binary_pair(fn, input, target)
+    opts = _checks.loss_options(fn, reduction_=reduction)
+    weight = _checks.broadcast_weight(fn, "weight", weight, input)
+    _checks.probabilities_in_unit_interval(fn, input)
+    if select(target, weight) is Backend.REFERENCE:
+        return reference.binary_cross_entropy(input, target, weight, reduction).to(input.dtype)
+    return torch_chunked.binary_cross_entropy(input, target, weight, None, opts, logits=False)
+
+
+binary_cross_entropy.__doc__ = f"""Binary cross-entropy of probabilities; torch.nn.functional.binary_cross_entropy, exactly.
+
+    input: probabilities in [0, 1] (checked); target: the same shape, labels or probabilities.
+    Per element l = -w (y log p + (1 - y) log(1 - p)), each log clamped at -100 as in torch, so
+    p = 0 or 1 gives a finite loss. weight broadcasts to the input. 'mean' averages all elements.
+{_LEGACY}
+{_DETERMINISM}
+    """
+
+
+def binary_cross_entropy_with_logits(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    fn = "binary_cross_entropy_with_logits"
+    input, target = _checks.binary_pair(fn, input, target)
+    opts = _checks.loss_options(fn, reduction_=reduction)
+    weight = _checks.broadcast_weight(fn, "weight", weight, input)
+    pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
+    if select(target, weight, pos_weight) is Backend.REFERENCE:
+        loss = reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight)
+        return loss.to(input.dtype)
+    return torch_chunked.binary_cross_entropy(input, target, weight, pos_weight, opts, logits=True)
+
+
+binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy of logits; torch.nn.functional.binary_cross_entropy_with_logits, exactly.
+
+    input: logits x; target: the same shape. With pos_weight pw (broadcast over the last dimension,
+    one entry per class) and weight w (broadcast to the input), per element
+        l = -w (pw y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))
+          =  w ((1 - y) x + (1 + (pw - 1) y) softplus(-x)),
+    computed without overflow for any x. 'mean' averages all elements. One fused pass computes the
+    loss and its gradient.
+{_LEGACY}
+{_DETERMINISM}
+    """
