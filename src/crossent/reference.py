@@ -1,0 +1,210 @@
+"""The losses of crossent, written plainly from their formulas: the specification and test oracle.
+
+Every function casts its inputs to float64, computes the loss with elementary tensor ops (max, exp,
+log, log1p, tanh, sum, gather, where, clamp) and returns float64. Nothing here calls torch's own
+cross_entropy, nll_loss, log_softmax, softmax, logsumexp, sigmoid or binary_cross_entropy*, so
+comparing against torch is a comparison with an independent implementation. Autograd through these
+functions gives the reference gradients. Inputs are assumed valid; `_checks.py` validates.
+
+Notation: input x of shape (N, C, d1..dk), (N, C) or unbatched (C,); the class dim is 1, or 0 when
+unbatched. A "sample" is one position i of the (N, d1..dk) grid; the per-sample losses l_i are what
+reduction='none' returns. log p_ic = x_ic - lse_i with lse_i = log sum_c exp(x_ic).
+
+The semantics are PyTorch's (aten/src/ATen/native/LossNLL.cpp: `cross_entropy_loss_symint`,
+`cross_entropy_loss_prob_target`, `cross_entropy_loss_label_smoothing`, `nll_loss_out_frame`;
+aten/src/ATen/native/Loss.cpp for the binary losses), checked value by value in
+tests/test_reference.py. Torch lets gradients flow into the class weight (and target) only for
+probability targets; here every float argument is differentiable, so a caller comparing gradients
+with torch compares only those torch gives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# log(e^-100) == -100.0 exactly in float64, so log(max(z, e^-100)) == max(log z, -100).
+_EXP_MINUS_100 = math.exp(-100.0)
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor:
+    """Cross-entropy between logits `input` and class indices or class probabilities `target`.
+
+    softcap s (Gemma 2): first x <- s * tanh(x / s).  z_loss z (PaLM): adds z * lse_i^2 to the loss
+    of every counted sample, unweighted; 'mean' keeps the denominator it has without z_loss.
+    eps = label_smoothing, w = weight (all ones when None), C = number of classes.
+
+    Class indices (target of shape (N, d1..dk) or (), int64 or uint8, as torch accepts):
+        l_i = (1 - eps) * w[t_i] * (-log p_i[t_i]) + (eps / C) * sum_c w_c * (-log p_ic) + z * lse_i^2
+        l_i = 0 where t_i == ignore_index (any int, a valid class included)
+        'mean' = sum_i l_i / sum_{i counted} w[t_i]   (nan when nothing is counted, as torch)
+    Torch computes the two eps terms separately (nll_loss_nd and the smoothing sum in
+    `cross_entropy_loss_label_smoothing`) but divides both by the same sum of target weights.
+
+    Probabilities (target of the input's shape, float; `ignore_index` unused, torch rejects it):
+        t'_ic = t_ic * (1 - eps) + eps / C
+        l_i = -sum_c w_c * t'_ic * log p_ic + z * lse_i^2
+        'mean' = sum_i l_i / (number of samples)   -- not divided by the weights
+                 (`cross_entropy_loss_prob_target`; nan for an empty batch)
+
+    Torch picks the probability form exactly when target.shape == input.shape; so does this.
+    """
+    x = input.double()
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    class_dim = 0 if x.dim() == 1 else 1
+    n_classes = x.shape[class_dim]
+    log_p, lse = _log_softmax(x, class_dim)  # (N, C, d..), (N, d..)
+    w = _class_weight(weight, x.dim(), class_dim)  # (1, C, 1..) or 1.0
+    eps = label_smoothing
+
+    if target.shape == input.shape:
+        t = target.double() * (1 - eps) + eps / n_classes  # (N, C, d..)
+        loss = -(w * t * log_p).sum(class_dim) + z_loss * lse**2  # (N, d..)
+        return _reduce(loss, reduction, denominator=loss.numel())
+
+    nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim)  # (N, d..)
+    smooth = -(w * log_p).sum(class_dim)  # (N, d..)
+    loss = (1 - eps) * w_t * nll + (eps / n_classes) * smooth + z_loss * lse**2
+    # where, not a multiplication by the mask: an ignored sample must get an exact 0 gradient
+    # even when 'mean' divides by a zero total weight (all ignored -> 0/0 = nan loss, as torch).
+    loss = torch.where(counted, loss, 0.0)
+    return _reduce(loss, reduction, denominator=torch.where(counted, w_t, 0.0).sum())
+
+
+def nll_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Negative log-likelihood of class indices `target` under log-probabilities `input`.
+
+        l_i = w[t_i] * (-input_i[t_i]),   l_i = 0 where t_i == ignore_index
+        'mean' = sum_i l_i / sum_{i counted} w[t_i]   (w = 1 when None; nan when nothing counted)
+
+    Shapes as for `cross_entropy` with class indices; `input` need not be normalised.
+    """
+    log_p = input.double()
+    class_dim = 0 if log_p.dim() == 1 else 1
+    nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim)
+    loss = torch.where(counted, w_t * nll, 0.0)  # (N, d..)
+    return _reduce(loss, reduction, denominator=torch.where(counted, w_t, 0.0).sum())
+
+
+def binary_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Binary cross-entropy between probabilities p = `input` and targets y in [0, 1].
+
+        l = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))
+        'mean' = sum l / numel   (w broadcasts to the input; it does not enter the denominator)
+
+    The -100 floor is torch's (Loss.cpp `binary_cross_entropy_out_cpu`): l stays finite at p = 0, 1.
+    Gradients there are the derivative of this formula (the floored log contributes 0), whereas
+    torch's backward uses (p - y) / max(p (1 - p), 1e-12) for the input and unfloored logs for the
+    target; they agree for 0 < p < 1.
+    """
+    p, y = input.double(), target.double()
+    loss = -(y * _floored_log(p) + (1 - y) * _floored_log(1 - p))
+    if weight is not None:
+        loss = loss * weight.double()
+    return _reduce(loss, reduction, denominator=loss.numel())
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """Binary cross-entropy between logits x = `input` and targets y in [0, 1].
+
+        l = -w * (pw * y * log sigmoid(x) + (1 - y) * log(1 - sigmoid(x)))
+        'mean' = sum l / numel
+
+    w and pw (pos_weight, e.g. one per class of the last dim) broadcast to the input, as in torch.
+    log(1 - sigmoid(x)) = log sigmoid(-x), and both are computed without overflow (see
+    `_log_sigmoid`), so logits of +-100 and beyond give exact losses and gradients.
+    """
+    x, y = input.double(), target.double()
+    pw = 1.0 if pos_weight is None else pos_weight.double()
+    loss = -(pw * y * _log_sigmoid(x) + (1 - y) * _log_sigmoid(-x))
+    if weight is not None:
+        loss = loss * weight.double()
+    return _reduce(loss, reduction, denominator=loss.numel())
+
+
+def _log_softmax(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """(log p, lse) with lse = log sum_c exp(x_c) = m + log sum_c exp(x_c - m), m = max_c x_c.
+
+    Shifting by m keeps exp from overflowing. lse does not depend on m, and neither does its
+    gradient (the m terms cancel: 1 - sum_c p_c = 0), so m is detached rather than differentiated.
+    """
+    m = x.amax(dim, keepdim=True).detach()
+    lse = m + torch.log(torch.exp(x - m).sum(dim, keepdim=True))
+    return x - lse, lse.squeeze(dim)
+
+
+def _class_weight(weight: Tensor | None, ndim: int, class_dim: int) -> Tensor | float:
+    """The class weight shaped to broadcast along the class dim: (C,) -> (1, C, 1, .., 1)."""
+    if weight is None:
+        return 1.0
+    shape = [1] * ndim
+    shape[class_dim] = -1
+    return weight.double().view(shape)
+
+
+def _target_terms(
+    log_p: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, class_dim: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(-log p_i[t_i], w[t_i], t_i != ignore_index), each of the target's shape (N, d1..dk).
+
+    Ignored positions read class 0 instead, any valid class, so that gather stays in range;
+    callers mask them out with `where`.
+    """
+    t = target.long()  # torch accepts int64 and uint8 class indices
+    counted = t != ignore_index
+    t = torch.where(counted, t, 0)
+    nll = -log_p.gather(class_dim, t.unsqueeze(class_dim)).squeeze(class_dim)
+    w_t = torch.ones_like(nll) if weight is None else weight.double()[t]
+    return nll, w_t, counted
+
+
+def _floored_log(z: Tensor) -> Tensor:
+    """max(log z, -100), written as log(max(z, e^-100)): the same value, but at z = 0 autograd
+    gives 0 instead of the nan of 0 * (d log z / dz) = 0 * inf."""
+    return torch.log(z.clamp(min=_EXP_MINUS_100))
+
+
+def _log_sigmoid(x: Tensor) -> Tensor:
+    """log sigmoid(x) = -log(1 + e^-x) = min(x, 0) - log1p(e^-|x|), which never overflows.
+
+    At x = 0 autograd splits the min's gradient 1/2 : 1/2 and |x|' = 0, giving the exact 1/2.
+    """
+    return torch.minimum(x, torch.zeros_like(x)) - torch.log1p(torch.exp(-x.abs()))
+
+
+def _reduce(loss: Tensor, reduction: str, denominator: Tensor | int) -> Tensor:
+    """'none': the per-sample losses; 'sum': their sum; 'mean': their sum / denominator."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / denominator
