@@ -444,7 +444,8 @@ def nll_loss(input, target, weight, opts: LossOptions) -> torch.Tensor:
 #                      dl/dx = w (k sigmoid(x) - pw y)
 # softplus(-x) = log1p(exp(-|x|)) + max(-x, 0) and sigmoid(x) from the same exp(-|x|): no overflow.
 
-_BCE_EPS = 1e-12
+# torch's EPSILON in binary_cross_entropy_backward is the float literal 1e-12f, i.e. this value.
+_BCE_EPS = 9.999999960041972e-13
 
 
 def _row_chunks(x: torch.Tensor):
