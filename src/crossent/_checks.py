@@ -169,9 +169,14 @@ def logits_input(fn: str, input: object) -> torch.Tensor:
     return input
 
 
-def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor) -> None:
-    """Class-probability targets: a floating tensor of the input's shape."""
+def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """Class-probability targets: a floating tensor of the input's shape; nothing to ignore."""
     _same_device(fn, "target", target, input)
+    if ignore_index >= 0:
+        raise ValueError(
+            f"{fn}: ignore_index={ignore_index} cannot apply to class-probability targets "
+            f"(torch refuses it too); leave ignore_index at its default -100"
+        )
     if target.shape != input.shape:
         raise ValueError(
             f"{fn}: target of class probabilities must have the input's shape "

@@ -75,7 +75,7 @@ def cross_entropy(
     weight = _checks.class_weight(fn, weight, input, num_classes)
     soft = _checks.is_prob_target(input, target)
     if soft:
-        _checks.prob_targets(fn, input, target)
+        _checks.prob_targets(fn, input, target, ignore_index)
     else:
         target = _checks.class_targets(
             fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
