@@ -1,0 +1,105 @@
+"""PNG plots with matplotlib's Agg backend (no display needed) and scikit-learn's Display classes.
+
+Each function draws one figure and writes it atomically (rendered to memory, then `_files`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import _files
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never opens a window, works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return _files.write_bytes(path, buf.getvalue())
+
+
+def loss_curves(
+    curves: dict[str, Sequence[float | None]], path: str | Path, title: str, ylabel: str = "loss"
+) -> Path:
+    """One line per named curve, x = epoch (1-based). None values (no validation) are skipped."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, values in curves.items():
+        points = [(i + 1, v) for i, v in enumerate(values) if v is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=label, linewidth=1.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def confusion(y_true: Any, y_pred: Any, classes: Sequence[str], path: str | Path, title: str) -> Path:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    size = min(4.0 + 0.45 * len(classes), 12.0)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=list(range(len(classes))),
+        display_labels=list(classes),
+        ax=ax,
+        colorbar=False,
+        xticks_rotation=45 if max(len(c) for c in classes) > 6 else "horizontal",
+    )
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def roc(y_true: Any, probs: Any, classes: Sequence[str], path: str | Path, title: str) -> Path:
+    """Binary: one curve for the positive class. Multi-class: one-vs-rest curve per class."""
+    from sklearn.metrics import RocCurveDisplay
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 5.4))
+    k = len(classes)
+    shown = [1] if k == 2 else range(k)
+    for c in shown:
+        positives = y_true == c
+        if positives.all() or not positives.any():
+            continue  # ROC needs both positives and negatives
+        RocCurveDisplay.from_predictions(
+            positives, probs[:, c], name=f"{classes[c]}" + (" vs rest" if k > 2 else ""), ax=ax
+        )
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    ax.set_title(title)
+    if k > 6:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def calibration(y_true: Any, probs: Any, path: str | Path, title: str, n_bins: int = 10) -> Path:
+    """Reliability diagram of the top-label confidence: is a 0.9-confident prediction right 90%?"""
+    from sklearn.calibration import CalibrationDisplay
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 5.4))
+    correct = probs.argmax(axis=1) == y_true
+    CalibrationDisplay.from_predictions(
+        correct, probs.max(axis=1), n_bins=n_bins, ax=ax, name="top-label confidence",
+        pos_label=True,
+    )
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("fraction correct")
+    ax.set_title(title)
+    return _save(fig, path)
