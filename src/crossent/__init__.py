@@ -7,7 +7,13 @@ fused, chunked kernels of its own. See README.md for the API table and benchmark
 from . import nn
 from ._checks import check_values
 from ._dispatch import Backend, use_backend
-from .functional import binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from .functional import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    linear_cross_entropy,
+    nll_loss,
+)
 
 __all__ = [
     "Backend",
@@ -15,6 +21,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "check_values",
     "cross_entropy",
+    "linear_cross_entropy",
     "nll_loss",
     "nn",
     "use_backend",

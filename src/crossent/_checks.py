@@ -147,6 +147,12 @@ def class_targets(
         )
     if target.dtype != torch.int64:
         target = target.long()
+    _class_index_range(fn, target, class_dim_size, ignore_index)
+    return target
+
+
+def _class_index_range(fn: str, target: torch.Tensor, class_dim_size: int, ignore_index: int) -> None:
+    """Every int64 class index lies in [0, C) or equals ignore_index (value check, see above)."""
     if target.numel() and _values_checked(target):
         lo, hi = torch.aminmax(target)
         if lo.item() < 0 or hi.item() >= class_dim_size:
@@ -158,7 +164,6 @@ def class_targets(
                     f"{fn}: target contains {value} at index {where}, outside the classes "
                     f"[0, {class_dim_size}) and not ignore_index={ignore_index}"
                 )
-    return target
 
 
 def logits_input(fn: str, input: object) -> torch.Tensor:
@@ -189,15 +194,17 @@ def is_prob_target(input: torch.Tensor, target: object) -> bool:
     return isinstance(target, torch.Tensor) and target.is_floating_point() and target.shape == input.shape
 
 
-def class_weight(fn: str, weight: object, input: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+def class_weight(
+    fn: str, weight: object, input: torch.Tensor, num_classes: int, name: str = "weight"
+) -> torch.Tensor | None:
     if weight is None:
         return None
-    weight = _tensor(fn, "weight", weight)
-    _floating(fn, "weight", weight)
-    _same_device(fn, "weight", weight, input)
+    weight = _tensor(fn, name, weight)
+    _floating(fn, name, weight)
+    _same_device(fn, name, weight, input)
     if weight.dim() != 1 or weight.shape[0] != num_classes:
         raise ValueError(
-            f"{fn}: weight must be a 1-D tensor with one entry per class ({num_classes}), "
+            f"{fn}: {name} must be a 1-D tensor with one entry per class ({num_classes}), "
             f"got shape {tuple(weight.shape)}"
         )
     return weight
@@ -260,3 +267,109 @@ def probabilities_in_unit_interval(fn: str, input: torch.Tensor) -> None:
                 f"{fn}: input must hold probabilities in [0, 1], got {value} at index {where}; "
                 f"for raw scores use binary_cross_entropy_with_logits"
             )
+
+
+# ----------------------------------------------------------------------------------------------
+# linear_cross_entropy: input (..., D), weight (V, D), bias (V,), target (...) or (..., V).
+
+
+def linear_operands(fn: str, input: object, weight: object, bias: object) -> None:
+    """The three operands of F.linear: shapes that multiply, one dtype, one device."""
+    input = _tensor(fn, "input", input)
+    _floating(fn, "input", input)
+    if input.dim() == 0:
+        raise ValueError(f"{fn}: input must have a feature dimension (shape (..., D)), got a scalar")
+    weight = _tensor(fn, "weight", weight)
+    if weight.dim() != 2 or weight.shape[1] != input.shape[-1]:
+        raise ValueError(
+            f"{fn}: weight must have shape (V, D) with D = input.shape[-1] = {input.shape[-1]}, "
+            f"got weight of shape {tuple(weight.shape)} for input of shape {tuple(input.shape)}"
+        )
+    operands = [("weight", weight)]
+    if bias is not None:
+        bias = _tensor(fn, "bias", bias)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(
+                f"{fn}: bias must have shape ({weight.shape[0]},), one entry per row of weight, "
+                f"got {tuple(bias.shape)}"
+            )
+        operands.append(("bias", bias))
+    for name, t in operands:
+        _same_device(fn, name, t, input)
+        if t.dtype != input.dtype:
+            raise TypeError(
+                f"{fn}: {name} has dtype {t.dtype} but input has dtype {input.dtype}; "
+                f"the product runs in one dtype: cast {name} or input"
+            )
+
+
+def linear_targets(
+    fn: str, input: torch.Tensor, target: object, *, num_classes: int, ignore_index: int
+) -> tuple[torch.Tensor, bool]:
+    """Class indices of shape input.shape[:-1], or class probabilities of shape input.shape[:-1] + (V,).
+
+    Returns (target, soft): int64 indices (value-checked as for cross_entropy) or the probabilities.
+    """
+    target = _tensor(fn, "target", target)
+    _same_device(fn, "target", target, input)
+    tokens = tuple(input.shape[:-1])
+    if target.is_floating_point() and tuple(target.shape) == tokens + (num_classes,):
+        if ignore_index >= 0:
+            raise ValueError(
+                f"{fn}: ignore_index={ignore_index} cannot apply to class-probability targets "
+                f"(torch refuses it too); leave ignore_index at its default -100"
+            )
+        return target, True
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"{fn}: target of class indices must be an integer tensor (int64) of shape "
+            f"input.shape[:-1] = {tokens}, got {target.dtype} of shape {_shape(target)}; class "
+            f"probabilities need a floating target of shape {tokens + (num_classes,)}"
+        )
+    if tuple(target.shape) != tokens:
+        raise ValueError(
+            f"{fn}: target of class indices must have shape input.shape[:-1] = {tokens} for input "
+            f"of shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if target.dtype != torch.int64:
+        target = target.long()
+    _class_index_range(fn, target, num_classes, ignore_index)
+    return target, False
+
+
+def linear_options(fn: str, opts: LossOptions, chunk_size: object) -> int | None:
+    """normalizer needs reduction='mean'; chunk_size is None or a positive int (rows per chunk)."""
+    if opts.normalizer is not None and opts.reduction != "mean":
+        raise ValueError(
+            f"{fn}: normalizer={opts.normalizer} replaces the denominator of reduction='mean', "
+            f"got reduction={opts.reduction!r}; use reduction='mean' (or divide the 'sum' yourself)"
+        )
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {chunk_size}")
+    return chunk_size
+
+
+def linear_no_fused_gradient(fn: str, **tensors: torch.Tensor | None) -> None:
+    """The fused path differentiates w.r.t. input, weight and bias only; refuse to drop a gradient."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad:
+            raise ValueError(
+                f"{fn}: {name} requires grad, but the fused path gives gradients only for input, "
+                f"weight and bias; pass {name}.detach(), or run under "
+                f"crossent.use_backend('reference') (it materialises the logits)"
+            )
+
+
+def fused_gradient_consumed(fn: str) -> None:
+    """A fused loss computed its gradients once; a second backward through it has none to give."""
+    raise RuntimeError(
+        f"crossent.{fn}: the fused gradient of this loss was already handed to a previous "
+        f"backward(); backward through the same loss twice (retain_graph=True) is not supported "
+        f"by the fused path: compute the loss again for a second backward"
+    )

@@ -13,9 +13,15 @@ import torch
 
 from . import _checks, reference
 from ._dispatch import Backend, select
-from .backends import torch_chunked
+from .backends import torch_chunked, torch_chunked_linear
 
-__all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits"]
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "linear_cross_entropy",
+    "nll_loss",
+]
 
 _WEIGHTED_MEAN = """\
     'mean' with class weights w divides by the summed weights of the counted targets,
@@ -212,4 +218,99 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy of logits; t
     loss and its gradient.
 {_LEGACY}
 {_DETERMINISM}
+    """
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: float | torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    fn = "linear_cross_entropy"
+    _checks.linear_operands(fn, input, weight, bias)
+    opts = _checks.loss_options(
+        fn,
+        ignore_index=ignore_index,
+        reduction_=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        normalizer=normalizer,
+    )
+    chunk_size = _checks.linear_options(fn, opts, chunk_size)
+    num_classes = weight.shape[0]
+    class_weight = _checks.class_weight(fn, class_weight, input, num_classes, name="class_weight")
+    target, soft = _checks.linear_targets(
+        fn, input, target, num_classes=num_classes, ignore_index=ignore_index
+    )
+    if select() is Backend.REFERENCE:
+        return _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft)
+    _checks.linear_no_fused_gradient(fn, class_weight=class_weight, target=target if soft else None)
+    return torch_chunked_linear.linear_cross_entropy(
+        input, weight, bias, target, class_weight, opts, soft=soft, chunk_size=chunk_size
+    )
+
+
+def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft):
+    """The contract, literally: the full logits in float64 through reference.cross_entropy."""
+    v = weight.shape[0]
+    b = bias.double() if bias is not None else None
+    logits = torch.nn.functional.linear(input.double(), weight.double(), b).reshape(-1, v)
+    flat = target.reshape(-1, v) if soft else target.reshape(-1)
+    reduction = "sum" if opts.normalizer is not None else opts.reduction
+    loss = reference.cross_entropy(
+        logits, flat, class_weight, opts.ignore_index, reduction, opts.label_smoothing,
+        z_loss=opts.z_loss, softcap=opts.softcap,
+    )
+    if opts.normalizer is not None:
+        loss = loss / opts.normalizer
+    out_dtype = torch.result_type(input, target) if soft else input.dtype
+    return loss.reshape(input.shape[:-1] if opts.reduction == "none" else ()).to(out_dtype)
+
+
+linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, without materialising the logits.
+
+    input: (..., D) hidden states, float64/32/16 or bfloat16; weight: (V, D) and bias: (V,) or
+    None, of the input's dtype and device (as for F.linear); target: class indices of shape
+    input.shape[:-1] (int64; other integer dtypes converted), each in [0, V) or ignore_index, or
+    class probabilities of shape input.shape[:-1] + (V,).
+
+    Equivalent to (value, and gradients w.r.t. input, weight and bias)::
+
+        logits = F.linear(input, weight, bias).reshape(-1, V)                # never built
+        t = target.reshape(-1) if indices else target.reshape(-1, V)
+        loss = crossent.cross_entropy(logits, t, weight=class_weight, ignore_index=ignore_index,
+                                      reduction=reduction if normalizer is None else "sum",
+                                      label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        if normalizer is not None: loss = loss / normalizer
+        if reduction == "none": loss = loss.reshape(input.shape[:-1])
+
+    Per-token losses, class weights, smoothing, z_loss and softcap as in crossent.cross_entropy.
+{_WEIGHTED_MEAN}
+    normalizer (reduction='mean' only; a number or a one-element tensor): the summed loss is
+        divided by it instead of by the count (or summed weights) of counted tokens, for gradient
+        accumulation across micro-batches (transformers' ``num_items_in_batch``).
+    chunk_size: tokens per chunk; default chosen from N, V, the dtype and the options so that one
+        chunk's buffers stay under 256 MiB (see backends/torch_chunked_linear.py).
+
+    Memory: O(chunk_size * V) beyond the inputs and their gradients, never O(N * V).
+    FLOPs: 6 N D V for reduction 'mean'/'sum' (the three products any exact method needs);
+    8 N D V for 'none' (backward recomputes the logits, since the per-token grad_output is known
+    only then); 2 N D V when no gradient is needed.
+    16-bit inputs: products in the input dtype, softmax math and the accumulation of the weight
+    and bias gradients in float32; gradients come back in the inputs' dtypes.
+    Gradients w.r.t. class_weight or probability targets are not computed by the fused path (it
+    raises if they are required); ``crossent.use_backend("reference")`` computes the contract
+    above literally in float64 and gives them.
+    Results are deterministic run to run for a given chunk_size.
     """

@@ -9,7 +9,7 @@ import torch
 from . import functional as F
 from .functional import _legacy_reduction
 
-__all__ = ["CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss"]
+__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss", "NLLLoss"]
 
 
 class _Loss(torch.nn.Module):
@@ -93,3 +93,48 @@ class BCEWithLogitsLoss(_Loss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction,
                                                   pos_weight=self.pos_weight)
+
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """crossent.linear_cross_entropy as a Module: cross-entropy of ``F.linear(input, weight, bias)``
+    without materialising the logits. Holds the options (class_weight as a buffer); the linear
+    weight and bias are forward's arguments, so the layer that owns them keeps them.
+
+    All options are keyword-only (``class_weight`` is not the linear ``weight``); ``normalizer``
+    may be reassigned between steps (e.g. the token count of the whole accumulated batch).
+    """
+
+    def __init__(
+        self,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        class_weight: torch.Tensor | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        normalizer: float | torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("class_weight", class_weight)
+        self.class_weight: torch.Tensor | None
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.normalizer = normalizer
+        self.chunk_size = chunk_size
+
+    def forward(
+        self, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return F.linear_cross_entropy(
+            input, weight, target, bias, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, class_weight=self.class_weight,
+            z_loss=self.z_loss, softcap=self.softcap, normalizer=self.normalizer,
+            chunk_size=self.chunk_size,
+        )

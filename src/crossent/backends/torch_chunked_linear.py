@@ -1,0 +1,263 @@
+"""Fused linear cross-entropy in plain PyTorch: the loss of ``F.linear`` + cross-entropy without logits.
+
+Contract (x: input (N, D) after flattening its leading dims, W: weight (V, D), b: bias (V,))::
+
+    linear_cross_entropy(x, W, t, b, **opts)
+        == cross_entropy(F.linear(x, W, b).reshape(-1, V), t.reshape(-1) or t.reshape(-1, V), **opts)
+
+in value and in the gradients w.r.t. x, W and b, for every option of `ce_chunk` (ignore_index,
+class weights, label smoothing, class-probability targets, z_loss, softcap) and every reduction.
+
+Algorithm. The N tokens are cut into chunks of n rows. Per chunk (shapes in brackets)::
+
+    Z = x_c @ W.T (+ b)              [n, V]  one mm into a buffer reused by every chunk
+    G = d(sum_i s_i l_i)/dZ          [n, V]  ce_chunk, in place over Z (loss and lse per row too)
+    grad_x[c]  = G @ W               [n, D]  mm straight into the rows of the returned gradient
+    grad_W    += G.T @ x_c           [V, D]  addmm into the returned gradient
+    grad_b    += G.sum(0)            [V]
+
+where s_i is the per-token gradient scale. With reduction 'mean' or 'sum' the loss is a scalar, so
+s_i = 1/den (or 1) is known in forward: the three gradients are finished there and backward only
+multiplies them by grad_output (nothing when it is 1). With reduction 'none' s_i is grad_output[i],
+known only in backward, and grad_W = sum_i s_i G_i.T x_i cannot be folded earlier; so forward
+computes the losses alone (one mm per chunk) and backward recomputes Z and runs the loop above with
+s = grad_output. Saving G instead would be the N x V tensor this module exists to avoid.
+
+Cost. 'mean'/'sum': three matrix products, 6 N D V FLOPs (the floor of any exact method: Z, grad_x
+and grad_W each need one), plus ~10 N V elementwise operations. 'none': 8 N D V (the logits are
+computed twice). Loss only (no gradient needed): 2 N D V.
+
+Memory. Beyond the inputs and the gradients themselves (N D + V D + V), one chunk's buffers:
+n V elements of the input dtype for Z, plus n V float32 for G with 16-bit inputs, plus n V float32
+for tanh under softcap, plus the temporaries ce_chunk makes for soft targets and for label smoothing
+with class weights. `chunk_rows` picks n so that these fit in ``budget_bytes`` (256 MiB by default;
+``chunk_size`` overrides n): peak extra memory O(n V + V D), never O(N V). With 16-bit inputs the
+weight and bias gradients are accumulated in float32 (V D float32) and cast once at the end, and
+each chunk's G.T @ x_c lands in a reused (V, D) buffer of the input dtype before being added.
+
+Precision. Products run in the input dtype (bfloat16/float16 matrix products, as F.linear would);
+softmax math in float32 (float64 for float64 inputs); the weight and bias gradients accumulate in
+float32 across chunks. For 16-bit inputs with a scalar reduction the stored gradients are unscaled
+(O(1) values) and 1/den times grad_output is applied once in backward, so an AMP loss scale
+multiplies before anything could underflow. Results are deterministic run to run for a given
+chunk size; the chunk size changes the summation order of grad_W (rounding-level differences).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _checks
+from .._options import LossOptions
+from .torch_chunked import (
+    ChunkTarget,
+    _mean_denominator,
+    _reduce,
+    _safe_reciprocal,
+    ce_chunk,
+    compute_dtype,
+    deterministic_sum,
+)
+
+# The chunk's logits, gradient and temporaries stay below this many bytes. At V=128256 in float32
+# that is 523 rows: enough that each (V, D) read-modify-write of grad_W by addmm is amortised over
+# a product of 2*523*D*V FLOPs (~2% of the time on a 2-core CPU), while unfused eager needs ~3 N V
+# float32 (about 3 GB at N=2048).
+DEFAULT_BUDGET_BYTES = 256 << 20
+
+
+def chunk_rows(
+    n: int,
+    num_classes: int,
+    dtype: torch.dtype,
+    opts: LossOptions,
+    *,
+    soft: bool = False,
+    class_weight: bool = False,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> int:
+    """Rows per chunk: as many as fit in ``budget_bytes``, then balanced so the last chunk is not tiny.
+
+    Bytes per row: the logits (input dtype), the float32 gradient of 16-bit inputs, the tanh buffer
+    of softcap, and ce_chunk's row-sized temporaries (soft targets: t*z and t*w or the float32 copy
+    of 16-bit probabilities; label smoothing with class weights: z*w).
+    """
+    acc = compute_dtype(dtype)
+    a = torch.empty((), dtype=acc).element_size()
+    per_elem = torch.empty((), dtype=dtype).element_size() + (a if dtype != acc else 0)
+    if opts.softcap is not None:
+        per_elem += a
+    if soft:
+        per_elem += 2 * a + (a if class_weight or opts.label_smoothing > 0.0 else 0)
+    elif class_weight and opts.label_smoothing > 0.0:
+        per_elem += a
+    rows = max(1, budget_bytes // max(1, per_elem * num_classes))
+    if rows >= n:
+        return max(n, 1)
+    chunks = math.ceil(n / rows)
+    return math.ceil(n / chunks)
+
+
+def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scale, grads):
+    """One pass over the token chunks; returns per-token losses (N,) in the compute dtype.
+
+    x (N, D), weight (V, D), bias (V,) or None; index (N,) int64 or probs (N, V).
+    scale: a number or a 0-d tensor, or per-token (N,): the factor of each token's gradient.
+    grads: (grad_x (N, D) input dtype, grad_W (V, D) compute dtype, grad_b (V,) compute dtype),
+           each None when not wanted; the loop writes grad_x rows and accumulates into the others.
+    """
+    n, d = x.shape
+    v = weight.shape[0]
+    dt = x.dtype
+    acc = compute_dtype(dt)
+    gx, gw, gb = grads
+    cw = class_weight.to(acc) if class_weight is not None else None
+    cw_sum = deterministic_sum(cw) if cw is not None else None
+    losses = torch.empty(n, dtype=acc, device=x.device)
+    size = min(rows, n) * v
+    z_buf = torch.empty(size, dtype=dt, device=x.device)  # logits, then the gradient in dt
+    # 16-bit: ce_chunk's float32 gradient. A gradient is always asked for, even for a loss-only
+    # pass: written in place over the logits it costs two elementwise passes and no extra buffer.
+    g_buf = torch.empty(size, dtype=acc, device=x.device) if dt != acc else None
+    tanh_buf = torch.empty(size, dtype=acc, device=x.device) if opts.softcap is not None else None
+    gw_part = torch.empty(v, d, dtype=dt, device=x.device) if gw is not None and dt != acc else None
+    w_t = weight.t()  # (D, V), a view: BLAS reads it transposed
+    per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
+    for i in range(0, n, rows):
+        j = min(i + rows, n)
+        xc = x[i:j]  # (r, D)
+        z = z_buf[: (j - i) * v].view(j - i, v)  # (r, V)
+        if bias is None:
+            torch.mm(xc, w_t, out=z)
+        else:
+            torch.addmm(bias, xc, w_t, out=z)
+        g = z if g_buf is None else g_buf[: (j - i) * v].view(j - i, v)
+        target = ChunkTarget(
+            index=index[i:j] if index is not None else None,
+            probs=probs[i:j] if probs is not None else None,
+        )
+        loss, _ = ce_chunk(
+            z, target, cw, cw_sum, opts, grad=g, scale=scale[i:j] if per_token else scale,
+            tanh_work=tanh_buf,
+        )
+        losses[i:j] = loss
+        if gb is not None:
+            gb.add_(g.sum(0))  # from the compute-dtype gradient
+        if g is not z and (gx is not None or gw is not None):
+            z.copy_(g)  # the products run in the input dtype
+        if gx is not None:
+            torch.mm(z, weight, out=gx[i:j])
+        if gw is not None:
+            if gw_part is None:
+                gw.addmm_(z.t(), xc)
+            else:  # no mixed-dtype addmm on every device: round the chunk's product, add in fp32
+                torch.mm(z.t(), xc, out=gw_part)
+                gw.add_(gw_part)
+    return losses
+
+
+def _grad_buffers(x, weight, bias, want, acc):
+    """Zeroed gradient accumulators for the wanted inputs: grad_x in x's dtype, the others in acc."""
+    want_x, want_w, want_b = want
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_x else None
+    gw = torch.zeros(weight.shape, dtype=acc, device=x.device) if want_w else None
+    gb = torch.zeros(bias.shape, dtype=acc, device=x.device) if want_b and bias is not None else None
+    return gx, gw, gb
+
+
+
+
+class _LinearCrossEntropyFn(torch.autograd.Function):
+    """Autograd glue. Scalar reductions: gradients finished in forward, scaled in backward.
+    'none': losses in forward, everything recomputed in backward with the per-token grad_output."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, index, probs, class_weight, opts, rows, out_shape, out_dtype):
+        x = input.reshape(-1, input.shape[-1])  # (N, D)
+        acc = compute_dtype(x.dtype)
+        want = ctx.needs_input_grad[:3]
+        ctx.meta = (input.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype, opts, rows)
+        if opts.reduction == "none":
+            losses = _chunk_loop(
+                x, weight, bias, index, probs, class_weight, opts, rows, scale=1.0,
+                grads=(None, None, None),
+            )
+            ctx.save_for_backward(input, weight, bias, index, probs, class_weight)
+            ctx.grads = None
+            return _reduce(losses, None, opts, out_shape, out_dtype)
+        den = _mean_denominator(index, class_weight, opts, probs if probs is not None else x, acc) \
+            if opts.reduction == "mean" else None
+        inv_den = _safe_reciprocal(den) if den is not None else None
+        # float32/64: fold 1/den now; 16-bit: keep O(1) values and scale once in backward.
+        fold = inv_den is not None and x.dtype == acc
+        grads = _grad_buffers(x, weight, bias, want, acc)
+        losses = _chunk_loop(
+            x, weight, bias, index, probs, class_weight, opts, rows,
+            scale=inv_den if fold else 1.0, grads=grads,
+        )
+        ctx.grads = grads
+        ctx.post_scale = None if fold else inv_den
+        return _reduce(losses, den, opts, out_shape, out_dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        input_shape, x_dtype, w_dtype, b_dtype, opts, rows = ctx.meta
+        if opts.reduction == "none":
+            input, weight, bias, index, probs, class_weight = ctx.saved_tensors
+            x = input.reshape(-1, input.shape[-1])
+            acc = compute_dtype(x.dtype)
+            grads = _grad_buffers(x, weight, bias, ctx.needs_input_grad[:3], acc)
+            scale = grad_out.reshape(-1).to(acc)  # (N,)
+            _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, scale=scale, grads=grads)
+            factor = None
+        else:
+            if ctx.grads is None:
+                _checks.fused_gradient_consumed("linear_cross_entropy")
+            grads, ctx.grads = ctx.grads, None  # the tensors now belong to autograd
+            factor = grad_out if ctx.post_scale is None else grad_out * ctx.post_scale
+        gx, gw, gb = grads
+        # Skipped when grad_output is exactly 1 (the usual loss.backward()). A 16-bit grad_x is
+        # multiplied by the float32 factor with one rounding.
+        if factor is not None and (factor.device.type != "cpu" or factor.item() != 1.0):
+            factor = factor.to(compute_dtype(x_dtype))
+            for t in grads:
+                if t is not None:
+                    t.mul_(factor)
+        gx = gx.view(input_shape) if gx is not None else None
+        gw = gw.to(w_dtype) if gw is not None else None
+        gb = gb.to(b_dtype) if gb is not None else None
+        return gx, gw, gb, None, None, None, None, None, None, None
+
+
+def linear_cross_entropy(
+    input, weight, bias, target, class_weight, opts: LossOptions, *, soft: bool, chunk_size: int | None
+) -> torch.Tensor:
+    """Backend entry: checked arguments in, loss out (gradients only when autograd needs them)."""
+    v = weight.shape[0]
+    n = math.prod(input.shape[:-1])
+    index = None if soft else target.reshape(-1)
+    probs = target.reshape(-1, v) if soft else None
+    out_dtype = torch.result_type(input, target) if soft else input.dtype
+    out_shape = input.shape[:-1]
+    rows = chunk_size or chunk_rows(
+        n, v, input.dtype, opts, soft=soft, class_weight=class_weight is not None
+    )
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias)
+    )
+    if needs_grad:
+        return _LinearCrossEntropyFn.apply(
+            input, weight, bias, index, probs, class_weight, opts, rows, out_shape, out_dtype
+        )
+    # Evaluation: losses only, one product per chunk.
+    x = input.reshape(-1, input.shape[-1])
+    losses = _chunk_loop(
+        x, weight, bias, index, probs, class_weight, opts, rows, scale=1.0, grads=(None, None, None)
+    )
+    acc = compute_dtype(input.dtype)
+    den = _mean_denominator(index, class_weight, opts, probs if probs is not None else x, acc) \
+        if opts.reduction == "mean" else None
+    return _reduce(losses, den, opts, out_shape, out_dtype)
