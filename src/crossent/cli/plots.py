@@ -103,3 +103,21 @@ def calibration(y_true: Any, probs: Any, path: str | Path, title: str, n_bins: i
     ax.set_ylabel("fraction correct")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def confusion_pair(
+    y_true: Any, predictions: dict[str, Any], classes: Sequence[str], path: str | Path, title: str
+) -> Path:
+    """Confusion matrices of several models on the same rows, side by side."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(predictions), figsize=(4.2 * len(predictions), 4.0))
+    for ax, (name, pred) in zip(axes, predictions.items()):
+        ConfusionMatrixDisplay.from_predictions(
+            y_true, pred, labels=list(range(len(classes))), display_labels=list(classes),
+            ax=ax, colorbar=False,
+        )
+        ax.set_title(name)
+    fig.suptitle(title)
+    return _save(fig, path)

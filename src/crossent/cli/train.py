@@ -301,10 +301,9 @@ def train(
             store.save_checkpoint(ckpt, model, opt, rng,
                                   {"epoch": epoch + 1, "history": history, "run": run})
             bar.set_postfix(loss=f"{entry['train_loss']:.4f}")
-            if not quiet and bar.disable and ((epoch + 1) % report_every == 0 or epoch + 1 == epochs):
-                click.echo(_progress_line(entry, epochs))
-            elif not quiet and not bar.disable and (epoch + 1) % report_every == 0:
-                bar.write(_progress_line(entry, epochs))
+            if not quiet and (epoch + 1) % report_every == 0 and epoch + 1 < epochs:
+                # a line every tenth of the run; tqdm.write keeps a live bar below the lines
+                (click.echo if bar.disable else bar.write)(_progress_line(entry, epochs))
             if stop_after_epochs is not None and epoch + 1 == stop_after_epochs and epoch + 1 < epochs:
                 bar.close()
                 click.echo(
