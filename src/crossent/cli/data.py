@@ -298,7 +298,7 @@ def split_indices(
 # the `crossent data` command
 
 
-@click.command("data")
+@click.command("data", short_help="List the built-in data sets or describe one.")
 @click.argument("source", required=False)
 @click.option("--target", help="Label column of a CSV file (built-ins know theirs).")
 @click.option(

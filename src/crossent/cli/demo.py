@@ -77,7 +77,7 @@ def _config(features: list[str], lr: float, epochs: int, seed: int, history: lis
     }
 
 
-@click.command()
+@click.command(short_help="The tutorial (even or odd?) reproduced, explained and fixed.")
 @click.option("--out", default="crossent-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the models, metrics and plots.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the initial weights.")
@@ -92,6 +92,12 @@ def demo(out: str, seed: int) -> None:
     Writes into --out: tutorial/ and binary-digits/ (model folders that `crossent predict` and
     `crossent evaluate` read), train.csv, test.csv, metrics.json, loss_curves.png and
     confusion_matrices.png. Runs offline in seconds.
+
+    \b
+    Examples:
+      crossent demo
+      crossent demo --out /tmp/parity --seed 3
+      crossent evaluate --model crossent-demo/binary-digits --data crossent-demo/test.csv
     """
     import torch
 
@@ -133,7 +139,7 @@ def demo(out: str, seed: int) -> None:
     click.echo(str(test_data))
     X_test, y_test = test_data[:, 0].unsqueeze(1), test_data[:, 1].long()
     with torch.no_grad():
-        test_probs = torch.softmax(loaded(X_test), dim=1).double().numpy()
+        test_probs = torch.softmax(loaded(X_test).double(), dim=1).numpy()
     acc_raw = float((test_probs.argmax(1) == y_test.numpy()).mean())
     click.echo(f"Test Accuracy: {acc_raw * 100:.2f}%\n")
 
@@ -172,7 +178,7 @@ def demo(out: str, seed: int) -> None:
     store.save_model(bits_dir, bits_model, _config(BIT_NAMES, 0.1, 1000, seed, bits_history))
     bits_loaded, _ = store.load_model(bits_dir)
     with torch.no_grad():
-        bits_probs = torch.softmax(bits_loaded(Xb_test), dim=1).double().numpy()
+        bits_probs = torch.softmax(bits_loaded(Xb_test).double(), dim=1).numpy()
         wb = (bits_model.layers[0].weight[1] - bits_model.layers[0].weight[0]).tolist()
     acc_bits = float((bits_probs.argmax(1) == y_test.numpy()).mean())
     terms = " ".join(f"{v:+.2f}*{n}" for v, n in zip(wb, BIT_NAMES))

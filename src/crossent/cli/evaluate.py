@@ -109,7 +109,7 @@ def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(short_help="Metrics table, metrics.json and PNG plots of a saved model.")
 @click.option("--model", "model_dir", required=True, type=click.Path(),
               help="Model folder written by `crossent train`.")
 @click.option("--data", "source", required=True, help=DATA_HELP)

@@ -273,7 +273,7 @@ def _explain_binary(
 # ---------------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="The loss step by step: formula, each term, result.")
 @click.option("--probs", help="Predicted probabilities, one per class: 0.2,0.7,0.1 (rows: ';').")
 @click.option("--logits", help="Raw scores (logits), one per class: 1.0,2.0,0.1 (rows: ';').")
 @click.option("--target", help="True class index per row, counting from 0: 1 (rows: 1,0).")

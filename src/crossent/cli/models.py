@@ -105,13 +105,15 @@ def probabilities(model: nn.Module, X: np.ndarray, task: str) -> np.ndarray:
     """(N, D) scaled features -> (N, K) class probabilities (binary: [1 - p, p])."""
     model.eval()
     with torch.no_grad():
-        logits = model(torch.as_tensor(X, dtype=torch.float32))
+        # the model runs in float32; the probabilities are taken in float64 so each row sums
+        # to 1 within 1e-15 (scikit-learn's log_loss checks that)
+        logits = model(torch.as_tensor(X, dtype=torch.float32)).double()
         if task == "binary":
             p1 = torch.sigmoid(logits[:, 0])
             probs = torch.stack([1 - p1, p1], dim=1)
         else:
             probs = torch.softmax(logits, dim=1)
-    return probs.double().numpy()
+    return probs.numpy()
 
 
 def scale(X: np.ndarray, scaling: dict[str, list[float]]) -> np.ndarray:

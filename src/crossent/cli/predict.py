@@ -7,7 +7,7 @@ import click
 from .data import DATA_HELP
 
 
-@click.command()
+@click.command(short_help="Predicted class and class probabilities per row, as CSV.")
 @click.option("--model", "model_dir", required=True, type=click.Path(),
               help="Model folder written by `crossent train`.")
 @click.option("--data", "source", required=True, help=DATA_HELP)
