@@ -12,7 +12,7 @@ Math (per sample i, class dim c, logits z = x, or softcap * tanh(x / softcap) wi
 
 (w: class weights, 1 without; W = sum_c w_c; v_i = 0 for ignored samples, else 1; zl: z_loss.)
 
-How: each chunk of ~64K elements (it stays in the L2 cache) goes through amax, exp (written straight
+How: each chunk of ~512K elements (it stays in the cache) goes through amax, exp (written straight
 into the gradient tensor the call must return anyway, or into a reused float32 buffer for 16-bit
 inputs), sum, one multiply by a_i / sum and one scatter of -b. So forward+backward reads the logits
 once and writes the gradient once; no N x C temporary exists beside the gradient, and with
@@ -30,9 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from .._options import LossOptions
+from . import _memory
 
-# ~64K elements: 256 KB of float32 per chunk, so the passes after the first hit the L2 cache.
-CHUNK_ELEMENTS = 1 << 16
+# ~512K elements (2 MB of float32): large enough that the ~15 Python-level ops per chunk are
+# amortised, small enough that the passes after the first hit the cache (tuned in benchmarks/).
+CHUNK_ELEMENTS = 1 << 19
 # Below torch's grain size (at::internal::GRAIN_SIZE) a reduction runs on one thread.
 _SERIAL_REDUCTION = 32768
 _BLOCK = 1024
@@ -96,6 +98,33 @@ class ChunkTarget:
 
     index: torch.Tensor | None = None
     probs: torch.Tensor | None = None
+    # Optional per-sample values precomputed for a whole tensor (sliced per chunk), so the chunk
+    # loop runs only the class-dim work: valid = index != ignore_index, safe = index with ignored
+    # set to 0 (n, 1[, D]), w_t = weight[safe] (0 where ignored), z_t = the target's logit.
+    valid: torch.Tensor | None = None
+    safe: torch.Tensor | None = None
+    w_t: torch.Tensor | None = None
+    z_t: torch.Tensor | None = None
+
+    def rows(self, idx: tuple) -> "ChunkTarget":
+        """The part of the targets that belongs to chunk `idx` of the logits."""
+        sample = (idx[0],) if len(idx) == 1 else (idx[0], idx[2])
+        cut = lambda v, i: v[i] if v is not None else None  # noqa: E731
+        return ChunkTarget(
+            index=cut(self.index, sample), probs=cut(self.probs, idx), valid=cut(self.valid, sample),
+            safe=cut(self.safe, idx), w_t=cut(self.w_t, sample), z_t=cut(self.z_t, sample),
+        )
+
+
+def hard_target_terms(x, index, weight, opts, acc) -> ChunkTarget:
+    """Per-sample target values for all of x at once (one gather over N, not one per chunk)."""
+    valid = index != opts.ignore_index
+    safe = torch.where(valid, index, 0).unsqueeze(1)
+    z_t = x.gather(1, safe).squeeze(1).to(acc)
+    if opts.softcap is not None:  # the same ops as on the chunk, so bitwise the same value
+        z_t = torch.mul(torch.div(z_t, opts.softcap).tanh_(), opts.softcap)
+    w_t = torch.where(valid, weight.to(acc)[safe.squeeze(1)], 0.0) if weight is not None else None
+    return ChunkTarget(index=index, valid=valid, safe=safe, w_t=w_t, z_t=z_t)
 
 
 def _col(v):
@@ -154,10 +183,15 @@ def ce_chunk(
     m = z.amax(1, keepdim=True)
     index, probs = target.index, target.probs
     if index is not None:
-        valid = index != opts.ignore_index
-        safe = torch.where(valid, index, 0).unsqueeze(1)
-        z_t = z.gather(1, safe).squeeze(1)
-        w_t = weight[safe.squeeze(1)] if weight is not None else None
+        valid = target.valid if target.valid is not None else index != opts.ignore_index
+        safe = target.safe if target.safe is not None else torch.where(valid, index, 0).unsqueeze(1)
+        z_t = target.z_t if target.z_t is not None else z.gather(1, safe).squeeze(1)
+        if weight is None:
+            w_t = None
+        elif target.w_t is not None:
+            w_t = target.w_t
+        else:
+            w_t = torch.where(valid, weight[safe.squeeze(1)], 0.0)
         if eps > 0.0:  # sum_c w_c z_c, needed for the smoothing term
             wz = _row_sum(z * _class_vec(weight, z)) if weight is not None else _row_sum(z)
     else:
@@ -263,15 +297,13 @@ def ce_forward(
         if opts.softcap is not None else None
     )
     per_sample_scale = isinstance(scale, torch.Tensor) and scale.dim() > 0
+    if target.index is not None and target.valid is None:
+        target = hard_target_terms(x, target.index, w, opts, acc)
     for idx in _chunks(x):
         sample_idx = (idx[0],) if len(idx) == 1 else (idx[0], idx[2])
-        chunk_target = ChunkTarget(
-            index=target.index[sample_idx] if target.index is not None else None,
-            probs=target.probs[idx] if target.probs is not None else None,
-        )
         loss, _ = ce_chunk(
             x[idx],
-            chunk_target,
+            target.rows(idx),
             w,
             w_sum,
             opts,
@@ -347,7 +379,7 @@ class _CrossEntropyFn(torch.autograd.Function):
         if opts.inplace_backward:
             grad = x_nc
         else:
-            grad = torch.empty(x_nc.shape, dtype=x.dtype, device=x.device)
+            grad = _memory.empty(x_nc.shape, x.dtype, x.device)
         inv_den = _safe_reciprocal(den) if den is not None else None
         losses = ce_forward(
             x_nc, ChunkTarget(index, probs), weight, opts, grad=grad, scale=inv_den if fold else 1.0
@@ -515,7 +547,7 @@ def _bce_reduce(total, x, opts):
 class _BCEFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, w, pw, logits, opts):
-        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        grad = _memory.empty(x.shape, x.dtype, x.device)
         total = _bce_forward(x, y, w, pw, logits, opts, grad)
         ctx.grad = grad
         ctx.meta = (opts.reduction, x.numel())
