@@ -15,8 +15,8 @@ import csv
 import functools
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from click.testing import CliRunner, Result
 
@@ -57,20 +57,54 @@ _shared = Path(tempfile.mkdtemp(prefix="crossent-cli-tests-"))
 atexit.register(shutil.rmtree, _shared, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(name: str) -> Path:
     """Small models trained once per session, for the tests that only read them."""
     out = _shared / name
     if name == "iris":  # multi-class MLP
-        run("train", "--data", "iris", "--out", out, "--epochs", "8", "--lr", "0.01",
-            "--hidden", "16", "-q")
+        run(
+            "train",
+            "--data",
+            "iris",
+            "--out",
+            out,
+            "--epochs",
+            "8",
+            "--lr",
+            "0.01",
+            "--hidden",
+            "16",
+            "-q",
+        )
     elif name == "cancer":  # binary, linear
-        run("train", "--data", "breast-cancer", "--out", out, "--model", "linear",
-            "--epochs", "5", "-q")
+        run(
+            "train",
+            "--data",
+            "breast-cancer",
+            "--out",
+            out,
+            "--model",
+            "linear",
+            "--epochs",
+            "5",
+            "-q",
+        )
     elif name == "toy":  # a CSV with text labels
         csv_path = write_csv(_shared / "toy.csv", TOY_HEADER, toy_rows())
-        run("train", "--data", csv_path, "--target", "animal", "--out", out, "--epochs", "15",
-            "--lr", "0.02", "-q")
+        run(
+            "train",
+            "--data",
+            csv_path,
+            "--target",
+            "animal",
+            "--out",
+            out,
+            "--epochs",
+            "15",
+            "--lr",
+            "0.02",
+            "-q",
+        )
     else:
         raise KeyError(name)
     return out

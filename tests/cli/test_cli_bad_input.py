@@ -7,12 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-
 from cli_helpers import TOY_HEADER, run, toy_rows, trained, write_csv
 
 
@@ -105,7 +104,9 @@ def pickle_named_safetensors(tmp: Path) -> list[str]:
 def corrupt_checkpoint(tmp: Path) -> list[str]:
     out = tmp / "run"
     out.mkdir()
-    (out / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    (out / "checkpoint.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"
+    )
     return ["train", "--data", "iris", "--out", out, "--resume"]
 
 
@@ -132,11 +133,22 @@ def header_only(tmp: Path) -> list[str]:
 
 
 CASES: list[tuple[str, Callable[[Path], list], str]] = [
-    ("missing file", lambda t: ["train", "--data", t / "nope.csv", "--target", "y"], "no such file"),
-    ("missing column", lambda t: ["train", "--data", toy(t), "--target", "species"],
-     "has no column 'species'"),
+    (
+        "missing file",
+        lambda t: ["train", "--data", t / "nope.csv", "--target", "y"],
+        "no such file",
+    ),
+    (
+        "missing column",
+        lambda t: ["train", "--data", toy(t), "--target", "species"],
+        "has no column 'species'",
+    ),
     ("no --target for a CSV", lambda t: ["train", "--data", toy(t)], "--target COLUMN"),
-    ("non-numeric feature", non_numeric, "column 'height' of .* is not numeric \\('tall' in data row 7\\)"),
+    (
+        "non-numeric feature",
+        non_numeric,
+        "column 'height' of .* is not numeric \\('tall' in data row 7\\)",
+    ),
     ("NaN feature", with_nan, "column 'weight' .* 2 missing value\\(s\\) \\(data rows 5, 10\\)"),
     ("NaN label", nan_label, "target column 'animal' .* 1 missing label"),
     ("single class", single_class, "holds a single class \\('cat'\\)"),
@@ -152,29 +164,58 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     ("missing feature column", missing_feature, "lacks the feature column\\(s\\) 'weight'"),
     ("empty CSV", empty_csv, "is empty"),
     ("header only", header_only, "no data rows"),
-    ("missing model", lambda t: ["predict", "--model", t / "nope", "--data", "iris"],
-     "model folder .* does not exist"),
-    ("not a model folder", lambda t: ["predict", "--model", t, "--data", "iris"],
-     "not a crossent model folder"),
-    ("binary with 3 classes", lambda t: ["train", "--data", "iris", "--task", "binary"],
-     "--task binary needs two classes"),
-    ("class weights count", lambda t: ["train", "--data", "iris", "--class-weight", "1,2"],
-     "gives 2 weights for 3 classes"),
-    ("class weight name", lambda t: ["train", "--data", "iris", "--class-weight", "rose=2"],
-     "'rose', which is not a class"),
+    (
+        "missing model",
+        lambda t: ["predict", "--model", t / "nope", "--data", "iris"],
+        "model folder .* does not exist",
+    ),
+    (
+        "not a model folder",
+        lambda t: ["predict", "--model", t, "--data", "iris"],
+        "not a crossent model folder",
+    ),
+    (
+        "binary with 3 classes",
+        lambda t: ["train", "--data", "iris", "--task", "binary"],
+        "--task binary needs two classes",
+    ),
+    (
+        "class weights count",
+        lambda t: ["train", "--data", "iris", "--class-weight", "1,2"],
+        "gives 2 weights for 3 classes",
+    ),
+    (
+        "class weight name",
+        lambda t: ["train", "--data", "iris", "--class-weight", "rose=2"],
+        "'rose', which is not a class",
+    ),
     ("bad hidden", lambda t: ["train", "--data", "iris", "--hidden", "64,x"], "--hidden"),
-    ("target on builtin", lambda t: ["train", "--data", "iris", "--target", "species"],
-     "leave out --target"),
-    ("split val on other data", lambda t: ["evaluate", "--model", copy_model(t), "--data",
-                                           write_csv(t / "o.csv", TOY_HEADER, toy_rows(12)),
-                                           "--split", "val"], "needs the data the model was trained on"),
+    (
+        "target on builtin",
+        lambda t: ["train", "--data", "iris", "--target", "species"],
+        "leave out --target",
+    ),
+    (
+        "split val on other data",
+        lambda t: [
+            "evaluate",
+            "--model",
+            copy_model(t),
+            "--data",
+            write_csv(t / "o.csv", TOY_HEADER, toy_rows(12)),
+            "--split",
+            "val",
+        ],
+        "needs the data the model was trained on",
+    ),
     ("bench without scripts", lambda t: ["bench", "--dir", t], "holds no bench_\\*.py"),
 ]
 
 
 @pytest.mark.parametrize("name, make_args, pattern", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_sentence_exit_2_nothing_written(tmp_path, monkeypatch, name, make_args,
-                                                      pattern):
+def test_bad_input_one_sentence_exit_2_nothing_written(
+    tmp_path, monkeypatch, name, make_args, pattern
+):
     import re
 
     monkeypatch.chdir(tmp_path)  # default output folders (runs/...) would land here
@@ -191,8 +232,19 @@ def test_bad_input_one_sentence_exit_2_nothing_written(tmp_path, monkeypatch, na
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "crossent", "train", "--data", str(tmp_path / "x.csv"), "--target", "y"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "crossent",
+            "train",
+            "--data",
+            str(tmp_path / "x.csv"),
+            "--target",
+            "y",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("Error: no such file") and "Traceback" not in proc.stderr

@@ -7,13 +7,12 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cli_helpers import run
 
 
 def result_of(out: str) -> str:
     """The number on the 'loss (...) = X' line."""
-    m = re.search(r"^loss \((?:mean|sum|none)\) = (.+)$", out, re.M)
+    m = re.search(r"^loss \((?:mean|sum|none)\) = (.+)$", out, re.MULTILINE)
     assert m, out
     return m.group(1)
 
@@ -72,8 +71,19 @@ def _rows(rows):
 def test_options_match_torch(kind, weight, eps, ignore, reduction):
     rows = LOGITS if kind == "logits" else PROBS
     targets = [1, 0, 2]
-    args = ["explain", f"--{kind}", _rows(rows), "--target", "1,0,2",
-            "--label-smoothing", eps, "--ignore-index", ignore, "--reduction", reduction]
+    args = [
+        "explain",
+        f"--{kind}",
+        _rows(rows),
+        "--target",
+        "1,0,2",
+        "--label-smoothing",
+        eps,
+        "--ignore-index",
+        ignore,
+        "--reduction",
+        reduction,
+    ]
     if weight:
         args += ["--weight", ",".join(map(str, weight))]
     out = run(*args).stdout
@@ -81,11 +91,18 @@ def test_options_match_torch(kind, weight, eps, ignore, reduction):
     if kind == "probs":
         x = x.log()
     w = torch.tensor(weight, dtype=torch.float64) if weight else None
-    ref = F.cross_entropy(x, torch.tensor(targets), weight=w, ignore_index=ignore,
-                          reduction=reduction, label_smoothing=eps)
+    ref = F.cross_entropy(
+        x,
+        torch.tensor(targets),
+        weight=w,
+        ignore_index=ignore,
+        reduction=reduction,
+        label_smoothing=eps,
+    )
     values = [float(v) for v in result_of(out).strip("[]").split(",")]
-    torch.testing.assert_close(torch.tensor(values, dtype=torch.float64), ref.reshape(-1),
-                               atol=6e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(values, dtype=torch.float64), ref.reshape(-1), atol=6e-5, rtol=0
+    )
     assert "agrees" in out
 
 
@@ -101,13 +118,30 @@ def test_all_ignored_is_nan_like_torch():
 
 
 def test_binary_options_match_torch():
-    out = run("explain", "--binary", "--logit", "2,-1,0.5", "--y", "1,0,1", "--pos-weight", "3",
-              "--weight", "2,1,0.5", "--label-smoothing", "0.1", "--reduction", "sum").stdout
+    out = run(
+        "explain",
+        "--binary",
+        "--logit",
+        "2,-1,0.5",
+        "--y",
+        "1,0,1",
+        "--pos-weight",
+        "3",
+        "--weight",
+        "2,1,0.5",
+        "--label-smoothing",
+        "0.1",
+        "--reduction",
+        "sum",
+    ).stdout
     y = torch.tensor([1.0, 0.0, 1.0]) * 0.9 + 0.05
     ref = F.binary_cross_entropy_with_logits(
-        torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64), y.double(),
+        torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64),
+        y.double(),
         weight=torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64),
-        pos_weight=torch.tensor([3.0], dtype=torch.float64), reduction="sum")
+        pos_weight=torch.tensor([3.0], dtype=torch.float64),
+        reduction="sum",
+    )
     assert result_of(out) == f"{ref.item():.4f}"
 
 

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import run
 
 from crossent.cli import COMMANDS
-
-from cli_helpers import run
 
 HEAVY = ["torch", "sklearn", "matplotlib", "pandas", "safetensors", "scipy", "tqdm"]
 
@@ -30,7 +29,7 @@ def test_each_command_has_help_with_examples(name):
     assert "Example" in out, f"`crossent {name} --help` shows no example"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _modules_after(code: str) -> frozenset[str]:
     probe = (
         "import sys, json\n" + code + "\n"
@@ -63,8 +62,9 @@ def test_help_does_not_import_torch():
 
 
 def test_python_dash_m_crossent():
-    out = subprocess.run([sys.executable, "-m", "crossent", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "crossent", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.startswith("Usage: crossent ")
 
 

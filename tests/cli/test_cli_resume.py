@@ -7,13 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run
 from safetensors.torch import load_file
 
-from cli_helpers import run
 from crossent.cli import train as train_mod
 
-ARGS = ["--data", "iris", "--epochs", "5", "--batch-size", "32", "--lr", "0.01", "--hidden", "8",
-        "--seed", "3", "-q"]  # 120 training rows: 4 steps per epoch
+ARGS = [
+    "--data",
+    "iris",
+    "--epochs",
+    "5",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.01",
+    "--hidden",
+    "8",
+    "--seed",
+    "3",
+    "-q",
+]  # 120 training rows: 4 steps per epoch
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import TOY_HEADER, run, toy_rows, trained, write_csv
 from sklearn import metrics as skm
 
-from cli_helpers import TOY_HEADER, run, toy_rows, trained, write_csv
 from crossent.cli import data as data_mod
 from crossent.cli import models, store
 from crossent.cli.evaluate import calibration_error
@@ -35,7 +35,12 @@ def test_model_folder_contents_and_config():
     assert cfg["format"] == "crossent-classifier" and cfg["format_version"] == 1
     assert cfg["task"] == "multiclass"
     assert cfg["classes"] == ["setosa", "versicolor", "virginica"]
-    assert cfg["architecture"] == {"kind": "mlp", "in_features": 4, "hidden": [16], "out_features": 3}
+    assert cfg["architecture"] == {
+        "kind": "mlp",
+        "in_features": 4,
+        "hidden": [16],
+        "out_features": 3,
+    }
     assert cfg["features"][0] == "sepal length (cm)" and len(cfg["scaling"]["mean"]) == 4
     assert len(cfg["history"]) == 8 and cfg["training"]["epochs"] == 8
     # no pickle anywhere: every file is JSON, PNG or safetensors
@@ -48,9 +53,14 @@ def test_save_load_predict_gives_identical_probabilities(tmp_path):
     arch = models.architecture("mlp", 4, 3, "multiclass", [8])
     model = models.build(arch)
     X = np.random.default_rng(0).normal(size=(25, 4))
-    config = {"task": "multiclass", "architecture": arch, "features": ["a", "b", "c", "d"],
-              "scaling": {"mean": [0.0] * 4, "scale": [1.0] * 4}, "target": "y",
-              "classes": ["p", "q", "r"]}
+    config = {
+        "task": "multiclass",
+        "architecture": arch,
+        "features": ["a", "b", "c", "d"],
+        "scaling": {"mean": [0.0] * 4, "scale": [1.0] * 4},
+        "target": "y",
+        "classes": ["p", "q", "r"],
+    }
     before = models.probabilities(model, X, "multiclass")
     store.save_model(tmp_path / "m", model, config)
     loaded, cfg = store.load_model(tmp_path / "m")
@@ -106,7 +116,9 @@ def test_evaluate_metrics_equal_sklearn_on_the_same_predictions(tmp_path, name, 
     assert m["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
     assert m["calibration_error"] == pytest.approx(calibration_error(y, probs), abs=1e-12)
     # the table on screen and the plots
-    assert "macro avg" in res.stdout and "ROC-AUC" in res.stdout and "confusion matrix" in res.stdout
+    assert (
+        "macro avg" in res.stdout and "ROC-AUC" in res.stdout and "confusion matrix" in res.stdout
+    )
     for png in ("loss_curve.png", "roc_curve.png", "confusion_matrix.png", "calibration.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG, png
 
@@ -132,17 +144,36 @@ def test_csv_with_text_labels_round_trip(tmp_path):
     assert m["split"] == "all" and m["rows"] == 30
     assert m["accuracy"] >= 0.9, res.stdout  # separable data, 15 epochs
     # predict ignores the label column and keeps the inputs on request
-    out = run("predict", "--model", folder, "--data", fresh, "--keep-columns",
-              "--out", tmp_path / "p.csv").stderr
+    out = run(
+        "predict", "--model", folder, "--data", fresh, "--keep-columns", "--out", tmp_path / "p.csv"
+    ).stderr
     assert "wrote 30 predictions" in out
     table = pd.read_csv(tmp_path / "p.csv")
     assert list(table.columns) == [*TOY_HEADER, "predicted", "prob_cat", "prob_dog", "prob_eel"]
 
 
 def test_binary_class_weights_and_smoothing_train(tmp_path):
-    res = run("train", "--data", "breast-cancer", "--out", tmp_path / "w", "--model", "linear",
-              "--epochs", "2", "--class-weight", "malignant=3", "--label-smoothing", "0.1",
-              "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9")
+    res = run(
+        "train",
+        "--data",
+        "breast-cancer",
+        "--out",
+        tmp_path / "w",
+        "--model",
+        "linear",
+        "--epochs",
+        "2",
+        "--class-weight",
+        "malignant=3",
+        "--label-smoothing",
+        "0.1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+    )
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
     assert cfg["training"]["class_weights"] == [3.0, 1.0]
     assert cfg["task"] == "binary" and cfg["architecture"]["out_features"] == 1
@@ -153,8 +184,23 @@ def test_multiclass_balanced_weights_and_task_override(tmp_path):
     # two classes trained as multiclass (softmax over two logits), balanced weights
     rows = [[i, i % 2 * 3.0, "a" if i % 4 else "b"] for i in range(40)]
     path = write_csv(tmp_path / "imb.csv", ["x1", "x2", "label"], rows)
-    run("train", "--data", path, "--target", "label", "--out", tmp_path / "m", "--task", "multiclass",
-        "--epochs", "2", "--class-weight", "balanced", "--val-split", "0")
+    run(
+        "train",
+        "--data",
+        path,
+        "--target",
+        "label",
+        "--out",
+        tmp_path / "m",
+        "--task",
+        "multiclass",
+        "--epochs",
+        "2",
+        "--class-weight",
+        "balanced",
+        "--val-split",
+        "0",
+    )
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["architecture"]["out_features"] == 2
     # sklearn's balanced weights: n / (classes * count) = 40 / (2 * 30), 40 / (2 * 10)
@@ -163,8 +209,20 @@ def test_multiclass_balanced_weights_and_task_override(tmp_path):
 
 
 def test_digits_linear_softmax_learns(tmp_path):
-    run("train", "--data", "digits", "--model", "linear", "--epochs", "3", "--lr", "0.01",
-        "--out", tmp_path / "d", "-q")
+    run(
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "linear",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--out",
+        tmp_path / "d",
+        "-q",
+    )
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["classes"] == [str(i) for i in range(10)]
     assert cfg["history"][-1]["val_accuracy"] > 0.85  # a linear softmax gets ~95% on digits
@@ -199,5 +257,17 @@ def test_data_command_lists_describes_and_exports(tmp_path):
     frame = pd.read_csv(tmp_path / "wine.csv")
     assert frame.shape == (178, 14) and set(frame["target"]) == {"class_0", "class_1", "class_2"}
     # the exported CSV trains like any CSV
-    run("train", "--data", tmp_path / "wine.csv", "--target", "target", "--model", "linear",
-        "--epochs", "1", "--out", tmp_path / "m", "-q")
+    run(
+        "train",
+        "--data",
+        tmp_path / "wine.csv",
+        "--target",
+        "target",
+        "--model",
+        "linear",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "m",
+        "-q",
+    )

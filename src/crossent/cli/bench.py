@@ -46,12 +46,23 @@ def command_for(script: Path, quick: bool) -> list[str]:
 
 
 @click.command(short_help="Run the benchmark scripts (benchmarks/bench_*.py) here.")
-@click.option("--quick", is_flag=True,
-              help="Small sizes and few rounds (passed to each script that accepts --quick).")
-@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of bench_*.py scripts (default: ./benchmarks, else the checkout's).")
-@click.option("--only", multiple=True, metavar="NAME",
-              help="Run only this script, e.g. --only cross_entropy (repeatable).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small sizes and few rounds (passed to each script that accepts --quick).",
+)
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of bench_*.py scripts (default: ./benchmarks, else the checkout's).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this script, e.g. --only cross_entropy (repeatable).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the scripts found and exit.")
 def bench(quick: bool, folder: Path | None, only: tuple[str, ...], list_only: bool) -> None:
     """Benchmark crossent's losses against torch on this machine, as tables.
@@ -69,18 +80,24 @@ def bench(quick: bool, folder: Path | None, only: tuple[str, ...], list_only: bo
     """
     folder = folder or default_dir()
     if not folder.is_dir():
-        raise CliError(f"there is no benchmark folder at '{folder}'; run from a crossent "
-                       "checkout or pass --dir")
+        raise CliError(
+            f"there is no benchmark folder at '{folder}'; run from a crossent "
+            "checkout or pass --dir"
+        )
     scripts = discover(folder)
     if only:
         wanted = {o if o.startswith("bench_") else f"bench_{o}" for o in only}
         unknown = wanted - {s.stem for s in scripts}
         if unknown:
-            raise CliError(f"no benchmark named {', '.join(sorted(unknown))} in '{folder}'; "
-                           f"choose from {', '.join(s.stem for s in scripts) or 'none'}")
+            raise CliError(
+                f"no benchmark named {', '.join(sorted(unknown))} in '{folder}'; "
+                f"choose from {', '.join(s.stem for s in scripts) or 'none'}"
+            )
         scripts = [s for s in scripts if s.stem in wanted]
     if not scripts:
-        raise CliError(f"'{folder}' holds no bench_*.py scripts; pass --dir with the benchmarks folder")
+        raise CliError(
+            f"'{folder}' holds no bench_*.py scripts; pass --dir with the benchmarks folder"
+        )
     if list_only:
         for s in scripts:
             click.echo(s.stem)
@@ -91,8 +108,14 @@ def bench(quick: bool, folder: Path | None, only: tuple[str, ...], list_only: bo
         cmd = command_for(script, quick)
         click.echo(f"\n== {script.stem} ({' '.join(['python', *cmd[1:]])})")
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=folder.parent, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=folder.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in proc.stdout or ():  # stream the script's table as it prints
             click.echo(line, nl=False)
         rc = proc.wait()

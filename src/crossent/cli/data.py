@@ -12,9 +12,10 @@ fast (see ``crossent.cli``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -48,12 +49,12 @@ class Dataset:
     """
 
     name: str
-    X: "np.ndarray"
+    X: np.ndarray
     feature_names: list[str]
     target: str | None
     labels: list[str] | None
     class_order: list[str] | None = None  # the source's own order (built-ins), else None
-    frame: "pd.DataFrame | None" = field(default=None, repr=False)
+    frame: pd.DataFrame | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
         """sha256 of features, feature names and labels: identifies "the same data" across runs."""
@@ -69,7 +70,7 @@ class Dataset:
 # reading a source
 
 
-def read_source(source: str) -> tuple["pd.DataFrame", str, str | None, list[str] | None]:
+def read_source(source: str) -> tuple[pd.DataFrame, str, str | None, list[str] | None]:
     """(frame, display name, target column or None, class order or None) of a CSV or built-in."""
     path = Path(source)
     if path.exists() or source not in BUILTINS:
@@ -77,7 +78,7 @@ def read_source(source: str) -> tuple["pd.DataFrame", str, str | None, list[str]
     return _read_builtin(source)
 
 
-def _read_builtin(name: str) -> tuple["pd.DataFrame", str, str, list[str]]:
+def _read_builtin(name: str) -> tuple[pd.DataFrame, str, str, list[str]]:
     import sklearn.datasets
 
     bunch = getattr(sklearn.datasets, BUILTINS[name][0])()
@@ -92,7 +93,7 @@ def _read_builtin(name: str) -> tuple["pd.DataFrame", str, str, list[str]]:
     return frame, name, BUILTIN_TARGET, classes
 
 
-def _read_csv(path: Path) -> "pd.DataFrame":
+def _read_csv(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     if not path.exists():
@@ -131,7 +132,7 @@ def _rows(mask: Any, limit: int = 5) -> str:
     return f"data row{'s' if len(idx) > 1 else ''} {shown}{more}"
 
 
-def feature_matrix(frame: "pd.DataFrame", names: Sequence[str], source: str) -> "np.ndarray":
+def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np.ndarray:
     import numpy as np
     import pandas as pd
 
@@ -168,7 +169,7 @@ def feature_matrix(frame: "pd.DataFrame", names: Sequence[str], source: str) -> 
     return X
 
 
-def label_strings(frame: "pd.DataFrame", target: str, source: str) -> list[str]:
+def label_strings(frame: pd.DataFrame, target: str, source: str) -> list[str]:
     """The target column as strings; integral numbers print without '.0' (1.0 -> '1')."""
     col = frame[target]
     if col.isna().any():
@@ -185,7 +186,7 @@ def _label(v: Any) -> str:
     return str(v).strip()
 
 
-def _sorted_classes(frame: "pd.DataFrame", target: str, labels: list[str]) -> list[str]:
+def _sorted_classes(frame: pd.DataFrame, target: str, labels: list[str]) -> list[str]:
     """Numbers in numeric order (2 < 10), everything else in text order."""
     import pandas as pd
 
@@ -195,14 +196,12 @@ def _sorted_classes(frame: "pd.DataFrame", target: str, labels: list[str]) -> li
     return uniq
 
 
-def check_target(frame: "pd.DataFrame", target: str | None, source: str) -> str:
+def check_target(frame: pd.DataFrame, target: str | None, source: str) -> str:
     if target is None:
         raise CliError(f"{source} is a CSV file, so name its label column with --target COLUMN")
     if target not in frame.columns:
         cols = ", ".join(repr(c) for c in list(frame.columns)[:10])
-        raise CliError(
-            f"{source} has no column '{target}'; pick --target from its columns: {cols}"
-        )
+        raise CliError(f"{source} has no column '{target}'; pick --target from its columns: {cols}")
     return target
 
 
@@ -259,7 +258,7 @@ def load_for_model(
     return Dataset(name, X, list(feature_names), target, labels, None, frame)
 
 
-def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) -> "np.ndarray":
+def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) -> np.ndarray:
     """Label strings -> class indices (int64); a label the model never saw is an error."""
     import numpy as np
 
@@ -275,9 +274,7 @@ def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) ->
     return np.array([index[s] for s in labels], dtype=np.int64)
 
 
-def split_indices(
-    y: "np.ndarray", val_fraction: float, seed: int
-) -> tuple["np.ndarray", "np.ndarray"]:
+def split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, validation rows): stratified by class when every class has two rows or more."""
     import numpy as np
     from sklearn.model_selection import train_test_split
@@ -321,13 +318,17 @@ def data_command(source: str | None, target: str | None, export: str | None) -> 
         click.echo("Built-in data sets (from scikit-learn, offline):")
         for name, (_, about) in BUILTINS.items():
             click.echo(f"  {name:<14} {about}")
-        click.echo("Use one with --data NAME, or export it with `crossent data NAME --export FILE`.")
+        click.echo(
+            "Use one with --data NAME, or export it with `crossent data NAME --export FILE`."
+        )
         return
     ds = load_for_training(source, target)
     from collections import Counter
 
     counts = Counter(ds.labels or [])
-    click.echo(f"{ds.name}: {ds.X.shape[0]} rows, {ds.X.shape[1]} numeric features, target '{ds.target}'")
+    click.echo(
+        f"{ds.name}: {ds.X.shape[0]} rows, {ds.X.shape[1]} numeric features, target '{ds.target}'"
+    )
     shown = ", ".join(ds.feature_names[:8]) + (" ..." if len(ds.feature_names) > 8 else "")
     click.echo(f"features: {shown}")
     click.echo("classes:  " + ", ".join(f"{c} ({counts[c]})" for c in ds.class_order or []))

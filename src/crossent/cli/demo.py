@@ -64,22 +64,40 @@ def _fit(model: Any, X: Any, y: Any, lr: float, epochs: int, name: str) -> list[
 def _config(features: list[str], lr: float, epochs: int, seed: int, history: list[float]):
     return {
         "task": "multiclass",  # the tutorial's two logits + softmax cross-entropy
-        "architecture": {"kind": "linear", "in_features": len(features), "hidden": [],
-                         "out_features": 2},
+        "architecture": {
+            "kind": "linear",
+            "in_features": len(features),
+            "hidden": [],
+            "out_features": 2,
+        },
         "features": features,
         "scaling": {"mean": [0.0] * len(features), "scale": [1.0] * len(features)},  # raw inputs
         "target": "label",
         "classes": ["0", "1"],
-        "training": {"data": "crossent demo (train.csv)", "optimizer": "sgd", "lr": lr,
-                     "epochs": epochs, "batch_size": len(TRAIN), "seed": seed, "val_split": 0.0},
-        "history": [{"epoch": i + 1, "train_loss": v, "val_loss": None, "val_accuracy": None}
-                    for i, v in enumerate(history)],
+        "training": {
+            "data": "crossent demo (train.csv)",
+            "optimizer": "sgd",
+            "lr": lr,
+            "epochs": epochs,
+            "batch_size": len(TRAIN),
+            "seed": seed,
+            "val_split": 0.0,
+        },
+        "history": [
+            {"epoch": i + 1, "train_loss": v, "val_loss": None, "val_accuracy": None}
+            for i, v in enumerate(history)
+        ],
     }
 
 
 @click.command(short_help="The tutorial (even or odd?) reproduced, explained and fixed.")
-@click.option("--out", default="crossent-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the models, metrics and plots.")
+@click.option(
+    "--out",
+    default="crossent-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the models, metrics and plots.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seeds the initial weights.")
 def demo(out: str, seed: int) -> None:
     """Reproduce the cross-entropy tutorial (even or odd?), then show why it fails and fix it.
@@ -105,8 +123,10 @@ def demo(out: str, seed: int) -> None:
     from .evaluate import compute_metrics
 
     folder = Path(out)
-    click.echo("crossent demo: the tutorial 'Cross-Entropy Loss in PyTorch' (is a number even or "
-               "odd?), with crossent's loss\n")
+    click.echo(
+        "crossent demo: the tutorial 'Cross-Entropy Loss in PyTorch' (is a number even or "
+        "odd?), with crossent's loss\n"
+    )
 
     # --- part 1: the tutorial, as written -------------------------------------------------------
     data = torch.tensor([[n, y] for n, y in TRAIN], dtype=torch.float32)
@@ -118,21 +138,27 @@ def demo(out: str, seed: int) -> None:
     arch = {"kind": "linear", "in_features": 1, "hidden": [], "out_features": 2}
     model = models.build(arch)
     click.echo(f"Model: SimpleNN = {model.layers[0]}")
-    click.echo("Loss: crossent.nn.CrossEntropyLoss(); optimizer: SGD lr=0.01; 1000 epochs, full batch")
+    click.echo(
+        "Loss: crossent.nn.CrossEntropyLoss(); optimizer: SGD lr=0.01; 1000 epochs, full batch"
+    )
     history = _fit(model, X, y, 0.01, 1000, "tutorial")
 
     tut_dir = folder / "tutorial"
     store.save_model(tut_dir, model, _config(["n"], 0.01, 1000, seed, history))
-    click.echo(f"Model saved to {tut_dir}/ ({store.MODEL_FILE} + {store.CONFIG_FILE}; "
-               "the tutorial's torch.save writes a pickle .pth, which crossent never reads)")
+    click.echo(
+        f"Model saved to {tut_dir}/ ({store.MODEL_FILE} + {store.CONFIG_FILE}; "
+        "the tutorial's torch.save writes a pickle .pth, which crossent never reads)"
+    )
     loaded, _ = store.load_model(tut_dir)
     click.echo(f"Model loaded from {tut_dir}/")
 
     sample_input = torch.tensor([3.0]).unsqueeze(1)
     with torch.no_grad():
         prediction = loaded(sample_input).argmax(dim=1)
-    click.echo(f"Prediction for input {sample_input.item()}: {prediction.item()}"
-               f"  ({'odd' if prediction.item() else 'even'}; 3 is odd)")
+    click.echo(
+        f"Prediction for input {sample_input.item()}: {prediction.item()}"
+        f"  ({'odd' if prediction.item() else 'even'}; 3 is odd)"
+    )
 
     test_data = torch.tensor([[n, y] for n, y in TEST], dtype=torch.float32)
     click.echo("Test Dataset:")
@@ -150,24 +176,40 @@ def demo(out: str, seed: int) -> None:
     majority = max(sum(t for _, t in TEST), len(TEST) - sum(t for _, t in TEST)) / len(TEST)
     best = best_threshold_accuracy(TEST)
     click.echo("What a careful engineer sees:")
-    click.echo(f"  The model's evidence for 'odd' is logit_odd - logit_even = {w:.4f} * n {b:+.4f}: "
-               "a straight line")
-    click.echo("  in n, so all it can ever say is 'odd above some number' (or below). Even and odd "
-               "alternate, so")
-    click.echo(f"  no line separates them: after 1000 epochs the loss is {history[-1]:.4f} and can "
-               "never approach 0.")
-    click.echo(f"  The test accuracy ({acc_raw:.0%}) is what such a rule gets by luck: answering "
-               f"'even' every time")
-    click.echo(f"  scores {majority:.0%} and the best threshold on n scores {best:.0%} on these seven "
-               "numbers. More epochs or")
-    click.echo("  another optimizer cannot fix this: the input must carry parity in a form a linear "
-               "model can use.\n")
+    click.echo(
+        f"  The model's evidence for 'odd' is logit_odd - logit_even = {w:.4f} * n {b:+.4f}: "
+        "a straight line"
+    )
+    click.echo(
+        "  in n, so all it can ever say is 'odd above some number' (or below). Even and odd "
+        "alternate, so"
+    )
+    click.echo(
+        f"  no line separates them: after 1000 epochs the loss is {history[-1]:.4f} and can "
+        "never approach 0."
+    )
+    click.echo(
+        f"  The test accuracy ({acc_raw:.0%}) is what such a rule gets by luck: answering "
+        f"'even' every time"
+    )
+    click.echo(
+        f"  scores {majority:.0%} and the best threshold on n scores {best:.0%} on these seven "
+        "numbers. More epochs or"
+    )
+    click.echo(
+        "  another optimizer cannot fix this: the input must carry parity in a form a linear "
+        "model can use.\n"
+    )
 
     # --- part 2: the fix: binary digits ---------------------------------------------------------
-    click.echo(f"Second model: the same Linear({BITS}, 2) + crossent CrossEntropyLoss + SGD, 1000 epochs, "
-               f"on the binary digits bit0..bit{BITS - 1} of each number")
-    click.echo("  (bit0 = n mod 2 is the parity itself; lr=0.1, as 0/1 inputs give small gradients "
-               "and at 0.01 the random start can still dominate after 1000 epochs)")
+    click.echo(
+        f"Second model: the same Linear({BITS}, 2) + crossent CrossEntropyLoss + SGD, 1000 epochs, "
+        f"on the binary digits bit0..bit{BITS - 1} of each number"
+    )
+    click.echo(
+        "  (bit0 = n mod 2 is the parity itself; lr=0.1, as 0/1 inputs give small gradients "
+        "and at 0.01 the random start can still dominate after 1000 epochs)"
+    )
     Xb = torch.tensor([bits(n) for n, _ in TRAIN])  # (6, 5)
     Xb_test = torch.tensor([bits(n) for n, _ in TEST])  # (7, 5)
     torch.manual_seed(seed)
@@ -183,33 +225,52 @@ def demo(out: str, seed: int) -> None:
     acc_bits = float((bits_probs.argmax(1) == y_test.numpy()).mean())
     terms = " ".join(f"{v:+.2f}*{n}" for v, n in zip(wb, BIT_NAMES))
     top = max(range(BITS), key=lambda i: abs(wb[i]))
-    click.echo(f"  learned: logit_odd - logit_even = {terms} + bias; the largest weight is on "
-               f"{BIT_NAMES[top]}" + (" (the parity)" if top == 0 else ""))
+    click.echo(
+        f"  learned: logit_odd - logit_even = {terms} + bias; the largest weight is on "
+        f"{BIT_NAMES[top]}" + (" (the parity)" if top == 0 else "")
+    )
     click.echo(f"Test Accuracy (binary digits): {acc_bits * 100:.2f}%\n")
 
     # --- outputs ------------------------------------------------------------------------------
     header = ",".join(["n", *BIT_NAMES, "label"])
     for name, rows in (("train.csv", TRAIN), ("test.csv", TEST)):
-        lines = [header] + [",".join([str(n), *(str(int(v)) for v in bits(n)), str(t)]) for n, t in rows]
+        lines = [header] + [
+            ",".join([str(n), *(str(int(v)) for v in bits(n)), str(t)]) for n, t in rows
+        ]
         _files.write_text(folder / name, "\n".join(lines) + "\n")
     y_np = y_test.numpy()
     metrics = {
         "test_set": [n for n, _ in TEST],
         "always_even_test_accuracy": majority,
         "best_threshold_test_accuracy": best,
-        "tutorial": {"final_train_loss": history[-1], "prediction_for_3.0": int(prediction.item()),
-                     **compute_metrics(y_np, test_probs, ["even", "odd"])},
-        "binary_digits": {"final_train_loss": bits_history[-1],
-                          **compute_metrics(y_np, bits_probs, ["even", "odd"])},
+        "tutorial": {
+            "final_train_loss": history[-1],
+            "prediction_for_3.0": int(prediction.item()),
+            **compute_metrics(y_np, test_probs, ["even", "odd"]),
+        },
+        "binary_digits": {
+            "final_train_loss": bits_history[-1],
+            **compute_metrics(y_np, bits_probs, ["even", "odd"]),
+        },
     }
     _files.write_json(folder / "metrics.json", metrics)
-    plots.loss_curves({"tutorial: raw number": history, "binary digits": bits_history},
-                      folder / "loss_curves.png", "crossent demo: training loss (cross-entropy)")
-    plots.confusion_pair(
-        y_np, {f"raw number ({acc_raw:.0%})": test_probs.argmax(1),
-               f"binary digits ({acc_bits:.0%})": bits_probs.argmax(1)},
-        ["even", "odd"], folder / "confusion_matrices.png", "test set, 7 numbers",
+    plots.loss_curves(
+        {"tutorial: raw number": history, "binary digits": bits_history},
+        folder / "loss_curves.png",
+        "crossent demo: training loss (cross-entropy)",
     )
-    click.echo(f"Wrote {folder}/: tutorial/, binary-digits/, train.csv, test.csv, metrics.json, "
-               "loss_curves.png, confusion_matrices.png")
+    plots.confusion_pair(
+        y_np,
+        {
+            f"raw number ({acc_raw:.0%})": test_probs.argmax(1),
+            f"binary digits ({acc_bits:.0%})": bits_probs.argmax(1),
+        },
+        ["even", "odd"],
+        folder / "confusion_matrices.png",
+        "test set, 7 numbers",
+    )
+    click.echo(
+        f"Wrote {folder}/: tutorial/, binary-digits/, train.csv, test.csv, metrics.json, "
+        "loss_curves.png, confusion_matrices.png"
+    )
     click.echo(f"Next: crossent evaluate --model {bits_dir} --data {folder / 'test.csv'}")

@@ -7,8 +7,9 @@ width bins (lo, hi], L1 norm) and tests/cli compares the two when torchmetrics i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
@@ -53,10 +54,15 @@ def compute_metrics(y_true: Any, probs: Any, classes: Sequence[str]) -> dict[str
     pred = probs.argmax(axis=1)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
     out: dict[str, Any] = {
-        "rows": int(len(y_true)),
+        "rows": len(y_true),
         "accuracy": float(skm.accuracy_score(y_true, pred)),
         "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            c: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
             for i, c in enumerate(classes)
         },
     }
@@ -92,8 +98,12 @@ def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -
     from sklearn.metrics import classification_report
 
     text = classification_report(
-        y_true, probs.argmax(axis=1), labels=list(range(len(classes))),
-        target_names=list(classes), digits=4, zero_division=0,
+        y_true,
+        probs.argmax(axis=1),
+        labels=list(range(len(classes))),
+        target_names=list(classes),
+        digits=4,
+        zero_division=0,
     )
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
     lines = [
@@ -110,16 +120,28 @@ def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -
 
 
 @click.command(short_help="Metrics table, metrics.json and PNG plots of a saved model.")
-@click.option("--model", "model_dir", required=True, type=click.Path(),
-              help="Model folder written by `crossent train`.")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(),
+    help="Model folder written by `crossent train`.",
+)
 @click.option("--data", "source", required=True, help=DATA_HELP)
 @click.option("--target", help="Label column (default: the one the model was trained on).")
-@click.option("--split", type=click.Choice(["auto", "all", "val", "train"]), default="auto",
-              show_default=True,
-              help="Which rows: val/train = the training run's split (needs the same data); all = "
-              "every row; auto = val when the data is the training data, else all.")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Folder for metrics.json and the plots (default: MODEL/evaluation).")
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "all", "val", "train"]),
+    default="auto",
+    show_default=True,
+    help="Which rows: val/train = the training run's split (needs the same data); all = "
+    "every row; auto = val when the data is the training data, else all.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for metrics.json and the plots (default: MODEL/evaluation).",
+)
 def evaluate(model_dir: str, source: str, target: str | None, split: str, out: str | None) -> None:
     """Measure a saved model on labelled data: table on screen, JSON and PNG plots on disk.
 
@@ -141,8 +163,9 @@ def evaluate(model_dir: str, source: str, target: str | None, split: str, out: s
 
     model, config = store.load_model(model_dir)
     classes = config["classes"]
-    ds = data_mod.load_for_model(source, config["features"], target or config.get("target"),
-                                 need_target=True)
+    ds = data_mod.load_for_model(
+        source, config["features"], target or config.get("target"), need_target=True
+    )
     y = data_mod.encode_labels(ds.labels or [], classes, ds.name)
 
     training = config.get("training", {})
@@ -177,16 +200,24 @@ def evaluate(model_dir: str, source: str, target: str | None, split: str, out: s
     history = config.get("history") or []
     if history:
         plots.loss_curves(
-            {"training": [h["train_loss"] for h in history],
-             "validation": [h.get("val_loss") for h in history]},
-            folder / "loss_curve.png", f"{Path(model_dir).name}: loss per epoch",
+            {
+                "training": [h["train_loss"] for h in history],
+                "validation": [h.get("val_loss") for h in history],
+            },
+            folder / "loss_curve.png",
+            f"{Path(model_dir).name}: loss per epoch",
         )
         written.append("loss_curve.png")
     if len(np.unique(y[rows])) >= 2:
         plots.roc(y[rows], probs, classes, folder / "roc_curve.png", f"ROC: {title}")
         written.append("roc_curve.png")
-    plots.confusion(y[rows], probs.argmax(axis=1), classes, folder / "confusion_matrix.png",
-                    f"Confusion matrix: {title}")
+    plots.confusion(
+        y[rows],
+        probs.argmax(axis=1),
+        classes,
+        folder / "confusion_matrix.png",
+        f"Confusion matrix: {title}",
+    )
     plots.calibration(y[rows], probs, folder / "calibration.png", f"Calibration: {title}")
     written += ["confusion_matrix.png", "calibration.png"]
     click.echo(f"\nwrote {folder}/ ({', '.join(written)})")

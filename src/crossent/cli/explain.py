@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import click
 
 from ._errors import CliError
 
+
 def _numbers(text: str, option: str) -> list[float]:
     try:
         values = [float(t) for t in text.replace(" ", "").split(",") if t != ""]
     except ValueError:
-        raise CliError(f"{option} {text!r} is not a comma-separated list of numbers; write e.g. 0.2,0.7,0.1")
+        raise CliError(
+            f"{option} {text!r} is not a comma-separated list of numbers; write e.g. 0.2,0.7,0.1"
+        )
     if not values:
         raise CliError(f"{option} is empty; give comma-separated numbers, e.g. 0.2,0.7,0.1")
     if not all(math.isfinite(v) for v in values):
@@ -44,7 +47,9 @@ def _rows(text: str, option: str) -> list[list[float]]:
     if not rows:
         raise CliError(f"{option} is empty; give comma-separated numbers, rows separated by ';'")
     if len({len(r) for r in rows}) != 1:
-        raise CliError(f"the rows of {option} have different lengths; give every row one value per class")
+        raise CliError(
+            f"the rows of {option} have different lengths; give every row one value per class"
+        )
     if len(rows[0]) < 2:
         raise CliError(f"{option} needs at least two classes per row; give one value per class")
     return rows
@@ -74,8 +79,10 @@ def _result_line(values: Sequence[float], reduction: str) -> str:
 def _finish(manual: list[float], library: list[float], call: str, reduction: str) -> None:
     click.echo(f"\nloss ({reduction}) = {_result_line(manual, reduction)}")
     same = _agree(manual, library)
-    click.echo(f"{call} = {_result_line(library, reduction)}"
-               + ("   (agrees with the arithmetic above)" if same else "   DISAGREES"))
+    click.echo(
+        f"{call} = {_result_line(library, reduction)}"
+        + ("   (agrees with the arithmetic above)" if same else "   DISAGREES")
+    )
     if not same:
         click.echo("crossent's result differs from the formula: please report this", err=True)
         sys.exit(1)
@@ -86,8 +93,13 @@ def _finish(manual: list[float], library: list[float], call: str, reduction: str
 
 
 def _explain_multiclass(
-    rows: list[list[float]], from_logits: bool, targets: list[int], weight: list[float] | None,
-    eps: float, ignore_index: int, reduction: str,
+    rows: list[list[float]],
+    from_logits: bool,
+    targets: list[int],
+    weight: list[float] | None,
+    eps: float,
+    ignore_index: int,
+    reduction: str,
 ) -> None:
     import torch
 
@@ -95,15 +107,21 @@ def _explain_multiclass(
 
     C = len(rows[0])
     w = weight or [1.0] * C
-    click.echo("Cross-entropy of a predicted distribution p over C classes against the true class t:")
+    click.echo(
+        "Cross-entropy of a predicted distribution p over C classes against the true class t:"
+    )
     click.echo("  loss = -log p[t]   (the one-hot target keeps only the true class's term)")
     if from_logits:
         click.echo("  from logits z, softmax first: p_c = exp(z_c) / sum_j exp(z_j)")
     if weight or eps:
-        click.echo(f"  general row loss: l = sum_c w_c * q_c * (-log p_c), q_c = (1 - eps) * [c == t] + eps / C")
+        click.echo(
+            "  general row loss: l = sum_c w_c * q_c * (-log p_c), q_c = (1 - eps) * [c == t] + eps / C"
+        )
     if eps:
-        click.echo(f"  label smoothing eps = {eps}: q_c = {1 - eps:.4f} + {eps / C:.4f} for c = t, "
-                   f"{eps / C:.4f} otherwise")
+        click.echo(
+            f"  label smoothing eps = {eps}: q_c = {1 - eps:.4f} + {eps / C:.4f} for c = t, "
+            f"{eps / C:.4f} otherwise"
+        )
 
     losses: list[float] = []
     denominator = 0.0
@@ -119,7 +137,10 @@ def _explain_multiclass(
             p = list(row)
             logp = [_log(v) for v in p]
         probs_rows.append(p)
-        click.echo(f"\nrow {i}, target class {t}" + (f" (= ignore_index: skipped)" if t == ignore_index else ""))
+        click.echo(
+            f"\nrow {i}, target class {t}"
+            + (" (= ignore_index: skipped)" if t == ignore_index else "")
+        )
         head = "  class" + ("       z  exp(z-m)" if from_logits else "") + "       p   -log p"
         if weight:
             head += "       w"
@@ -147,22 +168,30 @@ def _explain_multiclass(
                 line += "   <- target"
             click.echo(line)
         if from_logits:
-            click.echo(f"  m = max z = {m:.4f}, sum exp(z - m) = {total:.4f}, "
-                       f"log sum exp(z) = {m + math.log(total):.4f}")
+            click.echo(
+                f"  m = max z = {m:.4f}, sum exp(z - m) = {total:.4f}, "
+                f"log sum exp(z) = {m + math.log(total):.4f}"
+            )
         if t == ignore_index:
-            click.echo(f"  target = ignore_index ({ignore_index}): loss 0, and left out of the mean's "
-                       "denominator")
+            click.echo(
+                f"  target = ignore_index ({ignore_index}): loss 0, and left out of the mean's "
+                "denominator"
+            )
             losses.append(0.0)
             continue
         if not eps and not weight:
             if from_logits:
-                click.echo(f"  loss = -log p[{t}] = log sum exp(z) - z[{t}] = "
-                           f"{m + math.log(total):.4f} - {row[t]:.4f} = {-logp[t]:.4f}")
+                click.echo(
+                    f"  loss = -log p[{t}] = log sum exp(z) - z[{t}] = "
+                    f"{m + math.log(total):.4f} - {row[t]:.4f} = {-logp[t]:.4f}"
+                )
             else:
                 click.echo(f"  loss = -log p[{t}] = -log({p[t]:.4f}) = {-logp[t]:.4f}")
         else:
-            click.echo(f"  loss = sum of the last column = {sum(terms):.4f}"
-                       + (f" (= w[{t}] * -log p[{t}] = {w[t]:.4f} * {-logp[t]:.4f})" if not eps else ""))
+            click.echo(
+                f"  loss = sum of the last column = {sum(terms):.4f}"
+                + (f" (= w[{t}] * -log p[{t}] = {w[t]:.4f} * {-logp[t]:.4f})" if not eps else "")
+            )
         losses.append(sum(terms))
         denominator += w[t]
 
@@ -170,12 +199,18 @@ def _explain_multiclass(
         manual = [sum(losses) / denominator if denominator else math.nan]
         counted = sum(1 for t in targets if t != ignore_index)
         if weight:
-            click.echo(f"\n'mean' with class weights divides by the weights of the counted targets, "
-                       f"sum w[t] = {denominator:.4f}, not by the number of rows ({counted})")
+            click.echo(
+                f"\n'mean' with class weights divides by the weights of the counted targets, "
+                f"sum w[t] = {denominator:.4f}, not by the number of rows ({counted})"
+            )
             if counted == 1:
-                click.echo("  with a single row the weight cancels; it matters across rows and for 'sum'")
+                click.echo(
+                    "  with a single row the weight cancels; it matters across rows and for 'sum'"
+                )
         elif counted != len(targets):
-            click.echo(f"\n'mean' divides by the {counted} counted row(s), not by all {len(targets)}")
+            click.echo(
+                f"\n'mean' divides by the {counted} counted row(s), not by all {len(targets)}"
+            )
         if denominator == 0:
             click.echo("  every target is ignored: 0 / 0 = nan, as in torch")
     elif reduction == "sum":
@@ -186,7 +221,7 @@ def _explain_multiclass(
     t_in = torch.tensor([[v for v in row] for row in rows], dtype=torch.float64)
     t_tgt = torch.tensor(targets, dtype=torch.int64)
     t_w = torch.tensor(weight, dtype=torch.float64) if weight else None
-    kwargs = dict(weight=t_w, ignore_index=ignore_index, reduction=reduction)
+    kwargs = {"weight": t_w, "ignore_index": ignore_index, "reduction": reduction}
     wtxt = ", weight=w" if weight else ""
     if from_logits:
         out = crossent.cross_entropy(t_in, t_tgt, label_smoothing=eps, **kwargs)
@@ -206,8 +241,13 @@ def _explain_multiclass(
 
 
 def _explain_binary(
-    values: list[float], from_logits: bool, ys: list[float], weight: list[float] | None,
-    pos_weight: float | None, eps: float, reduction: str,
+    values: list[float],
+    from_logits: bool,
+    ys: list[float],
+    weight: list[float] | None,
+    pos_weight: float | None,
+    eps: float,
+    reduction: str,
 ) -> None:
     import torch
 
@@ -218,7 +258,9 @@ def _explain_binary(
     if len(v) == 1 and n > 1:
         v = v * n
     pw = 1.0 if pos_weight is None else pos_weight
-    click.echo("Binary cross-entropy of the predicted probability p of class 1 against the label y:")
+    click.echo(
+        "Binary cross-entropy of the predicted probability p of class 1 against the label y:"
+    )
     click.echo("  loss = -[y * log(p) + (1 - y) * log(1 - p)]")
     if from_logits:
         click.echo("  from a logit x, sigmoid first: p = 1 / (1 + exp(-x))")
@@ -244,12 +286,16 @@ def _explain_binary(
         a, b = pw * ys_ * logp + 0.0, (1 - ys_) * log1mp + 0.0  # + 0.0: no '-0.0000'
         loss = -v[i - 1] * (a + b)
         losses.append(loss)
-        click.echo(f"\nrow {i}: y = {y:g}" + (f" -> {ys_:.4f}" if eps else "")
-                   + (f", x = {x:.4f}, p = sigmoid(x) = {p:.4f}" if from_logits else f", p = {p:.4f}"))
-        click.echo(f"  {'pw * ' if pos_weight is not None else ''}y * log(p)  = "
-                   f"{'%g * ' % pw if pos_weight is not None else ''}{ys_:.4f} * {logp:.4f} = {a:.4f}")
+        click.echo(
+            f"\nrow {i}: y = {y:g}"
+            + (f" -> {ys_:.4f}" if eps else "")
+            + (f", x = {x:.4f}, p = sigmoid(x) = {p:.4f}" if from_logits else f", p = {p:.4f}")
+        )
+        pw_name, pw_value = ("pw * ", f"{pw:g} * ") if pos_weight is not None else ("", "")
+        v_value = f"{v[i - 1]:g} * " if weight else ""
+        click.echo(f"  {pw_name}y * log(p) = {pw_value}{ys_:.4f} * {logp:.4f} = {a:.4f}")
         click.echo(f"  (1 - y) * log(1 - p) = {1 - ys_:.4f} * {log1mp:.4f} = {b:.4f}")
-        click.echo(f"  loss = {'%g * ' % v[i - 1] if weight else ''}-({a:.4f} + {b:.4f}) = {loss:.4f}")
+        click.echo(f"  loss = {v_value}-({a:.4f} + {b:.4f}) = {loss:.4f}")
     manual = {"mean": [sum(losses) / n], "sum": [sum(losses)], "none": losses}[reduction]
     if reduction == "mean" and n > 1:
         click.echo(f"\n'mean' divides by the number of rows ({n})")
@@ -260,10 +306,13 @@ def _explain_binary(
     wtxt = ", weight=v" if weight else ""
     if from_logits:
         t_pw = torch.tensor([pw], dtype=torch.float64) if pos_weight is not None else None
-        out = crossent.binary_cross_entropy_with_logits(t_x, t_y, weight=t_v, pos_weight=t_pw,
-                                                        reduction=reduction)
-        call = (f"crossent.binary_cross_entropy_with_logits(x, y{wtxt}"
-                f"{', pos_weight=pw' if pos_weight is not None else ''}, reduction='{reduction}')")
+        out = crossent.binary_cross_entropy_with_logits(
+            t_x, t_y, weight=t_v, pos_weight=t_pw, reduction=reduction
+        )
+        call = (
+            f"crossent.binary_cross_entropy_with_logits(x, y{wtxt}"
+            f"{', pos_weight=pw' if pos_weight is not None else ''}, reduction='{reduction}')"
+        )
     else:
         out = crossent.binary_cross_entropy(t_x, t_y, weight=t_v, reduction=reduction)
         call = f"crossent.binary_cross_entropy(p, y{wtxt}, reduction='{reduction}')"
@@ -283,14 +332,37 @@ def _explain_binary(
 @click.option("--y", "y_text", help="Binary: label per row, 0 or 1 (soft labels in [0, 1] too).")
 @click.option("--weight", help="Multi-class: a weight per class (w). Binary: a weight per row (v).")
 @click.option("--pos-weight", type=float, help="Binary with --logit: weight of the positive term.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="eps: mixes the one-hot target with the uniform distribution.")
-@click.option("--ignore-index", type=int, default=-100, show_default=True,
-              help="Multi-class: rows with this target count for nothing.")
-@click.option("--reduction", type=click.Choice(["mean", "sum", "none"]), default="mean",
-              show_default=True)
-def explain(probs, logits, target, binary, p_text, logit_text, y_text, weight, pos_weight,
-            label_smoothing, ignore_index, reduction) -> None:
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="eps: mixes the one-hot target with the uniform distribution.",
+)
+@click.option(
+    "--ignore-index",
+    type=int,
+    default=-100,
+    show_default=True,
+    help="Multi-class: rows with this target count for nothing.",
+)
+@click.option(
+    "--reduction", type=click.Choice(["mean", "sum", "none"]), default="mean", show_default=True
+)
+def explain(
+    probs,
+    logits,
+    target,
+    binary,
+    p_text,
+    logit_text,
+    y_text,
+    weight,
+    pos_weight,
+    label_smoothing,
+    ignore_index,
+    reduction,
+) -> None:
     """Work out the cross-entropy loss step by step: formula, every term, the result.
 
     Each term is computed from the formula with plain arithmetic, then crossent's functional API
@@ -310,8 +382,10 @@ def explain(probs, logits, target, binary, p_text, logit_text, y_text, weight, p
     """
     if binary:
         if probs or logits or target is not None:
-            raise CliError("--binary takes --p or --logit and --y, not --probs/--logits/--target; "
-                           "drop --binary for the multi-class loss")
+            raise CliError(
+                "--binary takes --p or --logit and --y, not --probs/--logits/--target; "
+                "drop --binary for the multi-class loss"
+            )
         if (p_text is None) == (logit_text is None):
             raise CliError("--binary needs exactly one of --p (probabilities) or --logit; give one")
         if y_text is None:
@@ -319,13 +393,19 @@ def explain(probs, logits, target, binary, p_text, logit_text, y_text, weight, p
         values = _numbers(p_text or logit_text, "--p" if p_text else "--logit")
         ys = _numbers(y_text, "--y")
         if len(ys) != len(values):
-            raise CliError(f"--y has {len(ys)} labels for {len(values)} rows; give one label per row")
+            raise CliError(
+                f"--y has {len(ys)} labels for {len(values)} rows; give one label per row"
+            )
         if any(not 0 <= y <= 1 for y in ys):
             raise CliError("--y labels must lie in [0, 1] (1 = class 1); fix the labels")
         if p_text is not None and any(not 0 <= p <= 1 for p in values):
-            raise CliError("--p values are probabilities and must lie in [0, 1]; use --logit for raw scores")
+            raise CliError(
+                "--p values are probabilities and must lie in [0, 1]; use --logit for raw scores"
+            )
         if pos_weight is not None and p_text is not None:
-            raise CliError("--pos-weight is an option of BCE-with-logits; give --logit instead of --p")
+            raise CliError(
+                "--pos-weight is an option of BCE-with-logits; give --logit instead of --p"
+            )
         v = _numbers(weight, "--weight") if weight else None
         if v is not None and len(v) not in (1, len(values)):
             raise CliError(f"--weight has {len(v)} values for {len(values)} rows; give one per row")
@@ -335,18 +415,24 @@ def explain(probs, logits, target, binary, p_text, logit_text, y_text, weight, p
     if p_text or logit_text or y_text or pos_weight is not None:
         raise CliError("--p, --logit, --y and --pos-weight belong to the binary loss; add --binary")
     if (probs is None) == (logits is None):
-        raise CliError("give exactly one of --probs (probabilities) or --logits (raw scores), "
-                       "e.g. --probs 0.2,0.7,0.1 --target 1")
+        raise CliError(
+            "give exactly one of --probs (probabilities) or --logits (raw scores), "
+            "e.g. --probs 0.2,0.7,0.1 --target 1"
+        )
     rows = _rows(probs or logits, "--probs" if probs else "--logits")
     C = len(rows[0])
     if probs:
         for i, r in enumerate(rows, start=1):
             if any(not 0 <= x <= 1 for x in r):
-                raise CliError(f"row {i} of --probs has a value outside [0, 1]; "
-                               "give probabilities, or raw scores with --logits")
+                raise CliError(
+                    f"row {i} of --probs has a value outside [0, 1]; "
+                    "give probabilities, or raw scores with --logits"
+                )
             if abs(sum(r) - 1) > 1e-3:
-                raise CliError(f"row {i} of --probs sums to {sum(r):.4g}, not 1; "
-                               "give probabilities that sum to 1, or raw scores with --logits")
+                raise CliError(
+                    f"row {i} of --probs sums to {sum(r):.4g}, not 1; "
+                    "give probabilities that sum to 1, or raw scores with --logits"
+                )
     if target is None:
         raise CliError("--target is required: the true class index of each row, e.g. --target 1")
     try:
@@ -354,12 +440,18 @@ def explain(probs, logits, target, binary, p_text, logit_text, y_text, weight, p
     except ValueError:
         raise CliError(f"--target {target!r} is not a list of class indices; write e.g. 1 or 1,0")
     if len(targets) != len(rows):
-        raise CliError(f"--target has {len(targets)} classes for {len(rows)} rows; give one per row")
+        raise CliError(
+            f"--target has {len(targets)} classes for {len(rows)} rows; give one per row"
+        )
     for t in targets:
         if t != ignore_index and not 0 <= t < C:
-            raise CliError(f"--target {t} is not a class index in 0..{C - 1}; "
-                           "count classes from 0 (the seed's class 2 of 3 is index 1)")
+            raise CliError(
+                f"--target {t} is not a class index in 0..{C - 1}; "
+                "count classes from 0 (the seed's class 2 of 3 is index 1)"
+            )
     w = _numbers(weight, "--weight") if weight else None
     if w is not None and (len(w) != C or any(x < 0 for x in w)):
         raise CliError(f"--weight needs {C} non-negative values, one per class; fix the list")
-    _explain_multiclass(rows, logits is not None, targets, w, label_smoothing, ignore_index, reduction)
+    _explain_multiclass(
+        rows, logits is not None, targets, w, label_smoothing, ignore_index, reduction
+    )

@@ -12,7 +12,8 @@ This module imports torch at the top: commands import it inside their function b
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,9 @@ def make_loss(
     def binary_weighted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         soft = y.to(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2
         w = w_class[y]  # (N,)
-        total = crossent.binary_cross_entropy_with_logits(logits[:, 0], soft, weight=w, reduction="sum")
+        total = crossent.binary_cross_entropy_with_logits(
+            logits[:, 0], soft, weight=w, reduction="sum"
+        )
         return total / w.sum()
 
     return binary_weighted

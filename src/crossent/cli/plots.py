@@ -6,8 +6,9 @@ Each function draws one figure and writes it atomically (rendered to memory, the
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import _files
 
@@ -47,7 +48,9 @@ def loss_curves(
     return _save(fig, path)
 
 
-def confusion(y_true: Any, y_pred: Any, classes: Sequence[str], path: str | Path, title: str) -> Path:
+def confusion(
+    y_true: Any, y_pred: Any, classes: Sequence[str], path: str | Path, title: str
+) -> Path:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = _pyplot()
@@ -96,7 +99,11 @@ def calibration(y_true: Any, probs: Any, path: str | Path, title: str, n_bins: i
     fig, ax = plt.subplots(figsize=(5.6, 5.4))
     correct = probs.argmax(axis=1) == y_true
     CalibrationDisplay.from_predictions(
-        correct, probs.max(axis=1), n_bins=n_bins, ax=ax, name="top-label confidence",
+        correct,
+        probs.max(axis=1),
+        n_bins=n_bins,
+        ax=ax,
+        name="top-label confidence",
         pos_label=True,
     )
     ax.set_xlabel("confidence of the predicted class")
@@ -115,8 +122,12 @@ def confusion_pair(
     fig, axes = plt.subplots(1, len(predictions), figsize=(4.2 * len(predictions), 4.0))
     for ax, (name, pred) in zip(axes, predictions.items()):
         ConfusionMatrixDisplay.from_predictions(
-            y_true, pred, labels=list(range(len(classes))), display_labels=list(classes),
-            ax=ax, colorbar=False,
+            y_true,
+            pred,
+            labels=list(range(len(classes))),
+            display_labels=list(classes),
+            ax=ax,
+            colorbar=False,
         )
         ax.set_title(name)
     fig.suptitle(title)

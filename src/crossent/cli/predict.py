@@ -8,12 +8,22 @@ from .data import DATA_HELP
 
 
 @click.command(short_help="Predicted class and class probabilities per row, as CSV.")
-@click.option("--model", "model_dir", required=True, type=click.Path(),
-              help="Model folder written by `crossent train`.")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(),
+    help="Model folder written by `crossent train`.",
+)
 @click.option("--data", "source", required=True, help=DATA_HELP)
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="CSV file to write (default: print to standard output).")
-@click.option("--keep-columns", is_flag=True, help="Put the input's columns before the predictions.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="CSV file to write (default: print to standard output).",
+)
+@click.option(
+    "--keep-columns", is_flag=True, help="Put the input's columns before the predictions."
+)
 def predict(model_dir: str, source: str, out: str | None, keep_columns: bool) -> None:
     """Predict the class of every row, with one probability column per class.
 

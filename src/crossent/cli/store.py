@@ -73,7 +73,7 @@ def _safetensors_load(path: Path, what: str) -> tuple[dict[str, Any], dict[str, 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as e:
         raise CliError(f"{what} '{path}' is corrupt ({e}); {_REDO}")
     return tensors, meta
@@ -142,7 +142,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"{config.get('crossent_version', '?')}), but this crossent {crossent_version()} reads "
             f"version {FORMAT_VERSION}; retrain the model or use the crossent that wrote it"
         )
-    missing = [k for k in ("task", "architecture", "features", "scaling", "classes") if k not in config]
+    missing = [
+        k for k in ("task", "architecture", "features", "scaling", "classes") if k not in config
+    ]
     if missing:
         raise CliError(f"'{cfg_path}' lacks {', '.join(missing)}; {_REDO}")
     return config
@@ -169,7 +171,9 @@ def load_model(folder: str | Path) -> tuple[Any, dict[str, Any]]:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise CliError(f"'{weights}' does not fit the architecture in {CONFIG_FILE} ({first}); {_REDO}")
+        raise CliError(
+            f"'{weights}' does not fit the architecture in {CONFIG_FILE} ({first}); {_REDO}"
+        )
     model.eval()
     return model, config
 
@@ -202,7 +206,7 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any, rng: Any) -> d
     try:
         meta = json.loads(raw["crossent"])
         model.load_state_dict(
-            {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         )
         state: dict[int, dict[str, Any]] = {}
         for name, value in tensors.items():
@@ -214,5 +218,7 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any, rng: Any) -> d
         optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
         rng.set_state(tensors["rng.shuffle"])
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
-        raise CliError(f"checkpoint '{path}' is corrupt or incomplete ({e}); start again without --resume")
+        raise CliError(
+            f"checkpoint '{path}' is corrupt or incomplete ({e}); start again without --resume"
+        )
     return meta

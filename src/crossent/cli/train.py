@@ -13,8 +13,9 @@ the data and options; --resume with different ones is refused rather than silent
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
@@ -34,7 +35,9 @@ def _parse_hidden(text: str) -> list[int]:
     except ValueError:
         widths = []
     if not widths or any(w <= 0 for w in widths):
-        raise CliError(f"--hidden {text!r} is not a list of positive widths; write e.g. 64 or 128,64")
+        raise CliError(
+            f"--hidden {text!r} is not a list of positive widths; write e.g. 64 or 128,64"
+        )
     return widths
 
 
@@ -68,9 +71,7 @@ def parse_class_weights(text: str | None, classes: Sequence[str], y: Any) -> lis
         else:
             out = [float(p) for p in parts]
     except ValueError:
-        raise CliError(
-            f"--class-weight {text!r} is not understood; write balanced, 1,3 or name=3"
-        )
+        raise CliError(f"--class-weight {text!r} is not understood; write balanced, 1,3 or name=3")
     if len(out) != len(classes):
         raise CliError(
             f"--class-weight gives {len(out)} weights for {len(classes)} classes "
@@ -107,37 +108,78 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
     type=click.Path(file_okay=False),
     help="Model folder to write (default: runs/<data name>).",
 )
-@click.option("--model", "kind", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True,
-              help="linear: logits = W x + b. mlp: hidden layers with ReLU.")
+@click.option(
+    "--model",
+    "kind",
+    type=click.Choice(["linear", "mlp"]),
+    default="mlp",
+    show_default=True,
+    help="linear: logits = W x + b. mlp: hidden layers with ReLU.",
+)
 @click.option("--hidden", default="64", show_default=True, help="MLP hidden widths, e.g. 128,64.")
-@click.option("--task", type=click.Choice(["auto", "binary", "multiclass"]), default="auto",
-              show_default=True,
-              help="binary: one logit, sigmoid + BCE-with-logits. multiclass: one logit per class, "
-              "softmax + cross-entropy. auto: binary for two classes.")
+@click.option(
+    "--task",
+    type=click.Choice(["auto", "binary", "multiclass"]),
+    default="auto",
+    show_default=True,
+    help="binary: one logit, sigmoid + BCE-with-logits. multiclass: one logit per class, "
+    "softmax + cross-entropy. auto: binary for two classes.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Learning rate.")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Learning rate.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="SGD momentum.")
+@click.option(
+    "--momentum", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="SGD momentum."
+)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="eps: the target becomes (1 - eps) * one-hot + eps / classes.")
-@click.option("--class-weight", "class_weight",
-              help="balanced (n / (classes * n_class)), weights in class order (1,3), or "
-              "per name (malignant=3). Weighted mean: sum w[y] * loss / sum w[y].")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.2,
-              show_default=True, help="Fraction of rows held out for validation (stratified).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the split, the initial weights and the batch order.")
-@click.option("--resume", is_flag=True,
-              help="Continue the interrupted run in --out from its last checkpoint (same options; "
-              "--epochs may grow).")
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="eps: the target becomes (1 - eps) * one-hot + eps / classes.",
+)
+@click.option(
+    "--class-weight",
+    "class_weight",
+    help="balanced (n / (classes * n_class)), weights in class order (1,3), or "
+    "per name (malignant=3). Weighted mean: sum w[y] * loss / sum w[y].",
+)
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Fraction of rows held out for validation (stratified).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the split, the initial weights and the batch order.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run in --out from its last checkpoint (same options; "
+    "--epochs may grow).",
+)
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
-@click.option("--stop-after-epochs", type=click.IntRange(min=1), hidden=True,
-              help="Test hook: stop after this epoch as if interrupted (checkpoint written).")
+@click.option(
+    "--stop-after-epochs",
+    type=click.IntRange(min=1),
+    hidden=True,
+    help="Test hook: stop after this epoch as if interrupted (checkpoint written).",
+)
 def train(
     source: str,
     target: str | None,
@@ -259,7 +301,9 @@ def train(
         )
 
     if not quiet:
-        shape = " -> ".join(str(n) for n in [arch["in_features"], *arch["hidden"], arch["out_features"]])
+        shape = " -> ".join(
+            str(n) for n in [arch["in_features"], *arch["hidden"], arch["out_features"]]
+        )
         head = "sigmoid + BCE-with-logits" if task == "binary" else "softmax + cross-entropy"
         click.echo(
             f"{ds.name}: {len(train_rows)} training rows, {len(val_rows)} validation rows, "
@@ -271,9 +315,14 @@ def train(
     # --- epochs -------------------------------------------------------------------------------
     n = len(train_rows)
     bar = tqdm(
-        range(start, epochs), initial=start, total=epochs, desc="train", unit="epoch",
+        range(start, epochs),
+        initial=start,
+        total=epochs,
+        desc="train",
+        unit="epoch",
         disable=True if quiet else None,  # None: tqdm hides itself when stderr is not a terminal
-        file=sys.stderr, leave=False,
+        file=sys.stderr,
+        leave=False,
     )
     report_every = max(1, epochs // 10)
     try:
@@ -288,8 +337,12 @@ def train(
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
-            entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / n,
-                                     "val_loss": None, "val_accuracy": None}
+            entry: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": total / n,
+                "val_loss": None,
+                "val_accuracy": None,
+            }
             if len(val_rows):
                 model.eval()
                 with torch.no_grad():
@@ -298,13 +351,18 @@ def train(
                     pred = (logits[:, 0] > 0).long() if task == "binary" else logits.argmax(1)
                     entry["val_accuracy"] = (pred == y_va).double().mean().item()
             history.append(entry)
-            store.save_checkpoint(ckpt, model, opt, rng,
-                                  {"epoch": epoch + 1, "history": history, "run": run})
+            store.save_checkpoint(
+                ckpt, model, opt, rng, {"epoch": epoch + 1, "history": history, "run": run}
+            )
             bar.set_postfix(loss=f"{entry['train_loss']:.4f}")
             if not quiet and (epoch + 1) % report_every == 0 and epoch + 1 < epochs:
                 # a line every tenth of the run; tqdm.write keeps a live bar below the lines
                 (click.echo if bar.disable else bar.write)(_progress_line(entry, epochs))
-            if stop_after_epochs is not None and epoch + 1 == stop_after_epochs and epoch + 1 < epochs:
+            if (
+                stop_after_epochs is not None
+                and epoch + 1 == stop_after_epochs
+                and epoch + 1 < epochs
+            ):
                 bar.close()
                 click.echo(
                     f"stopped after epoch {epoch + 1} as asked; the checkpoint is in {ckpt}, "
@@ -330,16 +388,24 @@ def train(
         "scaling": scaling,
         "target": ds.target,
         "classes": classes,
-        "training": {**{k: v for k, v in run.items() if k not in ("architecture", "classes",
-                                                                      "features", "task", "target")},
-                     "epochs": len(history), "train_rows": len(train_rows),
-                     "val_rows": len(val_rows)},
+        "training": {
+            **{
+                k: v
+                for k, v in run.items()
+                if k not in ("architecture", "classes", "features", "task", "target")
+            },
+            "epochs": len(history),
+            "train_rows": len(train_rows),
+            "val_rows": len(val_rows),
+        },
         "history": history,
     }
     store.save_model(folder, model, config)
     plots.loss_curves(
-        {"training": [h["train_loss"] for h in history],
-         "validation": [h["val_loss"] for h in history]},
+        {
+            "training": [h["train_loss"] for h in history],
+            "validation": [h["val_loss"] for h in history],
+        },
         folder / "loss_curve.png",
         f"{ds.name}: {kind} classifier, crossent {'BCE' if task == 'binary' else 'cross-entropy'}",
     )
