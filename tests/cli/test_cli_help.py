@@ -70,3 +70,21 @@ def test_python_dash_m_crossent():
 
 def test_version():
     assert "crossent, version" in run("--version").stdout
+
+
+@pytest.mark.parametrize(
+    "blocked, args, message",
+    [
+        ("click", "[]", "needs click, which is not installed"),
+        ("sklearn", "['data', 'iris']", "needs scikit-learn, which is not installed"),
+    ],
+)
+def test_missing_cli_extra_says_how_to_install(blocked, args, message):
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        f"from crossent.cli import main\nmain({args}, prog_name='crossent')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "pip install 'crossent[cli]'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -2,69 +2,31 @@
 
 Each command lives in its own module and is imported only when it runs (or when ``--help`` lists
 it); those modules import only click at the top and torch / scikit-learn / matplotlib / pandas
-inside their functions, so ``crossent --help`` answers in a fraction of a second (torch alone takes
-about two seconds to import).
+inside their functions, so ``crossent --help`` itself needs none of them.
+
+Without the `cli` extra (click and friends), `crossent` says how to install it instead of failing
+with an ImportError.
 """
 
 from __future__ import annotations
 
-import importlib
+import sys
 from typing import Any
 
-import click
+try:
+    from ._main import COMMANDS, main, run
+except ModuleNotFoundError as e:  # pragma: no cover - exercised in a subprocess by the tests
+    if e.name != "click":
+        raise
+    COMMANDS = {}
 
-# command name -> "module:function", in the order --help lists them
-COMMANDS = {
-    "demo": "demo:demo",
-    "train": "train:train",
-    "evaluate": "evaluate:evaluate",
-    "predict": "predict:predict",
-    "explain": "explain:explain",
-    "data": "data:data_command",
-    "bench": "bench:bench",
-}
+    def main(*args: Any, **kwargs: Any) -> Any:
+        sys.stderr.write(
+            "Error: the crossent command line needs click, which is not installed; install "
+            "its dependencies with: pip install 'crossent[cli]'\n"
+        )
+        raise SystemExit(2)
 
+    run = main
 
-class LazyGroup(click.Group):
-    """click's documented lazy-loading pattern: import a command's module on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module, attr = target.split(":")
-        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-
-
-@click.group(
-    cls=LazyGroup,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Run `crossent COMMAND --help` for each command's options and examples.",
-)
-@click.version_option(package_name="crossent", prog_name="crossent")
-def main() -> None:
-    """Cross-entropy, from the formula to a trained and evaluated classifier.
-
-    \b
-    A typical session:
-      crossent demo                                   the tutorial, reproduced, then fixed
-      crossent explain --probs 0.2,0.7,0.1 --target 1 the loss step by step (0.3567)
-      crossent train --data breast-cancer --out runs/bc
-      crossent evaluate --model runs/bc --data breast-cancer
-      crossent predict --model runs/bc --data new_rows.csv --out predictions.csv
-
-    Data is a CSV file (`--data file.csv --target COLUMN`) or one of scikit-learn's built-in data
-    sets (breast-cancer, digits, iris, wine), which need no download. Models are saved as
-    safetensors plus a JSON description; pickle files are never read or written.
-
-    Bad input (a missing file or column, NaN, a single class, ...) ends with one sentence on
-    stderr and exit code 2.
-    """
-
-
-def run(argv: list[str] | None = None) -> Any:
-    """Entry point for ``python -m crossent``."""
-    return main(args=argv, prog_name="crossent")
+__all__ = ["COMMANDS", "main", "run"]
