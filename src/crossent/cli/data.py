@@ -34,7 +34,7 @@ BUILTINS: dict[str, tuple[str, str]] = {
 }
 BUILTIN_TARGET = "target"
 DATA_HELP = (
-    "a CSV file, or a data set that ships with scikit-learn (offline): "
+    "A CSV file, or a data set that ships with scikit-learn (offline): "
     + ", ".join(BUILTINS)
     + ". An existing file of that name wins."
 )

@@ -127,7 +127,7 @@ def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -
     type=click.Path(),
     help="Model folder written by `crossent train`.",
 )
-@click.option("--data", "source", required=True, help=DATA_HELP)
+@click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)
 @click.option("--target", help="Label column (default: the one the model was trained on).")
 @click.option(
     "--split",

@@ -84,7 +84,10 @@ def roc(y_true: Any, probs: Any, classes: Sequence[str], path: str | Path, title
         RocCurveDisplay.from_predictions(
             positives, probs[:, c], name=f"{classes[c]}" + (" vs rest" if k > 2 else ""), ax=ax
         )
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1, label="chance")
+    # sklearn labels the axes "(Positive label: 1)" for our 0/1 one-vs-rest masks: say it plainly
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
     ax.set_title(title)
     if k > 6:
         ax.legend(fontsize=7)
@@ -119,8 +122,10 @@ def confusion_pair(
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(predictions), figsize=(4.2 * len(predictions), 4.0))
-    for ax, (name, pred) in zip(axes, predictions.items()):
+    fig, axes = plt.subplots(
+        1, len(predictions), figsize=(4.2 * len(predictions), 4.2), constrained_layout=True
+    )
+    for i, (ax, (name, pred)) in enumerate(zip(axes, predictions.items())):
         ConfusionMatrixDisplay.from_predictions(
             y_true,
             pred,
@@ -130,5 +135,7 @@ def confusion_pair(
             colorbar=False,
         )
         ax.set_title(name)
+        if i:
+            ax.set_ylabel("")  # shared with the first panel
     fig.suptitle(title)
     return _save(fig, path)

@@ -15,7 +15,7 @@ from .data import DATA_HELP
     type=click.Path(),
     help="Model folder written by `crossent train`.",
 )
-@click.option("--data", "source", required=True, help=DATA_HELP)
+@click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),

@@ -100,7 +100,7 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
 
 
 @click.command(short_help="Train a classifier; save it as safetensors + JSON.")
-@click.option("--data", "source", required=True, help=DATA_HELP)
+@click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)
 @click.option("--target", help="Label column of the CSV file (not needed for built-ins).")
 @click.option("--features", help="Comma-separated feature columns (default: every other column).")
 @click.option(
