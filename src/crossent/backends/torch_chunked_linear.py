@@ -30,8 +30,9 @@ computed twice). Loss only (no gradient needed): 2 N D V.
 Memory. Beyond the inputs and the gradients themselves (N D + V D + V), one chunk's buffers:
 n V elements of the input dtype for Z, plus n V float32 for G with 16-bit inputs, plus n V float32
 for tanh under softcap, plus the temporaries ce_chunk makes for soft targets and for label smoothing
-with class weights. `chunk_rows` picks n so that these fit in ``budget_bytes`` (256 MiB by default;
-``chunk_size`` overrides n): peak extra memory O(n V + V D), never O(N V). With 16-bit inputs the
+with class weights. `chunk_rows` picks n so that these take at most half the bytes of the float32
+weight gradient (n = D/2 in float32; at least 16 MiB; ``chunk_size`` overrides n): peak extra
+memory O(n V + V D) = O(V D), about 1.5x the gradients, never O(N V). With 16-bit inputs the
 weight and bias gradients are accumulated in float32 (V D float32) and cast once at the end, and
 each chunk's G.T @ x_c lands in a reused (V, D) buffer of the input dtype before being added.
 
@@ -61,31 +62,37 @@ from .torch_chunked import (
     deterministic_sum,
 )
 
-# The chunk's logits, gradient and temporaries stay below this many bytes. At V=128256 in float32
-# that is 523 rows: enough that each (V, D) read-modify-write of grad_W by addmm is amortised over
-# a product of 2*523*D*V FLOPs (~2% of the time on a 2-core CPU), while unfused eager needs ~3 N V
-# float32 (about 3 GB at N=2048).
-DEFAULT_BUDGET_BYTES = 256 << 20
+# The chunk's buffers (logits, gradient, temporaries) may take half as many bytes as the float32
+# weight gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32 that is
+# D/2 rows whatever V is: 256 rows at D=512, so peak extra memory is about 1.5x the gradients,
+# and each (V, D) read-modify-write of grad_W by addmm (2*4*V*D bytes) is amortised over
+# 6*256*D*V FLOPs of products (~3% of the time on a 2-core CPU: 7/rows at 160 GFLOP/s, 30 GB/s).
+# The floor keeps small layers (D*V tiny) from running in slivers of a few rows.
+MIN_BUDGET_BYTES = 16 << 20
 
 
 def chunk_rows(
     n: int,
+    num_features: int,
     num_classes: int,
     dtype: torch.dtype,
     opts: LossOptions,
     *,
     soft: bool = False,
     class_weight: bool = False,
-    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    budget_bytes: int | None = None,
 ) -> int:
-    """Rows per chunk: as many as fit in ``budget_bytes``, then balanced so the last chunk is not tiny.
+    """Rows per chunk: as many as fit in the budget, then balanced so the last chunk is not tiny.
 
-    Bytes per row: the logits (input dtype), the float32 gradient of 16-bit inputs, the tanh buffer
-    of softcap, and ce_chunk's row-sized temporaries (soft targets: t*z and t*w or the float32 copy
-    of 16-bit probabilities; label smoothing with class weights: z*w).
+    budget_bytes defaults to max(MIN_BUDGET_BYTES, V * D * 4 / 2) (float32; 8 for float64).
+    Bytes per row: V times the logits (input dtype), the float32 gradient of 16-bit inputs, the tanh
+    buffer of softcap, and ce_chunk's row-sized temporaries (soft targets: t*z and t*w or the float32
+    copy of 16-bit probabilities; label smoothing with class weights: z*w).
     """
     acc = compute_dtype(dtype)
     a = torch.empty((), dtype=acc).element_size()
+    if budget_bytes is None:
+        budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a // 2)
     per_elem = torch.empty((), dtype=dtype).element_size() + (a if dtype != acc else 0)
     if opts.softcap is not None:
         per_elem += a
@@ -243,7 +250,7 @@ def linear_cross_entropy(
     out_dtype = torch.result_type(input, target) if soft else input.dtype
     out_shape = input.shape[:-1]
     rows = chunk_size or chunk_rows(
-        n, v, input.dtype, opts, soft=soft, class_weight=class_weight is not None
+        n, input.shape[-1], v, input.dtype, opts, soft=soft, class_weight=class_weight is not None
     )
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias)
