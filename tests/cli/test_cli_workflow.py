@@ -271,3 +271,14 @@ def test_data_command_lists_describes_and_exports(tmp_path):
         tmp_path / "m",
         "-q",
     )
+
+
+def test_evaluate_on_data_missing_a_class(tmp_path):
+    rows = [r for r in toy_rows(30) if r[2] != "eel"]
+    path = write_csv(tmp_path / "two.csv", TOY_HEADER, rows)
+    res = run("evaluate", "--model", trained("toy"), "--data", path, "--out", tmp_path / "ev")
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["roc_auc"] is None and "some classes have no rows" in m["roc_auc_note"]
+    assert m["per_class"]["eel"]["support"] == 0
+    assert "ROC-AUC            n/a" in res.stdout
+    assert (tmp_path / "ev" / "roc_curve.png").exists()

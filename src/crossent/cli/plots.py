@@ -89,28 +89,29 @@ def roc(y_true: Any, probs: Any, classes: Sequence[str], path: str | Path, title
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    if k > 6:
-        ax.legend(fontsize=7)
+    ax.legend(loc="lower right", fontsize=7 if k > 6 else None)
     return _save(fig, path)
 
 
 def calibration(y_true: Any, probs: Any, path: str | Path, title: str, n_bins: int = 10) -> Path:
-    """Reliability diagram of the top-label confidence: is a 0.9-confident prediction right 90%?"""
+    """Reliability diagram, binned like the calibration error in metrics.json.
+
+    Binary: is p(class 1) = 0.8 right 80% of the time? Multi-class: the same for the confidence
+    of the predicted class (top-label).
+    """
     from sklearn.calibration import CalibrationDisplay
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 5.4))
-    correct = probs.argmax(axis=1) == y_true
-    CalibrationDisplay.from_predictions(
-        correct,
-        probs.max(axis=1),
-        n_bins=n_bins,
-        ax=ax,
-        name="top-label confidence",
-        pos_label=True,
-    )
-    ax.set_xlabel("confidence of the predicted class")
-    ax.set_ylabel("fraction correct")
+    if probs.shape[1] == 2:
+        hit, conf, name = y_true == 1, probs[:, 1], "p(class 1)"
+        xlabel, ylabel = "predicted probability of class 1", "fraction of class 1"
+    else:
+        hit, conf, name = probs.argmax(axis=1) == y_true, probs.max(axis=1), "top-label"
+        xlabel, ylabel = "confidence of the predicted class", "fraction correct"
+    CalibrationDisplay.from_predictions(hit, conf, n_bins=n_bins, ax=ax, name=name, pos_label=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, path)
 
