@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,13 @@ def test_resume_with_other_options_is_refused(tmp_path):
     res = run("train", *ARGS, "--out", out, expect=2)
     assert "already holds a training run" in res.stderr
     run("train", *ARGS, "--out", out, "--overwrite")
+
+
+def test_resume_with_fewer_epochs_is_refused(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    res = run("train", *[a if a != "5" else "3" for a in ARGS], "--out", out, "--resume", expect=2)
+    assert "at epoch 5, past --epochs 3" in res.stderr
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path):

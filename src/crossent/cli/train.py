@@ -294,6 +294,11 @@ def train(
                 "resume with the original data and options, or start over with --overwrite"
             )
         start, history = int(meta["epoch"]), list(meta["history"])
+        if start > epochs:
+            raise CliError(
+                f"the checkpoint in '{folder}' is at epoch {start}, past --epochs {epochs}; "
+                f"resume with --epochs {start} or more"
+            )
     elif not overwrite and (ckpt.exists() or (folder / store.CONFIG_FILE).exists()):
         raise CliError(
             f"'{folder}' already holds a training run; continue it with --resume, "
