@@ -36,3 +36,15 @@ def gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     return torch.device("cuda")
+
+
+@pytest.fixture(params=[None, "fused", "torch", "reference"], ids=["auto", "fused", "torch", "reference"])
+def on_backend(request):
+    """Run a parity test on every path the dispatch can take (auto = the documented rule)."""
+    import crossent
+
+    if request.param is None:
+        yield None
+        return
+    with crossent.use_backend(request.param):
+        yield request.param

@@ -59,7 +59,7 @@ ERRORS = [
     (lambda: crossent.nn.CrossEntropyLoss(reduction="avg")(x, t), ValueError, r"got 'avg'"),
     (lambda: crossent.nn.CrossEntropyLoss(label_smoothing=2.0)(x, t), ValueError, r"label_smoothing must be in \[0, 1\], got 2.0"),
     # dispatch
-    (lambda: crossent.use_backend("triton-magic").__enter__(), ValueError, r"use_backend: backend must be one of 'fused', 'reference'.*got 'triton-magic'"),
+    (lambda: crossent.use_backend("triton-magic").__enter__(), ValueError, r"use_backend: backend must be one of 'fused', 'torch', 'reference'.*got 'triton-magic'"),
 ]
 
 

@@ -2,16 +2,25 @@
 
 Backends (``Backend``):
   fused      crossent's own chunked kernels (backends/torch_chunked.py): loss and gradient in one
-             pass, deterministic. The default.
-  reference  the float64 formulas of reference.py through autograd: slow and memory-hungry, but
-             differentiable in every argument torch differentiates.
+             pass, gradient-sized memory only, deterministic.
+  torch      torch's own kernel (torch.nn.functional), for small CPU inputs where a Python-level
+             fused path cannot win: there, Python dispatch is the whole cost (~70 us for torch's
+             forward+backward at 64 x 10). Used only for options torch has, where it is exact.
+  reference  the float64 formulas of reference.py through autograd: slow, differentiable in
+             every argument torch differentiates.
 
 Rule, per call:
   1. a forced backend wins: ``crossent.use_backend(name)`` (a context manager) or the environment
-     variable ``CROSSENT_BACKEND`` (read at call time, never at import);
-  2. gradients that the fused kernels do not produce (w.r.t. class weights, probability targets,
-     BCE targets/weights, pos_weight), when autograd will ask for them: reference;
-  3. otherwise: fused.
+     variable ``CROSSENT_BACKEND`` (read at call time, never at import), except that a forced
+     'fused' never drops a gradient it cannot give (rule 3 applies first);
+  2. torch, when the input is on the CPU, no crossent-only option is on (z_loss, softcap,
+     inplace_backward), and its numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no
+     gradient will be needed); the thresholds are the crossovers measured by
+     benchmarks/bench_shapes.py on the reference machine (2-core AMD EPYC, torch 2.13). Below them,
+     every reduction runs on one thread, so torch's results are deterministic too;
+  3. reference, when autograd will ask for a gradient the fused kernels do not produce (class
+     weights, probability targets, BCE targets);
+  4. otherwise fused.
 """
 
 from __future__ import annotations
@@ -25,15 +34,25 @@ import torch
 
 class Backend(str, enum.Enum):
     FUSED = "fused"
+    TORCH = "torch"
     REFERENCE = "reference"
 
+
+# Crossovers (elements of the input), measured with benchmarks/bench_shapes.py.
+TORCH_MAX_NUMEL = 32768
+TORCH_MAX_NUMEL_NO_GRAD = 32768
+BINARY_TORCH_MAX_NUMEL = 32768
 
 _forced: Backend | None = None
 
 
 @contextlib.contextmanager
 def use_backend(name: str | Backend):
-    """Force every crossent loss inside the ``with`` block onto one backend (tests, debugging)."""
+    """Force every crossent loss inside the ``with`` block onto one backend (tests, debugging).
+
+    ``torch`` is honoured only where torch has the requested options; elsewhere the call runs on
+    ``fused``.
+    """
     global _forced
     previous, _forced = _forced, _parse(name, "use_backend")
     try:
@@ -50,18 +69,31 @@ def _parse(name, where: str) -> Backend:
         raise ValueError(f"{where}: backend must be one of {names}, got {name!r}") from None
 
 
-def _forced_backend() -> Backend | None:
+def forced() -> Backend | None:
     if _forced is not None:
         return _forced
     env = os.environ.get("CROSSENT_BACKEND")
     return _parse(env, "CROSSENT_BACKEND") if env else None
 
 
+def torch_first(input: object, limit: int = TORCH_MAX_NUMEL) -> bool:
+    """Rule 2 (the caller has checked that no crossent-only option is on)."""
+    f = forced() if (_forced is not None or "CROSSENT_BACKEND" in os.environ) else None
+    if f is not None:
+        return f is Backend.TORCH
+    if not isinstance(input, torch.Tensor) or input.device.type != "cpu":
+        return False
+    if input.requires_grad and torch.is_grad_enabled():
+        return input.numel() <= limit
+    return input.numel() <= TORCH_MAX_NUMEL_NO_GRAD
+
+
 def select(*needs_grad_beyond_input: torch.Tensor | None) -> Backend:
-    """Pick the backend for one call; the tensors are those whose gradient only `reference` gives."""
-    forced = _forced_backend()
-    if forced is not None:
-        return forced
+    """Rules 1, 3, 4 for calls that did not go to torch.
+
+    A gradient the fused kernels cannot give is never dropped: rule 3 beats a forced 'fused'.
+    """
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in needs_grad_beyond_input):
         return Backend.REFERENCE
-    return Backend.FUSED
+    f = forced()
+    return f if f is not None and f is not Backend.TORCH else Backend.FUSED

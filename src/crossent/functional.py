@@ -11,7 +11,9 @@ import warnings
 
 import torch
 
-from . import _checks, reference
+import torch.nn.functional as _torch_F
+
+from . import _checks, _dispatch, reference
 from ._dispatch import Backend, select
 from .backends import torch_chunked, torch_chunked_linear
 
@@ -65,7 +67,20 @@ def cross_entropy(
     softcap: float | None = None,
     inplace_backward: bool = False,
 ) -> torch.Tensor:
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if (
+        not (z_loss or softcap is not None or inplace_backward)
+        and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
+        and _dispatch.torch_first(input)
+    ):
+        try:
+            return _torch_F.cross_entropy(
+                input, target, weight, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing,
+            )
+        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem (or handle it)
+            pass
     fn = "cross_entropy"
     input = _checks.logits_input(fn, input)
     opts = _checks.loss_options(
@@ -136,7 +151,13 @@ def nll_loss(
     reduce: bool | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if _dispatch.torch_first(input):
+        try:
+            return _torch_F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
+        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
+            pass
     fn = "nll_loss"
     input = _checks.logits_input(fn, input)
     opts = _checks.loss_options(fn, ignore_index=ignore_index, reduction_=reduction)
@@ -166,7 +187,13 @@ def binary_cross_entropy(
     reduce: bool | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if _dispatch.torch_first(input, _dispatch.BINARY_TORCH_MAX_NUMEL):
+        try:
+            return _torch_F.binary_cross_entropy(input, target, weight, reduction=reduction)
+        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
+            pass
     fn = "binary_cross_entropy"
     input, target = _checks.binary_pair(fn, input, target)
     opts = _checks.loss_options(fn, reduction_=reduction)
@@ -196,7 +223,15 @@ def binary_cross_entropy_with_logits(
     reduction: str = "mean",
     pos_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if _dispatch.torch_first(input, _dispatch.BINARY_TORCH_MAX_NUMEL):
+        try:
+            return _torch_F.binary_cross_entropy_with_logits(
+                input, target, weight, reduction=reduction, pos_weight=pos_weight
+            )
+        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
+            pass
     fn = "binary_cross_entropy_with_logits"
     input, target = _checks.binary_pair(fn, input, target)
     opts = _checks.loss_options(fn, reduction_=reduction)

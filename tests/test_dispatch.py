@@ -1,0 +1,95 @@
+"""Which path each documented kind of input takes (the rule in _dispatch.py), pinned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crossent
+from crossent import _dispatch
+from crossent.backends import torch_chunked
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """Record which backend ran: torch's functional, crossent's fused kernels, or the reference."""
+    seen = []
+    import crossent.functional as fn
+
+    class Spy:
+        def __getattr__(self, name):
+            real = getattr(torch.nn.functional, name)
+
+            def call(*a, **k):
+                seen.append("torch")
+                return real(*a, **k)
+            return call
+
+    monkeypatch.setattr(fn, "_torch_F", Spy())
+    for name in ("cross_entropy", "nll_loss", "binary_cross_entropy"):
+        real = getattr(torch_chunked, name)
+        monkeypatch.setattr(torch_chunked, name, lambda *a, _r=real, **k: (seen.append("fused"), _r(*a, **k))[1])
+    for name in ("cross_entropy", "binary_cross_entropy_with_logits"):
+        real = getattr(fn.reference, name)
+        monkeypatch.setattr(fn.reference, name, lambda *a, _r=real, **k: (seen.append("reference"), _r(*a, **k))[1])
+    return seen
+
+
+def _x(n, c, grad=True):
+    return torch.randn(n, c, requires_grad=grad)
+
+
+SMALL = _dispatch.TORCH_MAX_NUMEL // 16  # classes x 16 rows stay under the threshold
+
+
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        # small CPU inputs, options torch has: torch's kernel
+        (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,))), "torch"),
+        (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)), label_smoothing=0.1), "torch"),
+        (lambda: crossent.nll_loss(_x(16, 10), torch.randint(0, 10, (16,))), "torch"),
+        (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 1), torch.rand(64, 1)), "torch"),
+        # crossent-only options: fused at any size
+        (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)), z_loss=1e-4), "fused"),
+        (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)), softcap=30.0), "fused"),
+        (lambda: crossent.cross_entropy(_x(16, 10) * 1, torch.randint(0, 10, (16,)), inplace_backward=True), "fused"),
+        # large inputs: fused
+        (lambda: crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,))), "fused"),
+        (lambda: crossent.binary_cross_entropy_with_logits(_x(512, 128), torch.rand(512, 128)), "fused"),
+        # large, with a gradient the fused kernel does not give (probability target): reference
+        (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "reference"),
+        # invalid scalar options never reach torch (torch would accept some of them silently)
+        (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)), label_smoothing=-0.1), None),
+    ],
+)
+def test_documented_paths(paths, call, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match="label_smoothing"):
+            call()
+        assert "torch" not in paths
+        return
+    call()
+    assert paths[-1] == expected, paths
+
+
+def test_no_grad_small_goes_to_torch_and_large_to_fused_loss_only(paths):
+    with torch.no_grad():
+        crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)))
+        loss = crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,)))
+    assert paths == ["torch", "fused"] and loss.grad_fn is None
+
+
+def test_forced_backend_wins(paths):
+    with crossent.use_backend("fused"):
+        crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)))
+    with crossent.use_backend("torch"):
+        crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,)))
+    assert paths == ["fused", "torch"]
+
+
+def test_errors_found_by_torch_are_reported_by_crossent():
+    with pytest.raises(ValueError, match=r"cross_entropy: target contains 10 at index \(0,\)"):
+        crossent.cross_entropy(_x(4, 10), torch.tensor([10, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: input must hold probabilities"):
+        crossent.binary_cross_entropy(torch.tensor([1.5]), torch.tensor([1.0]))
