@@ -43,20 +43,23 @@ def _fit(model: Any, X: Any, y: Any, lr: float, epochs: int, name: str) -> list[
 
     import crossent.nn
 
+    from .models import torch_threads
+
     criterion = crossent.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     history = []
     bar = tqdm(range(epochs), desc=name, unit="epoch", disable=None, file=sys.stderr, leave=False)
-    for epoch in bar:
-        optimizer.zero_grad()
-        outputs = model(X)
-        loss = criterion(outputs, y)
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
-        if (epoch + 1) % 100 == 0:
-            line = f"Epoch [{epoch + 1}/{epochs}], Loss: {loss.item():.4f}"
-            (click.echo if bar.disable else bar.write)(line)
+    with torch_threads(1):  # 6 rows: one thread is fastest (see models.torch_threads)
+        for epoch in bar:
+            optimizer.zero_grad()
+            outputs = model(X)
+            loss = criterion(outputs, y)
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+            if (epoch + 1) % 100 == 0:
+                line = f"Epoch [{epoch + 1}/{epochs}], Loss: {loss.item():.4f}"
+                (click.echo if bar.disable else bar.write)(line)
     bar.close()
     return history
 

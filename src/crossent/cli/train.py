@@ -172,6 +172,14 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
     help="Continue the interrupted run in --out from its last checkpoint (same options; "
     "--epochs may grow).",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Torch threads. These small models train fastest on one; raise it for large "
+    "--batch-size and --hidden.",
+)
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
 @click.option(
@@ -199,6 +207,7 @@ def train(
     val_split: float,
     seed: int,
     resume: bool,
+    threads: int,
     overwrite: bool,
     quiet: bool,
     stop_after_epochs: int | None,
@@ -330,59 +339,60 @@ def train(
         leave=False,
     )
     report_every = max(1, epochs // 10)
-    try:
-        for epoch in bar:
-            model.train()
-            order = torch.randperm(n, generator=rng)
-            total = 0.0
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                opt.zero_grad()
-                loss = loss_fn(model(x_tr[idx]), y_tr[idx])
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            entry: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train_loss": total / n,
-                "val_loss": None,
-                "val_accuracy": None,
-            }
-            if len(val_rows):
-                model.eval()
-                with torch.no_grad():
-                    logits = model(x_va)
-                    entry["val_loss"] = loss_fn(logits, y_va).item()
-                    pred = (logits[:, 0] > 0).long() if task == "binary" else logits.argmax(1)
-                    entry["val_accuracy"] = (pred == y_va).double().mean().item()
-            history.append(entry)
-            store.save_checkpoint(
-                ckpt, model, opt, rng, {"epoch": epoch + 1, "history": history, "run": run}
-            )
-            bar.set_postfix(loss=f"{entry['train_loss']:.4f}")
-            if not quiet and (epoch + 1) % report_every == 0 and epoch + 1 < epochs:
-                # a line every tenth of the run; tqdm.write keeps a live bar below the lines
-                (click.echo if bar.disable else bar.write)(_progress_line(entry, epochs))
-            if (
-                stop_after_epochs is not None
-                and epoch + 1 == stop_after_epochs
-                and epoch + 1 < epochs
-            ):
-                bar.close()
-                click.echo(
-                    f"stopped after epoch {epoch + 1} as asked; the checkpoint is in {ckpt}, "
-                    "rerun with --resume to finish"
+    with models.torch_threads(threads):
+        try:
+            for epoch in bar:
+                model.train()
+                order = torch.randperm(n, generator=rng)
+                total = 0.0
+                for i in range(0, n, batch_size):
+                    idx = order[i : i + batch_size]
+                    opt.zero_grad()
+                    loss = loss_fn(model(x_tr[idx]), y_tr[idx])
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(idx)
+                entry: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "train_loss": total / n,
+                    "val_loss": None,
+                    "val_accuracy": None,
+                }
+                if len(val_rows):
+                    model.eval()
+                    with torch.no_grad():
+                        logits = model(x_va)
+                        entry["val_loss"] = loss_fn(logits, y_va).item()
+                        pred = (logits[:, 0] > 0).long() if task == "binary" else logits.argmax(1)
+                        entry["val_accuracy"] = (pred == y_va).double().mean().item()
+                history.append(entry)
+                store.save_checkpoint(
+                    ckpt, model, opt, rng, {"epoch": epoch + 1, "history": history, "run": run}
                 )
-                return
-    except KeyboardInterrupt:
-        bar.close()
-        done = history[-1]["epoch"] if history else start
-        click.echo(
-            f"\ninterrupted; the last checkpoint (epoch {done}) is in {ckpt}: run the same "
-            "command with --resume to continue",
-            err=True,
-        )
-        sys.exit(130)
+                bar.set_postfix(loss=f"{entry['train_loss']:.4f}")
+                if not quiet and (epoch + 1) % report_every == 0 and epoch + 1 < epochs:
+                    # a line every tenth of the run; tqdm.write keeps a live bar below the lines
+                    (click.echo if bar.disable else bar.write)(_progress_line(entry, epochs))
+                if (
+                    stop_after_epochs is not None
+                    and epoch + 1 == stop_after_epochs
+                    and epoch + 1 < epochs
+                ):
+                    bar.close()
+                    click.echo(
+                        f"stopped after epoch {epoch + 1} as asked; the checkpoint is in {ckpt}, "
+                        "rerun with --resume to finish"
+                    )
+                    return
+        except KeyboardInterrupt:
+            bar.close()
+            done = history[-1]["epoch"] if history else start
+            click.echo(
+                f"\ninterrupted; the last checkpoint (epoch {done}) is in {ckpt}: run the same "
+                "command with --resume to continue",
+                err=True,
+            )
+            sys.exit(130)
     bar.close()
 
     # --- save ---------------------------------------------------------------------------------
