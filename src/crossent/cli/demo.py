@@ -11,6 +11,7 @@ digits, one of which *is* the parity, and reaches 100% on the same test set.
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -178,40 +179,25 @@ def demo(out: str, seed: int) -> None:
         b = (model.layers[0].bias[1] - model.layers[0].bias[0]).item()
     majority = max(sum(t for _, t in TEST), len(TEST) - sum(t for _, t in TEST)) / len(TEST)
     best = best_threshold_accuracy(TEST)
+    line = f"{w:.4f} * n {'+' if b >= 0 else '-'} {abs(b):.4f}"
     click.echo("What a careful engineer sees:")
-    click.echo(
-        f"  The model's evidence for 'odd' is logit_odd - logit_even = {w:.4f} * n {b:+.4f}: "
-        "a straight line"
+    paragraph = (
+        f"The model's evidence for 'odd' is logit_odd - logit_even = {line}: a straight line in "
+        "n, so all it can ever say is 'odd above some number' (or below). Even and odd alternate, "
+        f"so no line separates them: after 1000 epochs the loss is {history[-1]:.4f} and can "
+        f"never approach 0. The test accuracy ({acc_raw:.0%}) is what such rules get: answering "
+        f"'even' every time scores {majority:.0%}, and even the best threshold on n scores only "
+        f"{best:.0%} on these seven numbers. More epochs or another optimizer cannot fix this: "
+        "the input must carry parity in a form a linear model can use."
     )
-    click.echo(
-        "  in n, so all it can ever say is 'odd above some number' (or below). Even and odd "
-        "alternate, so"
-    )
-    click.echo(
-        f"  no line separates them: after 1000 epochs the loss is {history[-1]:.4f} and can "
-        "never approach 0."
-    )
-    click.echo(
-        f"  The test accuracy ({acc_raw:.0%}) is what such a rule gets by luck: answering "
-        f"'even' every time"
-    )
-    click.echo(
-        f"  scores {majority:.0%} and the best threshold on n scores {best:.0%} on these seven "
-        "numbers. More epochs or"
-    )
-    click.echo(
-        "  another optimizer cannot fix this: the input must carry parity in a form a linear "
-        "model can use.\n"
-    )
+    click.echo(textwrap.fill(paragraph, 96, initial_indent="  ", subsequent_indent="  ") + "\n")
 
     # --- part 2: the fix: binary digits ---------------------------------------------------------
     click.echo(
-        f"Second model: the same Linear({BITS}, 2) + crossent CrossEntropyLoss + SGD, 1000 epochs, "
-        f"on the binary digits bit0..bit{BITS - 1} of each number"
-    )
-    click.echo(
-        "  (bit0 = n mod 2 is the parity itself; lr=0.1, as 0/1 inputs give small gradients "
-        "and at 0.01 the random start can still dominate after 1000 epochs)"
+        f"Second model: the same Linear({BITS}, 2), crossent CrossEntropyLoss and SGD for 1000 "
+        f"epochs,\non the binary digits bit0..bit{BITS - 1} of each number; bit0 = n mod 2 is the "
+        "parity itself.\n(lr=0.1: 0/1 inputs give small gradients, and at 0.01 the random start "
+        "can still win after 1000 epochs.)"
     )
     Xb = torch.tensor([bits(n) for n, _ in TRAIN])  # (6, 5)
     Xb_test = torch.tensor([bits(n) for n, _ in TEST])  # (7, 5)
