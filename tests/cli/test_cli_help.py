@@ -79,12 +79,14 @@ def test_version():
         ("sklearn", "['data', 'iris']", "needs scikit-learn, which is not installed"),
     ],
 )
-def test_missing_cli_extra_says_how_to_install(blocked, args, message):
+def test_missing_cli_extra_says_how_to_install(tmp_path, blocked, args, message):
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"
         f"from crossent.cli import main\nmain({args}, prog_name='crossent')"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert message in proc.stderr and "pip install 'crossent[cli]'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -73,7 +73,7 @@ class Dataset:
 def read_source(source: str) -> tuple[pd.DataFrame, str, str | None, list[str] | None]:
     """(frame, display name, target column or None, class order or None) of a CSV or built-in."""
     path = Path(source)
-    if path.exists() or source not in BUILTINS:
+    if path.is_file() or source not in BUILTINS:  # a folder named "iris" does not shadow it
         return _read_csv(path), str(path), None, None
     return _read_builtin(source)
 
