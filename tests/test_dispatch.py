@@ -10,6 +10,14 @@ from crossent import _dispatch
 from crossent.backends import torch_chunked
 
 
+@pytest.fixture(autouse=True)
+def small_thresholds(monkeypatch):
+    """Pin the rule's logic with small thresholds (the real ones are measured crossovers)."""
+    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL", 4096)
+    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL_NO_GRAD", 16384)
+    monkeypatch.setattr(_dispatch, "BINARY_TORCH_MAX_NUMEL", 4096)
+
+
 @pytest.fixture
 def paths(monkeypatch):
     """Record which backend ran: torch's functional, crossent's fused kernels, or the reference."""
@@ -39,7 +47,7 @@ def _x(n, c, grad=True):
     return torch.randn(n, c, requires_grad=grad)
 
 
-SMALL = _dispatch.TORCH_MAX_NUMEL // 16  # classes x 16 rows stay under the threshold
+SMALL = 4096  # classes: 16 rows stay under the no-grad threshold, 64 rows exceed every threshold
 
 
 @pytest.mark.parametrize(
@@ -56,7 +64,7 @@ SMALL = _dispatch.TORCH_MAX_NUMEL // 16  # classes x 16 rows stay under the thre
         (lambda: crossent.cross_entropy(_x(16, 10) * 1, torch.randint(0, 10, (16,)), inplace_backward=True), "fused"),
         # large inputs: fused
         (lambda: crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,))), "fused"),
-        (lambda: crossent.binary_cross_entropy_with_logits(_x(512, 128), torch.rand(512, 128)), "fused"),
+        (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 128), torch.rand(64, 128)), "fused"),
         # large, with a gradient the fused kernel does not give (probability target): reference
         (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "reference"),
         # invalid scalar options never reach torch (torch would accept some of them silently)
@@ -73,11 +81,24 @@ def test_documented_paths(paths, call, expected):
     assert paths[-1] == expected, paths
 
 
-def test_no_grad_small_goes_to_torch_and_large_to_fused_loss_only(paths):
+def test_no_grad_has_its_own_threshold(paths):
+    x = _x(2, SMALL)  # above the training threshold, below the no-grad one
+    crossent.cross_entropy(x, torch.randint(0, SMALL, (2,)))
     with torch.no_grad():
-        crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)))
+        crossent.cross_entropy(x, torch.randint(0, SMALL, (2,)))
         loss = crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,)))
-    assert paths == ["torch", "fused"] and loss.grad_fn is None
+    assert paths == ["fused", "torch", "fused"] and loss.grad_fn is None
+
+
+def test_probability_targets_and_binary_losses_on_torch_reduce_in_a_fixed_order(paths):
+    x = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(8, 5, dtype=torch.float64).softmax(1)
+    ours = crossent.cross_entropy(x, t)
+    assert paths == ["torch"]
+    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(x, t), rtol=1e-12, atol=1e-12)
+    y = torch.rand(8, 5, dtype=torch.float64)
+    ours = crossent.binary_cross_entropy_with_logits(x, y, reduction="sum")
+    torch.testing.assert_close(ours, torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="sum"))
 
 
 def test_forced_backend_wins(paths):

@@ -15,9 +15,14 @@ Rule, per call:
      'fused' never drops a gradient it cannot give (rule 3 applies first);
   2. torch, when the input is on the CPU, no crossent-only option is on (z_loss, softcap,
      inplace_backward), and its numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no
-     gradient will be needed); the thresholds are the crossovers measured by
-     benchmarks/bench_shapes.py on the reference machine (2-core AMD EPYC, torch 2.13). Below them,
-     every reduction runs on one thread, so torch's results are deterministic too;
+     gradient will be needed; BINARY_* for the binary losses). The thresholds are the crossovers
+     measured by benchmarks/bench_shapes.py on the reference machine (2-core AMD EPYC, torch 2.13):
+     below them torch's row-fused C++ kernels beat any Python-level chunk loop, above them its
+     fresh N x C temporaries (page faults) cost more than crossent's single pass.
+     Determinism is kept: torch's class-index kernels reduce rows and the batch in a fixed order
+     (checked for 1-4 threads by tests/backends/test_torch_chunked.py); where torch ends in a
+     thread-dependent full sum (probability targets, the binary losses), functional.py asks torch
+     for reduction='none' and sums in crossent's fixed order;
   3. reference, when autograd will ask for a gradient the fused kernels do not produce (class
      weights, probability targets, BCE targets);
   4. otherwise fused.
@@ -39,9 +44,9 @@ class Backend(str, enum.Enum):
 
 
 # Crossovers (elements of the input), measured with benchmarks/bench_shapes.py.
-TORCH_MAX_NUMEL = 32768
-TORCH_MAX_NUMEL_NO_GRAD = 32768
-BINARY_TORCH_MAX_NUMEL = 32768
+TORCH_MAX_NUMEL = 1 << 19
+TORCH_MAX_NUMEL_NO_GRAD = 1 << 23
+BINARY_TORCH_MAX_NUMEL = 1 << 19
 
 _forced: Backend | None = None
 
@@ -76,15 +81,17 @@ def forced() -> Backend | None:
     return _parse(env, "CROSSENT_BACKEND") if env else None
 
 
-def torch_first(input: object, limit: int = TORCH_MAX_NUMEL) -> bool:
+def torch_first(input: object, *, binary: bool = False) -> bool:
     """Rule 2 (the caller has checked that no crossent-only option is on)."""
     f = forced() if (_forced is not None or "CROSSENT_BACKEND" in os.environ) else None
     if f is not None:
         return f is Backend.TORCH
     if not isinstance(input, torch.Tensor) or input.device.type != "cpu":
         return False
+    if binary:
+        return input.numel() <= BINARY_TORCH_MAX_NUMEL
     if input.requires_grad and torch.is_grad_enabled():
-        return input.numel() <= limit
+        return input.numel() <= TORCH_MAX_NUMEL
     return input.numel() <= TORCH_MAX_NUMEL_NO_GRAD
 
 

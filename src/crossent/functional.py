@@ -53,6 +53,16 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     return resolved
 
 
+def _fixed_order_reduce(losses: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
+    """'sum' or 'mean' (sum / count) of torch's unreduced losses, in a thread-independent order."""
+    if reduction == "none":
+        return losses
+    if reduction not in ("mean", "sum"):
+        raise ValueError(reduction)  # torch would have refused it; crossent's checks say why
+    total = torch_chunked.deterministic_sum(losses)
+    return total / count if reduction == "mean" else total
+
+
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -75,6 +85,14 @@ def cross_entropy(
         and _dispatch.torch_first(input)
     ):
         try:
+            if isinstance(target, torch.Tensor) and target.is_floating_point() and reduction != "none":
+                # torch's probability-target path ends in a full .sum() whose order depends on
+                # the thread count: take its per-sample losses and reduce them in a fixed order.
+                per_sample = _torch_F.cross_entropy(
+                    input, target, weight, ignore_index=ignore_index, reduction="none",
+                    label_smoothing=label_smoothing,
+                )
+                return _fixed_order_reduce(per_sample, reduction, per_sample.numel())
             return _torch_F.cross_entropy(
                 input, target, weight, ignore_index=ignore_index, reduction=reduction,
                 label_smoothing=label_smoothing,
@@ -189,9 +207,10 @@ def binary_cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.torch_first(input, _dispatch.BINARY_TORCH_MAX_NUMEL):
+    if _dispatch.torch_first(input, binary=True):
         try:
-            return _torch_F.binary_cross_entropy(input, target, weight, reduction=reduction)
+            per_element = _torch_F.binary_cross_entropy(input, target, weight, reduction="none")
+            return _fixed_order_reduce(per_element, reduction, per_element.numel())
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
             pass
     fn = "binary_cross_entropy"
@@ -225,11 +244,12 @@ def binary_cross_entropy_with_logits(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.torch_first(input, _dispatch.BINARY_TORCH_MAX_NUMEL):
+    if _dispatch.torch_first(input, binary=True):
         try:
-            return _torch_F.binary_cross_entropy_with_logits(
-                input, target, weight, reduction=reduction, pos_weight=pos_weight
+            per_element = _torch_F.binary_cross_entropy_with_logits(
+                input, target, weight, reduction="none", pos_weight=pos_weight
             )
+            return _fixed_order_reduce(per_element, reduction, per_element.numel())
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
             pass
     fn = "binary_cross_entropy_with_logits"
