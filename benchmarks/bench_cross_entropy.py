@@ -17,7 +17,13 @@ import torch.nn.functional as F
 
 import crossent
 
-from ._harness import interleaved_min_seconds, machine, measure_here, peak_extra_bytes, report_measure
+from ._harness import (
+    interleaved_min_seconds,
+    machine,
+    measure_here,
+    peak_extra_bytes,
+    report_measure,
+)
 
 _compiled = None
 
@@ -71,7 +77,7 @@ def main() -> None:
     if args.measure:
         # The logits are inputs; the gradient the case returns counts as extra memory. The
         # in-place case destroys its logits in the warm-up run: their values do not matter here.
-        inputs = lambda: make_inputs(args.n, args.c)  # noqa: E731
+        inputs = lambda: make_inputs(args.n, args.c)
         report_measure(measure_here(inputs, lambda xt: step(args.measure, xt[0], xt[1])))
         return
     cases = [c for c in CASES if not (args.no_compile and c == "torch.compile")]

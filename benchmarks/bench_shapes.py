@@ -15,7 +15,6 @@ ratio <= 1.10 on every row, <= 0.5 on rows whose logits are 64 MB or more. Rows:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F

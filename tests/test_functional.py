@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as TF
 
 import crossent
-from crossent import reference
 from conftest import assert_close, assert_no_worse_than_torch
+from crossent import reference
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(3, 5), (7, 423), (2, 4, 3, 5), (5,), (0, 5), (1, 40000)]

@@ -26,7 +26,17 @@ _EXPORTS = {
 }
 _SUBMODULES = {"nn", "functional", "reference", "distributed", "integrations"}
 
-__all__ = sorted([*_EXPORTS, "nn"])
+__all__ = [
+    "Backend",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "check_values",
+    "cross_entropy",
+    "linear_cross_entropy",
+    "nll_loss",
+    "nn",
+    "use_backend",
+]
 
 
 def __getattr__(name: str):

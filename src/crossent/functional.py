@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-
 import torch.nn.functional as _torch_F
 
 from . import _checks, _dispatch, reference

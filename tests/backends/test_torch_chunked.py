@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import crossent
+from conftest import assert_close
 from crossent import reference
 from crossent.backends import torch_chunked
-from conftest import assert_close
 
 
 @pytest.fixture(params=[7, 64, 1 << 16], ids=["chunk7", "chunk64", "chunk64K"])

@@ -17,9 +17,9 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, assert_no_worse_than_torch
 
 import crossent
+from conftest import assert_close, assert_no_worse_than_torch
 from crossent._options import LossOptions
 from crossent.backends import torch_chunked_linear
 

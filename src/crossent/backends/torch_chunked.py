@@ -106,10 +106,10 @@ class ChunkTarget:
     w_t: torch.Tensor | None = None
     z_t: torch.Tensor | None = None
 
-    def rows(self, idx: tuple) -> "ChunkTarget":
+    def rows(self, idx: tuple) -> ChunkTarget:
         """The part of the targets that belongs to chunk `idx` of the logits."""
         sample = (idx[0],) if len(idx) == 1 else (idx[0], idx[2])
-        cut = lambda v, i: v[i] if v is not None else None  # noqa: E731
+        cut = lambda v, i: v[i] if v is not None else None
         return ChunkTarget(
             index=cut(self.index, sample), probs=cut(self.probs, idx), valid=cut(self.valid, sample),
             safe=cut(self.safe, idx), w_t=cut(self.w_t, sample), z_t=cut(self.z_t, sample),
