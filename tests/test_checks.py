@@ -74,9 +74,21 @@ def test_ignore_index_may_be_any_integer_including_a_valid_class():
     assert torch.isfinite(crossent.cross_entropy(x, torch.tensor([0, 1, 77, 3]), ignore_index=77))
 
 
-def test_environment_backend_is_read_at_call_time(monkeypatch):
-    monkeypatch.setenv("CROSSENT_BACKEND", "nonsense")
+def test_environment_backend_is_validated_at_the_first_call(monkeypatch):
+    from crossent import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_ENV_BACKEND", "nonsense")  # as if set before import
     with pytest.raises(ValueError, match="CROSSENT_BACKEND: backend must be one of"):
         crossent.cross_entropy(x, t)
-    monkeypatch.setenv("CROSSENT_BACKEND", "reference")
+    monkeypatch.setattr(_dispatch, "_ENV_BACKEND", "reference")
     assert crossent.cross_entropy(x, t).dtype == torch.float32
+
+
+def test_environment_backend_set_before_import_is_honoured():
+    import subprocess
+    import sys
+
+    code = "from crossent import _dispatch; print(_dispatch.forced().value)"
+    env = {**__import__("os").environ, "CROSSENT_BACKEND": "fused"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "fused"

@@ -52,14 +52,21 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     return resolved
 
 
-def _fixed_order_reduce(losses: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
-    """'sum' or 'mean' (sum / count) of torch's unreduced losses, in a thread-independent order."""
+def _serial(t: torch.Tensor) -> bool:
+    """torch reduces fewer than its grain size (32768) of elements on one thread, in fixed order."""
+    return t.numel() <= torch_chunked.SERIAL_REDUCTION
+
+
+def _fixed_order_reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """'sum' or 'mean' of torch's unreduced losses, in a thread-independent order."""
     if reduction == "none":
         return losses
     if reduction not in ("mean", "sum"):
         raise ValueError(reduction)  # torch would have refused it; crossent's checks say why
+    if _serial(losses):
+        return losses.mean() if reduction == "mean" else losses.sum()
     total = torch_chunked.deterministic_sum(losses)
-    return total / count if reduction == "mean" else total
+    return total / losses.numel() if reduction == "mean" else total
 
 
 def cross_entropy(
@@ -84,14 +91,17 @@ def cross_entropy(
         and _dispatch.torch_first(input)
     ):
         try:
-            if isinstance(target, torch.Tensor) and target.is_floating_point() and reduction != "none":
+            if (
+                isinstance(target, torch.Tensor) and target.is_floating_point()
+                and reduction != "none" and not _serial(input)
+            ):
                 # torch's probability-target path ends in a full .sum() whose order depends on
                 # the thread count: take its per-sample losses and reduce them in a fixed order.
                 per_sample = _torch_F.cross_entropy(
                     input, target, weight, ignore_index=ignore_index, reduction="none",
                     label_smoothing=label_smoothing,
                 )
-                return _fixed_order_reduce(per_sample, reduction, per_sample.numel())
+                return _fixed_order_reduce(per_sample, reduction)
             return _torch_F.cross_entropy(
                 input, target, weight, ignore_index=ignore_index, reduction=reduction,
                 label_smoothing=label_smoothing,
@@ -208,8 +218,10 @@ def binary_cross_entropy(
         reduction = _legacy_reduction(size_average, reduce, reduction)
     if _dispatch.torch_first(input, binary=True):
         try:
+            if _serial(input):
+                return _torch_F.binary_cross_entropy(input, target, weight, reduction=reduction)
             per_element = _torch_F.binary_cross_entropy(input, target, weight, reduction="none")
-            return _fixed_order_reduce(per_element, reduction, per_element.numel())
+            return _fixed_order_reduce(per_element, reduction)
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
             pass
     fn = "binary_cross_entropy"
@@ -245,10 +257,14 @@ def binary_cross_entropy_with_logits(
         reduction = _legacy_reduction(size_average, reduce, reduction)
     if _dispatch.torch_first(input, binary=True):
         try:
+            if _serial(input):
+                return _torch_F.binary_cross_entropy_with_logits(
+                    input, target, weight, reduction=reduction, pos_weight=pos_weight
+                )
             per_element = _torch_F.binary_cross_entropy_with_logits(
                 input, target, weight, reduction="none", pos_weight=pos_weight
             )
-            return _fixed_order_reduce(per_element, reduction, per_element.numel())
+            return _fixed_order_reduce(per_element, reduction)
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
             pass
     fn = "binary_cross_entropy_with_logits"

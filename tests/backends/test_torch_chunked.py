@@ -99,6 +99,12 @@ for shape, C in [((257, 3001), 3001), ((1, 100000), 100000), ((3, 7, 4000), 7)]:
         (grad,) = torch.autograd.grad(loss, x)
         feed(loss)
         feed(grad)
+# mid sizes that dispatch routes to torch's kernels (class indices; probability targets)
+q = (torch.randn(300, 400, generator=g)).requires_grad_()
+for target in (torch.randint(0, 400, (300,), generator=g), torch.rand(300, 400, generator=g).softmax(1)):
+    loss = crossent.cross_entropy(q, target, label_smoothing=0.1)
+    feed(loss)
+    feed(torch.autograd.grad(loss, q)[0])
 y = (torch.randn(300, 400, generator=g)).requires_grad_()
 p = torch.rand(300, 400, generator=g)
 loss = crossent.binary_cross_entropy_with_logits(y, p, pos_weight=torch.rand(400, generator=g))

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as _torch_F
 
 from .._options import LossOptions
 from . import _memory
@@ -36,7 +37,7 @@ from . import _memory
 # amortised, small enough that the passes after the first hit the cache (tuned in benchmarks/).
 CHUNK_ELEMENTS = 1 << 19
 # Below torch's grain size (at::internal::GRAIN_SIZE) a reduction runs on one thread.
-_SERIAL_REDUCTION = 32768
+SERIAL_REDUCTION = 32768
 _BLOCK = 1024
 
 
@@ -52,7 +53,7 @@ def deterministic_sum(v: torch.Tensor) -> torch.Tensor:
     Summing fixed blocks of 1024 as separate outputs (one thread each), recursively, fixes the order.
     """
     v = v.reshape(-1)
-    while v.numel() > _SERIAL_REDUCTION:
+    while v.numel() > SERIAL_REDUCTION:
         pad = (-v.numel()) % _BLOCK
         if pad:
             v = torch.cat([v, v.new_zeros(pad)])
@@ -62,7 +63,7 @@ def deterministic_sum(v: torch.Tensor) -> torch.Tensor:
 
 def _row_sum(e: torch.Tensor) -> torch.Tensor:
     """Sum over the class dim (1), each sample by a single thread in a fixed order."""
-    if e.shape[1] > _SERIAL_REDUCTION and e.numel() == e.shape[1]:
+    if e.shape[1] > SERIAL_REDUCTION and e.numel() == e.shape[1]:
         # A lone output would be split across threads: expanding to two rows keeps it on one.
         return e.expand(2, *e.shape[1:]).sum(1)[:1]
     return e.sum(1)
@@ -474,7 +475,8 @@ def nll_loss(input, target, weight, opts: LossOptions) -> torch.Tensor:
 #                      dl/dp = w (p - y) / max(p (1-p), 1e-12)           (torch's clamps)
 #   on logits          l = w ((1-y) x + k softplus(-x)),  k = 1 + (pw - 1) y
 #                      dl/dx = w (k sigmoid(x) - pw y)
-# softplus(-x) = log1p(exp(-|x|)) + max(-x, 0) and sigmoid(x) from the same exp(-|x|): no overflow.
+# torch's logsigmoid and sigmoid are single stable kernels (no overflow for any x); they are
+# elementwise math, not one of torch's losses.
 
 # torch's EPSILON in binary_cross_entropy_backward is the float literal 1e-12f, i.e. this value.
 _BCE_EPS = 9.999999960041972e-13
@@ -491,13 +493,19 @@ def _bce_chunk(x, y, w, pw, logits: bool, grad):
     x = x.to(acc)
     y = y.to(acc)
     if logits:
-        e = x.abs().neg_().exp_()  # exp(-|x|) in (0, 1]
-        sp = torch.log1p(e).add_(x.neg().clamp_min_(0.0))  # softplus(-x)
-        k = None if pw is None else (pw.to(acc) - 1.0).mul(y).add_(1.0)
-        loss = (1.0 - y).mul_(x).add_(sp if k is None else k * sp)
-        if grad is not None:
-            sig = torch.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-            d = sig.sub_(y) if k is None else k.mul_(sig).sub_(pw.to(acc) * y)
+        # softplus(-x) = -log sigmoid(x): one stable op, exact for any x (softplus itself turns
+        # linear past 20 and loses ~1e-9 in float64).
+        sp = _torch_F.logsigmoid(x).neg_()
+        if pw is None:
+            loss = torch.addcmul(sp, 1.0 - y, x)  # (1 - y) x + softplus(-x)
+            if grad is not None:
+                d = torch.sigmoid(x).sub_(y)
+        else:
+            pwa = pw.to(acc)
+            k = torch.addcmul(torch.ones_like(y), pwa - 1.0, y)  # 1 + (pw - 1) y
+            loss = torch.addcmul(sp.mul_(k), 1.0 - y, x)
+            if grad is not None:
+                d = torch.sigmoid(x).mul_(k).sub_(pwa * y)
     else:
         logp = torch.log(x).clamp_min_(-100.0)
         log1mp = torch.log1p(-x).clamp_min_(-100.0)
