@@ -85,15 +85,22 @@ def forced() -> Backend | None:
     return _parse(_ENV_BACKEND, "CROSSENT_BACKEND") if _ENV_BACKEND else None
 
 
+_Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
+
+
 def torch_first(input: object, *, binary: bool = False) -> bool:
-    """Rule 2 (the caller has checked that no crossent-only option is on)."""
+    """Rule 2 (the caller has checked that no crossent-only option is on).
+
+    On the path of every small call: written for speed (a few hundred nanoseconds).
+    """
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
-    if not isinstance(input, torch.Tensor) or not input.is_cpu:
+    if not isinstance(input, _Tensor) or not input.is_cpu:
         return False
     if binary:
         return input.numel() <= BINARY_TORCH_MAX_NUMEL
-    if input.requires_grad and torch.is_grad_enabled():
+    if input.requires_grad and _grad_enabled():
         return input.numel() <= TORCH_MAX_NUMEL
     return input.numel() <= TORCH_MAX_NUMEL_NO_GRAD
 
