@@ -117,3 +117,12 @@ def test_errors_found_by_torch_are_reported_by_crossent():
         crossent.cross_entropy(_x(4, 10), torch.tensor([10, 1, 2, 3]))
     with pytest.raises(ValueError, match=r"binary_cross_entropy: input must hold probabilities"):
         crossent.binary_cross_entropy(torch.tensor([1.5]), torch.tensor([1.0]))
+
+
+def test_readme_lists_exactly_the_backends_that_exist():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("### Which implementation runs", 1)[1].split("## Benchmarks", 1)[0]
+    listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert listed == {b.value for b in crossent.Backend}
