@@ -65,7 +65,6 @@ __all__ = ["causal_lm_loss", "compute_loss_func", "is_patched", "patch", "unpatc
 
 IGNORE_INDEX = -100  # transformers' default in ForCausalLMLoss
 _STATE = "_crossent_patch"  # instance attribute holding what unpatch needs
-_MISSING = object()
 
 
 # ---------------------------------------------------------------- the plain loss
@@ -180,7 +179,7 @@ def compute_loss_func(
 class _PatchState:
     head_name: str  # the output head's attribute name on the model, e.g. "lm_head"
     head: nn.Linear  # the linear layer whose weight and bias the loss reads
-    previous_forward: Any  # the instance's own `forward` attribute before patch, or _MISSING
+    previous_forward: Any  # the instance's own `forward` attribute before patch, or None
     signature: inspect.Signature  # of the original forward, without self
     scale: float  # logits = scale * (h @ W.T + b) before the softcap
     softcap: float | None
@@ -291,7 +290,7 @@ def patch(model: nn.Module, *, chunk_size: int | None = None) -> nn.Module:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}")
     scale, softcap = _logit_transform(fn, model.config)
-    previous = vars(model).get("forward", _MISSING)
+    previous = vars(model).get("forward")
     original = model.forward
     signature = inspect.signature(original)
     if "labels" not in signature.parameters:
@@ -318,7 +317,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     if not is_patched(model):
         raise ValueError(f"unpatch: {type(model).__name__} is not patched")
     state: _PatchState = vars(model).pop(_STATE)
-    if state.previous_forward is _MISSING:
+    if state.previous_forward is None:
         del vars(model)["forward"]
     else:
         vars(model)["forward"] = state.previous_forward
@@ -326,7 +325,7 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 def _original_forward(model: nn.Module, state: _PatchState):
-    if state.previous_forward is _MISSING:
+    if state.previous_forward is None:
         return type(model).forward.__get__(model)
     return state.previous_forward
 
@@ -444,12 +443,12 @@ def _head_loss(head_module: nn.Module, state: _PatchState, hidden, target, norm)
             softcap=softcap, normalizer=norm, chunk_size=chunk_size,
         )
 
-    previous = vars(head).get("forward", _MISSING)
+    previous = vars(head).get("forward")
     vars(head)["forward"] = fused
     try:
         return head_module(hidden)
     finally:
-        if previous is _MISSING:
+        if previous is None:
             del vars(head)["forward"]
         else:
             vars(head)["forward"] = previous
