@@ -1,0 +1,42 @@
+"""patch() under FSDP2 (fully_shard, CPU, gloo, 2 ranks): the sharded head's weight is gathered
+by FSDP's hooks around the fused loss, so gradients equal the single-process unpatched model's."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("crossent.integrations.transformers")
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not hasattr(fsdp, "fully_shard"):
+    pytest.skip("this torch has no FSDP2 fully_shard", allow_module_level=True)
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+WORKER = pathlib.Path(__file__).with_name("fsdp_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_patched_fsdp2_gradients_equal_single_process():
+    run = subprocess.run([sys.executable, str(WORKER), str(_free_port())],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    for order in ("before", "after"):  # patch called before / after fully_shard
+        result = results[order]
+        assert result["head_class"] == "FSDPLinear", order  # the head really was sharded
+        assert result["loss_diff"] < 1e-5, (order, result)
+        assert result["max_abs_grad_diff"] < 1e-5, (order, result)
