@@ -112,7 +112,8 @@ def causal_lm_loss(
 
     Same signature as ``transformers.loss.loss_utils.ForCausalLMLoss`` (``vocab_size`` may be
     omitted: it is then ``logits.shape[-1]``), so ``model.loss_function = causal_lm_loss`` works
-    for every causal LM. Equivalent to::
+    for every causal LM (in transformers versions whose ``loss_function`` property has a setter;
+    4.46 has none: use ``compute_loss_func`` or ``patch`` there). Equivalent to::
 
         shift_labels = pad(labels, (0, 1), value=ignore_index)[..., 1:]   # unless given
         loss = cross_entropy(logits.float().view(-1, V), shift_labels.view(-1),
