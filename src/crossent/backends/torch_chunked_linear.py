@@ -177,6 +177,13 @@ def _grad_buffers(x, weight, bias, want, acc):
     return gx, gw, gb
 
 
+def _denominator(x, index, probs, class_weight, opts, acc):
+    """'mean''s denominator, as cross_entropy's: summed weights of counted tokens (indices), the
+    token count (probabilities; _mean_denominator counts the rows of the (N, V) probs), or the
+    normalizer. None for 'sum' and 'none'."""
+    if opts.reduction != "mean":
+        return None
+    return _mean_denominator(index, class_weight, opts, probs if probs is not None else x, acc)
 
 
 class _LinearCrossEntropyFn(torch.autograd.Function):
@@ -197,8 +204,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             ctx.save_for_backward(input, weight, bias, index, probs, class_weight)
             ctx.grads = None
             return _reduce(losses, None, opts, out_shape, out_dtype)
-        den = _mean_denominator(index, class_weight, opts, probs if probs is not None else x, acc) \
-            if opts.reduction == "mean" else None
+        den = _denominator(x, index, probs, class_weight, opts, acc)
         inv_den = _safe_reciprocal(den) if den is not None else None
         # float32/64: fold 1/den now; 16-bit: keep O(1) values and scale once in backward.
         fold = inv_den is not None and x.dtype == acc
@@ -267,7 +273,5 @@ def linear_cross_entropy(
     losses = _chunk_loop(
         x, weight, bias, index, probs, class_weight, opts, rows, scale=1.0, grads=(None, None, None)
     )
-    acc = compute_dtype(input.dtype)
-    den = _mean_denominator(index, class_weight, opts, probs if probs is not None else x, acc) \
-        if opts.reduction == "mean" else None
+    den = _denominator(x, index, probs, class_weight, opts, compute_dtype(input.dtype))
     return _reduce(losses, den, opts, out_shape, out_dtype)
