@@ -15,7 +15,8 @@ Each case returns the gradients w.r.t. h and W (torch.autograd.grad, so nothing 
 Peak extra memory of each case: a fresh subprocess builds the inputs, runs the case once, resets
 the peak-RSS counter, runs it again and reports VmHWM - VmRSS before (the gradients included; the
 floor's outputs are preallocated inputs, so its figure is only the products' workspace). Then a
-sweep over V (32000, 128256, 256000) of crossent's peak extra memory beside V*D and N*V.
+sweep over V (32000, 128256, 256000) of crossent's peak extra memory beside V*D and N*V, and one
+over N (N/2, N, 2N at V=32000): the peak follows V*D and does not move with N.
 
 Targets (issue 3): time <= 1.2x the floor; peak extra memory <= 0.25x torch eager's and no more
 than torch native's. Prints markdown tables.
@@ -136,7 +137,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in cases:
         native = f"{mem[name] / mem['torch native']:.2f}x" if "torch native" in mem else "-"
-        print(f"| {name} | {best[name]:.2f} | {best[name] / best['floor']:.2f}x | {mem[name] / 2**20:.0f} "
+        print(f"| {name} | {best[name]:.2f} | {best[name] / best['floor']:.2f}x | {mem[name] / 2**20:.1f} "
               f"| {mem[name] / mem['torch eager']:.2f}x | {native} |")
 
     if args.no_sweep:
@@ -150,6 +151,16 @@ def main() -> None:
         m = peak_extra_bytes(MODULE, "crossent", "--n", str(sn), "--d", str(sd), "--v", str(sv))
         vd, nv = sv * sd * 4, sn * sv * 4
         print(f"| {sv} | {m / 2**20:.0f} | {vd / 2**20:.0f} | {nv / 2**20:.0f} | {m / vd:.2f} "
+              f"| {m / nv:.2f} |")
+    # The same over N: with V and D fixed the peak stays put (the chunk, not the batch, sets it).
+    sv = SWEEP_V[0]
+    print(f"\ncrossent's peak extra memory over N (V={sv}, D={sd}, float32; fresh subprocess each)\n")
+    print("| N | peak_extra_MiB | V*D_MiB | N*V_MiB | peak / (V*D) | peak / (N*V) |")
+    print("|---|---|---|---|---|---|")
+    for nn in (sn // 2, sn, sn * 2):
+        m = peak_extra_bytes(MODULE, "crossent", "--n", str(nn), "--d", str(sd), "--v", str(sv))
+        vd, nv = sv * sd * 4, nn * sv * 4
+        print(f"| {nn} | {m / 2**20:.0f} | {vd / 2**20:.0f} | {nv / 2**20:.0f} | {m / vd:.2f} "
               f"| {m / nv:.2f} |")
 
 

@@ -393,8 +393,8 @@ linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, wit
         divided by it instead of by the count (or summed weights) of counted tokens, for gradient
         accumulation across micro-batches (transformers' ``num_items_in_batch``).
     chunk_size: tokens per chunk; by default chosen from N, D, V, the dtype and the options so that
-        one chunk's buffers take at most the bytes of the float32 weight gradient (D rows in
-        float32; at least 16 MiB; see backends/torch_chunked_linear.py).
+        one chunk's buffers take at most 7/8 of the bytes of the float32 weight gradient (7D/8
+        rows in float32; at least 16 MiB; see backends/torch_chunked_linear.py).
 
     Memory: O(chunk_size * V) beyond the inputs and their gradients, never O(N * V).
     FLOPs: 6 N D V for reduction 'mean'/'sum' (the three products any exact method needs);

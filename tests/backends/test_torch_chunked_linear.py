@@ -264,17 +264,17 @@ def test_16bit_mean_scale_is_applied_once_in_backward():
 def test_chunk_size_rule():
     opts = LossOptions()
     rows = torch_chunked_linear.chunk_rows
-    # float32: the chunk's logits take at most the bytes of the weight gradient: D rows.
-    assert rows(2048, 512, 128256, torch.float32, opts) == 512
-    assert rows(50 * 4096, 4096, 128256, torch.float32, opts) == 4096
-    # Never more rows than tokens; the chunks are balanced (2000 = 4 x 500, not 3 x 512 + 464).
+    # float32: the chunk's logits take at most 7/8 of the bytes of the weight gradient: 7D/8 rows.
+    assert rows(10 * 448, 512, 128256, torch.float32, opts) == 448
+    assert rows(50 * 3584, 4096, 128256, torch.float32, opts) == 3584
+    # Never more rows than tokens; the chunks are balanced (2048 = 5 x 410 - 2, not 4 x 448 + 256).
     assert rows(100, 512, 128256, torch.float32, opts) == 100
-    assert rows(2000, 512, 128256, torch.float32, opts) == 500
+    assert rows(2048, 512, 128256, torch.float32, opts) == 410
     # A small layer gets at least 16 MiB; 16-bit and softcap buffers count per row.
     assert rows(10 * 4194, 16, 1000, torch.float32, opts) == (16 << 20) // 4000 == 4194
-    assert rows(10 * 341, 512, 128256, torch.bfloat16, opts) == 128256 * 512 * 4 // (6 * 128256) == 341
+    assert rows(10 * 298, 512, 128256, torch.bfloat16, opts) == 128256 * 512 * 4 * 7 // 8 // (6 * 128256) == 298
     capped = LossOptions(softcap=30.0)
-    assert rows(10 * 256, 512, 128256, torch.float32, capped) == 256
+    assert rows(10 * 224, 512, 128256, torch.float32, capped) == 224
     for n, d, v in [(1, 3, 5), (7, 1, 10**6), (10**5, 64, 50257)]:
         r = rows(n, d, v, torch.float32, opts)
         assert 1 <= r <= n

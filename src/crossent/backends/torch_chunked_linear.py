@@ -30,9 +30,9 @@ computed twice). Loss only (no gradient needed): 2 N D V.
 Memory. Beyond the inputs and the gradients themselves (N D + V D + V), one chunk's buffers:
 n V elements of the input dtype for Z, plus n V float32 for G with 16-bit inputs, plus n V float32
 for tanh under softcap, plus the temporaries ce_chunk makes for soft targets and for label smoothing
-with class weights. `chunk_rows` picks n so that these take at most the bytes of the float32
-weight gradient (n = D in float32; at least 16 MiB; ``chunk_size`` overrides n): peak extra
-memory O(n V + V D) = O(V D), at most about twice the gradients, never O(N V). With 16-bit inputs the
+with class weights. `chunk_rows` picks n so that these take at most 7/8 of the bytes of the
+float32 weight gradient (n = 7D/8 in float32; at least 16 MiB; ``chunk_size`` overrides n): peak
+extra memory O(n V + V D) = O(V D), under twice the weight gradient, never O(N V). With 16-bit inputs the
 weight and bias gradients are accumulated in float32 (V D float32) and cast once at the end, and
 each chunk's G.T @ x_c lands in a reused (V, D) buffer of the input dtype before being added.
 
@@ -62,15 +62,17 @@ from .torch_chunked import (
     deterministic_sum,
 )
 
-# The chunk's buffers (logits, gradient, temporaries) may take as many bytes as the float32 weight
-# gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32 that is D rows
-# whatever V is, so peak extra memory is at most about twice the gradients (torch 2.13's chunked
-# F.linear_cross_entropy holds the same: a second V x D buffer beside its small chunks).
+# The chunk's buffers (logits, gradient, temporaries) may take 7/8 of the bytes of the float32
+# weight gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32 that is 7D/8
+# rows whatever V is (448 at D=512), so the whole peak -- grad_W, grad_x, the chunk -- stays under
+# twice the weight gradient while N <= V/8. (torch 2.13's chunked F.linear_cross_entropy holds a
+# second V x D buffer beside its small chunks: about the same bound, reached.)
 # Why not fewer rows: every chunk streams W twice (the two products with W) and grad_W once
-# (addmm's read-modify-write), 3 * 4 * V * D bytes, while its products do 6 * n * D * V FLOPs.
-# Measured side by side at N=2048, D=512, V=128256 on the 2-core CPU of PERFORMANCE-NOTES.md
-# (shared, so bandwidth is scarce): 512 rows 1.07x the three full products, 384 rows 1.53x,
-# 256 rows 2.14x. The floor keeps small layers (D*V tiny) from running in slivers of a few rows.
+# (addmm's read-modify-write), 3 * 4 * V * D bytes, while its products do 6 * n * D * V FLOPs;
+# on a CPU whose bandwidth is shared this per-chunk traffic is what costs. Measured side by side
+# at N=2048, D=512, V=128256 on the 2-core CPU of PERFORMANCE-NOTES.md (shared with other jobs),
+# time over the three full-size products: 512 rows 1.08x, 410 rows 1.07x, 342 rows 1.23x,
+# 256 rows 1.31x. The floor keeps small layers (D*V tiny) from running in slivers of a few rows.
 MIN_BUDGET_BYTES = 16 << 20
 
 
@@ -87,7 +89,7 @@ def chunk_rows(
 ) -> int:
     """Rows per chunk: as many as fit in the budget, then balanced so the last chunk is not tiny.
 
-    budget_bytes defaults to max(MIN_BUDGET_BYTES, V * D * 4) (float32; 8 for float64).
+    budget_bytes defaults to max(MIN_BUDGET_BYTES, 7/8 * V * D * 4) (float32; 8 for float64).
     Bytes per row: V times the logits (input dtype), the float32 gradient of 16-bit inputs, the tanh
     buffer of softcap, and ce_chunk's row-sized temporaries (soft targets: t*z and t*w or the float32
     copy of 16-bit probabilities; label smoothing with class weights: z*w).
@@ -95,7 +97,7 @@ def chunk_rows(
     acc = compute_dtype(dtype)
     a = torch.empty((), dtype=acc).element_size()
     if budget_bytes is None:
-        budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a)
+        budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a * 7 // 8)
     per_elem = torch.empty((), dtype=dtype).element_size() + (a if dtype != acc else 0)
     if opts.softcap is not None:
         per_elem += a
