@@ -363,6 +363,20 @@ def _reduce(losses, den, opts, out_shape, out_dtype):
     return total.to(out_dtype)
 
 
+def _hand_over_gradient(ctx, fn: str) -> torch.Tensor:
+    """The gradient computed in forward, handed to autograd once (keeping a copy for a second
+    backward would cost a whole gradient's memory)."""
+    g = ctx.grad
+    if g is None:
+        raise RuntimeError(
+            f"crossent.{fn}: the fused gradient of this loss was already handed to a previous "
+            "backward(); backward through the same loss twice (retain_graph=True) is not "
+            "supported by the fused path: compute the loss again for a second backward"
+        )
+    ctx.grad = None  # the tensor now belongs to autograd
+    return g
+
+
 class _CrossEntropyFn(torch.autograd.Function):
     """Fused cross-entropy: the gradient is computed in forward and only scaled in backward.
 
@@ -397,14 +411,7 @@ class _CrossEntropyFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        g = ctx.grad
-        if g is None:
-            raise RuntimeError(
-                "crossent.cross_entropy: the fused gradient of this loss was already handed to a "
-                "previous backward(); backward through the same loss twice (retain_graph=True) is "
-                "not supported by the fused path: compute the loss again for a second backward"
-            )
-        ctx.grad = None  # the tensor now belongs to autograd
+        g = _hand_over_gradient(ctx, "cross_entropy")
         if ctx.reduction == "none":
             g.mul_(grad_out.reshape(g.shape[:1] + (1,) + g.shape[2:]).to(g.dtype))
         else:
@@ -565,13 +572,7 @@ class _BCEFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        g = ctx.grad
-        if g is None:
-            raise RuntimeError(
-                "crossent.binary_cross_entropy: the fused gradient of this loss was already handed "
-                "to a previous backward(); compute the loss again for a second backward"
-            )
-        ctx.grad = None
+        g = _hand_over_gradient(ctx, "binary_cross_entropy")
         reduction, n = ctx.meta
         if reduction == "none":
             g.mul_(grad_out.to(g.dtype))
