@@ -93,6 +93,13 @@ def _fixed_order_reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
     return total / losses.numel() if reduction == "mean" else total
 
 
+def _torch_binary(loss, input, reduction, *args, **kwargs):
+    """A binary loss of torch's: its own reduction where that is serial, else a fixed-order one."""
+    if _serial(input):
+        return loss(input, *args, reduction=reduction, **kwargs)
+    return _fixed_order_reduce(loss(input, *args, reduction="none", **kwargs), reduction)
+
+
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -240,10 +247,7 @@ def binary_cross_entropy(
         reduction = _legacy_reduction(size_average, reduce, reduction)
     if _dispatch.torch_first(input, binary=True):
         try:
-            if _serial(input):
-                return _torch_F.binary_cross_entropy(input, target, weight, reduction=reduction)
-            per_element = _torch_F.binary_cross_entropy(input, target, weight, reduction="none")
-            return _fixed_order_reduce(per_element, reduction)
+            return _torch_binary(_torch_F.binary_cross_entropy, input, reduction, target, weight)
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
             pass
     fn = "binary_cross_entropy"
@@ -279,14 +283,10 @@ def binary_cross_entropy_with_logits(
         reduction = _legacy_reduction(size_average, reduce, reduction)
     if _dispatch.torch_first(input, binary=True):
         try:
-            if _serial(input):
-                return _torch_F.binary_cross_entropy_with_logits(
-                    input, target, weight, reduction=reduction, pos_weight=pos_weight
-                )
-            per_element = _torch_F.binary_cross_entropy_with_logits(
-                input, target, weight, reduction="none", pos_weight=pos_weight
+            return _torch_binary(
+                _torch_F.binary_cross_entropy_with_logits, input, reduction, target, weight,
+                pos_weight=pos_weight,
             )
-            return _fixed_order_reduce(per_element, reduction)
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
             pass
     fn = "binary_cross_entropy_with_logits"
