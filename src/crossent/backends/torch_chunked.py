@@ -110,12 +110,17 @@ class ChunkTarget:
 
     def rows(self, idx: tuple) -> ChunkTarget:
         """The part of the targets that belongs to chunk `idx` of the logits."""
-        sample = (idx[0],) if len(idx) == 1 else (idx[0], idx[2])
+        sample = _sample_index(idx)
         cut = lambda v, i: v[i] if v is not None else None
         return ChunkTarget(
             index=cut(self.index, sample), probs=cut(self.probs, idx), valid=cut(self.valid, sample),
             safe=cut(self.safe, idx), w_t=cut(self.w_t, sample), z_t=cut(self.z_t, sample),
         )
+
+
+def _sample_index(idx: tuple) -> tuple:
+    """A chunk's index into the logits (N, C[, D]) -> its index into per-sample values (N[, D])."""
+    return (idx[0],) if len(idx) == 1 else (idx[0], idx[2])
 
 
 def hard_target_terms(x, index, weight, opts, acc) -> ChunkTarget:
@@ -164,6 +169,7 @@ def ce_chunk(
     acc = compute_dtype(x.dtype)
     eps, zl, cap = opts.label_smoothing, opts.z_loss, opts.softcap
     num_classes = x.shape[1]
+    W = weight_sum if weight is not None else float(num_classes)  # sum_c w_c
 
     # The buffer that receives exp(z - max): the gradient itself when its dtype allows.
     if grad is not None and grad.dtype == acc:
@@ -184,6 +190,8 @@ def ce_chunk(
 
     m = z.amax(1, keepdim=True)
     index, probs = target.index, target.probs
+    if eps > 0.0:  # sum_c w_c z_c, needed for the smoothing term
+        wz = _row_sum(z * _class_vec(weight, z)) if weight is not None else _row_sum(z)
     if index is not None:
         valid = target.valid if target.valid is not None else index != opts.ignore_index
         safe = target.safe if target.safe is not None else torch.where(valid, index, 0).unsqueeze(1)
@@ -194,8 +202,6 @@ def ce_chunk(
             w_t = target.w_t
         else:
             w_t = torch.where(valid, weight[safe.squeeze(1)], 0.0)
-        if eps > 0.0:  # sum_c w_c z_c, needed for the smoothing term
-            wz = _row_sum(z * _class_vec(weight, z)) if weight is not None else _row_sum(z)
     else:
         t = probs.to(acc)
         if weight is not None:
@@ -207,8 +213,6 @@ def ce_chunk(
             a_soft = _row_sum(t)
             b_soft = _row_sum(t * z)
         if eps > 0.0:
-            wz = _row_sum(z * _class_vec(weight, z)) if weight is not None else _row_sum(z)
-            W = weight_sum if weight is not None else float(num_classes)
             a_soft = (1.0 - eps) * a_soft + (eps / num_classes) * W
             b_soft = (1.0 - eps) * b_soft + (eps / num_classes) * wz
 
@@ -225,7 +229,6 @@ def ce_chunk(
         if w_t is not None:
             ce = ce * w_t
         if eps > 0.0:
-            W = weight_sum if weight is not None else float(num_classes)
             ce = (1.0 - eps) * ce + (eps / num_classes) * (W * lse - wz)
         if zl:
             ce = ce + zl * lse * lse
@@ -239,7 +242,6 @@ def ce_chunk(
         return loss, lse
 
     # Gradient: scale_i * (a_i * p_ic - b_ic); p = e / s.
-    W = (weight_sum if weight is not None else float(num_classes)) if eps > 0.0 else None
     if index is not None:
         sv = valid.to(acc) * scale  # scale_i, 0 for ignored samples
         coef_t = (w_t * sv if w_t is not None else sv) * (1.0 - eps)  # (1-eps) w_t scale_i
@@ -302,7 +304,7 @@ def ce_forward(
     if target.index is not None and target.valid is None:
         target = hard_target_terms(x, target.index, w, opts, acc)
     for idx in _chunks(x):
-        sample_idx = (idx[0],) if len(idx) == 1 else (idx[0], idx[2])
+        sample_idx = _sample_index(idx)
         loss, _ = ce_chunk(
             x[idx],
             target.rows(idx),
@@ -417,7 +419,7 @@ class _CrossEntropyFn(torch.autograd.Function):
         else:
             factor = grad_out if ctx.post_scale is None else grad_out * ctx.post_scale
             if factor.device.type != "cpu" or factor.item() != 1.0:
-                g.mul_(factor.to(g.dtype) if factor.dtype != g.dtype else factor)
+                g.mul_(factor.to(g.dtype))
         return g.view(ctx.x_shape), None, None, None, None, None, None
 
 
@@ -534,8 +536,8 @@ def _bce_forward(x, y, w, pw, logits, opts, grad):
     """Per-element losses (compute dtype) for 'none', else the deterministic total."""
     acc = compute_dtype(x.dtype)
     if x.dim() == 0:
-        parts = [_bce_chunk(x, y, w, pw, logits, grad)]
-        return parts[0] if opts.reduction == "none" else parts[0].sum()
+        loss = _bce_chunk(x, y, w, pw, logits, grad)
+        return loss if opts.reduction == "none" else loss.sum()
     wb = w.expand(x.shape) if w is not None else None
     pwb = pw.expand(x.shape) if pw is not None else None
     out = torch.empty(x.shape, dtype=acc, device=x.device) if opts.reduction == "none" else None
