@@ -42,6 +42,9 @@ ERRORS = [
     (lambda: CE(x, p, ignore_index=0), ValueError, r"ignore_index=0 cannot apply to class-probability targets"),
     (lambda: CE(torch.randn(1, 5).expand(4, 5).requires_grad_(), t, inplace_backward=True), ValueError, r"inplace_backward=True needs an input whose elements do not share memory"),
     (lambda: CE(x, t, reduction=None), ValueError, r"reduction must be 'none', 'mean' or 'sum', got None"),
+    (lambda: CE(x, t, dtype=torch.float64), ValueError, r"cross_entropy: dtype=torch.float64 with a torch.float32 input; dtype may be None, the input's dtype, or torch.float32 for a float16/bfloat16 input"),
+    (lambda: CE(x.bfloat16(), t, dtype=torch.float16), ValueError, r"dtype=torch.float16 with a torch.bfloat16 input"),
+    (lambda: CE(x, t, dtype="float32"), TypeError, r"cross_entropy: dtype must be a torch.dtype or None, got 'float32'"),
     # nll_loss
     (lambda: NLL(x, torch.tensor([0, 1, 2, 9])), ValueError, r"nll_loss: target contains 9 at index \(3,\)"),
     (lambda: NLL(x, t, reduction="total"), ValueError, r"nll_loss: reduction must be .* got 'total'"),

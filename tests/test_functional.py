@@ -198,6 +198,49 @@ def test_extensions_match_reference(on_backend, reduction, z_loss, softcap, targ
     assert_close(_grads(ours, [xo])[0], _grads(ref, [xr])[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(6, 7), (64, 5000), (2, 7, 3)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("target_kind", ["index", "probs"])
+def test_dtype_float32_is_the_loss_of_the_upcast_input(on_backend, dtype, shape, reduction, target_kind):
+    """dtype=torch.float32 on 16-bit logits: torch's loss of input.float() (float32, not rounded
+    to 16 bits), with a gradient in the input's dtype; without dtype, torch's result dtype."""
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(shape, generator=gen)).to(dtype)
+    if target_kind == "index":
+        t = _class_targets(shape, shape[1], -100, gen)
+    else:
+        t = torch.randn(shape, generator=gen).softmax(1)
+    xa = x.clone().requires_grad_()
+    got = crossent.cross_entropy(xa, t, reduction=reduction, dtype=torch.float32)
+    xt = x.clone().requires_grad_()
+    want = TF.cross_entropy(xt.float(), t, reduction=reduction)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert crossent.cross_entropy(x, t, reduction=reduction).dtype == torch.result_type(x, t)
+    (g,) = _grads(got, (xa,))
+    (g_want,) = _grads(want, (xt,))
+    assert g.dtype == dtype
+    unit = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(g.float(), g_want.float(), atol=1e-5, rtol=3 * unit)
+
+
+def test_dtype_argument_of_linear_cross_entropy():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(8, 16, generator=gen).bfloat16()
+    w = torch.randn(300, 16, generator=gen).bfloat16()
+    t = torch.randint(0, 300, (8,), generator=gen)
+    got = crossent.linear_cross_entropy(h, w, t, dtype=torch.float32)
+    want = TF.cross_entropy(TF.linear(h, w).float(), t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert crossent.linear_cross_entropy(h, w, t).dtype == torch.bfloat16
+    with crossent.use_backend("reference"):
+        assert crossent.linear_cross_entropy(h, w, t, dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"linear_cross_entropy: dtype=torch.float64 with a torch.bfloat16"):
+        crossent.linear_cross_entropy(h, w, t, dtype=torch.float64)
+
+
 def test_no_grad_and_eval_paths_equal_the_training_path():
     x = torch.randn(16, 33)
     t = torch.randint(0, 33, (16,))

@@ -353,6 +353,21 @@ def linear_options(fn: str, opts: LossOptions, chunk_size: object) -> int | None
     return chunk_size
 
 
+def loss_dtype(fn: str, dtype: object, input: torch.Tensor) -> torch.dtype | None:
+    """The dtype= extension: None (the input's dtype, as torch), the input's dtype, or float32 for a
+    16-bit input (the loss of ``input.float()``, computed without that copy)."""
+    if dtype is None or dtype == input.dtype:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{fn}: dtype must be a torch.dtype or None, got {dtype!r}")
+    if dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    raise ValueError(
+        f"{fn}: dtype={dtype} with a {input.dtype} input; dtype may be None, the input's dtype, "
+        "or torch.float32 for a float16/bfloat16 input"
+    )
+
+
 def linear_no_fused_gradient(fn: str, **tensors: torch.Tensor | None) -> None:
     """The fused path differentiates w.r.t. input, weight and bias only; refuse to drop a gradient."""
     if not torch.is_grad_enabled():

@@ -33,6 +33,13 @@ _LEGACY = """\
     size_average, reduce: deprecated, as in torch; when either is given it overrides ``reduction``
     (with torch's warning)."""
 
+_DTYPE = """\
+    dtype: None (default) returns the loss in the input's dtype, as torch does; torch.float32 with
+        a float16/bfloat16 input returns the float32 loss of ``input.float()`` -- the loss
+        transformers computes for 16-bit logits -- without that float32 copy (the math runs in
+        float32 anyway; 16-bit rounding of the loss is skipped). The gradient keeps the input's
+        dtype. Any other value raises."""
+
 _DETERMINISM = """\
     Results are deterministic: the same inputs on the same device give bitwise-identical loss and
     gradients, run after run and for any number of threads."""
@@ -113,6 +120,7 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     inplace_backward: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
@@ -120,6 +128,7 @@ def cross_entropy(
         _dispatch.torch_first(input)
         and not (z_loss or inplace_backward)
         and softcap is None
+        and dtype is None
         and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
     ):
         try:
@@ -159,13 +168,15 @@ def cross_entropy(
         )
     if inplace_backward:
         _checks.inplace_input(fn, input)
+    dtype = _checks.loss_dtype(fn, dtype, input)
     if select(weight, target if soft else None) is Backend.REFERENCE:
         loss = reference.cross_entropy(
             input, target, weight, ignore_index, reduction, label_smoothing,
             z_loss=z_loss, softcap=softcap,
         )
-        return loss.to(torch.result_type(input, target) if soft else input.dtype)
-    return torch_chunked.cross_entropy(input, target, weight, opts, soft=soft)
+        out_dtype = torch.result_type(input, target) if soft else input.dtype
+        return loss.to(out_dtype if dtype is None else torch.promote_types(out_dtype, dtype))
+    return torch_chunked.cross_entropy(input, target, weight, opts, soft=soft, dtype=dtype)
 
 
 cross_entropy.__doc__ = f"""Cross-entropy between logits and targets; torch.nn.functional.cross_entropy, exactly.
@@ -192,6 +203,7 @@ cross_entropy.__doc__ = f"""Cross-entropy between logits and targets; torch.nn.f
         backward needs no memory beyond the logits; ``input`` is destroyed (its version counter is
         bumped, so autograd refuses any other use of the old values). Without it the caller's
         tensors are never modified.
+{_DTYPE}
 
 {_DETERMINISM}
     Equivalent to ``crossent.reference.cross_entropy`` (the formulas, in float64).
@@ -327,6 +339,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     normalizer: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     fn = "linear_cross_entropy"
     _checks.linear_operands(fn, input, weight, bias)
@@ -345,15 +358,19 @@ def linear_cross_entropy(
     target, soft = _checks.linear_targets(
         fn, input, target, num_classes=num_classes, ignore_index=ignore_index
     )
+    dtype = _checks.loss_dtype(fn, dtype, input)
     if select() is Backend.REFERENCE:
-        return _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft)
+        return _linear_cross_entropy_reference(
+            input, weight, target, bias, class_weight, opts, soft, dtype
+        )
     _checks.linear_no_fused_gradient(fn, class_weight=class_weight, target=target if soft else None)
     return torch_chunked_linear.linear_cross_entropy(
-        input, weight, bias, target, class_weight, opts, soft=soft, chunk_size=chunk_size
+        input, weight, bias, target, class_weight, opts, soft=soft, chunk_size=chunk_size,
+        dtype=dtype,
     )
 
 
-def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft):
+def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft, dtype):
     """The contract, literally: the full logits in float64 through reference.cross_entropy."""
     v = weight.shape[0]
     b = bias.double() if bias is not None else None
@@ -367,6 +384,8 @@ def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, o
     if opts.normalizer is not None:
         loss = loss / opts.normalizer
     out_dtype = torch.result_type(input, target) if soft else input.dtype
+    if dtype is not None:
+        out_dtype = torch.promote_types(out_dtype, dtype)
     return loss.reshape(input.shape[:-1] if opts.reduction == "none" else ()).to(out_dtype)
 
 
@@ -395,6 +414,7 @@ linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, wit
     chunk_size: tokens per chunk; by default chosen from N, D, V, the dtype and the options so that
         one chunk's buffers take at most 7/8 of the bytes of the float32 weight gradient (7D/8
         rows in float32; at least 16 MiB; see backends/torch_chunked_linear.py).
+{_DTYPE}
 
     Memory: O(chunk_size * V) beyond the inputs and their gradients, never O(N * V).
     FLOPs: 6 N D V for reduction 'mean'/'sum' (the three products any exact method needs);

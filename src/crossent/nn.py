@@ -116,6 +116,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         softcap: float | None = None,
         normalizer: float | torch.Tensor | None = None,
         chunk_size: int | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("class_weight", class_weight)
@@ -127,6 +128,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.softcap = softcap
         self.normalizer = normalizer
         self.chunk_size = chunk_size
+        self.dtype = dtype  # of the loss: None (the input's) or torch.float32 for 16-bit inputs
 
     def forward(
         self, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -136,5 +138,5 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             input, weight, target, bias, ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, class_weight=self.class_weight,
             z_loss=self.z_loss, softcap=self.softcap, normalizer=self.normalizer,
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, dtype=self.dtype,
         )

@@ -267,17 +267,22 @@ def test_chunk_size_rule():
     # float32: the chunk's logits take at most 7/8 of the bytes of the weight gradient: 7D/8 rows.
     assert rows(10 * 448, 512, 128256, torch.float32, opts) == 448
     assert rows(50 * 3584, 4096, 128256, torch.float32, opts) == 3584
-    # Never more rows than tokens; the chunks are balanced (2048 = 5 x 410 - 2, not 4 x 448 + 256).
+    # Never more rows than tokens; chunks are balanced and a multiple of ROW_MULTIPLE (8) rows:
+    # 2048 = 4 x 416 + 384 (not 4 x 448 + 256); 449 = 232 + 217 (not 448 + 1).
     assert rows(100, 512, 128256, torch.float32, opts) == 100
-    assert rows(2048, 512, 128256, torch.float32, opts) == 410
-    # A small layer gets at least 16 MiB; 16-bit and softcap buffers count per row.
-    assert rows(10 * 4194, 16, 1000, torch.float32, opts) == (16 << 20) // 4000 == 4194
-    assert rows(10 * 298, 512, 128256, torch.bfloat16, opts) == 128256 * 512 * 4 * 7 // 8 // (6 * 128256) == 298
+    assert rows(2048, 512, 128256, torch.float32, opts) == 416
+    assert rows(449, 512, 128256, torch.float32, opts) == 232
+    # A small layer gets at least 16 MiB (4194 rows of 1000 float32, rounded down to 4192); 16-bit
+    # and softcap buffers count per row (bf16: 298 rows of 2 + 4 bytes, rounded down to 296).
+    assert rows(10 * 4192, 16, 1000, torch.float32, opts) == 4192
+    assert rows(10 * 296, 512, 128256, torch.bfloat16, opts) == 296
     capped = LossOptions(softcap=30.0)
     assert rows(10 * 224, 512, 128256, torch.float32, capped) == 224
     for n, d, v in [(1, 3, 5), (7, 1, 10**6), (10**5, 64, 50257)]:
         r = rows(n, d, v, torch.float32, opts)
         assert 1 <= r <= n
+        m = torch_chunked_linear.ROW_MULTIPLE
+        assert r == n or r < m or r % m == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 100])
@@ -362,6 +367,10 @@ def test_module_holds_the_options():
     m.normalizer, m.reduction = 5.0, "mean"
     assert_close(m(x, w, t), LCE(x, w, t, reduction="sum", class_weight=cw, label_smoothing=0.1,
                                  z_loss=1e-3, softcap=4.0) / 5.0)
+    half = crossent.nn.LinearCrossEntropyLoss(dtype=torch.float32)
+    xh, wh = x.bfloat16(), w.bfloat16()
+    assert torch.equal(half(xh, wh, t), LCE(xh, wh, t, dtype=torch.float32))
+    assert half(xh, wh, t).dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ checked for the loss and for every parameter's gradient.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,6 +169,31 @@ def test_causal_lm_loss_shift_labels_and_16bit_logits():
     torch.testing.assert_close(got, want, atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_causal_lm_loss_of_16bit_logits_is_transformers_float32_loss(dtype, num_items):
+    """transformers computes on logits.float(): crossent returns that float32 loss unrounded (a
+    16-bit loss would be off by up to 2^-9 relative), and the same 16-bit gradient."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    torch.manual_seed(0)
+    # (large enough for crossent's fused path rather than torch's kernel)
+    logits = (3 * torch.randn(4, 64, 4000)).to(dtype).requires_grad_()
+    labels = torch.randint(0, 4000, (4, 64))
+    labels[0, 10:] = -100
+    got = hf.causal_lm_loss(logits, labels, 4000, num_items_in_batch=num_items)
+    want = ForCausalLMLoss(logits, labels, 4000, num_items_in_batch=num_items)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=0, rtol=2e-6)
+    (g_got,) = torch.autograd.grad(got * 1000, logits)
+    (g_want,) = torch.autograd.grad(want * 1000, logits)
+    assert g_got.dtype == dtype
+    # transformers rounds the float32 gradient to 16 bits once; crossent keeps it unscaled in 16
+    # bits (so an AMP loss scale cannot underflow it) and rounds again after scaling: 3 units apart
+    unit = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(g_got.float(), g_want.float(), atol=1e-6, rtol=3 * unit)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -195,6 +223,35 @@ def test_patched_loss_and_every_gradient_equal_unpatched(name):
     assert type(out) is type(ref)
     torch.testing.assert_close(out.loss, ref.loss, **TOL32)
     _assert_same_grads(grads, ref_grads)
+
+
+def _relative_error(a, ref):
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt2", "mixtral"])
+def test_patched_bfloat16_model_is_as_accurate_as_unpatched(name):
+    """bfloat16 model (bf16 products, float32 softmax): the patched loss is transformers' float32
+    loss, and every parameter gradient is as close to the float64 truth (the same bf16 weights,
+    run in float32, unpatched: its error is ~2^-24, the bf16 runs' ~2^-8) as the unpatched bf16
+    model's gradient is."""
+    model = _tiny(name).to(torch.bfloat16)
+    batch = _batch()
+    truth = copy.deepcopy(model).float()  # (MoE grouped products have no float64 kernel)
+    ref64, grads64 = _loss_and_grads(truth, **batch)
+    ref, ref_grads = _loss_and_grads(model, **batch)
+    hf.patch(model)
+    out, grads = _loss_and_grads(model, **batch)
+    assert out.loss.dtype == ref.loss.dtype == torch.float32
+    # both losses carry bf16 rounding of the model's activations; crossent's adds no 16-bit
+    # rounding of its own (which would be up to 2^-9 of the loss)
+    assert abs(out.loss.item() - ref64.loss.item()) <= 1.5 * abs(ref.loss.item() - ref64.loss.item()) + 1e-3
+    torch.testing.assert_close(out.loss, ref.loss, atol=0, rtol=1e-2)
+    assert grads.keys() == ref_grads.keys() == grads64.keys()
+    for n in grads64:
+        ours, theirs = _relative_error(grads[n], grads64[n]), _relative_error(ref_grads[n], grads64[n])
+        assert grads[n].dtype == torch.bfloat16
+        assert ours <= 1.5 * theirs + 2.0**-8, (n, ours, theirs)
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma2", "gpt2"])
@@ -422,3 +479,49 @@ def test_patched_step_keeps_less_for_backward_when_logits_dominate():
     after = saved_bytes(model, batch)
     logits_bytes = 2 * 64 * 16000 * 4
     assert before - after >= logits_bytes, (before, after)
+
+
+_STEP_PEAK = """
+import json, sys, torch, transformers
+import crossent.integrations.transformers as hf
+torch.manual_seed(0)
+config = transformers.LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, pad_token_id=0)
+model = transformers.LlamaForCausalLM(config).train()
+if sys.argv[1] == "patched":
+    hf.patch(model)
+ids = torch.randint(3, 32000, (2, 256))
+def step():
+    model.zero_grad(set_to_none=False)
+    model(input_ids=ids, labels=ids).loss.backward()
+def kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+step()  # warm-up: parameter gradients allocated, allocator and library pages touched
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+before = kb("VmRSS")
+step()
+print(json.dumps({"extra_bytes": (kb("VmHWM") - before) * 1024}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_patched_training_step_peak_memory_is_below_unpatched():
+    """Peak RSS of one training step over the step's start, each model in a fresh process: Llama
+    with a 32000-token vocabulary and hidden size 32, 2 x 256 tokens, so the float32 logits
+    (62.5 MiB) dominate. Unpatched, the step holds the logits, their log-softmax and gradient;
+    patched, a 16 MiB chunk and the weight's gradient."""
+    procs = {case: subprocess.Popen([sys.executable, "-c", _STEP_PEAK, case], text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for case in ("unpatched", "patched")}
+    peak = {}
+    for case, proc in procs.items():
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err
+        peak[case] = json.loads(out.strip().splitlines()[-1])["extra_bytes"]
+    logits = 2 * 256 * 32000 * 4
+    assert peak["unpatched"] > logits, peak  # the measurement sees the logits
+    assert peak["patched"] < logits / 2, peak
+    assert peak["patched"] < peak["unpatched"] - logits, peak

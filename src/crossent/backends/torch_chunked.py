@@ -271,6 +271,8 @@ def ce_chunk(
 
 def _take(buf: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
     """A view of a reusable flat buffer with the given shape (allocated if missing or too small)."""
+    if buf is not None and buf.shape == shape and buf.dtype == dtype:
+        return buf  # a ready view (e.g. transposed like the chunk it works on)
     n = 1
     for s in shape:
         n *= s
@@ -423,10 +425,15 @@ class _CrossEntropyFn(torch.autograd.Function):
         return g.view(ctx.x_shape), None, None, None, None, None, None
 
 
-def cross_entropy(input, target, weight, opts: LossOptions, *, soft: bool) -> torch.Tensor:
-    """Backend entry: checked arguments in, loss out (gradient only when autograd needs one)."""
+def cross_entropy(
+    input, target, weight, opts: LossOptions, *, soft: bool, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Backend entry: checked arguments in, loss out (gradient only when autograd needs one).
+    dtype: None, or float32 for a 16-bit input (the loss is then not rounded to 16 bits)."""
     x_nc = _as_nc(input)
     out_dtype = torch.result_type(input, target) if soft else input.dtype
+    if dtype is not None:
+        out_dtype = torch.promote_types(out_dtype, dtype)
     index = None if soft else _as_samples(target, x_nc)
     probs = _as_nc(target) if soft else None
     out_shape = (input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])) if soft else target.shape

@@ -52,6 +52,7 @@ import torch
 
 from .. import _checks
 from .._options import LossOptions
+from . import _memory
 from .torch_chunked import (
     ChunkTarget,
     _mean_denominator,
@@ -74,6 +75,9 @@ from .torch_chunked import (
 # time over the three full-size products: 512 rows 1.08x, 410 rows 1.07x, 342 rows 1.23x,
 # 256 rows 1.31x. The floor keeps small layers (D*V tiny) from running in slivers of a few rows.
 MIN_BUDGET_BYTES = 16 << 20
+# Chunks of a multiple of 8 rows: the transposed product W @ x_c.T (see _chunk_loop) ran at
+# full-size speed for r = 384, 408, ..., 512 and ~40% slower for r = 410 or 500 (MKL, AVX2).
+ROW_MULTIPLE = 8
 
 
 def chunk_rows(
@@ -108,8 +112,11 @@ def chunk_rows(
     rows = max(1, budget_bytes // max(1, per_elem * num_classes))
     if rows >= n:
         return max(n, 1)
+    if rows >= ROW_MULTIPLE:
+        rows -= rows % ROW_MULTIPLE
     chunks = math.ceil(n / rows)
-    return math.ceil(n / chunks)
+    balanced = math.ceil(n / chunks)
+    return min(rows, -(-balanced // ROW_MULTIPLE) * ROW_MULTIPLE)
 
 
 def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scale, grads):
@@ -118,7 +125,8 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
     x (N, D), weight (V, D), bias (V,) or None; index (N,) int64 or probs (N, V).
     scale: a number or a 0-d tensor, or per-token (N,): the factor of each token's gradient.
     grads: (grad_x (N, D) input dtype, grad_W (V, D) compute dtype, grad_b (V,) compute dtype),
-           each None when not wanted; the loop writes grad_x rows and accumulates into the others.
+           each None when not wanted, uninitialised: the loop writes grad_x rows, and the first
+           chunk writes grad_W and grad_b (no zero-fill pass), later chunks add to them.
     """
     n, d = x.shape
     v = weight.shape[0]
@@ -128,54 +136,76 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
     cw = class_weight.to(acc) if class_weight is not None else None
     cw_sum = deterministic_sum(cw) if cw is not None else None
     losses = torch.empty(n, dtype=acc, device=x.device)
+    if n == 0:
+        for t in (gw, gb):
+            if t is not None:
+                t.zero_()
+        return losses
     size = min(rows, n) * v
-    z_buf = torch.empty(size, dtype=dt, device=x.device)  # logits, then the gradient in dt
+    dev = x.device
+    z_buf = _memory.empty(size, dt, dev)  # logits, then the gradient in dt
     # 16-bit: ce_chunk's float32 gradient. A gradient is always asked for, even for a loss-only
     # pass: written in place over the logits it costs two elementwise passes and no extra buffer.
-    g_buf = torch.empty(size, dtype=acc, device=x.device) if dt != acc else None
-    tanh_buf = torch.empty(size, dtype=acc, device=x.device) if opts.softcap is not None else None
-    gw_part = torch.empty(v, d, dtype=dt, device=x.device) if gw is not None and dt != acc else None
-    w_t = weight.t()  # (D, V), a view: BLAS reads it transposed
+    g_buf = _memory.empty(size, acc, dev) if dt != acc else None
+    tanh_buf = _memory.empty(size, acc, dev) if opts.softcap is not None else None
+    gw_part = _memory.empty((v, d), dt, dev) if gw is not None and dt != acc else None
     per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
     for i in range(0, n, rows):
         j = min(i + rows, n)
+        r = j - i
         xc = x[i:j]  # (r, D)
-        z = z_buf[: (j - i) * v].view(j - i, v)  # (r, V)
+        # The chunk's logits are computed transposed, Z.T = W @ x_c.T into a (V, r) buffer, and
+        # used through the (r, V) view z = Z.T.t(): this is the BLAS orientation that keeps the
+        # big operand W on the side the library packs in panels; x_c @ W.T into (r, V) ran ~15%
+        # slower than the full-size product here (see chunk_rows).
+        z = z_buf[: r * v].view(v, r).t()  # (r, V), strides (1, r)
         if bias is None:
-            torch.mm(xc, w_t, out=z)
+            torch.mm(weight, xc.t(), out=z.t())
         else:
-            torch.addmm(bias, xc, w_t, out=z)
-        g = z if g_buf is None else g_buf[: (j - i) * v].view(j - i, v)
+            torch.addmm(bias.unsqueeze(1), weight, xc.t(), out=z.t())
+        g = z if g_buf is None else g_buf[: r * v].view(v, r).t()
+        th = tanh_buf[: r * v].view(v, r).t() if tanh_buf is not None else None
         target = ChunkTarget(
             index=index[i:j] if index is not None else None,
             probs=probs[i:j] if probs is not None else None,
         )
-        loss, _ = ce_chunk(
+        losses[i:j], _ = ce_chunk(
             z, target, cw, cw_sum, opts, grad=g, scale=scale[i:j] if per_token else scale,
-            tanh_work=tanh_buf,
+            tanh_work=th,
         )
-        losses[i:j] = loss
-        if gb is not None:
-            gb.add_(g.sum(0))  # from the compute-dtype gradient
+        first = i == 0
+        if gb is not None:  # from the compute-dtype gradient
+            if first:
+                torch.sum(g, 0, out=gb)
+            else:
+                gb.add_(g.sum(0))
         if g is not z and (gx is not None or gw is not None):
             z.copy_(g)  # the products run in the input dtype
         if gx is not None:
             torch.mm(z, weight, out=gx[i:j])
         if gw is not None:
             if gw_part is None:
-                gw.addmm_(z.t(), xc)
+                if first:
+                    torch.mm(z.t(), xc, out=gw)
+                else:
+                    gw.addmm_(z.t(), xc)
             else:  # no mixed-dtype addmm on every device: round the chunk's product, add in fp32
                 torch.mm(z.t(), xc, out=gw_part)
-                gw.add_(gw_part)
+                if first:
+                    gw.copy_(gw_part)
+                else:
+                    gw.add_(gw_part)
     return losses
 
 
 def _grad_buffers(x, weight, bias, want, acc):
-    """Zeroed gradient accumulators for the wanted inputs: grad_x in x's dtype, the others in acc."""
+    """Uninitialised gradient buffers for the wanted inputs (grad_x in x's dtype, the others in
+    acc): `_chunk_loop` writes every element."""
     want_x, want_w, want_b = want
-    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_x else None
-    gw = torch.zeros(weight.shape, dtype=acc, device=x.device) if want_w else None
-    gb = torch.zeros(bias.shape, dtype=acc, device=x.device) if want_b and bias is not None else None
+    dev = x.device
+    gx = _memory.empty(x.shape, x.dtype, dev) if want_x else None
+    gw = _memory.empty(weight.shape, acc, dev) if want_w else None
+    gb = torch.empty(bias.shape, dtype=acc, device=dev) if want_b and bias is not None else None
     return gx, gw, gb
 
 
@@ -251,14 +281,18 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    input, weight, bias, target, class_weight, opts: LossOptions, *, soft: bool, chunk_size: int | None
+    input, weight, bias, target, class_weight, opts: LossOptions, *, soft: bool,
+    chunk_size: int | None, dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Backend entry: checked arguments in, loss out (gradients only when autograd needs them)."""
+    """Backend entry: checked arguments in, loss out (gradients only when autograd needs them).
+    dtype: None, or float32 for 16-bit inputs (the loss is then not rounded to 16 bits)."""
     v = weight.shape[0]
     n = math.prod(input.shape[:-1])
     index = None if soft else target.reshape(-1)
     probs = target.reshape(-1, v) if soft else None
     out_dtype = torch.result_type(input, target) if soft else input.dtype
+    if dtype is not None:
+        out_dtype = torch.promote_types(out_dtype, dtype)
     out_shape = input.shape[:-1]
     rows = chunk_size or chunk_rows(
         n, input.shape[-1], v, input.dtype, opts, soft=soft, class_weight=class_weight is not None

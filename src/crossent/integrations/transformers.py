@@ -75,10 +75,10 @@ def _shift_labels(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
 
 
-def _upcast_loss(loss: torch.Tensor) -> torch.Tensor:
-    # transformers returns a float32 loss for 16-bit logits (it upcasts the logits); crossent
-    # computes 16-bit inputs in float32 internally and returns their dtype.
-    return loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
+def _loss_dtype(t: torch.Tensor) -> torch.dtype | None:
+    # transformers returns a float32 loss for 16-bit logits (it computes on logits.float());
+    # crossent's dtype=torch.float32 returns that loss unrounded, without the float32 copy.
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
 
 
 def _normalizer(fn: str, num_items_in_batch: Any, device: torch.device):
@@ -122,7 +122,8 @@ def causal_lm_loss(
         if num_items_in_batch is not None: loss = loss / num_items_in_batch
 
     but without ``logits.float()``: 16-bit logits are read in place (crossent computes them in
-    float32 chunk by chunk), and the loss is returned in float32 as transformers returns it.
+    float32 chunk by chunk, ``dtype=torch.float32``), and the loss is returned in float32, not
+    rounded to 16 bits, as transformers returns it.
     Other keyword arguments (the model's forward passes its own through) are ignored, as
     transformers ignores them.
     """
@@ -147,12 +148,13 @@ def causal_lm_loss(
             f"{tuple(shift_labels.shape)} hold different numbers of tokens"
         )
     norm = _normalizer(fn, num_items_in_batch, logits.device)
+    dtype = _loss_dtype(logits)
     if norm is None:
-        loss = _functional.cross_entropy(flat, target, ignore_index=ignore_index)
-    else:
-        loss = _functional.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum")
-        loss = _upcast_loss(loss) / norm
-    return _upcast_loss(loss)
+        return _functional.cross_entropy(flat, target, ignore_index=ignore_index, dtype=dtype)
+    loss = _functional.cross_entropy(
+        flat, target, ignore_index=ignore_index, reduction="sum", dtype=dtype
+    )
+    return loss / norm
 
 
 def compute_loss_func(
@@ -374,7 +376,6 @@ def _patched_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
 
     # 3. The loss, inside a call of the head module so that its hooks fire around it.
     loss = _head_loss(head_module, state, hidden, target, norm)
-    loss = _upcast_loss(loss)
 
     aux = out.get("aux_loss") if is_output else None
     if aux is not None:  # mixture of experts: transformers adds coef * aux_loss when labels given
@@ -441,7 +442,7 @@ def _head_loss(head_module: nn.Module, state: _PatchState, hidden, target, norm)
             bias = bias * scale if bias is not None else None
         return _functional.linear_cross_entropy(
             h, weight, target, bias, ignore_index=IGNORE_INDEX, reduction="mean",
-            softcap=softcap, normalizer=norm, chunk_size=chunk_size,
+            softcap=softcap, normalizer=norm, chunk_size=chunk_size, dtype=_loss_dtype(h),
         )
 
     previous = vars(head).get("forward")
