@@ -9,6 +9,8 @@ ratio <= 1.10 on every row, <= 0.5 on rows whose logits are 64 MB or more. Rows:
     targets, label smoothing with class weights, ignore_index on a quarter of the targets;
   - the same forward-only, under torch.no_grad() and on inputs that do not require grad;
   - binary_cross_entropy_with_logits (pos_weight), binary_cross_entropy, nll_loss;
+  - linear_cross_entropy vs F.cross_entropy(F.linear(h, W), t): small to medium (N, D) x V,
+    probability targets, reduction='none' (whose backward recomputes the logits), no_grad;
   - the seed tutorial's training loop (SimpleNN = Linear(1, 2), SGD, 1000 epochs).
 """
 
@@ -91,6 +93,30 @@ def _nll_case(shape):
     return make(crossent.nll_loss), make(F.nll_loss), lp.numel() * lp.element_size()
 
 
+def _linear_case(n, d, v, *, probs=False, reduction="mean", mode="train"):
+    """linear_cross_entropy vs torch's composition F.cross_entropy(F.linear(h, W), t)."""
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(n, d, generator=gen) / d**0.5
+    w = torch.randn(v, d, generator=gen)
+    t = torch.randn(n, v, generator=gen).softmax(1) if probs else torch.randint(0, v, (n,), generator=gen)
+
+    def torch_composed(h, w, t, reduction):
+        return F.cross_entropy(F.linear(h, w), t, reduction=reduction)
+
+    def make(fn):
+        if mode == "train":
+            def run():
+                hr, wr = h.detach().requires_grad_(), w.detach().requires_grad_()
+                torch.autograd.grad(fn(hr, wr, t, reduction=reduction).sum(), (hr, wr))
+        else:
+            def run():
+                with torch.no_grad():
+                    fn(h, w, t, reduction=reduction)
+        return run
+
+    return make(crossent.linear_cross_entropy), make(torch_composed), n * v * 4
+
+
 def _tutorial(criterion_cls):
     torch.manual_seed(0)
     data = torch.tensor([[2, 0], [5, 1], [8, 0], [12, 0], [15, 1], [17, 1]], dtype=torch.float32)
@@ -132,6 +158,14 @@ def rows(quick: bool):
     yield "bce_with_logits pos_weight (16, 1, 256, 256)", _binary_case((16, 1, 256, 256), *bce_l, pos_weight=True)
     yield "bce (4096, 100)", _binary_case((4096, 100), crossent.binary_cross_entropy, F.binary_cross_entropy, probs=True)
     yield "nll_loss (64, 10)", _nll_case((64, 10))
+    yield "linear_cross_entropy (64, 32) x 10", _linear_case(64, 32, 10)
+    yield "linear_cross_entropy (512, 128) x 1000", _linear_case(512, 128, 1000)
+    yield "linear_cross_entropy (1024, 128) x 4096", _linear_case(1024, 128, 4096)
+    yield "linear_cross_entropy (512, 256) x 32000", _linear_case(512, 256, 32000)
+    yield "linear_cross_entropy probs (512, 256) x 32000", _linear_case(512, 256, 32000, probs=True)
+    yield "linear_cross_entropy 'none' (512, 256) x 32000", _linear_case(512, 256, 32000, reduction="none")
+    yield "linear_cross_entropy no_grad (64, 32) x 10", _linear_case(64, 32, 10, mode="no_grad")
+    yield "linear_cross_entropy no_grad (512, 256) x 32000", _linear_case(512, 256, 32000, mode="no_grad")
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ Rule, per call:
      (checked for 1-4 threads by tests/backends/test_torch_chunked.py); where torch ends in a
      thread-dependent full sum (probability targets, the binary losses), functional.py asks torch
      for reduction='none' and sums in crossent's fixed order;
+     linear_cross_entropy: the composition F.linear + cross_entropy when the input is on the CPU,
+     neither z_loss nor softcap is on, and N * V <= LINEAR_TORCH_MAX_LOGITS;
   3. reference, when autograd will ask for a gradient the fused kernels do not produce (class
      weights, probability targets, BCE targets);
   4. otherwise fused.
@@ -51,6 +53,12 @@ class Backend(str, enum.Enum):
 TORCH_MAX_NUMEL = 3 << 18  # 786K
 TORCH_MAX_NUMEL_NO_GRAD = 3 << 22  # 12.6M
 BINARY_TORCH_MAX_NUMEL = 1 << 22  # BCE-with-logits fused/torch: 0.41M 1.16, 1.05M 1.18, 4.2M 0.96
+
+# linear_cross_entropy: at most this many logits (N * V) on the CPU, the composition F.linear +
+# cross_entropy (its logits, 4 MiB in float32, are then smaller than the one 16 MiB chunk the fused
+# path would allocate anyway). Fused/composed forward+backward, float32, D=128 (2026-11-23):
+# 640 logits 2.44, 0.26M 1.07, 0.51M 1.11, 1.0M 1.03, 2.1M 0.83-0.97, 4.2M 0.94-1.01, 8.4M 0.60.
+LINEAR_TORCH_MAX_LOGITS = 1 << 20
 
 _forced: Backend | None = None
 _ENV_BACKEND = os.environ.get("CROSSENT_BACKEND") or None
@@ -103,6 +111,15 @@ def torch_first(input: object, *, binary: bool = False) -> bool:
     if input.requires_grad and _grad_enabled():
         return input.numel() <= TORCH_MAX_NUMEL
     return input.numel() <= TORCH_MAX_NUMEL_NO_GRAD
+
+
+def linear_torch_first(input: torch.Tensor, num_logits: int) -> bool:
+    """Rule 2 for linear_cross_entropy (options checked by the caller): the unfused composition
+    F.linear + cross_entropy for small CPU problems, where the fused loop's Python cost dominates."""
+    f = forced()
+    if f is not None:
+        return f is Backend.TORCH
+    return input.is_cpu and num_logits <= LINEAR_TORCH_MAX_LOGITS
 
 
 def select(*needs_grad_beyond_input: torch.Tensor | None) -> Backend:

@@ -65,6 +65,7 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
 _ce_kernel = getattr(torch._C._nn, "cross_entropy_loss", None)
+_HALF = (torch.float16, torch.bfloat16)
 _nll_kernel = getattr(torch._C._nn, "nll_loss_nd", None)
 
 
@@ -128,9 +129,11 @@ def cross_entropy(
         _dispatch.torch_first(input)
         and not (z_loss or inplace_backward)
         and softcap is None
-        and dtype is None
         and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
+        and (dtype is None or (dtype is torch.float32 and input.dtype in _HALF))
     ):
+        if dtype is not None:
+            input = input.to(dtype)  # small here: the copy costs less than the fused path
         try:
             if target.is_floating_point() and reduction != "none" and not _serial(input):
                 # torch's probability-target path ends in a full .sum() whose order depends on
@@ -341,6 +344,39 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
+    if (
+        normalizer is None
+        and chunk_size is None
+        and dtype is None
+        and not z_loss
+        and softcap is None
+        and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
+        and isinstance(input, torch.Tensor)
+        and isinstance(weight, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and input.dim() >= 1
+        and weight.dim() == 2
+        and weight.is_cpu  # (input's device is checked by linear_torch_first; meta runs silently)
+        and target.is_cpu
+        and (bias is None or (isinstance(bias, torch.Tensor) and bias.is_cpu and bias.shape == weight.shape[:1]))
+        and (class_weight is None or (
+            isinstance(class_weight, torch.Tensor) and class_weight.is_cpu and not class_weight.requires_grad
+        ))
+        and not target.requires_grad
+        and _dispatch.linear_torch_first(input, input.numel() // max(input.shape[-1], 1) * weight.shape[0])
+    ):
+        # Small CPU problems: F.linear + cross_entropy, unchecked; if torch refuses an argument,
+        # crossent's checks below say which and why (they cost more than torch's whole call here).
+        v = weight.shape[0]
+        tokens = input.shape[:-1]
+        if target.shape == tokens or target.shape == tokens + (v,):
+            try:
+                return _linear_cross_entropy_composed(
+                    input, weight, target, bias, class_weight, ignore_index, reduction,
+                    label_smoothing, None, target.dim() > len(tokens), None,
+                )
+            except Exception:  # noqa: BLE001
+                pass
     fn = "linear_cross_entropy"
     _checks.linear_operands(fn, input, weight, bias)
     opts = _checks.loss_options(
@@ -364,10 +400,41 @@ def linear_cross_entropy(
             input, weight, target, bias, class_weight, opts, soft, dtype
         )
     _checks.linear_no_fused_gradient(fn, class_weight=class_weight, target=target if soft else None)
+    if (
+        not opts.z_loss
+        and opts.softcap is None
+        and _dispatch.linear_torch_first(input, target.numel() if soft else target.numel() * num_classes)
+    ):
+        return _linear_cross_entropy_composed(
+            input, weight, target, bias, class_weight, opts.ignore_index, opts.reduction,
+            opts.label_smoothing, opts.normalizer, soft, dtype,
+        )
     return torch_chunked_linear.linear_cross_entropy(
         input, weight, bias, target, class_weight, opts, soft=soft, chunk_size=chunk_size,
         dtype=dtype,
     )
+
+
+def _linear_cross_entropy_composed(
+    input, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing,
+    normalizer, soft, dtype,
+):
+    """The contract, literally, for small CPU problems: F.linear, then cross_entropy (torch's kernel)."""
+    logits = _torch_F.linear(input, weight, bias)
+    flat = target
+    if input.dim() != 2:  # (a view costs ~8 us of autograd here: only when needed)
+        v = weight.shape[0]
+        logits = logits.reshape(-1, v)
+        flat = target.reshape(-1, v) if soft else target.reshape(-1)
+    if dtype is not None:
+        logits = logits.to(dtype)  # small: the copy costs less than the fused path's Python
+    loss = cross_entropy(
+        logits, flat, class_weight, ignore_index=ignore_index,
+        reduction="sum" if normalizer is not None else reduction, label_smoothing=label_smoothing,
+    )
+    if normalizer is not None:
+        loss = loss / normalizer
+    return loss.reshape(input.shape[:-1]) if reduction == "none" else loss
 
 
 def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft, dtype):

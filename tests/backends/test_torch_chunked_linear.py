@@ -4,7 +4,7 @@ Oracles, per case: crossent.cross_entropy(F.linear(...)) (every option), torch's
 F.cross_entropy(F.linear(...)) (the options torch has), and float64 (16-bit: no worse than the
 unfused 16-bit composition). Values and gradients w.r.t. input, weight and bias, with a
 grad_output != 1. Then chunk sizes, the chunk-size rule, autograd corner cases, bad inputs, and
-peak memory measured in fresh subprocesses.
+peak memory measured in fresh subprocesses. Last, the composed route small CPU problems take.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ from crossent._options import LossOptions
 from crossent.backends import torch_chunked_linear
 
 LCE = crossent.linear_cross_entropy
+
+
+@pytest.fixture(autouse=True)
+def _fused_path():
+    """This module tests the fused kernel: small problems would otherwise take the composed
+    F.linear + cross_entropy route (tested at the end of this module)."""
+    with crossent.use_backend("fused"):
+        yield
 
 
 def unfused(x, w, t, b=None, *, ce=crossent.cross_entropy, class_weight=None, normalizer=None,
@@ -422,10 +430,12 @@ ERRORS = [
 ]
 
 
+@pytest.mark.parametrize("route", ["fused", "auto"])  # auto: small problems try torch first
 @pytest.mark.parametrize("call,exc,msg", ERRORS, ids=[f"error{i}" for i in range(len(ERRORS))])
-def test_bad_inputs_raise_clear_errors(call, exc, msg):
-    with pytest.raises(exc, match=msg):
-        call()
+def test_bad_inputs_raise_clear_errors(call, exc, msg, route):
+    with _auto() if route == "auto" else crossent.use_backend("fused"):
+        with pytest.raises(exc, match=msg):
+            call()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,3 +495,58 @@ def test_peak_memory_stays_below_a_bound_the_unfused_composition_exceeds():
     bound = logits // 4
     assert fused < bound, f"fused peak {fused / 2**20:.0f} MiB >= bound {bound / 2**20:.0f} MiB"
     assert unfused_ > bound * 4, f"unfused peak {unfused_ / 2**20:.0f} MiB: the test measures nothing"
+
+
+# ----------------------------------------------------------------------------------------------
+# The composed route: small CPU problems run F.linear + cross_entropy (torch's kernels), where
+# the fused loop's Python overhead would dominate (crossent._dispatch.LINEAR_TORCH_MAX_LOGITS).
+
+
+COMPOSED = {"plain": {}, "smoothing": {"label_smoothing": 0.1}, "weight": {"class_weight": True},
+            "ignore": {"ignore_index": 3}}
+COMPOSED_CASES = [(name, soft) for name in COMPOSED for soft in (False, True)
+                  if not (soft and name == "ignore")]  # ignore_index >= 0: class indices only
+
+
+@pytest.mark.parametrize("backend", ["torch", None])  # forced, and chosen by the rule (auto)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name,soft", COMPOSED_CASES)
+def test_composed_route_matches_unfused(backend, reduction, name, soft):
+    opts = COMPOSED[name]
+    with crossent.use_backend(backend) if backend else _auto():
+        for shape, v in [((13, 8), 37), ((2, 5, 8), 23)]:
+            check_parity(shape, v, torch.float32, opts, reduction, soft=soft, bias=True)
+        if reduction == "mean" and not soft:
+            check_parity((13, 8), 37, torch.float32, opts, reduction, soft, True, normalizer=7.0)
+
+
+class _auto:
+    """No forced backend inside (undoes this module's autouse 'fused')."""
+
+    def __enter__(self):
+        from crossent import _dispatch
+
+        self._saved, _dispatch._forced = _dispatch._forced, None
+
+    def __exit__(self, *exc):
+        from crossent import _dispatch
+
+        _dispatch._forced = self._saved
+
+
+def test_small_problems_take_the_composed_route_and_large_ones_the_fused(monkeypatch):
+    from crossent import _dispatch
+    from crossent.backends import torch_chunked_linear as backend
+
+    calls = []
+    real = backend.linear_cross_entropy
+    monkeypatch.setattr(backend, "linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, w, b, t = make((16, 8), 64)
+    with _auto():
+        LCE(x, w, t, b)
+        assert calls == []  # 1024 logits: composed
+        LCE(x, w, t, b, z_loss=1e-3)
+        assert calls == [1]  # an option torch lacks: fused at any size
+        monkeypatch.setattr(_dispatch, "LINEAR_TORCH_MAX_LOGITS", 1000)
+        LCE(x, w, t, b)
+        assert calls == [1, 1]  # above the threshold: fused

@@ -4,6 +4,7 @@ by FSDP's hooks around the fused loss, so gradients equal the single-process unp
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -31,8 +32,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_patched_fsdp2_gradients_equal_single_process():
+    # the fused path (this tiny model would otherwise take crossent's composed small-problem route)
+    env = dict(os.environ, CROSSENT_BACKEND="fused")
     run = subprocess.run([sys.executable, str(WORKER), str(_free_port())],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     for order in ("before", "after"):  # patch called before / after fully_shard

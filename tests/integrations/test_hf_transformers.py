@@ -1,7 +1,8 @@
 """crossent.integrations.transformers against transformers itself, on tiny random models (no download).
 
-Oracle: the same model, unpatched, with transformers' own loss. float32 throughout; parity is
-checked for the loss and for every parameter's gradient.
+Oracle: the same model, unpatched, with transformers' own loss. float32 unless a test says
+otherwise; parity is checked for the loss and for every parameter's gradient. crossent runs on its
+fused path throughout (forced: these problems are small enough for its composed route).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ hf = pytest.importorskip("crossent.integrations.transformers")
 
 VOCAB = 1000
 TOL32 = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _fused_path():
+    """These tiny models would take crossent's composed route for small problems (F.linear +
+    cross_entropy); the fused kernels are what must equal transformers here."""
+    import crossent
+
+    with crossent.use_backend("fused"):
+        yield
 
 
 def _tiny(name: str, **extra):

@@ -10,7 +10,8 @@ class weights, label smoothing, class-probability targets, z_loss, softcap) and 
 
 Algorithm. The N tokens are cut into chunks of n rows. Per chunk (shapes in brackets)::
 
-    Z = x_c @ W.T (+ b)              [n, V]  one mm into a buffer reused by every chunk
+    Z = x_c @ W.T (+ b)              [n, V]  one mm into a buffer reused by every chunk, computed
+                                             as Z.T = W @ x_c.T into a (V, n) buffer (see below)
     G = d(sum_i s_i l_i)/dZ          [n, V]  ce_chunk, in place over Z (loss and lse per row too)
     grad_x[c]  = G @ W               [n, D]  mm straight into the rows of the returned gradient
     grad_W    += G.T @ x_c           [V, D]  addmm into the returned gradient
@@ -26,6 +27,16 @@ s = grad_output. Saving G instead would be the N x V tensor this module exists t
 Cost. 'mean'/'sum': three matrix products, 6 N D V FLOPs (the floor of any exact method: Z, grad_x
 and grad_W each need one), plus ~10 N V elementwise operations. 'none': 8 N D V (the logits are
 computed twice). Loss only (no gradient needed): 2 N D V.
+
+Layout. With class indices Z lives transposed in memory (a (V, n) buffer read through its (n, V)
+view; probability targets keep it row-major, like themselves): MKL then
+packs the big operand W in panels once per product and streams the small x_c, and the chunked
+products run at the speed of the full-size ones (x_c @ W.T into a row-major (n, V) buffer ran
+~15-20% slower at n = 400-1024, D=512, V=128256). Chunks are a multiple of 8 rows (n = 410 or
+500 ran ~40% slower). ce_chunk's row reductions then run over a strided class dimension, which
+costs it ~10% more than on contiguous rows; the elementwise softmax is ~7% of the total.
+Buffers are fresh per call and advised to use huge pages (backends/_memory.py); grad_W is written
+by the first chunk's product, not zero-filled.
 
 Memory. Beyond the inputs and the gradients themselves (N D + V D + V), one chunk's buffers:
 n V elements of the input dtype for Z, plus n V float32 for G with 16-bit inputs, plus n V float32
@@ -71,9 +82,11 @@ from .torch_chunked import (
 # Why not fewer rows: every chunk streams W twice (the two products with W) and grad_W once
 # (addmm's read-modify-write), 3 * 4 * V * D bytes, while its products do 6 * n * D * V FLOPs;
 # on a CPU whose bandwidth is shared this per-chunk traffic is what costs. Measured side by side
-# at N=2048, D=512, V=128256 on the 2-core CPU of PERFORMANCE-NOTES.md (shared with other jobs),
-# time over the three full-size products: 512 rows 1.08x, 410 rows 1.07x, 342 rows 1.23x,
-# 256 rows 1.31x. The floor keeps small layers (D*V tiny) from running in slivers of a few rows.
+# at N=2048, D=512, V=128256 on the 2-core CPU of PERFORMANCE-NOTES.md, the three chunked products
+# over the three full-size ones (transposed logits, see the module docstring): 384 rows 0.98x,
+# 408 1.02x, 416 1.05x, 448 1.04-1.07x, 456 1.00x, 464 1.01x, 512 1.03x (run-to-run noise ~5%);
+# with row-major logits 410 rows were 1.09x and 448 1.11x. The floor keeps small layers (D*V tiny)
+# from running in slivers of a few rows.
 MIN_BUDGET_BYTES = 16 << 20
 # Chunks of a multiple of 8 rows: the transposed product W @ x_c.T (see _chunk_loop) ran at
 # full-size speed for r = 384, 408, ..., 512 and ~40% slower for r = 410 or 500 (MKL, AVX2).
@@ -150,21 +163,29 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
     tanh_buf = _memory.empty(size, acc, dev) if opts.softcap is not None else None
     gw_part = _memory.empty((v, d), dt, dev) if gw is not None and dt != acc else None
     per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
+    row_major = probs is not None
+    w_t = weight.t()  # (D, V), a view: BLAS reads it transposed
+
+    def chunk_view(buf, r, v):  # (r, V): row-major, or a (V, r) buffer seen transposed
+        return buf[: r * v].view(r, v) if row_major else buf[: r * v].view(v, r).t()
+
     for i in range(0, n, rows):
         j = min(i + rows, n)
         r = j - i
         xc = x[i:j]  # (r, D)
-        # The chunk's logits are computed transposed, Z.T = W @ x_c.T into a (V, r) buffer, and
-        # used through the (r, V) view z = Z.T.t(): this is the BLAS orientation that keeps the
-        # big operand W on the side the library packs in panels; x_c @ W.T into (r, V) ran ~15%
-        # slower than the full-size product here (see chunk_rows).
-        z = z_buf[: r * v].view(v, r).t()  # (r, V), strides (1, r)
+        # Class indices: the chunk's logits are computed transposed, Z.T = W @ x_c.T into a
+        # (V, r) buffer, and used through the (r, V) view z = Z.T.t() (the module docstring says
+        # why). Probability targets keep row-major logits: their (r, V) products with the
+        # row-major probabilities would otherwise mix layouts, which cost more than it saves.
+        z = chunk_view(z_buf, r, v)
         if bias is None:
-            torch.mm(weight, xc.t(), out=z.t())
+            torch.mm(xc, w_t, out=z) if row_major else torch.mm(weight, xc.t(), out=z.t())
+        elif row_major:
+            torch.addmm(bias, xc, w_t, out=z)
         else:
             torch.addmm(bias.unsqueeze(1), weight, xc.t(), out=z.t())
-        g = z if g_buf is None else g_buf[: r * v].view(v, r).t()
-        th = tanh_buf[: r * v].view(v, r).t() if tanh_buf is not None else None
+        g = z if g_buf is None else chunk_view(g_buf, r, v)
+        th = chunk_view(tanh_buf, r, v) if tanh_buf is not None else None
         target = ChunkTarget(
             index=index[i:j] if index is not None else None,
             probs=probs[i:j] if probs is not None else None,
