@@ -34,17 +34,32 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def interleaved_min_seconds(cases: dict, rounds: int) -> dict:
-    """cases: name -> zero-argument callable (one forward+backward). Returns name -> min seconds."""
-    best = {name: float("inf") for name in cases}
-    for name, fn in cases.items():  # warm-up (compilation, first-touch of caches)
+def interleaved_seconds(cases: dict, rounds: int) -> dict:
+    """cases: name -> zero-argument callable (one forward+backward), run once each per round, in
+    order, after one warm-up call each. Returns name -> list of seconds, one per round."""
+    times = {name: [] for name in cases}
+    for fn in cases.values():  # warm-up (compilation, first-touch of caches)
         fn()
     for _ in range(rounds):
         for name, fn in cases.items():
             start = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_min_seconds(cases: dict, rounds: int) -> dict:
+    """Name -> the minimum over rounds of interleaved_seconds."""
+    return {name: min(t) for name, t in interleaved_seconds(cases, rounds).items()}
+
+
+def paired_median_ratio(times: dict, name: str, base: str) -> float:
+    """Median over rounds of time[name] / time[base] within the same round: robust to the speed of
+    the machine drifting between rounds, which a ratio of two minima is not (a lucky round for
+    one case alone moves that)."""
+    ratios = sorted(a / b for a, b in zip(times[name], times[base]))
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
 
 
 def _status_kb(field: str) -> int:

@@ -66,6 +66,7 @@ _has_torch_function = torch.overrides.has_torch_function_variadic
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
 _ce_kernel = getattr(torch._C._nn, "cross_entropy_loss", None)
 _HALF = (torch.float16, torch.bfloat16)
+_Tensor = torch.Tensor
 _nll_kernel = getattr(torch._C._nn, "nll_loss_nd", None)
 
 
@@ -348,35 +349,41 @@ def linear_cross_entropy(
         normalizer is None
         and chunk_size is None
         and dtype is None
-        and not z_loss
         and softcap is None
-        and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
-        and isinstance(input, torch.Tensor)
-        and isinstance(weight, torch.Tensor)
-        and isinstance(target, torch.Tensor)
-        and input.dim() >= 1
-        and weight.dim() == 2
-        and weight.is_cpu  # (input's device is checked by linear_torch_first; meta runs silently)
+        and not z_loss
+        and _dispatch.unforced()
+        and type(input) is _Tensor  # (subclasses take the checked path below)
+        and type(weight) is _Tensor
+        and type(target) is _Tensor
+        and input.is_cpu  # (meta and mixed devices must reach the checks, not run silently)
+        and weight.is_cpu
         and target.is_cpu
-        and (bias is None or (isinstance(bias, torch.Tensor) and bias.is_cpu and bias.shape == weight.shape[:1]))
-        and (class_weight is None or (
-            isinstance(class_weight, torch.Tensor) and class_weight.is_cpu and not class_weight.requires_grad
-        ))
+        and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
         and not target.requires_grad
-        and _dispatch.linear_torch_first(input, input.numel() // max(input.shape[-1], 1) * weight.shape[0])
+        and (bias is None or (type(bias) is _Tensor and bias.is_cpu))
+        and (class_weight is None or (
+            type(class_weight) is _Tensor and class_weight.is_cpu and not class_weight.requires_grad
+        ))
     ):
         # Small CPU problems: F.linear + cross_entropy, unchecked; if torch refuses an argument,
         # crossent's checks below say which and why (they cost more than torch's whole call here).
-        v = weight.shape[0]
-        tokens = input.shape[:-1]
-        if target.shape == tokens or target.shape == tokens + (v,):
-            try:
-                return _linear_cross_entropy_composed(
-                    input, weight, target, bias, class_weight, ignore_index, reduction,
-                    label_smoothing, None, target.dim() > len(tokens), None,
-                )
-            except Exception:  # noqa: BLE001
-                pass
+        shape, wshape, tshape = input.shape, weight.shape, target.shape
+        if (
+            len(wshape) == 2
+            and shape
+            and (bias is None or bias.shape == wshape[:1])
+            and input.numel() // max(shape[-1], 1) * wshape[0] <= _dispatch.LINEAR_TORCH_MAX_LOGITS
+        ):
+            tokens = shape[:-1]
+            soft = tshape != tokens
+            if not soft or tshape == tokens + wshape[:1]:
+                try:
+                    return _linear_cross_entropy_composed(
+                        input, weight, target, bias, class_weight, ignore_index, reduction,
+                        label_smoothing, None, soft, None,
+                    )
+                except Exception:  # noqa: BLE001
+                    pass
     fn = "linear_cross_entropy"
     _checks.linear_operands(fn, input, weight, bias)
     opts = _checks.loss_options(
@@ -428,10 +435,14 @@ def _linear_cross_entropy_composed(
         flat = target.reshape(-1, v) if soft else target.reshape(-1)
     if dtype is not None:
         logits = logits.to(dtype)  # small: the copy costs less than the fused path's Python
-    loss = cross_entropy(
-        logits, flat, class_weight, ignore_index=ignore_index,
-        reduction="sum" if normalizer is not None else reduction, label_smoothing=label_smoothing,
-    )
+    red = "sum" if normalizer is not None else reduction
+    if soft or _ce_kernel is None or _has_torch_function(logits, flat, class_weight):
+        loss = cross_entropy(
+            logits, flat, class_weight, ignore_index=ignore_index, reduction=red,
+            label_smoothing=label_smoothing,
+        )
+    else:  # cross_entropy's torch route, inlined (checked by the caller: smoothing in [0, 1])
+        loss = _ce_kernel(logits, flat, class_weight, _REDUCTION_ENUM[red], ignore_index, label_smoothing)
     if normalizer is not None:
         loss = loss / normalizer
     return loss.reshape(input.shape[:-1]) if reduction == "none" else loss

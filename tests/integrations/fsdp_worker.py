@@ -1,7 +1,9 @@
-"""FSDP2 (fully_shard) on CPU with gloo, world size 2: a patched tiny Llama's gradients vs one process.
+"""FSDP2 (fully_shard) and FSDP1 (FullyShardedDataParallel) on CPU with gloo, world size 2: a
+patched tiny Llama's gradients vs one process.
 
 Run by test_hf_fsdp.py as a script: ``python fsdp_worker.py PORT``; prints one JSON line, for patch
-called before and after fully_shard: {order: {"max_abs_grad_diff", "loss_diff", "head_class"}}. Each rank takes half the batch;
+called before and after fully_shard, and for FSDP1 auto-wrapping after patch:
+{case: {"max_abs_grad_diff", "loss_diff", "head_class"}}. Each rank takes half the batch;
 num_items_in_batch is the whole batch's count, so the ranks' summed gradients are the full batch's.
 """
 
@@ -21,17 +23,16 @@ def _run(rank: int, world: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {order: _compare(rank, world, order) for order in ("before", "after")}
+    results["fsdp1"] = _compare_fsdp1(rank, world)
     if rank == 0:
         queue.put(results)
     dist.destroy_process_group()
 
 
-def _compare(rank: int, world: int, order: str) -> dict:
+def _setup():
+    """A tiny untied Llama, a batch of 4 with ignored labels, and the unpatched whole-batch
+    reference (loss backpropagated) in this process."""
     import transformers
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from crossent.integrations import transformers as hf
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
@@ -49,7 +50,16 @@ def _compare(rank: int, world: int, order: str) -> dict:
     ref_loss = ref(input_ids=ids, labels=labels).loss
     ref_loss.backward()
     n = torch.tensor(int((labels[:, 1:] != -100).sum()))
+    return model, ref, ids, labels, ref_loss, n
 
+
+def _compare(rank: int, world: int, order: str) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from crossent.integrations import transformers as hf
+
+    model, ref, ids, labels, ref_loss, n = _setup()
     if order == "before":
         hf.patch(model)
     mesh = init_device_mesh("cpu", (world,))
@@ -67,6 +77,39 @@ def _compare(rank: int, world: int, order: str) -> dict:
     worst = 0.0
     for (_, p), (_, r) in zip(model.named_parameters(), ref.named_parameters()):
         worst = max(worst, (p.grad.full_tensor() - r.grad).abs().max().item())
+    return dict(max_abs_grad_diff=worst, loss_diff=abs(total.item() - ref_loss.item()),
+                head_class=type(model.lm_head).__name__)
+
+
+def _compare_fsdp1(rank: int, world: int) -> dict:
+    """FSDP1 (FullyShardedDataParallel) auto-wrapping the decoder layers and the head, after patch:
+    the head becomes an FSDP wrapper, which the patched forward calls; its pre-forward hook
+    unshards the weight the fused loss then reads."""
+    import functools
+
+    import transformers
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+    from crossent.integrations import transformers as hf
+
+    model, ref, ids, labels, ref_loss, n = _setup()
+    hf.patch(model)
+    layer_cls = transformers.models.llama.modeling_llama.LlamaDecoderLayer
+    wrap = functools.partial(
+        lambda_auto_wrap_policy,
+        lambda_fn=lambda m: isinstance(m, layer_cls) or m is model.lm_head,
+    )
+    sharded = FSDP(model, auto_wrap_policy=wrap, device_id=torch.device("cpu"), use_orig_params=True)
+    part = slice(2 * rank, 2 * rank + 2)
+    loss = sharded(input_ids=ids[part], labels=labels[part], num_items_in_batch=n).loss
+    (loss * world).backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    worst = 0.0
+    with FSDP.summon_full_params(sharded, with_grads=True):
+        for (_, p), (_, r) in zip(model.named_parameters(), ref.named_parameters()):
+            worst = max(worst, (p.grad - r.grad).abs().max().item())
     return dict(max_abs_grad_diff=worst, loss_diff=abs(total.item() - ref_loss.item()),
                 head_class=type(model.lm_head).__name__)
 

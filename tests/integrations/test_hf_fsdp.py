@@ -1,5 +1,6 @@
-"""patch() under FSDP2 (fully_shard, CPU, gloo, 2 ranks): the sharded head's weight is gathered
-by FSDP's hooks around the fused loss, so gradients equal the single-process unpatched model's."""
+"""patch() under FSDP2 (fully_shard) and FSDP1 (FullyShardedDataParallel auto-wrap), CPU, gloo,
+2 ranks: the sharded head's weight is gathered by FSDP's hooks around the fused loss, so gradients
+equal the single-process unpatched model's."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def test_patched_fsdp2_gradients_equal_single_process():
                          capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    for order in ("before", "after"):  # patch called before / after fully_shard
+    heads = {"before": "FSDPLinear", "after": "FSDPLinear",  # FSDP2: patch before / after fully_shard
+             "fsdp1": "FullyShardedDataParallel"}  # FSDP1 auto-wraps the head after patch
+    for order, head_class in heads.items():
         result = results[order]
-        assert result["head_class"] == "FSDPLinear", order  # the head really was sharded
+        assert result["head_class"] == head_class, order  # the head really was sharded
         assert result["loss_diff"] < 1e-5, (order, result)
         assert result["max_abs_grad_diff"] < 1e-5, (order, result)
