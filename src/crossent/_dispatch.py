@@ -113,11 +113,6 @@ def torch_first(input: object, *, binary: bool = False) -> bool:
     return input.numel() <= TORCH_MAX_NUMEL_NO_GRAD
 
 
-def unforced() -> bool:
-    """No backend forced (by use_backend or CROSSENT_BACKEND): the rule decides."""
-    return _forced is None and not _ENV_BACKEND
-
-
 def linear_torch_first(input: torch.Tensor, num_logits: int) -> bool:
     """Rule 2 for linear_cross_entropy (options checked by the caller): the unfused composition
     F.linear + cross_entropy for small CPU problems, where the fused loop's Python cost dominates."""

@@ -133,21 +133,19 @@ def cross_entropy(
         and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
         and (dtype is None or (dtype is torch.float32 and input.dtype in _HALF))
     ):
-        if dtype is not None:
-            input = input.to(dtype)  # small here: the copy costs less than the fused path
+        # (small here: the float32 copy for dtype= costs less than the fused path)
+        x = input if dtype is None else input.to(dtype)
         try:
-            if target.is_floating_point() and reduction != "none" and not _serial(input):
+            if target.is_floating_point() and reduction != "none" and not _serial(x):
                 # torch's probability-target path ends in a full .sum() whose order depends on
                 # the thread count: take its per-sample losses and reduce them in a fixed order.
-                per_sample = _torch_cross_entropy(
-                    input, target, weight, ignore_index, "none", label_smoothing
-                )
+                per_sample = _torch_cross_entropy(x, target, weight, ignore_index, "none", label_smoothing)
                 return _fixed_order_reduce(per_sample, reduction)
-            if _ce_kernel is not None and not _has_torch_function(input, target, weight):
+            if _ce_kernel is not None and not _has_torch_function(x, target, weight):
                 return _ce_kernel(  # _torch_cross_entropy, inlined: this line runs for every small call
-                    input, target, weight, _REDUCTION_ENUM[reduction], ignore_index, label_smoothing
+                    x, target, weight, _REDUCTION_ENUM[reduction], ignore_index, label_smoothing
                 )
-            return _torch_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
+            return _torch_cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing)
         except Exception:  # noqa: BLE001 -- crossent's checks below name the problem (or handle it)
             pass
     fn = "cross_entropy"
@@ -178,8 +176,7 @@ def cross_entropy(
             input, target, weight, ignore_index, reduction, label_smoothing,
             z_loss=z_loss, softcap=softcap,
         )
-        out_dtype = torch.result_type(input, target) if soft else input.dtype
-        return loss.to(out_dtype if dtype is None else torch.promote_types(out_dtype, dtype))
+        return loss.to(torch_chunked.loss_dtype(input, target, soft, dtype))
     return torch_chunked.cross_entropy(input, target, weight, opts, soft=soft, dtype=dtype)
 
 
@@ -351,7 +348,6 @@ def linear_cross_entropy(
         and dtype is None
         and softcap is None
         and not z_loss
-        and _dispatch.unforced()
         and type(input) is _Tensor  # (subclasses take the checked path below)
         and type(weight) is _Tensor
         and type(target) is _Tensor
@@ -372,7 +368,7 @@ def linear_cross_entropy(
             len(wshape) == 2
             and shape
             and (bias is None or bias.shape == wshape[:1])
-            and input.numel() // max(shape[-1], 1) * wshape[0] <= _dispatch.LINEAR_TORCH_MAX_LOGITS
+            and _dispatch.linear_torch_first(input, input.numel() // max(shape[-1], 1) * wshape[0])
         ):
             tokens = shape[:-1]
             soft = tshape != tokens
@@ -461,9 +457,7 @@ def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, o
     )
     if opts.normalizer is not None:
         loss = loss / opts.normalizer
-    out_dtype = torch.result_type(input, target) if soft else input.dtype
-    if dtype is not None:
-        out_dtype = torch.promote_types(out_dtype, dtype)
+    out_dtype = torch_chunked.loss_dtype(input, target, soft, dtype)
     return loss.reshape(input.shape[:-1] if opts.reduction == "none" else ()).to(out_dtype)
 
 

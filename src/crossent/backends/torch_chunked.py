@@ -47,6 +47,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def loss_dtype(input: torch.Tensor, target: torch.Tensor, soft: bool, dtype: torch.dtype | None) -> torch.dtype:
+    """The returned loss's dtype: torch's (the input's; with probability targets, the promotion of
+    input and target), promoted to the caller's ``dtype=`` (float32 for 16-bit inputs) if given."""
+    out = torch.result_type(input, target) if soft else input.dtype
+    return out if dtype is None else torch.promote_types(out, dtype)
+
+
 def deterministic_sum(v: torch.Tensor) -> torch.Tensor:
     """Sum of all elements in an order that does not depend on the number of threads.
 
@@ -431,9 +438,7 @@ def cross_entropy(
     """Backend entry: checked arguments in, loss out (gradient only when autograd needs one).
     dtype: None, or float32 for a 16-bit input (the loss is then not rounded to 16 bits)."""
     x_nc = _as_nc(input)
-    out_dtype = torch.result_type(input, target) if soft else input.dtype
-    if dtype is not None:
-        out_dtype = torch.promote_types(out_dtype, dtype)
+    out_dtype = loss_dtype(input, target, soft, dtype)
     index = None if soft else _as_samples(target, x_nc)
     probs = _as_nc(target) if soft else None
     out_shape = (input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])) if soft else target.shape

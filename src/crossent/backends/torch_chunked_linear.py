@@ -72,6 +72,7 @@ from .torch_chunked import (
     ce_chunk,
     compute_dtype,
     deterministic_sum,
+    loss_dtype,
 )
 
 # The chunk's buffers (logits, gradient, temporaries) may take 7/8 of the bytes of the float32
@@ -311,9 +312,7 @@ def linear_cross_entropy(
     n = math.prod(input.shape[:-1])
     index = None if soft else target.reshape(-1)
     probs = target.reshape(-1, v) if soft else None
-    out_dtype = torch.result_type(input, target) if soft else input.dtype
-    if dtype is not None:
-        out_dtype = torch.promote_types(out_dtype, dtype)
+    out_dtype = loss_dtype(input, target, soft, dtype)
     out_shape = input.shape[:-1]
     rows = chunk_size or chunk_rows(
         n, input.shape[-1], v, input.dtype, opts, soft=soft, class_weight=class_weight is not None
