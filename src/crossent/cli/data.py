@@ -40,6 +40,16 @@ DATA_HELP = (
 )
 
 
+def model_and_data_options(command):
+    """The --model DIR (a folder written by `crossent train`) and --data CSV|NAME options that
+    evaluate and predict share; they arrive as model_dir and source."""
+    command = click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)(command)
+    return click.option(
+        "--model", "model_dir", required=True, type=click.Path(),
+        help="Model folder written by `crossent train`.",
+    )(command)
+
+
 @dataclass
 class Dataset:
     """Features and labels of one source, checked.

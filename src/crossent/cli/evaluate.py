@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ._errors import CliError
-from .data import DATA_HELP
+from .data import model_and_data_options
 
 ECE_BINS = 15
 
@@ -120,14 +120,7 @@ def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -
 
 
 @click.command(short_help="Metrics table, metrics.json and PNG plots of a saved model.")
-@click.option(
-    "--model",
-    "model_dir",
-    required=True,
-    type=click.Path(),
-    help="Model folder written by `crossent train`.",
-)
-@click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)
+@model_and_data_options
 @click.option("--target", help="Label column (default: the one the model was trained on).")
 @click.option(
     "--split",

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .data import DATA_HELP
+from .data import model_and_data_options
 
 
 @click.command(short_help="Predicted class and class probabilities per row, as CSV.")
-@click.option(
-    "--model",
-    "model_dir",
-    required=True,
-    type=click.Path(),
-    help="Model folder written by `crossent train`.",
-)
-@click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)
+@model_and_data_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
