@@ -1,49 +1,74 @@
-"""Which implementation runs a call. The rule is written here and nowhere else.
+"""Which backend runs a call. The whole rule is written here and nowhere else.
 
-Backends (``Backend``):
-  fused      crossent's own chunked kernels (backends/torch_chunked.py): loss and gradient in one
-             pass, gradient-sized memory only, deterministic.
-  torch      torch's own kernel (torch.nn.functional), for small CPU inputs where a Python-level
-             fused path cannot win: there, Python dispatch is the whole cost (~70 us for torch's
-             forward+backward at 64 x 10). Used only for options torch has, where it is exact.
-  reference  the float64 formulas of reference.py through autograd: slow, differentiable in
-             every argument torch differentiates.
+Backends (``Backend``; each a module under backends/ with the functions of the contract in
+backends/__init__.py):
+  fused      crossent's own chunked kernels (backends/chunked/): loss and gradient in one pass,
+             gradient-sized memory only, deterministic.
+  torch      torch's own kernels (backends/torch_kernels.py), for small CPU inputs where a
+             Python-level fused path cannot win: there, Python dispatch is the whole cost (~70 us
+             for torch's forward+backward at 64 x 10). Used only for options torch has.
+  reference  the float64 formulas of reference.py through autograd (backends/reference.py): slow,
+             differentiable in every argument torch differentiates.
 
-Rule, per call:
+Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the function to call):
   1. a forced backend wins: ``crossent.use_backend(name)`` (a context manager), or the environment
      variable ``CROSSENT_BACKEND`` (read once when crossent is imported, validated at the first
-     call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2), except that a forced
-     'fused' never drops a gradient it cannot give (rule 3 applies first);
-  2. torch, when the input is on the CPU, no crossent-only option is on (z_loss, softcap,
-     inplace_backward), and its numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no
-     gradient will be needed; BINARY_* for the binary losses). The thresholds are the crossovers
-     measured by benchmarks/bench_shapes.py on the reference machine (2-core AMD EPYC, torch 2.13):
-     below them torch's row-fused C++ kernels beat any Python-level chunk loop, above them its
-     fresh N x C temporaries (page faults) cost more than crossent's single pass.
-     Determinism is kept: torch's class-index kernels reduce rows and the batch in a fixed order
-     (checked for 1-4 threads by tests/backends/test_torch_chunked.py); where torch ends in a
-     thread-dependent full sum (probability targets, the binary losses), functional.py asks torch
-     for reduction='none' and sums in crossent's fixed order;
-     linear_cross_entropy: the composition F.linear + cross_entropy when the input is on the CPU,
-     neither z_loss nor softcap is on, and N * V <= LINEAR_TORCH_MAX_LOGITS;
-  3. reference, when autograd will ask for a gradient the fused kernels do not produce (class
-     weights, probability targets, BCE targets);
+     call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2); except that
+     a forced 'torch' runs only where torch has the options (else the rule continues at 3), and a
+     forced 'fused' never drops a gradient it cannot give (rule 3 applies first);
+  2. torch, when every tensor is a plain CPU tensor, no crossent-only option is on (z_loss,
+     softcap, inplace_backward, normalizer, chunk_size; dtype=float32 is done by a cast) and the
+     input's numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no gradient will be
+     needed; BINARY_TORCH_MAX_NUMEL for the binary losses; for linear_cross_entropy, N * V logits
+     at most LINEAR_TORCH_MAX_LOGITS). The thresholds are the crossovers measured by
+     benchmarks/bench_shapes.py on the reference machine (docs/PERFORMANCE.md): below them torch's
+     row-fused C++ kernels beat any Python-level chunk loop, above them its fresh N x C temporaries
+     (page faults) cost more than crossent's single pass. For speed this rule is tried *before*
+     crossent's checks (`*_to_torch`, a few hundred nanoseconds); if torch refuses the arguments,
+     the checks run and this rule is asked again with the checked arguments;
+  3. reference, when autograd will ask for a gradient the fused kernels do not give (class
+     weights, probability targets, BCE targets). linear_cross_entropy never falls back silently:
+     there rule 3 raises, naming crossent.use_backend('reference') as the remedy;
   4. otherwise fused.
+Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
+backend reduces probability targets and the binary losses in crossent's fixed order).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import os
 
 import torch
+
+from . import _checks
+from ._options import LossOptions
 
 
 class Backend(str, enum.Enum):
     FUSED = "fused"
     TORCH = "torch"
     REFERENCE = "reference"
+
+
+# Each backend's module, imported at its first use. A new backend adds its entry here (and, if it
+# runs only somewhere -- a GPU, an importable Triton -- a test of that in `_available`).
+_MODULES = {
+    Backend.FUSED: ".backends.chunked",
+    Backend.TORCH: ".backends.torch_kernels",
+    Backend.REFERENCE: ".backends.reference",
+}
+_loaded: dict[Backend, object] = {}
+
+
+def backend(b: Backend):
+    """The module of backend ``b`` (imported once)."""
+    module = _loaded.get(b)
+    if module is None:
+        module = _loaded[b] = importlib.import_module(_MODULES[b], __package__)
+    return module
 
 
 # Crossovers (elements of the input), measured with benchmarks/bench_shapes.py.
@@ -83,8 +108,7 @@ def _parse(name, where: str) -> Backend:
     try:
         return Backend(name)
     except ValueError:
-        names = ", ".join(repr(b.value) for b in Backend)
-        raise ValueError(f"{where}: backend must be one of {names}, got {name!r}") from None
+        _checks.unknown_backend(where, name, [b.value for b in Backend])
 
 
 def forced() -> Backend | None:
@@ -95,39 +119,128 @@ def forced() -> Backend | None:
 
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
+_HALF = (torch.float16, torch.bfloat16)
 
 
-def torch_first(input: object, *, binary: bool = False) -> bool:
-    """Rule 2 (the caller has checked that no crossent-only option is on).
+# ---------------------------------------------------------------- rule 2, before the checks
 
-    On the path of every small call: written for speed (a few hundred nanoseconds).
-    """
+
+def _small(input, limit: int, limit_no_grad: int) -> bool:
+    if input.requires_grad and _grad_enabled():
+        return input.numel() <= limit
+    return input.numel() <= limit_no_grad
+
+
+def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
+    """Rules 1-2 for cross_entropy on the raw arguments. On the path of every small call: written
+    for speed (a few hundred nanoseconds)."""
+    if z_loss or inplace_backward or softcap is not None:
+        return False
+    if not 0.0 <= label_smoothing <= 1.0:  # torch silently accepts negative and nan smoothing
+        return False
+    if dtype is not None and not (dtype is torch.float32 and isinstance(input, _Tensor) and input.dtype in _HALF):
+        return False
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
     if not isinstance(input, _Tensor) or not input.is_cpu:
         return False
-    if binary:
-        return input.numel() <= BINARY_TORCH_MAX_NUMEL
-    if input.requires_grad and _grad_enabled():
-        return input.numel() <= TORCH_MAX_NUMEL
-    return input.numel() <= TORCH_MAX_NUMEL_NO_GRAD
+    return _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
 
 
-def linear_torch_first(input: torch.Tensor, num_logits: int) -> bool:
-    """Rule 2 for linear_cross_entropy (options checked by the caller): the unfused composition
-    F.linear + cross_entropy for small CPU problems, where the fused loop's Python cost dominates."""
+def nll_loss_to_torch(input) -> bool:
+    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option)."""
+    if _forced is not None or _ENV_BACKEND:
+        return forced() is Backend.TORCH
+    if not isinstance(input, _Tensor) or not input.is_cpu:
+        return False
+    return _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+
+
+def binary_to_torch(input) -> bool:
+    """Rules 1-2 for the binary losses on the raw arguments."""
+    if _forced is not None or _ENV_BACKEND:
+        return forced() is Backend.TORCH
+    if not isinstance(input, _Tensor) or not input.is_cpu:
+        return False
+    return input.numel() <= BINARY_TORCH_MAX_NUMEL
+
+
+def _plain_cpu(t) -> bool:
+    return type(t) is _Tensor and t.is_cpu  # (subclasses and other devices take the checked path)
+
+
+def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
+                    extensions: bool) -> bool:
+    """Rules 1-2 for linear_cross_entropy on the raw arguments: the composition F.linear +
+    cross_entropy for small CPU problems with 2-D input and weight, where the fused loop's Python
+    cost dominates. ``extensions``: any crossent-only argument (or ``options``) is set."""
+    if extensions or not 0.0 <= label_smoothing <= 1.0:
+        return False
+    if not (_plain_cpu(input) and _plain_cpu(linear_weight) and _plain_cpu(target)):
+        return False
+    if linear_bias is not None and not _plain_cpu(linear_bias):
+        return False
+    if weight is not None and not _plain_cpu(weight):
+        return False
+    if input.dim() != 2 or linear_weight.dim() != 2 or target.requires_grad:
+        return False
+    if ignore_index is not None and target.is_floating_point():
+        return False  # torch refuses ignore_index with probabilities: the checks say so
+    if _forced is not None or _ENV_BACKEND:
+        return forced() is Backend.TORCH
+    return input.shape[0] * linear_weight.shape[0] <= LINEAR_TORCH_MAX_LOGITS
+
+
+# ---------------------------------------------------------------- the rule, after the checks
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _choose(torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
     f = forced()
-    if f is not None:
-        return f is Backend.TORCH
-    return input.is_cpu and num_logits <= LINEAR_TORCH_MAX_LOGITS
+    if f is Backend.REFERENCE:
+        return f
+    if f is Backend.TORCH and torch_ok:
+        return f
+    if f is None and torch_ok and small:
+        return Backend.TORCH
+    return Backend.REFERENCE if needs_reference else Backend.FUSED
 
 
-def select(*needs_grad_beyond_input: torch.Tensor | None) -> Backend:
-    """Rules 1, 3, 4 for calls that did not go to torch.
+def _torch_has(opts: LossOptions) -> bool:
+    return not (opts.z_loss or opts.inplace_backward or opts.softcap is not None)
 
-    A gradient the fused kernels cannot give is never dropped: rule 3 beats a forced 'fused'.
-    """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in needs_grad_beyond_input):
-        return Backend.REFERENCE
-    f = forced()
-    return f if f is not None and f is not Backend.TORCH else Backend.FUSED
+
+def cross_entropy(input, target, weight, opts: LossOptions):
+    small = input.is_cpu and _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    b = _choose(_torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
+    return backend(b).cross_entropy
+
+
+def nll_loss(input, target, weight, opts: LossOptions):
+    small = input.is_cpu and _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return backend(_choose(True, small, _needs_grad(weight))).nll_loss
+
+
+def binary_cross_entropy(input, target, weight, opts: LossOptions):
+    small = input.is_cpu and input.numel() <= BINARY_TORCH_MAX_NUMEL
+    return backend(_choose(True, small, _needs_grad(target, weight))).binary_cross_entropy
+
+
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
+    small = input.is_cpu and input.numel() <= BINARY_TORCH_MAX_NUMEL
+    b = _choose(True, small, _needs_grad(target, weight, pos_weight))
+    return backend(b).binary_cross_entropy_with_logits
+
+
+def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
+    torch_ok = not opts.z_loss and opts.softcap is None and opts.chunk_size is None
+    logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
+    small = input.is_cpu and logits <= LINEAR_TORCH_MAX_LOGITS
+    no_fused_grad = {"weight": weight, "target": target if opts.soft else None}
+    b = _choose(torch_ok, small, False)
+    if b is Backend.FUSED:
+        _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
+    return backend(b).linear_cross_entropy

@@ -1,20 +1,28 @@
 """The public functional API: torch.nn.functional's signatures, crossent's kernels.
 
 Each function resolves torch's deprecated ``size_average``/``reduce`` into ``reduction`` (with
-torch's warning), checks its arguments (`_checks`), packs the options, and hands over to the backend
-that `_dispatch` picks. Nothing below this module sees the legacy arguments.
+torch's warning), checks its arguments (`_checks`), packs the options, and calls the backend
+function that `_dispatch` returns. Nothing below this module sees the legacy arguments.
+
+Small CPU calls first try torch's own kernel on the raw arguments (`_dispatch`'s rule 2, before
+the checks, for speed); if torch refuses the arguments (one of `torch_kernels.BAD_INPUT`), the
+checks run and name the problem, or accept what torch refuses (int32 class indices) and dispatch
+again. Errors that say nothing about the arguments (out of memory, a device error, a bug)
+propagate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
-import torch.nn.functional as _torch_F
 
-from . import _checks, _dispatch, reference
-from ._dispatch import Backend, select
-from .backends import torch_chunked, torch_chunked_linear
+from . import _checks, _dispatch
+from .backends import torch_kernels as _torch
+
+# torch's refusals of bad arguments, and the errors among them that say nothing about arguments.
+_BAD_INPUT, _NOT_BAD_INPUT = _torch.BAD_INPUT, _torch.NOT_BAD_INPUT
 
 __all__ = [
     "binary_cross_entropy",
@@ -59,56 +67,6 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     return resolved
 
 
-# torch's kernels behind torch.nn.functional, called directly on the torch route when no
-# __torch_function__ override or mode is active (the same test F makes), to keep crossent's
-# wrapper under a microsecond: at 64 x 10 forward-only, torch's whole call takes ~6 us.
-_has_torch_function = torch.overrides.has_torch_function_variadic
-_REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
-_ce_kernel = getattr(torch._C._nn, "cross_entropy_loss", None)
-_HALF = (torch.float16, torch.bfloat16)
-_Tensor = torch.Tensor
-_nll_kernel = getattr(torch._C._nn, "nll_loss_nd", None)
-
-
-def _torch_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
-    if _ce_kernel is None or _has_torch_function(input, target, weight):
-        return _torch_F.cross_entropy(
-            input, target, weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing,
-        )
-    return _ce_kernel(input, target, weight, _REDUCTION_ENUM[reduction], ignore_index, label_smoothing)
-
-
-def _torch_nll_loss(input, target, weight, ignore_index, reduction):
-    if _nll_kernel is None or _has_torch_function(input, target, weight):
-        return _torch_F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
-    return _nll_kernel(input, target, weight, _REDUCTION_ENUM[reduction], ignore_index)
-
-
-def _serial(t: torch.Tensor) -> bool:
-    """torch reduces fewer than its grain size (32768) of elements on one thread, in fixed order."""
-    return t.numel() <= torch_chunked.SERIAL_REDUCTION
-
-
-def _fixed_order_reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
-    """'sum' or 'mean' of torch's unreduced losses, in a thread-independent order."""
-    if reduction == "none":
-        return losses
-    if reduction not in ("mean", "sum"):
-        raise ValueError(reduction)  # torch would have refused it; crossent's checks say why
-    if _serial(losses):
-        return losses.mean() if reduction == "mean" else losses.sum()
-    total = torch_chunked.deterministic_sum(losses)
-    return total / losses.numel() if reduction == "mean" else total
-
-
-def _torch_binary(loss, input, reduction, *args, **kwargs):
-    """A binary loss of torch's: its own reduction where that is serial, else a fixed-order one."""
-    if _serial(input):
-        return loss(input, *args, reduction=reduction, **kwargs)
-    return _fixed_order_reduce(loss(input, *args, reduction="none", **kwargs), reduction)
-
-
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -126,39 +84,16 @@ def cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if (
-        _dispatch.torch_first(input)
-        and not (z_loss or inplace_backward)
-        and softcap is None
-        and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
-        and (dtype is None or (dtype is torch.float32 and input.dtype in _HALF))
-    ):
-        # (small here: the float32 copy for dtype= costs less than the fused path)
-        x = input if dtype is None else input.to(dtype)
+    if _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype):
         try:
-            if target.is_floating_point() and reduction != "none" and not _serial(x):
-                # torch's probability-target path ends in a full .sum() whose order depends on
-                # the thread count: take its per-sample losses and reduce them in a fixed order.
-                per_sample = _torch_cross_entropy(x, target, weight, ignore_index, "none", label_smoothing)
-                return _fixed_order_reduce(per_sample, reduction)
-            if _ce_kernel is not None and not _has_torch_function(x, target, weight):
-                return _ce_kernel(  # _torch_cross_entropy, inlined: this line runs for every small call
-                    x, target, weight, _REDUCTION_ENUM[reduction], ignore_index, label_smoothing
-                )
-            return _torch_cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing)
-        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem (or handle it)
-            pass
+            return _torch.cross_entropy_unchecked(
+                input, target, weight, ignore_index, reduction, label_smoothing, dtype
+            )
+        except _BAD_INPUT as err:
+            if isinstance(err, _NOT_BAD_INPUT):
+                raise
     fn = "cross_entropy"
     input = _checks.logits_input(fn, input)
-    opts = _checks.loss_options(
-        fn,
-        ignore_index=ignore_index,
-        reduction_=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        inplace_backward=inplace_backward,
-    )
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     weight = _checks.class_weight(fn, weight, input, num_classes)
     soft = _checks.is_prob_target(input, target)
@@ -168,16 +103,20 @@ def cross_entropy(
         target = _checks.class_targets(
             fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
         )
+    opts = _checks.loss_options(
+        fn,
+        ignore_index=ignore_index,
+        reduction_=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        inplace_backward=inplace_backward,
+        soft=soft,
+        dtype=_checks.loss_dtype(fn, dtype, input),
+    )
     if inplace_backward:
         _checks.inplace_input(fn, input)
-    dtype = _checks.loss_dtype(fn, dtype, input)
-    if select(weight, target if soft else None) is Backend.REFERENCE:
-        loss = reference.cross_entropy(
-            input, target, weight, ignore_index, reduction, label_smoothing,
-            z_loss=z_loss, softcap=softcap,
-        )
-        return loss.to(torch_chunked.loss_dtype(input, target, soft, dtype))
-    return torch_chunked.cross_entropy(input, target, weight, opts, soft=soft, dtype=dtype)
+    return _dispatch.cross_entropy(input, target, weight, opts)(input, target, weight, opts)
 
 
 cross_entropy.__doc__ = f"""Cross-entropy between logits and targets; torch.nn.functional.cross_entropy, exactly.
@@ -222,20 +161,19 @@ def nll_loss(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.torch_first(input):
+    if _dispatch.nll_loss_to_torch(input):
         try:
-            return _torch_nll_loss(input, target, weight, ignore_index, reduction)
-        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
-            pass
+            return _torch.nll_loss_unchecked(input, target, weight, ignore_index, reduction)
+        except _BAD_INPUT as err:
+            if isinstance(err, _NOT_BAD_INPUT):
+                raise
     fn = "nll_loss"
     input = _checks.logits_input(fn, input)
     opts = _checks.loss_options(fn, ignore_index=ignore_index, reduction_=reduction)
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     weight = _checks.class_weight(fn, weight, input, num_classes)
     target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
-    if select(weight) is Backend.REFERENCE:
-        return reference.nll_loss(input, target, weight, ignore_index, reduction).to(input.dtype)
-    return torch_chunked.nll_loss(input, target, weight, opts)
+    return _dispatch.nll_loss(input, target, weight, opts)(input, target, weight, opts)
 
 
 nll_loss.__doc__ = f"""Negative log-likelihood of log-probabilities; torch.nn.functional.nll_loss, exactly.
@@ -258,19 +196,18 @@ def binary_cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.torch_first(input, binary=True):
+    if _dispatch.binary_to_torch(input):
         try:
-            return _torch_binary(_torch_F.binary_cross_entropy, input, reduction, target, weight)
-        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
-            pass
+            return _torch.binary_cross_entropy_unchecked(input, target, weight, reduction)
+        except _BAD_INPUT as err:
+            if isinstance(err, _NOT_BAD_INPUT):
+                raise
     fn = "binary_cross_entropy"
     input, target = _checks.binary_pair(fn, input, target)
     opts = _checks.loss_options(fn, reduction_=reduction)
     weight = _checks.broadcast_weight(fn, "weight", weight, input)
     _checks.probabilities_in_unit_interval(fn, input)
-    if select(target, weight) is Backend.REFERENCE:
-        return reference.binary_cross_entropy(input, target, weight, reduction).to(input.dtype)
-    return torch_chunked.binary_cross_entropy(input, target, weight, None, opts, logits=False)
+    return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
 
 
 binary_cross_entropy.__doc__ = f"""Binary cross-entropy of probabilities; torch.nn.functional.binary_cross_entropy, exactly.
@@ -294,23 +231,21 @@ def binary_cross_entropy_with_logits(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.torch_first(input, binary=True):
+    if _dispatch.binary_to_torch(input):
         try:
-            return _torch_binary(
-                _torch_F.binary_cross_entropy_with_logits, input, reduction, target, weight,
-                pos_weight=pos_weight,
+            return _torch.binary_cross_entropy_with_logits_unchecked(
+                input, target, weight, reduction, pos_weight
             )
-        except Exception:  # noqa: BLE001 -- crossent's checks below name the problem
-            pass
+        except _BAD_INPUT as err:
+            if isinstance(err, _NOT_BAD_INPUT):
+                raise
     fn = "binary_cross_entropy_with_logits"
     input, target = _checks.binary_pair(fn, input, target)
     opts = _checks.loss_options(fn, reduction_=reduction)
     weight = _checks.broadcast_weight(fn, "weight", weight, input)
     pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
-    if select(target, weight, pos_weight) is Backend.REFERENCE:
-        loss = reference.binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight)
-        return loss.to(input.dtype)
-    return torch_chunked.binary_cross_entropy(input, target, weight, pos_weight, opts, logits=True)
+    loss_fn = _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
+    return loss_fn(input, target, weight, pos_weight, opts)
 
 
 binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy of logits; torch.nn.functional.binary_cross_entropy_with_logits, exactly.
@@ -328,60 +263,40 @@ binary_cross_entropy_with_logits.__doc__ = f"""Binary cross-entropy of logits; t
 
 def linear_cross_entropy(
     input: torch.Tensor,
-    weight: torch.Tensor,
+    linear_weight: torch.Tensor,
     target: torch.Tensor,
-    bias: torch.Tensor | None = None,
     *,
-    ignore_index: int = -100,
+    linear_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
     reduction: str = "mean",
+    ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    class_weight: torch.Tensor | None = None,
+    options: object | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
     normalizer: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    if (
-        normalizer is None
-        and chunk_size is None
-        and dtype is None
-        and softcap is None
-        and not z_loss
-        and type(input) is _Tensor  # (subclasses take the checked path below)
-        and type(weight) is _Tensor
-        and type(target) is _Tensor
-        and input.is_cpu  # (meta and mixed devices must reach the checks, not run silently)
-        and weight.is_cpu
-        and target.is_cpu
-        and 0.0 <= label_smoothing <= 1.0  # torch silently accepts negative and nan smoothing
-        and not target.requires_grad
-        and (bias is None or (type(bias) is _Tensor and bias.is_cpu))
-        and (class_weight is None or (
-            type(class_weight) is _Tensor and class_weight.is_cpu and not class_weight.requires_grad
-        ))
+    extensions = (
+        options is not None or z_loss or softcap is not None or normalizer is not None
+        or chunk_size is not None or dtype is not None
+    )
+    if _dispatch.linear_to_torch(
+        input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing, extensions
     ):
-        # Small CPU problems: F.linear + cross_entropy, unchecked; if torch refuses an argument,
-        # crossent's checks below say which and why (they cost more than torch's whole call here).
-        shape, wshape, tshape = input.shape, weight.shape, target.shape
-        if (
-            len(wshape) == 2
-            and shape
-            and (bias is None or bias.shape == wshape[:1])
-            and _dispatch.linear_torch_first(input, input.numel() // max(shape[-1], 1) * wshape[0])
-        ):
-            tokens = shape[:-1]
-            soft = tshape != tokens
-            if not soft or tshape == tokens + wshape[:1]:
-                try:
-                    return _linear_cross_entropy_composed(
-                        input, weight, target, bias, class_weight, ignore_index, reduction,
-                        label_smoothing, None, soft, None,
-                    )
-                except Exception:  # noqa: BLE001
-                    pass
+        try:
+            return _torch.linear_cross_entropy_unchecked(
+                input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                label_smoothing,
+            )
+        except _BAD_INPUT as err:
+            if isinstance(err, _NOT_BAD_INPUT):
+                raise
     fn = "linear_cross_entropy"
-    _checks.linear_operands(fn, input, weight, bias)
+    _checks.linear_operands(fn, input, linear_weight, linear_bias)
+    target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
+    weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0])
     opts = _checks.loss_options(
         fn,
         ignore_index=ignore_index,
@@ -390,112 +305,83 @@ def linear_cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
         normalizer=normalizer,
+        soft=soft,
+        dtype=_checks.loss_dtype(fn, dtype, input),
     )
-    chunk_size = _checks.linear_options(fn, opts, chunk_size)
-    num_classes = weight.shape[0]
-    class_weight = _checks.class_weight(fn, class_weight, input, num_classes, name="class_weight")
-    target, soft = _checks.linear_targets(
-        fn, input, target, num_classes=num_classes, ignore_index=ignore_index
+    unbatched = input.dim() == 1
+    rows, retain = _checks.linear_chunking(
+        fn, opts.reduction, opts.normalizer, chunk_size, options,
+        1 if unbatched else input.shape[0], input.shape[-1], linear_weight.shape[0],
     )
-    dtype = _checks.loss_dtype(fn, dtype, input)
-    if select() is Backend.REFERENCE:
-        return _linear_cross_entropy_reference(
-            input, weight, target, bias, class_weight, opts, soft, dtype
-        )
-    _checks.linear_no_fused_gradient(fn, class_weight=class_weight, target=target if soft else None)
-    if (
-        not opts.z_loss
-        and opts.softcap is None
-        and _dispatch.linear_torch_first(input, target.numel() if soft else target.numel() * num_classes)
-    ):
-        return _linear_cross_entropy_composed(
-            input, weight, target, bias, class_weight, opts.ignore_index, opts.reduction,
-            opts.label_smoothing, opts.normalizer, soft, dtype,
-        )
-    return torch_chunked_linear.linear_cross_entropy(
-        input, weight, bias, target, class_weight, opts, soft=soft, chunk_size=chunk_size,
-        dtype=dtype,
+    if rows is not None or retain:
+        opts = dataclasses.replace(opts, chunk_size=rows, allow_retain_graph=retain)
+    if unbatched:  # (D,) -> (1, D); the loss of 'none' comes back as a scalar, as torch's
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)(
+        input, linear_weight, target, linear_bias, weight, opts
     )
+    return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
 
 
-def _linear_cross_entropy_composed(
-    input, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing,
-    normalizer, soft, dtype,
-):
-    """The contract, literally, for small CPU problems: F.linear, then cross_entropy (torch's kernel)."""
-    logits = _torch_F.linear(input, weight, bias)
-    flat = target
-    if input.dim() != 2:  # (a view costs ~8 us of autograd here: only when needed)
-        v = weight.shape[0]
-        logits = logits.reshape(-1, v)
-        flat = target.reshape(-1, v) if soft else target.reshape(-1)
-    if dtype is not None:
-        logits = logits.to(dtype)  # small: the copy costs less than the fused path's Python
-    red = "sum" if normalizer is not None else reduction
-    if soft or _ce_kernel is None or _has_torch_function(logits, flat, class_weight):
-        loss = cross_entropy(
-            logits, flat, class_weight, ignore_index=ignore_index, reduction=red,
-            label_smoothing=label_smoothing,
-        )
-    else:  # cross_entropy's torch route, inlined (checked by the caller: smoothing in [0, 1])
-        loss = _ce_kernel(logits, flat, class_weight, _REDUCTION_ENUM[red], ignore_index, label_smoothing)
-    if normalizer is not None:
-        loss = loss / normalizer
-    return loss.reshape(input.shape[:-1]) if reduction == "none" else loss
+linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, without materialising the logits;
+    torch.nn.functional.linear_cross_entropy (torch 2.13), exactly, on any torch >= 2.4.
 
+    input: (N, D) or (D,) hidden states, float64/32/16 or bfloat16. linear_weight: (C, D), or
+    (C, d1, ..., dk, D) for a K-dimensional loss (torch's ``out_features``; batched input only).
+    linear_bias: None, or (C,) / (C, d1, ..., dk). All three of one dtype and device (as for
+    F.linear). target: class indices of shape (N,) / () / (N, d1, ..., dk) (int64; other integer
+    dtypes converted), each in [0, C) or ignore_index; or class probabilities of the logits' shape
+    (N, C, d1, ..., dk) / (C,) -- torch's rule: probabilities exactly when the shapes are equal.
+    weight: (C,) class weights. ignore_index: None means -100 for class indices; with
+    probabilities it must stay None (torch raises otherwise, and so does crossent).
 
-def _linear_cross_entropy_reference(input, weight, target, bias, class_weight, opts, soft, dtype):
-    """The contract, literally: the full logits in float64 through reference.cross_entropy."""
-    v = weight.shape[0]
-    b = bias.double() if bias is not None else None
-    logits = torch.nn.functional.linear(input.double(), weight.double(), b).reshape(-1, v)
-    flat = target.reshape(-1, v) if soft else target.reshape(-1)
-    reduction = "sum" if opts.normalizer is not None else opts.reduction
-    loss = reference.cross_entropy(
-        logits, flat, class_weight, opts.ignore_index, reduction, opts.label_smoothing,
-        z_loss=opts.z_loss, softcap=opts.softcap,
-    )
-    if opts.normalizer is not None:
-        loss = loss / opts.normalizer
-    out_dtype = torch_chunked.loss_dtype(input, target, soft, dtype)
-    return loss.reshape(input.shape[:-1] if opts.reduction == "none" else ()).to(out_dtype)
+    Equivalent to (value, and gradients w.r.t. input, linear_weight and linear_bias)::
 
-
-linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, without materialising the logits.
-
-    input: (..., D) hidden states, float64/32/16 or bfloat16; weight: (V, D) and bias: (V,) or
-    None, of the input's dtype and device (as for F.linear); target: class indices of shape
-    input.shape[:-1] (int64; other integer dtypes converted), each in [0, V) or ignore_index, or
-    class probabilities of shape input.shape[:-1] + (V,).
-
-    Equivalent to (value, and gradients w.r.t. input, weight and bias)::
-
-        logits = F.linear(input, weight, bias).reshape(-1, V)                # never built
-        t = target.reshape(-1) if indices else target.reshape(-1, V)
-        loss = crossent.cross_entropy(logits, t, weight=class_weight, ignore_index=ignore_index,
+        logits = F.linear(input, linear_weight.reshape(-1, D), linear_bias.reshape(-1))  # never built
+        logits = logits.reshape(*input.shape[:-1], C, d1, ..., dk)
+        loss = crossent.cross_entropy(logits, target, weight,
+                                      ignore_index=-100 if ignore_index is None else ignore_index,
                                       reduction=reduction if normalizer is None else "sum",
                                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
         if normalizer is not None: loss = loss / normalizer
-        if reduction == "none": loss = loss.reshape(input.shape[:-1])
 
+    (``crossent.reference.linear_cross_entropy`` is this contract, executable, in float64.)
     Per-token losses, class weights, smoothing, z_loss and softcap as in crossent.cross_entropy.
 {_WEIGHTED_MEAN}
+
+    options: torch's ``LinearCrossEntropyOptions`` (or None), accepted on every torch version.
+        Unlike torch, ``options=None`` does not mean "materialise the logits": crossent never
+        does beyond one chunk, except for small CPU problems (N * C <= 1M logits), where the
+        composition F.linear + cross_entropy is faster (see crossent._dispatch). Its fields:
+        batch_chunk_size / chunking_method: the rows per chunk, as torch computes them
+            ("auto" with no batch_chunk_size: crossent's own measured rule, below; None: one
+            chunk of batch_chunk_size rows, or all rows; "aspect_ratio[:k]": torch's formula);
+        allow_retain_graph: honoured -- the gradients computed in forward are kept so a second
+            backward through the loss works (one gradient-sized copy); 'none' always allows it;
+        acc_policy, acc_dtype: accepted, no effect: crossent always runs the softmax and
+            accumulates the weight and bias gradients in float32 (float64 for float64 inputs),
+            at least as precise as torch's "accurate" policy.
+        Every option combination takes the fused path (torch falls back to materialising the
+        logits for K-dim, label smoothing or non-int64 targets; crossent does not).
+
+    Extensions (keyword-only):
+    z_loss, softcap: as in crossent.cross_entropy.
     normalizer (reduction='mean' only; a number or a one-element tensor): the summed loss is
         divided by it instead of by the count (or summed weights) of counted tokens, for gradient
         accumulation across micro-batches (transformers' ``num_items_in_batch``).
-    chunk_size: tokens per chunk; by default chosen from N, D, V, the dtype and the options so that
+    chunk_size: tokens per chunk; by default chosen from N, D, C, the dtype and the options so that
         one chunk's buffers take at most 7/8 of the bytes of the float32 weight gradient (7D/8
-        rows in float32; at least 16 MiB; see backends/torch_chunked_linear.py).
+        rows in float32; at least 16 MiB; see backends/chunked/linear.py).
 {_DTYPE}
 
-    Memory: O(chunk_size * V) beyond the inputs and their gradients, never O(N * V).
-    FLOPs: 6 N D V for reduction 'mean'/'sum' (the three products any exact method needs);
-    8 N D V for 'none' (backward recomputes the logits, since the per-token grad_output is known
-    only then); 2 N D V when no gradient is needed.
+    Memory: O(chunk_size * C) beyond the inputs and their gradients, never O(N * C).
+    FLOPs: 6 N D C P for reduction 'mean'/'sum' (the three products any exact method needs;
+    P = d1*...*dk); 8 N D C P for 'none' (backward recomputes the logits, since the per-token
+    grad_output is known only then); 2 N D C P when no gradient is needed.
     16-bit inputs: products in the input dtype, softmax math and the accumulation of the weight
     and bias gradients in float32; gradients come back in the inputs' dtypes.
-    Gradients w.r.t. class_weight or probability targets are not computed by the fused path (it
-    raises if they are required); ``crossent.use_backend("reference")`` computes the contract
+    Gradients w.r.t. the class weight or probability targets are not computed by the fused path
+    (it raises if they are required); ``crossent.use_backend("reference")`` computes the contract
     above literally in float64 and gives them.
-    Results are deterministic run to run for a given chunk_size.
+    Results are deterministic run to run for a given chunk size.
     """

@@ -4,8 +4,11 @@ CrossEntropyLoss adds crossent's extensions as keyword-only arguments."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from . import _checks
 from . import functional as F
 from .functional import _legacy_reduction
 
@@ -95,48 +98,79 @@ class BCEWithLogitsLoss(_Loss):
                                                   pos_weight=self.pos_weight)
 
 
+class LinearCrossEntropyLoss(_WeightedLoss):
+    """torch.nn.LinearCrossEntropyLoss (torch 2.13) with crossent's fused loss: a module that owns
+    its linear layer and computes the cross-entropy of its output without materialising the logits.
 
-class LinearCrossEntropyLoss(torch.nn.Module):
-    """crossent.linear_cross_entropy as a Module: cross-entropy of ``F.linear(input, weight, bias)``
-    without materialising the logits. Holds the options (class_weight as a buffer); the linear
-    weight and bias are forward's arguments, so the layer that owns them keeps them.
+    Like torch's: ``self.linear`` is an ``nn.Linear(in_features, num_classes * prod(out_features),
+    bias=bias)`` (flat storage, reshaped to (C, *out_features, in_features) in forward), so
+    FSDP/ZeRO wrap it as any layer and ``state_dict`` keys match torch's module (``linear.weight``,
+    ``linear.bias``, the class ``weight`` buffer); forward(input, target) is one call to
+    ``crossent.linear_cross_entropy`` -- see it for shapes, semantics and what crossent does with
+    ``options``. A head owned by another module (a language model's ``lm_head``) uses the
+    functional form, ``crossent.linear_cross_entropy(h, lm_head.weight, target, ...)``.
 
-    All options are keyword-only (``class_weight`` is not the linear ``weight``); ``normalizer``
-    may be reassigned between steps (e.g. the token count of the whole accumulated batch).
+    Keyword-only extensions (as in crossent.linear_cross_entropy): z_loss, softcap, normalizer
+    (may be reassigned between steps, e.g. the token count of the whole accumulated batch),
+    chunk_size, and ``loss_dtype`` -- the functional's ``dtype=`` (here ``dtype`` is the
+    parameters' dtype, as in torch).
     """
 
     def __init__(
         self,
+        in_features: int,
+        num_classes: int,
         *,
-        ignore_index: int = -100,
+        out_features: tuple[int, ...] = (),
+        bias: bool = False,
+        device=None,
+        dtype=None,
         reduction: str = "mean",
+        weight: torch.Tensor | None = None,
+        ignore_index: int | None = None,
         label_smoothing: float = 0.0,
-        class_weight: torch.Tensor | None = None,
+        options=None,
         z_loss: float = 0.0,
         softcap: float | None = None,
         normalizer: float | torch.Tensor | None = None,
         chunk_size: int | None = None,
-        dtype: torch.dtype | None = None,
+        loss_dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.register_buffer("class_weight", class_weight)
-        self.class_weight: torch.Tensor | None
+        _checks.linear_module(
+            "LinearCrossEntropyLoss", in_features, num_classes, out_features, weight, label_smoothing
+        )
+        super().__init__(weight, None, None, reduction)
+        self.num_classes = num_classes
+        self.out_features = tuple(out_features)
         self.ignore_index = ignore_index
-        self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.linear = torch.nn.Linear(
+            in_features, math.prod(self.out_features, start=num_classes), bias=bias,
+            device=device, dtype=dtype,
+        )
+        self.options = options
         self.z_loss = z_loss
         self.softcap = softcap
         self.normalizer = normalizer
         self.chunk_size = chunk_size
-        self.dtype = dtype  # of the loss: None (the input's) or torch.float32 for 16-bit inputs
+        self.loss_dtype = loss_dtype
 
-    def forward(
-        self, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-        bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shape = (self.num_classes, *self.out_features)
+        linear_weight = self.linear.weight.reshape(*shape, self.linear.in_features)
+        linear_bias = self.linear.bias.reshape(shape) if self.linear.bias is not None else None
         return F.linear_cross_entropy(
-            input, weight, target, bias, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, class_weight=self.class_weight,
-            z_loss=self.z_loss, softcap=self.softcap, normalizer=self.normalizer,
-            chunk_size=self.chunk_size, dtype=self.dtype,
+            input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, options=self.options, z_loss=self.z_loss,
+            softcap=self.softcap, normalizer=self.normalizer, chunk_size=self.chunk_size,
+            dtype=self.loss_dtype,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+            f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
+            f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
+            f"label_smoothing={self.label_smoothing}, options={self.options}"
         )

@@ -208,3 +208,49 @@ def _reduce(loss: Tensor, reduction: str, denominator: Tensor | int) -> Tensor:
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / denominator
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: float | None = None,
+) -> Tensor:
+    """Cross-entropy of a linear layer's output: the contract every linear backend meets.
+
+    input (N, D) or (D,); linear_weight (C, D), or (C, d1..dk, D) for K-dimensional heads (torch's
+    ``out_features``; batched input only); linear_bias (C,) or (C, d1..dk); weight (C,) class
+    weights. With P = d1*..*dk::
+
+        logits = (input @ linear_weight.reshape(C * P, D).T + linear_bias.reshape(C * P))
+                 .reshape(*input.shape[:-1], C, d1, .., dk)
+        loss = cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
+                             z_loss, softcap)     # class indices or probabilities, as there
+        normalizer (reduction 'mean' only): sum_i l_i / normalizer instead of the 'mean'
+                   denominator -- the count (or summed class weights) of counted targets over the
+                   whole accumulated batch, for gradient accumulation (transformers'
+                   ``num_items_in_batch``).
+
+    The targets are class probabilities exactly when ``target.shape == logits.shape`` (torch's
+    rule); then ``ignore_index`` does not apply.
+    """
+    x = input.double()
+    c, d = linear_weight.shape[0], linear_weight.shape[-1]
+    out = tuple(linear_weight.shape[1:-1])
+    logits = x @ linear_weight.double().reshape(-1, d).T
+    if linear_bias is not None:
+        logits = logits + linear_bias.double().reshape(-1)
+    logits = logits.reshape(*input.shape[:-1], c, *out)
+    if normalizer is None:
+        return cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
+                             z_loss=z_loss, softcap=softcap)
+    total = cross_entropy(logits, target, weight, ignore_index, "sum", label_smoothing,
+                          z_loss=z_loss, softcap=softcap)
+    return total / normalizer

@@ -441,8 +441,9 @@ def _head_loss(head_module: nn.Module, state: _PatchState, hidden, target, norm)
             h = h * scale
             bias = bias * scale if bias is not None else None
         return _functional.linear_cross_entropy(
-            h, weight, target, bias, ignore_index=IGNORE_INDEX, reduction="mean",
-            softcap=softcap, normalizer=norm, chunk_size=chunk_size, dtype=_loss_dtype(h),
+            h.reshape(-1, h.shape[-1]), weight, target.reshape(-1), linear_bias=bias,
+            ignore_index=IGNORE_INDEX, reduction="mean", softcap=softcap, normalizer=norm,
+            chunk_size=chunk_size, dtype=_loss_dtype(h),
         )
 
     previous = vars(head).get("forward")

@@ -1,12 +1,15 @@
 """Fused linear cross-entropy in plain PyTorch: the loss of ``F.linear`` + cross-entropy without logits.
 
-Contract (x: input (N, D) after flattening its leading dims, W: weight (V, D), b: bias (V,))::
+Contract (`crossent.reference.linear_cross_entropy`; x: input (N, D), W: linear_weight (V, D),
+b: linear_bias (V,))::
 
-    linear_cross_entropy(x, W, t, b, **opts)
-        == cross_entropy(F.linear(x, W, b).reshape(-1, V), t.reshape(-1) or t.reshape(-1, V), **opts)
+    linear_cross_entropy(x, W, t, b, w, opts) == cross_entropy(F.linear(x, W, b), t, w, **opts)
 
 in value and in the gradients w.r.t. x, W and b, for every option of `ce_chunk` (ignore_index,
 class weights, label smoothing, class-probability targets, z_loss, softcap) and every reduction.
+K-dimensional heads, W of shape (V, d1..dk, D) (torch's ``out_features``), are P = d1*..*dk
+heads W[:, j] sharing the input: the loop below runs once per head, the softmax is over V at each
+(token, head), grad_x sums over the heads, and 'mean' divides by the count over all of them.
 
 Algorithm. The N tokens are cut into chunks of n rows. Per chunk (shapes in brackets)::
 
@@ -61,19 +64,10 @@ import math
 
 import torch
 
-from .. import _checks
-from .._options import LossOptions
-from . import _memory
-from .torch_chunked import (
-    ChunkTarget,
-    _mean_denominator,
-    _reduce,
-    _safe_reciprocal,
-    ce_chunk,
-    compute_dtype,
-    deterministic_sum,
-    loss_dtype,
-)
+from ..._options import LossOptions
+from .. import _memory, autograd
+from ..common import compute_dtype, deterministic_sum, mean_denominator, output_dtype, reduce, safe_reciprocal
+from .kernel import ChunkTarget, ce_chunk
 
 # The chunk's buffers (logits, gradient, temporaries) may take 7/8 of the bytes of the float32
 # weight gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32 that is 7D/8
@@ -83,7 +77,7 @@ from .torch_chunked import (
 # Why not fewer rows: every chunk streams W twice (the two products with W) and grad_W once
 # (addmm's read-modify-write), 3 * 4 * V * D bytes, while its products do 6 * n * D * V FLOPs;
 # on a CPU whose bandwidth is shared this per-chunk traffic is what costs. Measured side by side
-# at N=2048, D=512, V=128256 on the 2-core CPU of PERFORMANCE-NOTES.md, the three chunked products
+# at N=2048, D=512, V=128256 on the 2-core CPU of docs/PERFORMANCE.md, the three chunked products
 # over the three full-size ones (transposed logits, see the module docstring): 384 rows 0.98x,
 # 408 1.02x, 416 1.05x, 448 1.04-1.07x, 456 1.00x, 464 1.01x, 512 1.03x (run-to-run noise ~5%);
 # with row-major logits 410 rows were 1.09x and 448 1.11x. The floor keeps small layers (D*V tiny)
@@ -133,14 +127,16 @@ def chunk_rows(
     return min(rows, -(-balanced // ROW_MULTIPLE) * ROW_MULTIPLE)
 
 
-def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scale, grads):
-    """One pass over the token chunks; returns per-token losses (N,) in the compute dtype.
 
-    x (N, D), weight (V, D), bias (V,) or None; index (N,) int64 or probs (N, V).
+def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scale, grads, add_x=False):
+    """One pass over the token chunks of one head; returns per-token losses (N,), compute dtype.
+
+    x (N, D), weight (V, D) (any strides), bias (V,) or None; index (N,) int64 or probs (N, V).
     scale: a number or a 0-d tensor, or per-token (N,): the factor of each token's gradient.
     grads: (grad_x (N, D) input dtype, grad_W (V, D) compute dtype, grad_b (V,) compute dtype),
-           each None when not wanted, uninitialised: the loop writes grad_x rows, and the first
-           chunk writes grad_W and grad_b (no zero-fill pass), later chunks add to them.
+           each None when not wanted, uninitialised: the loop writes grad_x rows (adds to them with
+           ``add_x``), and the first chunk writes grad_W and grad_b (no zero-fill pass), later
+           chunks add to them.
     """
     n, d = x.shape
     v = weight.shape[0]
@@ -204,7 +200,10 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
         if g is not z and (gx is not None or gw is not None):
             z.copy_(g)  # the products run in the input dtype
         if gx is not None:
-            torch.mm(z, weight, out=gx[i:j])
+            if add_x:
+                gx[i:j].addmm_(z, weight)
+            else:
+                torch.mm(z, weight, out=gx[i:j])
         if gw is not None:
             if gw_part is None:
                 if first:
@@ -220,9 +219,57 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
     return losses
 
 
+class _Problem:
+    """The call's tensors cut into P heads: views, no copies (K-dim weights of any layout are
+    reshaped once). P = 1 for the usual (V, D) weight."""
+
+    def __init__(self, input, linear_weight, index, probs, linear_bias):
+        v, d = linear_weight.shape[0], linear_weight.shape[-1]
+        self.heads = math.prod(linear_weight.shape[1:-1])
+        self.x = input  # (N, D)
+        self.w = linear_weight.reshape(v, self.heads, d)  # (V, P, D)
+        self.b = linear_bias.reshape(v, self.heads) if linear_bias is not None else None
+        n = input.shape[0]
+        self.index = index.reshape(n, self.heads) if index is not None else None  # (N, P)
+        self.probs = probs.reshape(n, v, self.heads) if probs is not None else None  # (N, V, P)
+
+    def head(self, j):
+        """(weight (V, D), bias (V,), index (N,), probs (N, V)) of head j."""
+        cut = lambda t, *i: t[i] if t is not None else None
+        every = slice(None)
+        return (
+            self.w[:, j], cut(self.b, every, j), cut(self.index, every, j),
+            cut(self.probs, every, every, j),
+        )
+
+    def denominator(self, class_weight, opts, acc):
+        """'mean''s denominator over every (token, head), as cross_entropy's; None otherwise."""
+        if opts.reduction != "mean":
+            return None
+        samples = self.x.shape[0] * self.heads
+        return mean_denominator(self.index, class_weight, opts, samples, acc, self.x.device)
+
+    def run(self, class_weight, opts, rows, *, scale, grads):
+        """All heads; per-(token, head) losses (N, P). scale: a number, a 0-d tensor or (N, P)."""
+        gx, gw, gb = grads
+        gw3 = gw.view(self.w.shape) if gw is not None else None
+        gb2 = gb.view(self.b.shape) if gb is not None else None
+        per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
+        out = []
+        for j in range(self.heads):
+            w, b, index, probs = self.head(j)
+            out.append(_chunk_loop(
+                self.x, w, b, index, probs, class_weight, opts, rows,
+                scale=scale[:, j] if per_token else scale,
+                grads=(gx, gw3[:, j] if gw3 is not None else None, gb2[:, j] if gb2 is not None else None),
+                add_x=j > 0,
+            ))
+        return torch.stack(out, 1) if self.heads > 1 else out[0].unsqueeze(1)
+
+
 def _grad_buffers(x, weight, bias, want, acc):
     """Uninitialised gradient buffers for the wanted inputs (grad_x in x's dtype, the others in
-    acc): `_chunk_loop` writes every element."""
+    acc, of the parameters' shapes): `_chunk_loop` writes every element."""
     want_x, want_w, want_b = want
     dev = x.device
     gx = _memory.empty(x.shape, x.dtype, dev) if want_x else None
@@ -231,103 +278,71 @@ def _grad_buffers(x, weight, bias, want, acc):
     return gx, gw, gb
 
 
-def _denominator(x, index, probs, class_weight, opts, acc):
-    """'mean''s denominator, as cross_entropy's: summed weights of counted tokens (indices), the
-    token count (probabilities; _mean_denominator counts the rows of the (N, V) probs), or the
-    normalizer. None for 'sum' and 'none'."""
-    if opts.reduction != "mean":
-        return None
-    return _mean_denominator(index, class_weight, opts, probs if probs is not None else x, acc)
-
-
 class _LinearCrossEntropyFn(torch.autograd.Function):
-    """Autograd glue. Scalar reductions: gradients finished in forward, scaled in backward.
-    'none': losses in forward, everything recomputed in backward with the per-token grad_output."""
+    """Autograd glue. Scalar reductions: gradients finished in forward, scaled in backward
+    (`backends.autograd`). 'none': losses in forward, everything recomputed in backward with the
+    per-token grad_output."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, index, probs, class_weight, opts, rows, out_shape, out_dtype):
-        x = input.reshape(-1, input.shape[-1])  # (N, D)
-        acc = compute_dtype(x.dtype)
-        want = ctx.needs_input_grad[:3]
-        ctx.meta = (input.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype, opts, rows)
+    def forward(ctx, input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype):
+        acc = compute_dtype(input.dtype)
+        problem = _Problem(input, linear_weight, index, probs, linear_bias)
+        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[4])
+        ctx.meta = (linear_weight.dtype, None if linear_bias is None else linear_bias.dtype, opts, rows, want)
         if opts.reduction == "none":
-            losses = _chunk_loop(
-                x, weight, bias, index, probs, class_weight, opts, rows, scale=1.0,
-                grads=(None, None, None),
-            )
-            ctx.save_for_backward(input, weight, bias, index, probs, class_weight)
-            ctx.grads = None
-            return _reduce(losses, None, opts, out_shape, out_dtype)
-        den = _denominator(x, index, probs, class_weight, opts, acc)
-        inv_den = _safe_reciprocal(den) if den is not None else None
+            losses = problem.run(weight, opts, rows, scale=1.0, grads=(None, None, None))
+            ctx.save_for_backward(input, linear_weight, index, probs, linear_bias, weight)
+            return reduce(losses, None, opts, out_shape, out_dtype)
+        den = problem.denominator(weight, opts, acc)
+        inv_den = safe_reciprocal(den) if den is not None else None
         # float32/64: fold 1/den now; 16-bit: keep O(1) values and scale once in backward.
-        fold = inv_den is not None and x.dtype == acc
-        grads = _grad_buffers(x, weight, bias, want, acc)
-        losses = _chunk_loop(
-            x, weight, bias, index, probs, class_weight, opts, rows,
-            scale=inv_den if fold else 1.0, grads=grads,
-        )
-        ctx.grads = grads
-        ctx.post_scale = None if fold else inv_den
-        return _reduce(losses, den, opts, out_shape, out_dtype)
+        fold = inv_den is not None and input.dtype == acc
+        grads = _grad_buffers(input, linear_weight, linear_bias, want, acc)
+        losses = problem.run(weight, opts, rows, scale=inv_den if fold else 1.0, grads=grads)
+        autograd.stash(ctx, grads, post_scale=None if fold else inv_den, keep=opts.allow_retain_graph)
+        return reduce(losses, den, opts, out_shape, out_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        input_shape, x_dtype, w_dtype, b_dtype, opts, rows = ctx.meta
+        w_dtype, b_dtype, opts, rows, want = ctx.meta
         if opts.reduction == "none":
-            input, weight, bias, index, probs, class_weight = ctx.saved_tensors
-            x = input.reshape(-1, input.shape[-1])
-            acc = compute_dtype(x.dtype)
-            grads = _grad_buffers(x, weight, bias, ctx.needs_input_grad[:3], acc)
-            scale = grad_out.reshape(-1).to(acc)  # (N,)
-            _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, scale=scale, grads=grads)
-            factor = None
+            input, linear_weight, index, probs, linear_bias, weight = ctx.saved_tensors
+            acc = compute_dtype(input.dtype)
+            problem = _Problem(input, linear_weight, index, probs, linear_bias)
+            grads = _grad_buffers(input, linear_weight, linear_bias, want, acc)
+            scale = grad_out.reshape(input.shape[0], problem.heads).to(acc)  # (N, P)
+            problem.run(weight, opts, rows, scale=scale, grads=grads)
         else:
-            if ctx.grads is None:
-                _checks.fused_gradient_consumed("linear_cross_entropy")
-            grads, ctx.grads = ctx.grads, None  # the tensors now belong to autograd
-            factor = grad_out if ctx.post_scale is None else grad_out * ctx.post_scale
+            grads = autograd.release(ctx, "linear_cross_entropy", grad_out)
         gx, gw, gb = grads
-        # Skipped when grad_output is exactly 1 (the usual loss.backward()). A 16-bit grad_x is
-        # multiplied by the float32 factor with one rounding.
-        if factor is not None and (factor.device.type != "cpu" or factor.item() != 1.0):
-            factor = factor.to(compute_dtype(x_dtype))
-            for t in grads:
-                if t is not None:
-                    t.mul_(factor)
-        gx = gx.view(input_shape) if gx is not None else None
         gw = gw.to(w_dtype) if gw is not None else None
         gb = gb.to(b_dtype) if gb is not None else None
-        return gx, gw, gb, None, None, None, None, None, None, None
+        return gx, gw, None, None, gb, None, None, None, None, None
 
 
-def linear_cross_entropy(
-    input, weight, bias, target, class_weight, opts: LossOptions, *, soft: bool,
-    chunk_size: int | None, dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Backend entry: checked arguments in, loss out (gradients only when autograd needs them).
-    dtype: None, or float32 for 16-bit inputs (the loss is then not rounded to 16 bits)."""
-    v = weight.shape[0]
-    n = math.prod(input.shape[:-1])
-    index = None if soft else target.reshape(-1)
-    probs = target.reshape(-1, v) if soft else None
-    out_dtype = loss_dtype(input, target, soft, dtype)
-    out_shape = input.shape[:-1]
-    rows = chunk_size or chunk_rows(
-        n, input.shape[-1], v, input.dtype, opts, soft=soft, class_weight=class_weight is not None
+def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions) -> torch.Tensor:
+    """Backend entry (checked arguments): input (N, D), linear_weight (V, *out, D), target (N, *out)
+    class indices or (N, V, *out) probabilities (``opts.soft``), linear_bias (V, *out) or None,
+    weight (V,) class weights or None. Returns (N, *out) for 'none', else a scalar."""
+    v = linear_weight.shape[0]
+    n = input.shape[0]
+    index = None if opts.soft else target
+    probs = target if opts.soft else None
+    out_dtype = output_dtype(input, target, opts)
+    out_shape = (n,) + tuple(linear_weight.shape[1:-1])
+    rows = opts.chunk_size or chunk_rows(
+        n, input.shape[-1], v, input.dtype, opts, soft=opts.soft, class_weight=weight is not None
     )
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias)
+        t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
     )
     if needs_grad:
         return _LinearCrossEntropyFn.apply(
-            input, weight, bias, index, probs, class_weight, opts, rows, out_shape, out_dtype
+            input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype
         )
     # Evaluation: losses only, one product per chunk.
-    x = input.reshape(-1, input.shape[-1])
-    losses = _chunk_loop(
-        x, weight, bias, index, probs, class_weight, opts, rows, scale=1.0, grads=(None, None, None)
-    )
-    den = _denominator(x, index, probs, class_weight, opts, compute_dtype(input.dtype))
-    return _reduce(losses, den, opts, out_shape, out_dtype)
+    problem = _Problem(input, linear_weight, index, probs, linear_bias)
+    losses = problem.run(weight, opts, rows, scale=1.0, grads=(None, None, None))
+    den = problem.denominator(weight, opts, compute_dtype(input.dtype))
+    return reduce(losses, den, opts, out_shape, out_dtype)
