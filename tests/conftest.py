@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crossent import Backend
+
 # Absolute/relative tolerances per dtype, for values and gradients.
 TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-9),
@@ -38,7 +40,7 @@ def gpu():
     return torch.device("cuda")
 
 
-@pytest.fixture(params=[None, "fused", "torch", "reference"], ids=["auto", "fused", "torch", "reference"])
+@pytest.fixture(params=[None, *Backend], ids=["auto", *(b.value for b in Backend)])
 def on_backend(request):
     """Run a parity test on every path the dispatch can take (auto = the documented rule)."""
     import crossent

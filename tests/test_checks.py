@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -63,6 +65,10 @@ ERRORS = [
     (lambda: crossent.nn.CrossEntropyLoss(label_smoothing=2.0)(x, t), ValueError, r"label_smoothing must be in \[0, 1\], got 2.0"),
     # dispatch
     (lambda: crossent.use_backend("triton-magic").__enter__(), ValueError, r"use_backend: backend must be one of 'fused', 'torch', 'reference'.*got 'triton-magic'"),
+    # class weights of another dtype: torch refuses them ("expected scalar type"), on every path
+    (lambda: CE(x, t, weight=torch.ones(5, dtype=torch.float64)), TypeError, r"cross_entropy: weight has dtype torch.float64 but input has dtype torch.float32"),
+    (lambda: CE(torch.randn(64, 20000, requires_grad=True), torch.zeros(64, dtype=torch.long), weight=torch.ones(20000, dtype=torch.float64)), TypeError, r"weight has dtype torch.float64"),
+    (lambda: NLL(x, t, weight=torch.ones(5, dtype=torch.float64)), TypeError, r"nll_loss: weight has dtype torch.float64"),
 ]
 
 
@@ -70,6 +76,75 @@ ERRORS = [
 def test_bad_input_raises_a_clear_error(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+# linear_cross_entropy, on the fused path and on the route that tries torch first (auto)
+LCE = crossent.linear_cross_entropy
+xl = torch.randn(4, 3)
+wl = torch.randn(6, 3)
+bl = torch.randn(6)
+tl = torch.tensor([0, 1, 2, 5])
+pl = torch.rand(4, 6).softmax(-1)
+
+LINEAR_ERRORS = [
+    (lambda: LCE(xl, wl[:, :2], tl), ValueError,
+     r"linear_cross_entropy: linear_weight must have shape \(C, in_features\) or \(C, d1, ..., dk, in_features\) with in_features = input.shape\[-1\] = 3, got linear_weight of shape \(6, 2\)"),
+    (lambda: LCE(xl, wl[0], tl), ValueError, r"linear_weight must have shape .* got linear_weight of shape \(3,\)"),
+    (lambda: LCE(xl.unsqueeze(0), wl, tl.unsqueeze(0)), ValueError,
+     r"input must have shape \(in_features,\) or \(N, in_features\), as in torch, got shape \(1, 4, 3\); flatten the leading dimensions: input.reshape\(-1, 3\)"),
+    (lambda: LCE(xl[0], wl.unsqueeze(1), tl[0]), ValueError, r"K-dimensional loss defined by linear_weight of shape \(6, 1, 3\) requires batched input"),
+    (lambda: LCE(xl, wl, tl[:3]), ValueError,
+     r"target of class indices must have shape \(4,\) for input of shape \(4, 3\) and linear_weight of shape \(6, 3\), got \(3,\)"),
+    (lambda: LCE(xl, wl.unsqueeze(1).expand(6, 2, 3), tl), ValueError, r"target of class indices must have shape \(4, 2\)"),
+    (lambda: LCE(xl, wl, tl.float()), TypeError,
+     r"target of class indices must be an integer tensor \(int64\) of shape \(4,\), got torch.float32"),
+    (lambda: LCE(xl, wl, pl[:, :5]), TypeError, r"class probabilities need a floating target of the logits' shape \(4, 6\)"),
+    (lambda: LCE(xl, wl, torch.zeros(4, 6, dtype=torch.long)), TypeError, r"a target of the logits' shape \(4, 6\) holds class probabilities and must be floating-point, got torch.int64"),
+    (lambda: LCE(xl, wl, torch.tensor([0, 1, 6, 2])), ValueError,
+     r"linear_cross_entropy: target contains 6 at index \(2,\), outside the classes \[0, 6\)"),
+    (lambda: LCE(xl, wl, torch.tensor([0, -3, 1, 2])), ValueError, r"target contains -3 at index \(1,\)"),
+    (lambda: LCE(xl, wl, pl, ignore_index=-100), ValueError, r"ignore_index=-100 cannot be specified when target contains class probabilities"),
+    (lambda: LCE(xl, wl, tl, ignore_index=1.5), TypeError, r"ignore_index must be an int or None, got 1.5"),
+    (lambda: LCE(xl, wl.double(), tl), TypeError, r"linear_weight has dtype torch.float64 but input has dtype torch.float32"),
+    (lambda: LCE(xl, wl, tl, linear_bias=bl.half()), TypeError, r"linear_bias has dtype torch.float16 but input has dtype torch.float32"),
+    (lambda: LCE(xl, wl, tl, linear_bias=bl[:5]), ValueError, r"linear_bias must have shape \(6,\), one entry per row of linear_weight, got \(5,\)"),
+    (lambda: LCE(xl, wl.to("meta"), tl), ValueError, r"linear_weight is on meta but input is on cpu"),
+    (lambda: LCE(xl, wl, tl, linear_bias=bl.to("meta")), ValueError, r"linear_bias is on meta but input is on cpu"),
+    (lambda: LCE(xl, wl, tl.to("meta")), ValueError, r"target is on meta but input is on cpu"),
+    (lambda: LCE(xl.long(), wl, tl), TypeError, r"input must be a floating-point tensor, got dtype torch.int64"),
+    (lambda: LCE(torch.tensor(1.0), wl, tl), ValueError, r"input must have shape \(in_features,\) or \(N, in_features\)"),
+    (lambda: LCE(xl, "W", tl), TypeError, r"linear_weight must be a torch.Tensor, got str"),
+    (lambda: LCE(xl, wl, tl, weight=torch.ones(5)), ValueError, r"weight must be a 1-D tensor with one entry per class \(6\), got shape \(5,\)"),
+    (lambda: LCE(xl, wl, tl, weight=torch.ones(6, dtype=torch.float64)), TypeError, r"weight has dtype torch.float64 but input has dtype torch.float32"),
+    (lambda: LCE(xl, wl, tl, weight=torch.ones(6, requires_grad=True), z_loss=1e-3), ValueError,
+     r"weight requires grad, but the fused path gives gradients only for input, weight and bias"),
+    (lambda: LCE(xl, wl, pl.clone().requires_grad_(), z_loss=1e-3), ValueError, r"target requires grad"),
+    (lambda: LCE(xl, wl, tl, reduction="avg"), ValueError, r"reduction must be 'none', 'mean' or 'sum', got 'avg'"),
+    (lambda: LCE(xl, wl, tl, reduction="sum", normalizer=4), ValueError,
+     r"normalizer=4.0 replaces the denominator of reduction='mean', got reduction='sum'"),
+    (lambda: LCE(xl, wl, tl, normalizer=0), ValueError, r"normalizer must be > 0 \(or None\), got 0.0"),
+    (lambda: LCE(xl, wl, tl, normalizer=torch.ones(2)), ValueError, r"normalizer must be a number or a one-element tensor"),
+    (lambda: LCE(xl, wl, tl, chunk_size=0), ValueError, r"chunk_size must be >= 1 \(rows per chunk\), got 0"),
+    (lambda: LCE(xl, wl, tl, chunk_size=2.5), TypeError, r"chunk_size must be an int \(rows per chunk\) or None, got 2.5"),
+    (lambda: LCE(xl, wl, tl, options="fast"), TypeError, r"options must be a torch.nn.LinearCrossEntropyOptions or None, got str"),
+    (lambda: LCE(xl, wl, tl, label_smoothing=1.5), ValueError, r"label_smoothing must be in \[0, 1\], got 1.5"),
+    (lambda: LCE(xl, wl, tl, softcap=-1.0), ValueError, r"softcap must be > 0 \(or None\), got -1.0"),
+    (lambda: LCE(xl, wl, tl, z_loss=-1), ValueError, r"z_loss must be >= 0, got -1.0"),
+    (lambda: LCE(xl, wl, tl, dtype=torch.float64), ValueError, r"linear_cross_entropy: dtype=torch.float64 with a torch.float32 input"),
+    (lambda: crossent.nn.LinearCrossEntropyLoss(3, 6, reduction="avg")(xl, tl), ValueError, r"got 'avg'"),
+    (lambda: crossent.nn.LinearCrossEntropyLoss(3, 6, weight=torch.ones(5)), ValueError, r"LinearCrossEntropyLoss: weight must be a 1-D tensor with one entry per class \(6\)"),
+    (lambda: crossent.nn.LinearCrossEntropyLoss(3, 6, label_smoothing=-0.5), ValueError, r"LinearCrossEntropyLoss: label_smoothing must be in \[0, 1\], got -0.5"),
+    (lambda: crossent.nn.LinearCrossEntropyLoss(3, 0), ValueError, r"LinearCrossEntropyLoss: num_classes must be a positive int, got 0"),
+    (lambda: crossent.nn.LinearCrossEntropyLoss(3, 6, out_features=(2, 0)), ValueError, r"out_features must be a tuple of positive ints, got \(2, 0\)"),
+]
+
+
+@pytest.mark.parametrize("route", [crossent.Backend.FUSED, None])  # None: the rule (torch first)
+@pytest.mark.parametrize("call, exc, pattern", LINEAR_ERRORS, ids=[f"linear{i}" for i in range(len(LINEAR_ERRORS))])
+def test_linear_bad_input_raises_a_clear_error(call, exc, pattern, route):
+    with crossent.use_backend(route) if route else contextlib.nullcontext():
+        with pytest.raises(exc, match=pattern):
+            call()
 
 
 def test_ignore_index_may_be_any_integer_including_a_valid_class():

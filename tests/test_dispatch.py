@@ -7,7 +7,6 @@ import torch
 
 import crossent
 from crossent import _dispatch
-from crossent.backends import torch_chunked
 
 
 @pytest.fixture(autouse=True)
@@ -20,30 +19,19 @@ def small_thresholds(monkeypatch):
 
 @pytest.fixture
 def paths(monkeypatch):
-    """Record which backend ran: torch's functional, crossent's fused kernels, or the reference."""
+    """Record which backend ran each call: every function of every backend module is wrapped."""
     seen = []
-    import crossent.functional as fn
-
-    class Spy:
-        def __getattr__(self, name):
-            real = getattr(torch.nn.functional, name)
-
-            def call(*a, **k):
-                seen.append("torch")
-                return real(*a, **k)
-            return call
-
-    monkeypatch.setattr(fn, "_torch_F", Spy())
-    for name in ("_torch_cross_entropy", "_torch_nll_loss", "_ce_kernel"):
-        real = getattr(fn, name)
-        monkeypatch.setattr(fn, name, lambda *a, _r=real, **k: (seen.append("torch"), _r(*a, **k))[1])
-    for name in ("cross_entropy", "nll_loss", "binary_cross_entropy"):
-        real = getattr(torch_chunked, name)
-        monkeypatch.setattr(torch_chunked, name, lambda *a, _r=real, **k: (seen.append("fused"), _r(*a, **k))[1])
-    for name in ("cross_entropy", "binary_cross_entropy_with_logits"):
-        real = getattr(fn.reference, name)
-        monkeypatch.setattr(fn.reference, name, lambda *a, _r=real, **k: (seen.append("reference"), _r(*a, **k))[1])
+    for b in crossent.Backend:
+        module = _dispatch.backend(b)
+        for name in dir(module):
+            if name in FAMILIES or (name.endswith("_unchecked") and name[: -len("_unchecked")] in FAMILIES):
+                real = getattr(module, name)
+                monkeypatch.setattr(module, name, lambda *a, _r=real, _b=b.value, **k: (seen.append(_b), _r(*a, **k))[1])
     return seen
+
+
+FAMILIES = {"cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+            "linear_cross_entropy"}
 
 
 def _x(n, c, grad=True):
@@ -126,3 +114,66 @@ def test_readme_lists_exactly_the_backends_that_exist():
     table = readme.split("### Which implementation runs", 1)[1].split("## Benchmarks", 1)[0]
     listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
     assert listed == {b.value for b in crossent.Backend}
+
+
+def test_every_backend_offers_the_whole_contract():
+    for b in crossent.Backend:
+        module = _dispatch.backend(b)
+        for name in FAMILIES:
+            assert callable(getattr(module, name)), (b, name)
+
+
+def test_torch_refusing_the_arguments_runs_the_checks_then_dispatches_again(paths):
+    """int32 class indices: torch refuses them, crossent's checks convert them, torch runs."""
+    x = _x(16, 10)
+    t = torch.randint(0, 10, (16,))
+    ours = crossent.cross_entropy(x, t.int())
+    assert len(paths) >= 2 and set(paths) == {"torch"}  # refused, then run with int64 targets
+    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(x, t))
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CPU out of memory"), KeyboardInterrupt(), AttributeError("bug")])
+def test_errors_that_are_not_about_the_arguments_propagate(monkeypatch, error):
+    from crossent.backends import torch_kernels
+
+    def fail(*a, **k):
+        raise error
+
+    for name in ("cross_entropy_unchecked", "nll_loss_unchecked", "binary_cross_entropy_with_logits_unchecked",
+                 "linear_cross_entropy_unchecked"):
+        monkeypatch.setattr(torch_kernels, name, fail)
+    x = _x(4, 5)
+    t = torch.randint(0, 5, (4,))
+    for call in (lambda: crossent.cross_entropy(x, t), lambda: crossent.nll_loss(x, t),
+                 lambda: crossent.binary_cross_entropy_with_logits(x, torch.rand(4, 5)),
+                 lambda: crossent.linear_cross_entropy(x, torch.randn(3, 5), t % 3)):
+        with pytest.raises(type(error)):
+            call()
+
+
+# ---------------------------------------------------------------- linear_cross_entropy
+
+
+def test_linear_small_problems_take_the_composition_and_large_ones_the_fused(paths, monkeypatch):
+    x = torch.randn(16, 8, requires_grad=True)
+    w = torch.randn(64, 8)
+    t = torch.randint(0, 64, (16,))
+    crossent.linear_cross_entropy(x, w, t)
+    crossent.linear_cross_entropy(x, w.unsqueeze(1), t.unsqueeze(1))  # K-dim: after the checks
+    assert set(paths) == {"torch"}
+    crossent.linear_cross_entropy(x, w, t, z_loss=1e-3)  # an option torch lacks: fused at any size
+    assert paths[-1] == "fused"
+    monkeypatch.setattr(_dispatch, "LINEAR_TORCH_MAX_LOGITS", 1000)  # 1024 logits: above it
+    crossent.linear_cross_entropy(x, w, t)
+    assert paths[-1] == "fused"
+
+
+def test_linear_never_falls_back_to_the_logits_silently(monkeypatch):
+    monkeypatch.setattr(_dispatch, "LINEAR_TORCH_MAX_LOGITS", 0)
+    x, w = torch.randn(4, 3), torch.randn(6, 3)
+    p = torch.rand(4, 6).softmax(-1).requires_grad_()
+    with pytest.raises(ValueError, match=r"target requires grad, .* crossent.use_backend\('reference'\)"):
+        crossent.linear_cross_entropy(x, w, p)
+    with crossent.use_backend("reference"):
+        crossent.linear_cross_entropy(x, w, p).backward()
+    assert p.grad is not None

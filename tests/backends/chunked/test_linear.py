@@ -18,7 +18,6 @@ import crossent
 from conftest import assert_close, assert_no_worse_than_torch
 from crossent._options import LossOptions
 from crossent.backends.chunked import linear
-
 from linear_helpers import class_weight, grad_output, grads, leaves, make, unfused
 
 LCE = crossent.linear_cross_entropy

@@ -66,7 +66,14 @@ import torch
 
 from ..._options import LossOptions
 from .. import _memory, autograd
-from ..common import compute_dtype, deterministic_sum, mean_denominator, output_dtype, reduce, safe_reciprocal
+from ..common import (
+    compute_dtype,
+    deterministic_sum,
+    mean_denominator,
+    output_dtype,
+    reduce,
+    safe_reciprocal,
+)
 from .kernel import ChunkTarget, ce_chunk
 
 # The chunk's buffers (logits, gradient, temporaries) may take 7/8 of the bytes of the float32
