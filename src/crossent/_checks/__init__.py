@@ -1,0 +1,47 @@
+"""Argument and input validation for every public loss: every error message of crossent lives here.
+
+Messages follow one pattern: ``"<function>: <argument> <what is wrong>, got <value>"``. Checks that
+only look at Python values and tensor metadata run on every call (they cost no device work). Checks
+that read tensor *values* (class-index targets in range, BCE probabilities in [0, 1]) need the data:
+on CPU they always run (a few microseconds); on an accelerator they force a device->host sync, so
+they run only when enabled with ``CROSSENT_CHECK_VALUES=1`` in the environment (read at call time)
+or ``crossent.check_values(True)``. Without them an out-of-range target on a GPU fails inside the
+kernel, as it does in PyTorch.
+
+Modules: `losses` (cross_entropy, nll_loss, the binary losses, shared options, autograd errors),
+`linear` (linear_cross_entropy and its module), `integrations` (the transformers integration);
+`_common` holds the pieces of the message pattern. Callers use the names re-exported here.
+"""
+
+from . import integrations
+from ._common import check_values
+from .linear import (
+    linear_chunking,
+    linear_module,
+    linear_no_fused_gradient,
+    linear_operands,
+    linear_targets,
+)
+from .losses import (
+    binary_pair,
+    broadcast_weight,
+    class_targets,
+    class_weight,
+    fused_gradient_consumed,
+    inplace_input,
+    is_prob_target,
+    logits_input,
+    loss_dtype,
+    loss_options,
+    prob_targets,
+    probabilities_in_unit_interval,
+    reduction,
+    unknown_backend,
+)
+
+__all__ = [
+    "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight",
+    "fused_gradient_consumed", "inplace_input", "is_prob_target", "linear_chunking", "linear_module",
+    "linear_no_fused_gradient", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
+    "loss_options", "prob_targets", "probabilities_in_unit_interval", "reduction", "unknown_backend",
+]

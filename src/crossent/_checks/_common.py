@@ -1,0 +1,55 @@
+"""Helpers of every check: the message pattern's pieces and the value-check switch."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+_value_checks_on_accelerators: bool | None = None  # None: follow the environment variable
+
+
+def check_values(enabled: bool | None) -> None:
+    """Turn value checks on accelerators on (True), off (False), or back to the environment (None)."""
+    global _value_checks_on_accelerators
+    _value_checks_on_accelerators = enabled
+
+
+def _values_checked(t: torch.Tensor) -> bool:
+    if t.device.type == "cpu":
+        return True
+    if _value_checks_on_accelerators is not None:
+        return _value_checks_on_accelerators
+    return os.environ.get("CROSSENT_CHECK_VALUES", "0") not in ("", "0", "false", "False")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
+
+
+def _tensor(fn: str, name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _floating(fn: str, name: str, t: torch.Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _same_device(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    if t.device != input.device:
+        raise ValueError(
+            f"{fn}: {name} is on {t.device} but input is on {input.device}; move both to one device"
+        )
+
+
+def _finite_number(fn: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: {name} must be finite, got {value}")
+    return value

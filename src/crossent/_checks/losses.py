@@ -1,0 +1,255 @@
+"""Checks of cross_entropy, nll_loss and the binary losses, and of the options they share."""
+
+from __future__ import annotations
+
+import torch
+
+from .._options import LossOptions
+from ._common import _finite_number, _floating, _same_device, _shape, _tensor, _values_checked
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+def reduction(fn: str, value: object) -> str:
+    if value not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be 'none', 'mean' or 'sum', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def loss_options(
+    fn: str,
+    *,
+    ignore_index: int = -100,
+    reduction_: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: float | None = None,
+    inplace_backward: bool = False,
+    soft: bool = False,
+    dtype: torch.dtype | None = None,
+    chunk_size: int | None = None,
+    allow_retain_graph: bool = False,
+) -> LossOptions:
+    """Check the scalar options of the cross-entropy family and pack them (soft, dtype,
+    chunk_size and allow_retain_graph come checked by `is_prob_target`/`linear_targets`,
+    `loss_dtype` and `linear_chunking`)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    reduction(fn, reduction_)
+    label_smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    z_loss = _finite_number(fn, "z_loss", z_loss)
+    if z_loss < 0.0:
+        raise ValueError(f"{fn}: z_loss must be >= 0, got {z_loss}")
+    if softcap is not None:
+        softcap = _finite_number(fn, "softcap", softcap)
+        if softcap <= 0.0:
+            raise ValueError(f"{fn}: softcap must be > 0 (or None), got {softcap}")
+    if normalizer is not None:
+        if isinstance(normalizer, torch.Tensor):
+            if normalizer.numel() != 1:
+                raise ValueError(
+                    f"{fn}: normalizer must be a number or a one-element tensor, "
+                    f"got a tensor of shape {_shape(normalizer)}"
+                )
+            normalizer = normalizer.item()
+        normalizer = _finite_number(fn, "normalizer", normalizer)
+        if normalizer <= 0.0:
+            raise ValueError(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
+    if not isinstance(inplace_backward, bool):
+        raise TypeError(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
+    return LossOptions(
+        ignore_index=ignore_index,
+        reduction=reduction_,  # type: ignore[arg-type]
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        normalizer=normalizer,
+        inplace_backward=inplace_backward,
+        soft=soft,
+        dtype=dtype,
+        chunk_size=chunk_size,
+        allow_retain_graph=allow_retain_graph,
+    )
+
+
+def class_targets(
+    fn: str, input: torch.Tensor, target: object, *, class_dim_size: int, ignore_index: int
+) -> torch.Tensor:
+    """Check class-index targets against input (N, C, d1..dk) or (C,); return them as int64.
+
+    Accepts int64 and uint8 (as torch does) and any other integer dtype (converted). Values must
+    lie in [0, C) or equal ignore_index.
+    """
+    target = _tensor(fn, "target", target)
+    _same_device(fn, "target", target, input)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        expected = "()" if input.dim() == 1 else _shape(input[:, 0]) if input.dim() > 1 else ""
+        raise TypeError(
+            f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
+            f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
+            f"target of the input's shape {_shape(input)}"
+        )
+    expected_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
+    if target.shape != expected_shape:
+        raise ValueError(
+            f"{fn}: target of class indices must have shape {tuple(expected_shape)} for input of "
+            f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if target.dtype != torch.int64:
+        target = target.long()
+    _class_index_range(fn, target, class_dim_size, ignore_index)
+    return target
+
+
+def _class_index_range(fn: str, target: torch.Tensor, class_dim_size: int, ignore_index: int) -> None:
+    """Every int64 class index lies in [0, C) or equals ignore_index (value check, see above)."""
+    if target.numel() and _values_checked(target):
+        lo, hi = torch.aminmax(target)
+        if lo.item() < 0 or hi.item() >= class_dim_size:
+            bad = (target != ignore_index) & ((target < 0) | (target >= class_dim_size))
+            if bool(bad.any()):
+                where = tuple(int(i) for i in bad.nonzero()[0])
+                value = int(target[where]) if where else int(target)
+                raise ValueError(
+                    f"{fn}: target contains {value} at index {where}, outside the classes "
+                    f"[0, {class_dim_size}) and not ignore_index={ignore_index}"
+                )
+
+
+def logits_input(fn: str, input: object) -> torch.Tensor:
+    input = _tensor(fn, "input", input)
+    _floating(fn, "input", input)
+    if input.dim() == 0:
+        raise ValueError(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
+    return input
+
+
+def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """Class-probability targets: a floating tensor of the input's shape; nothing to ignore."""
+    _same_device(fn, "target", target, input)
+    if ignore_index >= 0:
+        raise ValueError(
+            f"{fn}: ignore_index={ignore_index} cannot apply to class-probability targets "
+            f"(torch refuses it too); leave ignore_index at its default -100"
+        )
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{fn}: target of class probabilities must have the input's shape "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+
+
+def is_prob_target(input: torch.Tensor, target: object) -> bool:
+    """torch's rule: a floating target of the input's shape holds class probabilities."""
+    return isinstance(target, torch.Tensor) and target.is_floating_point() and target.shape == input.shape
+
+
+def class_weight(
+    fn: str, weight: object, input: torch.Tensor, num_classes: int, name: str = "weight"
+) -> torch.Tensor | None:
+    if weight is None:
+        return None
+    weight = _tensor(fn, name, weight)
+    _floating(fn, name, weight)
+    _same_device(fn, name, weight, input)
+    if weight.dim() != 1 or weight.shape[0] != num_classes:
+        raise ValueError(
+            f"{fn}: {name} must be a 1-D tensor with one entry per class ({num_classes}), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if weight.dtype != input.dtype:  # torch: "expected scalar type ... but found ..."
+        raise TypeError(
+            f"{fn}: {name} has dtype {weight.dtype} but input has dtype {input.dtype}; torch "
+            f"requires one dtype: pass {name}.to({input.dtype})"
+        )
+    return weight
+
+
+def inplace_input(fn: str, input: torch.Tensor) -> None:
+    """The gradient can only be written into storage where every element has its own address."""
+    if any(st == 0 and sz > 1 for st, sz in zip(input.stride(), input.shape)):
+        raise ValueError(
+            f"{fn}: inplace_backward=True needs an input whose elements do not share memory "
+            f"(got an expanded tensor with strides {input.stride()}); pass input.contiguous()"
+        )
+
+
+def binary_pair(fn: str, input: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+    input = _tensor(fn, "input", input)
+    target = _tensor(fn, "target", target)
+    _floating(fn, "input", input)
+    _same_device(fn, "target", target, input)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{fn}: target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if not target.is_floating_point():
+        raise TypeError(
+            f"{fn}: target must be a floating-point tensor of 0/1 labels or probabilities, "
+            f"got {target.dtype}; use target.float()"
+        )
+    return input, target
+
+
+def broadcast_weight(fn: str, name: str, weight: object, input: torch.Tensor) -> torch.Tensor | None:
+    """BCE weight / pos_weight: must broadcast to the input's shape."""
+    if weight is None:
+        return None
+    weight = _tensor(fn, name, weight)
+    _floating(fn, name, weight)
+    _same_device(fn, name, weight, input)
+    try:
+        shape = torch.broadcast_shapes(weight.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        hint = " (pos_weight holds one entry per class: the input's last dimension)" if name == "pos_weight" else ""
+        raise ValueError(
+            f"{fn}: {name} of shape {tuple(weight.shape)} does not broadcast to the input's shape "
+            f"{tuple(input.shape)}{hint}"
+        )
+    return weight
+
+
+def probabilities_in_unit_interval(fn: str, input: torch.Tensor) -> None:
+    if input.numel() and _values_checked(input):
+        lo, hi = torch.aminmax(input.detach())
+        if not (lo.item() >= 0.0 and hi.item() <= 1.0):  # also catches NaN
+            bad = ~((input >= 0) & (input <= 1))
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            value = float(input[where]) if where else float(input)
+            raise ValueError(
+                f"{fn}: input must hold probabilities in [0, 1], got {value} at index {where}; "
+                f"for raw scores use binary_cross_entropy_with_logits"
+            )
+
+
+def loss_dtype(fn: str, dtype: object, input: torch.Tensor) -> torch.dtype | None:
+    """The dtype= extension: None (the input's dtype, as torch), the input's dtype, or float32 for a
+    16-bit input (the loss of ``input.float()``, computed without that copy)."""
+    if dtype is None or dtype == input.dtype:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{fn}: dtype must be a torch.dtype or None, got {dtype!r}")
+    if dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    raise ValueError(
+        f"{fn}: dtype={dtype} with a {input.dtype} input; dtype may be None, the input's dtype, "
+        "or torch.float32 for a float16/bfloat16 input"
+    )
+
+
+def unknown_backend(where: str, name: object, names: list[str]) -> None:
+    listed = ", ".join(repr(n) for n in names)
+    raise ValueError(f"{where}: backend must be one of {listed}, got {name!r}") from None
+
+
+def fused_gradient_consumed(fn: str) -> None:
+    """A fused loss computed its gradients once; a second backward through it has none to give."""
+    raise RuntimeError(
+        f"crossent.{fn}: the fused gradient of this loss was already handed to a previous "
+        f"backward(); backward through the same loss twice (retain_graph=True) is not supported "
+        f"by the fused path: compute the loss again for a second backward"
+    )
