@@ -436,3 +436,31 @@ def test_reference_uses_only_elementary_ops():
         for alias in node.names
     }
     assert not used & BANNED
+
+
+@pytest.mark.parametrize("heads", [(), (3,), (2, 2)], ids=["plain", "k1", "k2"])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_cross_entropy_is_the_linear_layer_then_cross_entropy(heads, soft, reduction):
+    """The executable contract: F.linear on the flattened heads, logits (N, C, *heads), then
+    torch's cross_entropy; normalizer divides the sum."""
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((heads, soft, reduction)).encode()))
+    n, d, c = 6, 4, 5
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(c, *heads, d, generator=gen, dtype=torch.float64)
+    b = torch.randn(c, *heads, generator=gen, dtype=torch.float64)
+    cw = torch.rand(c, generator=gen, dtype=torch.float64) + 0.5
+    if soft:
+        t = torch.randn(n, c, *heads, generator=gen, dtype=torch.float64).softmax(1)
+    else:
+        t = torch.randint(0, c, (n, *heads), generator=gen)
+    logits = torch.nn.functional.linear(x, w.reshape(-1, d), b.reshape(-1)).reshape(n, c, *heads)
+    kw = dict(reduction=reduction, label_smoothing=0.1)
+    got = ref.linear_cross_entropy(x, w, t, b, cw, **kw)
+    torch.testing.assert_close(got, F.cross_entropy(logits, t, cw, **kw), rtol=1e-12, atol=1e-12)
+    if reduction == "mean":
+        total = F.cross_entropy(logits, t, cw, reduction="sum", label_smoothing=0.1)
+        torch.testing.assert_close(ref.linear_cross_entropy(x, w, t, b, cw, normalizer=7.0, label_smoothing=0.1),
+                                   total / 7.0, rtol=1e-12, atol=1e-12)
+    assert ref.linear_cross_entropy(x[0], w.reshape(c, -1, d)[:, 0], t.reshape(n, -1)[0, 0] if not soft else
+                                    t.reshape(n, c, -1)[0, :, 0]).shape == ()
