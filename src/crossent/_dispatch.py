@@ -16,8 +16,9 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the fu
      call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2); except that
      a forced 'torch' runs only where torch has the options (else the rule continues at 3), and a
      forced 'fused' never drops a gradient it cannot give (rule 3 applies first);
-  2. torch, when every tensor is a plain CPU tensor, no crossent-only option is on (z_loss,
-     softcap, inplace_backward, normalizer, chunk_size; dtype=float32 is done by a cast) and the
+  2. torch, when the input is on the CPU (for linear_cross_entropy: every tensor, 2-D input),
+     no option torch lacks is on (z_loss, softcap, inplace_backward, chunk_size or chunking
+     options; a normalizer divides torch's sum, dtype=float32 casts the small input) and the
      input's numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no gradient will be
      needed; BINARY_TORCH_MAX_NUMEL for the binary losses; for linear_cross_entropy, N * V logits
      at most LINEAR_TORCH_MAX_LOGITS). The thresholds are the crossovers measured by
