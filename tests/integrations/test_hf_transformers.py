@@ -393,6 +393,33 @@ def test_unknown_logit_post_processing_raises_instead_of_being_dropped():
         model(**_batch())
 
 
+def test_compute_loss_func_on_a_patched_models_outputs_says_use_one_of_them():
+    """A patched model in training returns a ModelOutput without a "logits" key (not a KeyError)."""
+    model = hf.patch(_tiny("llama"))
+    out = model(**_batch())
+    with pytest.raises(ValueError, match="outputs have no logits .* use patch\\(\\) or compute_loss_func, not both"):
+        hf.compute_loss_func(out, _batch()["labels"])
+
+
+def test_the_integration_raises_only_through_crossent_checks():
+    """Every message lives in crossent._checks.integrations: no raise statement in the package."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(hf.__file__).parent.parent  # src/crossent/integrations
+    raises = [f"{path.name}:{node.lineno}" for path in sorted(root.rglob("*.py"))
+              for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Raise)]
+    assert raises == []
+
+
+def test_import_without_transformers_says_how_to_install_it():
+    code = ("import sys; sys.modules['transformers'] = None\n"  # `import transformers` fails
+            "import crossent.integrations.transformers")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "ImportError: crossent.integrations.transformers needs transformers>=4.46: pip install 'crossent[hf]'" in proc.stderr
+
+
 def test_bad_config_value_named():
     model = _tiny("gemma2")
     model.config.final_logit_softcapping = -1.0

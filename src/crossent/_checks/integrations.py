@@ -1,3 +1,213 @@
-"""Checks of the Hugging Face transformers integration (crossent.integrations.transformers)."""
+"""Checks of the Hugging Face transformers integration (crossent.integrations.transformers).
+
+Nothing here imports transformers (crossent itself does not need it): where a check needs one of
+its classes, the integration passes it in. ``fn`` names the public function the user called;
+errors found while a patched forward runs name ``"crossent patch"``.
+"""
 
 from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+PATCHED = "crossent patch"  # the `fn` of errors raised inside a patched forward
+
+
+def transformers_missing(exc: ImportError) -> NoReturn:
+    """Raised when crossent.integrations.transformers is imported without transformers."""
+    raise ImportError(
+        "crossent.integrations.transformers needs transformers>=4.46: "
+        "pip install 'crossent[hf]'"
+    ) from exc
+
+
+# ---------------------------------------------------------------- the plain loss
+
+
+def logits_tensor(fn: str, logits: object) -> torch.Tensor:
+    if not torch.is_tensor(logits):
+        raise TypeError(f"{fn}: logits must be a tensor, got {type(logits).__name__}")
+    return logits
+
+
+def vocab_size(fn: str, vocab_size: int | None, logits: torch.Tensor) -> int:
+    """The logits' last dimension V, which a given vocab_size must equal."""
+    vocab = logits.shape[-1] if logits.dim() else 0
+    if vocab_size is not None and vocab_size != vocab:
+        raise ValueError(
+            f"{fn}: vocab_size={vocab_size} does not match the logits' last dimension "
+            f"{vocab} (logits of shape {tuple(logits.shape)})"
+        )
+    return vocab
+
+
+def labels_given(fn: str, labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> None:
+    if labels is None and shift_labels is None:
+        raise ValueError(f"{fn}: labels and shift_labels are both None; give one")
+
+
+def token_counts(
+    fn: str, logits: torch.Tensor, shift_labels: torch.Tensor, rows: int, targets: int
+) -> None:
+    """One target per row of the flattened (B*T, V) logits."""
+    if rows != targets:
+        raise ValueError(
+            f"{fn}: logits of shape {tuple(logits.shape)} and labels of shape "
+            f"{tuple(shift_labels.shape)} hold different numbers of tokens"
+        )
+
+
+def num_items_in_batch(fn: str, value: Any) -> torch.Tensor | int | float | None:
+    """Trainer's token count for gradient accumulation: None, a number or a one-element tensor."""
+    if value is None:
+        return None
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{fn}: num_items_in_batch must be a number or a one-element tensor, "
+                f"got a tensor of shape {tuple(value.shape)}"
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{fn}: num_items_in_batch must be a number or a one-element tensor, got {value!r}"
+        )
+    return value
+
+
+def outputs_logits(fn: str, outputs: Any, logits: torch.Tensor | None) -> torch.Tensor:
+    """The logits read from a model's outputs; a patched model in training returns none."""
+    if logits is None:
+        raise ValueError(
+            f"{fn}: the model's outputs have no logits (got "
+            f"{type(outputs).__name__}); a patched model returns none in training: use "
+            "patch() or compute_loss_func, not both"
+        )
+    return logits
+
+
+# ---------------------------------------------------------------- patch / unpatch (patch time)
+
+
+def pretrained_model(fn: str, model: object, base: type) -> None:
+    """base: transformers.PreTrainedModel (passed in: this module does not import transformers)."""
+    if not isinstance(model, base):
+        raise TypeError(
+            f"{fn}: model must be a transformers PreTrainedModel, got {type(model).__name__}"
+        )
+
+
+def not_a_causal_lm(fn: str, model: nn.Module) -> NoReturn:
+    raise ValueError(
+        f"{fn}: model must be a causal language model (a *ForCausalLM class), got "
+        f"{type(model).__name__}"
+    )
+
+
+def already_patched(fn: str, model: nn.Module) -> NoReturn:
+    raise ValueError(f"{fn}: {type(model).__name__} is already patched")
+
+
+def not_patched(fn: str, model: nn.Module) -> NoReturn:
+    raise ValueError(f"{fn}: {type(model).__name__} is not patched")
+
+
+def plain_linear_head(fn: str, model: nn.Module, head: object) -> nn.Linear:
+    """A subclass with its own forward (quantised, LoRA, scaled) would be bypassed by the fused
+    loss."""
+    if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
+        raise ValueError(
+            f"{fn}: {type(model).__name__}'s output embedding must be a plain nn.Linear, got "
+            f"{type(head).__name__}; crossent's fused loss would bypass its forward"
+        )
+    return head
+
+
+def head_name(fn: str, model: nn.Module, name: str | None) -> str:
+    """The output embedding's attribute name among the model's children (None: not a child)."""
+    if name is None:
+        raise ValueError(
+            f"{fn}: {type(model).__name__}'s output embedding is not a direct child of the model"
+        )
+    return name
+
+
+def chunk_size(fn: str, value: object) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {value!r}")
+    return value
+
+
+def config_number(fn: str, config: Any, name: str) -> float | None:
+    """config.<name> (a logit scale or softcap): absent/None, or a positive finite number."""
+    value = getattr(config, name, None)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or value <= 0
+    ):
+        raise ValueError(
+            f"{fn}: config.{name} must be a positive finite number or None, got {value!r}"
+        )
+    return float(value)
+
+
+def forward_takes_labels(fn: str, model: nn.Module, signature: inspect.Signature) -> None:
+    if "labels" not in signature.parameters:
+        raise ValueError(f"{fn}: {type(model).__name__}.forward takes no labels argument")
+
+
+# ---------------------------------------------------------------- inside a patched forward
+
+
+def captured_hidden(model: nn.Module, name: str, hidden: torch.Tensor | None) -> torch.Tensor:
+    """The hidden states the stand-in head recorded: None if the forward never called the head."""
+    if hidden is None:
+        raise RuntimeError(
+            f"{PATCHED}: {type(model).__name__}'s forward did not call its output "
+            f"embedding {name!r}; unpatch the model"
+        )
+    return hidden
+
+
+def logit_probe(
+    model: nn.Module, probe: tuple[float, ...], got: torch.Tensor | None, expected: torch.Tensor,
+    scale: float, softcap: float | None,
+) -> None:
+    """The probe logits as the model's forward returned them (None: no such tensor came back) must
+    equal ``expected``, the probe after the (scale, softcap) that patch read from the config."""
+    if got is None or not torch.allclose(got, expected, rtol=1e-2, atol=1e-2):
+        raise RuntimeError(
+            f"{PATCHED}: {type(model).__name__} transforms its logits in a way patch does "
+            f"not know (probe {list(probe)} came back as "
+            f"{None if got is None else got.tolist()}, expected {expected.tolist()} from "
+            f"scale={scale}, softcap={softcap}); unpatch the model"
+        )
+
+
+def kept_targets(
+    model: nn.Module, shift_labels: torch.Tensor, sliced: torch.Tensor, kept: torch.Size
+) -> torch.Tensor:
+    """The shifted labels at the positions whose logits the model computes (logits_to_keep)."""
+    if sliced.shape != kept:
+        raise ValueError(
+            f"{PATCHED}: labels of shape {tuple(shift_labels.shape)} (shifted) do not match "
+            f"the {tuple(kept)} positions whose logits {type(model).__name__} computes"
+        )
+    return sliced
+
+
+def router_aux_loss_coef(model: nn.Module) -> float:
+    """transformers adds coef * aux_loss to a mixture-of-experts model's loss when given labels."""
+    coef = getattr(model.config, "router_aux_loss_coef", None)
+    if coef is None:
+        raise RuntimeError(
+            f"{PATCHED}: {type(model).__name__} returned aux_loss but its config has no "
+            "router_aux_loss_coef; unpatch the model"
+        )
+    return coef

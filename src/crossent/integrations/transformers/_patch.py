@@ -1,15 +1,4 @@
-"""Hugging Face transformers: crossent's loss for causal language models, through public seams only.
-
-Two ways in (extra ``crossent[hf]``, transformers>=4.46):
-
-* ``causal_lm_loss`` -- a drop-in for transformers' ``ForCausalLMLoss``, set with the public hook
-  ``model.loss_function = causal_lm_loss``; ``compute_loss_func`` is the same loss with the
-  signature of ``Trainer(compute_loss_func=...)``. The model still builds its logits; the loss
-  reads them without the float32 copy transformers makes of them.
-* ``patch(model)`` / ``unpatch(model)`` -- in training, with labels, the logits are never built:
-  the decoder's last hidden states and the output embedding's weight and bias go straight into
-  ``crossent.linear_cross_entropy``. One generic code path for every ``*ForCausalLM`` model; no
-  model's forward is copied.
+"""``patch`` / ``unpatch``: the fused loss for every ``*ForCausalLM``, the logits never built.
 
 How ``patch`` works (and why it keeps distributed parameter gathering working)
 ------------------------------------------------------------------------------
@@ -41,141 +30,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import types
-from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+import transformers
 from torch import nn
+from transformers.modeling_outputs import ModelOutput
 
-from .. import functional as _functional
+from ... import functional as _functional
+from ..._checks import integrations as _checks
+from ._common import IGNORE_INDEX, loss_dtype, normalizer, shifted_labels
 
-try:
-    import transformers
-    from transformers.modeling_outputs import ModelOutput
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "crossent.integrations.transformers needs transformers>=4.46: "
-        "pip install 'crossent[hf]'"
-    ) from exc
-
-__all__ = ["causal_lm_loss", "compute_loss_func", "is_patched", "patch", "unpatch"]
-
-IGNORE_INDEX = -100  # transformers' default in ForCausalLMLoss
 _STATE = "_crossent_patch"  # instance attribute holding what unpatch needs
-
-
-# ---------------------------------------------------------------- the plain loss
-
-
-def _shift_labels(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    # (B, T) -> (B, T): position t is trained to predict token t+1; the last predicts nothing.
-    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-
-
-def _loss_dtype(t: torch.Tensor) -> torch.dtype | None:
-    # transformers returns a float32 loss for 16-bit logits (it computes on logits.float());
-    # crossent's dtype=torch.float32 returns that loss unrounded, without the float32 copy.
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
-
-
-def _normalizer(fn: str, num_items_in_batch: Any, device: torch.device):
-    if num_items_in_batch is None:
-        return None
-    if torch.is_tensor(num_items_in_batch):
-        if num_items_in_batch.numel() != 1:
-            raise ValueError(
-                f"{fn}: num_items_in_batch must be a number or a one-element tensor, "
-                f"got a tensor of shape {tuple(num_items_in_batch.shape)}"
-            )
-        return num_items_in_batch.to(device)
-    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float)):
-        raise ValueError(
-            f"{fn}: num_items_in_batch must be a number or a one-element tensor, "
-            f"got {num_items_in_batch!r}"
-        )
-    return num_items_in_batch
-
-
-def causal_lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor | None,
-    vocab_size: int | None = None,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = IGNORE_INDEX,
-    shift_labels: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """transformers' ``ForCausalLMLoss``, computed by ``crossent.cross_entropy``.
-
-    Same signature as ``transformers.loss.loss_utils.ForCausalLMLoss`` (``vocab_size`` may be
-    omitted: it is then ``logits.shape[-1]``), so ``model.loss_function = causal_lm_loss`` works
-    for every causal LM (in transformers versions whose ``loss_function`` property has a setter;
-    4.46 has none: use ``compute_loss_func`` or ``patch`` there). Equivalent to::
-
-        shift_labels = pad(labels, (0, 1), value=ignore_index)[..., 1:]   # unless given
-        loss = cross_entropy(logits.float().view(-1, V), shift_labels.view(-1),
-                             ignore_index=ignore_index,
-                             reduction="mean" if num_items_in_batch is None else "sum")
-        if num_items_in_batch is not None: loss = loss / num_items_in_batch
-
-    but without ``logits.float()``: 16-bit logits are read in place (crossent computes them in
-    float32 chunk by chunk, ``dtype=torch.float32``), and the loss is returned in float32, not
-    rounded to 16 bits, as transformers returns it.
-    Other keyword arguments (the model's forward passes its own through) are ignored, as
-    transformers ignores them.
-    """
-    fn = "causal_lm_loss"
-    if not torch.is_tensor(logits):
-        raise TypeError(f"{fn}: logits must be a tensor, got {type(logits).__name__}")
-    vocab = logits.shape[-1] if logits.dim() else 0
-    if vocab_size is not None and vocab_size != vocab:
-        raise ValueError(
-            f"{fn}: vocab_size={vocab_size} does not match the logits' last dimension "
-            f"{vocab} (logits of shape {tuple(logits.shape)})"
-        )
-    if shift_labels is None:
-        if labels is None:
-            raise ValueError(f"{fn}: labels and shift_labels are both None; give one")
-        shift_labels = _shift_labels(labels, ignore_index)
-    target = shift_labels.reshape(-1).to(logits.device)  # (B*T,)
-    flat = logits.reshape(-1, vocab)  # (B*T, V): a view for contiguous logits
-    if flat.shape[0] != target.shape[0]:
-        raise ValueError(
-            f"{fn}: logits of shape {tuple(logits.shape)} and labels of shape "
-            f"{tuple(shift_labels.shape)} hold different numbers of tokens"
-        )
-    norm = _normalizer(fn, num_items_in_batch, logits.device)
-    dtype = _loss_dtype(logits)
-    if norm is None:
-        return _functional.cross_entropy(flat, target, ignore_index=ignore_index, dtype=dtype)
-    loss = _functional.cross_entropy(
-        flat, target, ignore_index=ignore_index, reduction="sum", dtype=dtype
-    )
-    return loss / norm
-
-
-def compute_loss_func(
-    outputs: Any, labels: torch.Tensor | None, num_items_in_batch: torch.Tensor | int | None = None
-) -> torch.Tensor:
-    """``causal_lm_loss`` with the signature of ``Trainer(compute_loss_func=...)``.
-
-    The Trainer takes ``labels`` out of the inputs before the forward (so the model returns logits
-    and no loss) and calls this with the model's outputs.
-    """
-    logits = outputs["logits"] if isinstance(outputs, Mapping) else getattr(outputs, "logits", None)
-    if logits is None:
-        raise ValueError(
-            "compute_loss_func: the model's outputs have no logits (got "
-            f"{type(outputs).__name__}); a patched model returns none in training: use "
-            "patch() or compute_loss_func, not both"
-        )
-    return causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
-
-
-# ---------------------------------------------------------------- patch / unpatch
 
 
 @dataclasses.dataclass
@@ -216,27 +83,16 @@ def _is_causal_lm(model: nn.Module) -> bool:
     return name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def _config_number(fn: str, config: Any, name: str) -> float | None:
-    value = getattr(config, name, None)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{fn}: config.{name} must be a positive finite number or None, got {value!r}"
-        )
-    return float(value)
-
-
 def _logit_transform(fn: str, config: Any) -> tuple[float, float | None]:
     """(scale, softcap) from the config: logits = softcap * tanh(scale * (hW^T + b) / softcap)."""
     scale = 1.0
-    logit_scale = _config_number(fn, config, "logit_scale")  # Cohere: logits * logit_scale
+    logit_scale = _checks.config_number(fn, config, "logit_scale")  # Cohere: logits * logit_scale
     if logit_scale is not None:
         scale *= logit_scale
-    logits_scaling = _config_number(fn, config, "logits_scaling")  # Granite: logits / scaling
+    logits_scaling = _checks.config_number(fn, config, "logits_scaling")  # Granite: logits / it
     if logits_scaling is not None:
         scale /= logits_scaling
-    softcap = _config_number(fn, config, "final_logit_softcapping")  # Gemma 2 and 3
+    softcap = _checks.config_number(fn, config, "final_logit_softcapping")  # Gemma 2 and 3
     return scale, softcap
 
 
@@ -265,39 +121,25 @@ def patch(model: nn.Module, *, chunk_size: int | None = None) -> nn.Module:
     ``model.loss_function`` is not used by the patched path.
     Returns ``model`` (patched in place); ``unpatch(model)`` restores it exactly.
 
-    See the module docstring for how the head's hooks (FSDP, DeepSpeed ZeRO-3) keep firing.
+    How the head's hooks (FSDP, DeepSpeed ZeRO-3) keep firing: the docstring of
+    ``crossent.integrations.transformers._patch``, the module that defines ``patch``.
     """
     fn = "patch"
-    if not isinstance(model, transformers.PreTrainedModel):
-        raise TypeError(
-            f"{fn}: model must be a transformers PreTrainedModel, got {type(model).__name__}"
-        )
+    _checks.pretrained_model(fn, model, transformers.PreTrainedModel)
     if not _is_causal_lm(model):
-        raise ValueError(
-            f"{fn}: model must be a causal language model (a *ForCausalLM class), got "
-            f"{type(model).__name__}"
-        )
+        _checks.not_a_causal_lm(fn, model)
     if is_patched(model):
-        raise ValueError(f"{fn}: {type(model).__name__} is already patched")
-    head = model.get_output_embeddings()
-    if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
-        raise ValueError(
-            f"{fn}: {type(model).__name__}'s output embedding must be a plain nn.Linear, got "
-            f"{type(head).__name__}; crossent's fused loss would bypass its forward"
-        )
-    head_name = next((n for n, m in model.named_children() if m is head), None)
-    if head_name is None:
-        raise ValueError(
-            f"{fn}: {type(model).__name__}'s output embedding is not a direct child of the model"
-        )
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}")
+        _checks.already_patched(fn, model)
+    head = _checks.plain_linear_head(fn, model, model.get_output_embeddings())
+    head_name = _checks.head_name(
+        fn, model, next((n for n, m in model.named_children() if m is head), None)
+    )
+    chunk_size = _checks.chunk_size(fn, chunk_size)
     scale, softcap = _logit_transform(fn, model.config)
     previous = vars(model).get("forward")
     original = model.forward
     signature = inspect.signature(original)
-    if "labels" not in signature.parameters:
-        raise ValueError(f"{fn}: {type(model).__name__}.forward takes no labels argument")
+    _checks.forward_takes_labels(fn, model, signature)
 
     state = _PatchState(head_name, head, previous, signature, scale, softcap, chunk_size)
     vars(model)[_STATE] = state
@@ -318,7 +160,7 @@ def patch(model: nn.Module, *, chunk_size: int | None = None) -> nn.Module:
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo ``patch(model)``: the model is left exactly as before (its own forward back)."""
     if not is_patched(model):
-        raise ValueError(f"unpatch: {type(model).__name__} is not patched")
+        _checks.not_patched("unpatch", model)
     state: _PatchState = vars(model).pop(_STATE)
     if state.previous_forward is None:
         del vars(model)["forward"]
@@ -358,34 +200,24 @@ def _patched_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
         out = original(*bound.args, **bound.kwargs)
     finally:
         model._modules[state.head_name] = head_module
-    hidden = capture.hidden  # (B, T', D), after the model's logits_to_keep slicing
-    if hidden is None:
-        raise RuntimeError(
-            f"crossent patch: {type(model).__name__}'s forward did not call its output "
-            f"embedding {state.head_name!r}; unpatch the model"
-        )
+    # (B, T', D), after the model's logits_to_keep slicing
+    hidden = _checks.captured_hidden(model, state.head_name, capture.hidden)
     is_output = isinstance(out, ModelOutput)
     logits = out.get("logits") if is_output else out[0]
     _check_probe(model, state, logits)
 
     # 2. Targets aligned with the kept positions.
     if shift_labels is None:
-        shift_labels = _shift_labels(labels, IGNORE_INDEX)
+        shift_labels = shifted_labels(labels, IGNORE_INDEX)
     target = _kept_targets(model, bound, shift_labels.to(hidden.device), hidden)  # (B, T')
-    norm = _normalizer("crossent patch", num_items_in_batch, hidden.device)
+    norm = normalizer(_checks.PATCHED, num_items_in_batch, hidden.device)
 
     # 3. The loss, inside a call of the head module so that its hooks fire around it.
     loss = _head_loss(head_module, state, hidden, target, norm)
 
     aux = out.get("aux_loss") if is_output else None
     if aux is not None:  # mixture of experts: transformers adds coef * aux_loss when labels given
-        coef = getattr(model.config, "router_aux_loss_coef", None)
-        if coef is None:
-            raise RuntimeError(
-                f"crossent patch: {type(model).__name__} returned aux_loss but its config has no "
-                "router_aux_loss_coef; unpatch the model"
-            )
-        loss = loss + coef * aux.to(loss.device)
+        loss = loss + _checks.router_aux_loss_coef(model) * aux.to(loss.device)
 
     if is_output:
         fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
@@ -402,13 +234,7 @@ def _check_probe(model: nn.Module, state: _PatchState, logits: Any) -> None:
     got = None
     if torch.is_tensor(logits) and logits.shape[-1:] == probe.shape and logits.numel():
         got = logits.reshape(-1, probe.numel())[0].detach().to("cpu", torch.float64)
-    if got is None or not torch.allclose(got, expected, rtol=1e-2, atol=1e-2):
-        raise RuntimeError(
-            f"crossent patch: {type(model).__name__} transforms its logits in a way patch does "
-            f"not know (probe {list(_Capture.PROBE)} came back as "
-            f"{None if got is None else got.tolist()}, expected {expected.tolist()} from "
-            f"scale={state.scale}, softcap={state.softcap}); unpatch the model"
-        )
+    _checks.logit_probe(model, _Capture.PROBE, got, expected, state.scale, state.softcap)
 
 
 def _kept_targets(model, bound, shift_labels: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -423,12 +249,7 @@ def _kept_targets(model, bound, shift_labels: torch.Tensor, hidden: torch.Tensor
         sliced = shift_labels[..., keep.to(shift_labels.device)]
     else:
         sliced = shift_labels
-    if sliced.shape != kept:
-        raise ValueError(
-            f"crossent patch: labels of shape {tuple(shift_labels.shape)} (shifted) do not match "
-            f"the {tuple(kept)} positions whose logits {type(model).__name__} computes"
-        )
-    return sliced
+    return _checks.kept_targets(model, shift_labels, sliced, kept)
 
 
 def _head_loss(head_module: nn.Module, state: _PatchState, hidden, target, norm) -> torch.Tensor:
@@ -443,7 +264,7 @@ def _head_loss(head_module: nn.Module, state: _PatchState, hidden, target, norm)
         return _functional.linear_cross_entropy(
             h.reshape(-1, h.shape[-1]), weight, target.reshape(-1), linear_bias=bias,
             ignore_index=IGNORE_INDEX, reduction="mean", softcap=softcap, normalizer=norm,
-            chunk_size=chunk_size, dtype=_loss_dtype(h),
+            chunk_size=chunk_size, dtype=loss_dtype(h),
         )
 
     previous = vars(head).get("forward")

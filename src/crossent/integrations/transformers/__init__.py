@@ -1,0 +1,33 @@
+"""Hugging Face transformers: crossent's loss for causal language models, through public seams only.
+
+Two ways in (extra ``crossent[hf]``, transformers>=4.46):
+
+* ``causal_lm_loss`` -- a drop-in for transformers' ``ForCausalLMLoss``, set with the public hook
+  ``model.loss_function = causal_lm_loss``; ``compute_loss_func`` is the same loss with the
+  signature of ``Trainer(compute_loss_func=...)``. The model still builds its logits; the loss
+  reads them without the float32 copy transformers makes of them.
+* ``patch(model)`` / ``unpatch(model)`` -- in training, with labels, the logits are never built:
+  the decoder's last hidden states and the output embedding's weight and bias go straight into
+  ``crossent.linear_cross_entropy``. One generic code path for every ``*ForCausalLM`` model; no
+  model's forward is copied.
+
+Modules: ``_loss`` (the two drop-ins), ``_patch`` (``patch`` / ``unpatch``; its docstring says how
+the patch works and why FSDP's and ZeRO-3's parameter gathering keeps working), ``_common`` (what
+both share: label shifting, the loss dtype, ``num_items_in_batch``). Their error messages live in
+``crossent._checks.integrations``.
+"""
+
+from __future__ import annotations
+
+from ..._checks import integrations as _checks
+
+try:  # first, so that a missing transformers fails here, at import, with the remedy
+    import transformers.modeling_outputs  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    _checks.transformers_missing(exc)
+
+from ._common import IGNORE_INDEX as IGNORE_INDEX  # noqa: E402  (as before the split)
+from ._loss import causal_lm_loss, compute_loss_func  # noqa: E402
+from ._patch import is_patched, patch, unpatch  # noqa: E402
+
+__all__ = ["causal_lm_loss", "compute_loss_func", "is_patched", "patch", "unpatch"]
