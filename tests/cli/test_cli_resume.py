@@ -11,7 +11,7 @@ import torch
 from cli_helpers import run
 from safetensors.torch import load_file
 
-from crossent.cli import train as train_mod
+from crossent.cli import training
 
 ARGS = [
     "--data",
@@ -61,7 +61,7 @@ def test_stop_after_epochs_then_resume_equals_uninterrupted(tmp_path, uninterrup
 
 
 def test_keyboard_interrupt_mid_epoch_then_resume(tmp_path, uninterrupted, monkeypatch):
-    real = train_mod.make_optimizer
+    real = training.make_optimizer
 
     def interrupted_after_10_steps(*args, **kwargs):
         opt = real(*args, **kwargs)
@@ -77,11 +77,11 @@ def test_keyboard_interrupt_mid_epoch_then_resume(tmp_path, uninterrupted, monke
         return opt
 
     out = tmp_path / "run"
-    monkeypatch.setattr(train_mod, "make_optimizer", interrupted_after_10_steps)
+    monkeypatch.setattr(training, "make_optimizer", interrupted_after_10_steps)
     res = run("train", *ARGS, "--out", out, expect=130)
     assert "checkpoint (epoch 2)" in res.stderr and "--resume" in res.stderr
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
-    monkeypatch.setattr(train_mod, "make_optimizer", real)
+    monkeypatch.setattr(training, "make_optimizer", real)
     run("train", *ARGS, "--out", out, "--resume")
     assert_same_run(out, uninterrupted)
 

@@ -8,95 +8,22 @@ Resuming: the checkpoint holds the model, the optimizer state and the shuffling 
 so a run stopped after k epochs and resumed computes exactly what an uninterrupted run computes
 (tests/cli check the final probabilities are equal). The checkpoint also records a fingerprint of
 the data and options; --resume with different ones is refused rather than silently mixed.
+
+This module is the command: its options and the flow above. The parsing of --hidden,
+--class-weight and --features is in `train_options`, the epochs in `training`.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from . import training
 from ._errors import CliError
 from .data import DATA_HELP
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-def _csv_list(text: str | None) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else []
-
-
-def _parse_hidden(text: str) -> list[int]:
-    try:
-        widths = [int(t) for t in _csv_list(text)]
-    except ValueError:
-        widths = []
-    if not widths or any(w <= 0 for w in widths):
-        raise CliError(
-            f"--hidden {text!r} is not a list of positive widths; write e.g. 64 or 128,64"
-        )
-    return widths
-
-
-def parse_class_weights(text: str | None, classes: Sequence[str], y: Any) -> list[float] | None:
-    """'balanced' (sklearn's n / (k * n_c)), '1,3' in class order, or 'name=w,...' (others 1)."""
-    if not text:
-        return None
-    if text.strip() == "balanced":
-        import numpy as np
-        from sklearn.utils.class_weight import compute_class_weight
-
-        present = np.unique(y)
-        w = compute_class_weight("balanced", classes=present, y=y)
-        out = [1.0] * len(classes)
-        for c, wc in zip(present, w):
-            out[int(c)] = float(wc)
-        return out
-    parts = _csv_list(text)
-    named = all("=" in p for p in parts)
-    try:
-        if named:
-            out = [1.0] * len(classes)
-            for p in parts:
-                name, value = p.split("=", 1)
-                if name.strip() not in classes:
-                    raise CliError(
-                        f"--class-weight names {name.strip()!r}, which is not a class "
-                        f"(classes: {', '.join(classes)}); use the class names"
-                    )
-                out[list(classes).index(name.strip())] = float(value)
-        else:
-            out = [float(p) for p in parts]
-    except ValueError:
-        raise CliError(f"--class-weight {text!r} is not understood; write balanced, 1,3 or name=3")
-    if len(out) != len(classes):
-        raise CliError(
-            f"--class-weight gives {len(out)} weights for {len(classes)} classes "
-            f"({', '.join(classes)}); give one per class, in that order"
-        )
-    if any(w < 0 for w in out) or sum(out) == 0:
-        raise CliError("--class-weight needs non-negative weights, not all zero; fix the values")
-    return out
-
-
-def make_optimizer(name: str, params: Any, lr: float, weight_decay: float, momentum: float):
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-def _progress_line(entry: dict[str, Any], epochs: int) -> str:
-    text = f"epoch {entry['epoch']}/{epochs}: train loss {entry['train_loss']:.4f}"
-    if entry.get("val_loss") is not None:
-        text += f", validation loss {entry['val_loss']:.4f}, accuracy {entry['val_accuracy']:.2%}"
-    return text
+from .train_options import csv_list, parse_class_weights, parse_hidden
 
 
 @click.command(short_help="Train a classifier; save it as safetensors + JSON.")
@@ -134,7 +61,9 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
     help="Learning rate.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
+@click.option(
+    "--optimizer", type=click.Choice(training.OPTIMIZERS), default="adam", show_default=True
+)
 @click.option(
     "--momentum", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="SGD momentum."
 )
@@ -232,13 +161,12 @@ def train(
     """
     import torch
     from sklearn.preprocessing import StandardScaler
-    from tqdm.auto import tqdm
 
     from . import data as data_mod
     from . import models, plots, store
 
     # --- data -------------------------------------------------------------------------------
-    ds = data_mod.load_for_training(source, target, _csv_list(features) or None)
+    ds = data_mod.load_for_training(source, target, csv_list(features) or None)
     classes = list(ds.class_order or [])
     y = data_mod.encode_labels(ds.labels or [], classes, ds.name)
     if task == "auto":
@@ -249,7 +177,7 @@ def train(
             "use --task multiclass or auto"
         )
     weights = parse_class_weights(class_weight, classes, y)
-    widths = _parse_hidden(hidden) if kind == "mlp" else []
+    widths = parse_hidden(hidden) if kind == "mlp" else []
     train_rows, val_rows = data_mod.split_indices(y, val_split, seed)
     scaler = StandardScaler().fit(ds.X[train_rows])
     scaling = {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()}
@@ -266,7 +194,7 @@ def train(
     torch.manual_seed(seed)  # initial weights
     model = models.build(arch)
     loss_fn = models.make_loss(task, weights, label_smoothing)
-    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
+    opt = training.make_optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
     rng = torch.Generator().manual_seed(seed)  # batch order, saved in every checkpoint
 
     run = {  # everything that must match for --resume to continue the same computation
@@ -327,73 +255,26 @@ def train(
             click.echo(f"resuming from the checkpoint of epoch {start}")
 
     # --- epochs -------------------------------------------------------------------------------
-    n = len(train_rows)
-    bar = tqdm(
-        range(start, epochs),
-        initial=start,
-        total=epochs,
-        desc="train",
-        unit="epoch",
-        disable=True if quiet else None,  # None: tqdm hides itself when stderr is not a terminal
-        file=sys.stderr,
-        leave=False,
-    )
-    report_every = max(1, epochs // 10)
     with models.torch_threads(threads):
-        try:
-            for epoch in bar:
-                model.train()
-                order = torch.randperm(n, generator=rng)
-                total = 0.0
-                for i in range(0, n, batch_size):
-                    idx = order[i : i + batch_size]
-                    opt.zero_grad()
-                    loss = loss_fn(model(x_tr[idx]), y_tr[idx])
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(idx)
-                entry: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "train_loss": total / n,
-                    "val_loss": None,
-                    "val_accuracy": None,
-                }
-                if len(val_rows):
-                    model.eval()
-                    with torch.no_grad():
-                        logits = model(x_va)
-                        entry["val_loss"] = loss_fn(logits, y_va).item()
-                        pred = (logits[:, 0] > 0).long() if task == "binary" else logits.argmax(1)
-                        entry["val_accuracy"] = (pred == y_va).double().mean().item()
-                history.append(entry)
-                store.save_checkpoint(
-                    ckpt, model, opt, rng, {"epoch": epoch + 1, "history": history, "run": run}
-                )
-                bar.set_postfix(loss=f"{entry['train_loss']:.4f}")
-                if not quiet and (epoch + 1) % report_every == 0 and epoch + 1 < epochs:
-                    # a line every tenth of the run; tqdm.write keeps a live bar below the lines
-                    (click.echo if bar.disable else bar.write)(_progress_line(entry, epochs))
-                if (
-                    stop_after_epochs is not None
-                    and epoch + 1 == stop_after_epochs
-                    and epoch + 1 < epochs
-                ):
-                    bar.close()
-                    click.echo(
-                        f"stopped after epoch {epoch + 1} as asked; the checkpoint is in {ckpt}, "
-                        "rerun with --resume to finish"
-                    )
-                    return
-        except KeyboardInterrupt:
-            bar.close()
-            done = history[-1]["epoch"] if history else start
-            click.echo(
-                f"\ninterrupted; the last checkpoint (epoch {done}) is in {ckpt}: run the same "
-                "command with --resume to continue",
-                err=True,
-            )
-            sys.exit(130)
-    bar.close()
+        finished = training.run_epochs(
+            model=model,
+            opt=opt,
+            loss_fn=loss_fn,
+            rng=rng,
+            train=(x_tr, y_tr),
+            val=(x_va, y_va),
+            task=task,
+            batch_size=batch_size,
+            start=start,
+            epochs=epochs,
+            history=history,
+            ckpt=ckpt,
+            run=run,
+            quiet=quiet,
+            stop_after_epochs=stop_after_epochs,
+        )
+    if not finished:  # stopped by --stop-after-epochs: the checkpoint is the result
+        return
 
     # --- save ---------------------------------------------------------------------------------
     config = {
@@ -425,7 +306,7 @@ def train(
         f"{ds.name}: {kind} classifier, crossent {'BCE' if task == 'binary' else 'cross-entropy'}",
     )
     last = history[-1]
-    click.echo(_progress_line(last, epochs))
+    click.echo(training.progress_line(last, epochs))
     click.echo(f"saved {folder}/ ({store.MODEL_FILE}, {store.CONFIG_FILE}, loss_curve.png)")
     if not quiet:
         click.echo(f"next: crossent evaluate --model {folder} --data {source}")
