@@ -64,7 +64,7 @@ ERRORS = [
     (lambda: crossent.nn.CrossEntropyLoss(reduction="avg")(x, t), ValueError, r"got 'avg'"),
     (lambda: crossent.nn.CrossEntropyLoss(label_smoothing=2.0)(x, t), ValueError, r"label_smoothing must be in \[0, 1\], got 2.0"),
     # dispatch
-    (lambda: crossent.use_backend("triton-magic").__enter__(), ValueError, r"use_backend: backend must be one of 'fused', 'torch', 'reference'.*got 'triton-magic'"),
+    (lambda: crossent.use_backend("triton-magic").__enter__(), ValueError, r"use_backend: backend must be one of 'fused', 'torch', 'composite', 'reference'.*got 'triton-magic'"),
     # class weights of another dtype: torch refuses them ("expected scalar type"), on every path
     (lambda: CE(x, t, weight=torch.ones(5, dtype=torch.float64)), TypeError, r"cross_entropy: weight has dtype torch.float64 but input has dtype torch.float32"),
     (lambda: CE(torch.randn(64, 20000, requires_grad=True), torch.zeros(64, dtype=torch.long), weight=torch.ones(20000, dtype=torch.float64)), TypeError, r"weight has dtype torch.float64"),

@@ -7,6 +7,8 @@ backends/__init__.py):
   torch      torch's own kernels (backends/torch_kernels.py), for small CPU inputs where a
              Python-level fused path cannot win: there, Python dispatch is the whole cost (~70 us
              for torch's forward+backward at 64 x 10). Used only for options torch has.
+  composite  the same formulas as plain differentiable torch ops in the compute dtype
+             (backends/composite.py): what torch.func transforms and torch.compile can trace.
   reference  the float64 formulas of reference.py through autograd (backends/reference.py): slow,
              differentiable in every argument torch differentiates.
 
@@ -30,7 +32,11 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the fu
   3. reference, when autograd will ask for a gradient the fused kernels do not give (class
      weights, probability targets, BCE targets). linear_cross_entropy never falls back silently:
      there rule 3 raises, naming crossent.use_backend('reference') as the remedy;
-  4. otherwise fused.
+  4. otherwise fused -- except that under torch.func transforms (functorch-wrapped inputs) or
+     while torch.compile traces (torch.compiler.is_compiling()), where the fused kernels' Python
+     loops and precomputed gradients cannot be traced, composite runs instead (a forced 'fused'
+     included). Second derivatives and repeated backward on the fused path recompute through
+     composite (backends/autograd.py).
 Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
 backend reduces probability targets and the binary losses in crossent's fixed order).
 """
@@ -51,25 +57,25 @@ from ._options import LossOptions
 class Backend(str, enum.Enum):
     FUSED = "fused"
     TORCH = "torch"
+    COMPOSITE = "composite"
     REFERENCE = "reference"
 
 
-# Each backend's module, imported at its first use. A new backend adds its entry here (and, if it
-# runs only somewhere -- a GPU, an importable Triton -- a test of that in `_available`).
+# Each backend's module. A new backend adds its entry here (and, if it runs only somewhere -- a
+# GPU, an importable Triton -- a test of that in the rule below). They are imported with this
+# module, not at first use: torch.compile cannot trace an import.
 _MODULES = {
     Backend.FUSED: ".backends.chunked",
     Backend.TORCH: ".backends.torch_kernels",
+    Backend.COMPOSITE: ".backends.composite",
     Backend.REFERENCE: ".backends.reference",
 }
-_loaded: dict[Backend, object] = {}
+_loaded = {b: importlib.import_module(name, __package__) for b, name in _MODULES.items()}
 
 
 def backend(b: Backend):
-    """The module of backend ``b`` (imported once)."""
-    module = _loaded.get(b)
-    if module is None:
-        module = _loaded[b] = importlib.import_module(_MODULES[b], __package__)
-    return module
+    """The module of backend ``b``."""
+    return _loaded[b]
 
 
 # Crossovers (elements of the input), measured with benchmarks/bench_shapes.py.
@@ -199,15 +205,28 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _choose(torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
+_is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _traced(input) -> bool:
+    """torch.func transforms see only functorch-wrapped tensors; Dynamo says when it traces."""
+    if _compiling is not None and _compiling():
+        return True
+    return bool(_is_wrapped is not None and _is_wrapped(input))
+
+
+def _choose(input, torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
     f = forced()
-    if f is Backend.REFERENCE:
+    if f in (Backend.REFERENCE, Backend.COMPOSITE):
         return f
     if f is Backend.TORCH and torch_ok:
         return f
     if f is None and torch_ok and small:
         return Backend.TORCH
-    return Backend.REFERENCE if needs_reference else Backend.FUSED
+    if needs_reference:
+        return Backend.REFERENCE
+    return Backend.COMPOSITE if _traced(input) else Backend.FUSED
 
 
 def _torch_has(opts: LossOptions) -> bool:
@@ -216,23 +235,23 @@ def _torch_has(opts: LossOptions) -> bool:
 
 def cross_entropy(input, target, weight, opts: LossOptions):
     small = input.is_cpu and _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-    b = _choose(_torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
+    b = _choose(input, _torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
     return backend(b).cross_entropy
 
 
 def nll_loss(input, target, weight, opts: LossOptions):
     small = input.is_cpu and _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-    return backend(_choose(True, small, _needs_grad(weight))).nll_loss
+    return backend(_choose(input, True, small, _needs_grad(weight))).nll_loss
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions):
     small = input.is_cpu and input.numel() <= BINARY_TORCH_MAX_NUMEL
-    return backend(_choose(True, small, _needs_grad(target, weight))).binary_cross_entropy
+    return backend(_choose(input, True, small, _needs_grad(target, weight))).binary_cross_entropy
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
     small = input.is_cpu and input.numel() <= BINARY_TORCH_MAX_NUMEL
-    b = _choose(True, small, _needs_grad(target, weight, pos_weight))
+    b = _choose(input, True, small, _needs_grad(target, weight, pos_weight))
     return backend(b).binary_cross_entropy_with_logits
 
 
@@ -241,7 +260,7 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
     small = input.is_cpu and logits <= LINEAR_TORCH_MAX_LOGITS
     no_fused_grad = {"weight": weight, "target": target if opts.soft else None}
-    b = _choose(torch_ok, small, False)
+    b = _choose(input, torch_ok, small, False)
     if b is Backend.FUSED:
         _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
     return backend(b).linear_cross_entropy

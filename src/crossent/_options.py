@@ -41,7 +41,7 @@ class LossOptions:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     softcap: float | None = None
-    normalizer: float | None = None
+    normalizer: float | torch.Tensor | None = None  # a 0-d tensor where its value is not read
     inplace_backward: bool = False
     soft: bool = False
     dtype: torch.dtype | None = None

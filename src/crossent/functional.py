@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from . import _checks, _dispatch
+from . import _autocast, _checks, _dispatch
 from .backends import torch_kernels as _torch
 
 # torch's refusals of bad arguments, and the errors among them that say nothing about arguments.
@@ -92,10 +92,20 @@ def cross_entropy(
         except _BAD_INPUT as err:
             if isinstance(err, _NOT_BAD_INPUT):
                 raise
+    reduction = _checks.deprecated_reduction(reduction)
+    if _autocast.active(input) and isinstance(target, torch.Tensor):
+        target, weight, dtype = _autocast.cross_entropy_args(input, target, weight, dtype)
+        with _autocast.off(input.device.type):
+            return cross_entropy(
+                input, target, weight, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                inplace_backward=inplace_backward, dtype=dtype,
+            )
     fn = "cross_entropy"
     input = _checks.logits_input(fn, input)
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
-    weight = _checks.class_weight(fn, weight, input, num_classes)
+    dtype = _checks.loss_dtype(fn, dtype, input)
+    weight = _checks.class_weight(fn, weight, input, num_classes, dtype=dtype)
     soft = _checks.is_prob_target(input, target)
     if soft:
         _checks.prob_targets(fn, input, target, ignore_index)
@@ -112,7 +122,7 @@ def cross_entropy(
         softcap=softcap,
         inplace_backward=inplace_backward,
         soft=soft,
-        dtype=_checks.loss_dtype(fn, dtype, input),
+        dtype=dtype,
     )
     if inplace_backward:
         _checks.inplace_input(fn, input)
@@ -167,6 +177,11 @@ def nll_loss(
         except _BAD_INPUT as err:
             if isinstance(err, _NOT_BAD_INPUT):
                 raise
+    reduction = _checks.deprecated_reduction(reduction)
+    if _autocast.active(input):
+        with _autocast.off(input.device.type):
+            return nll_loss(_autocast.fp32(input), target, _autocast.fp32(weight),
+                            ignore_index=ignore_index, reduction=reduction)
     fn = "nll_loss"
     input = _checks.logits_input(fn, input)
     opts = _checks.loss_options(fn, ignore_index=ignore_index, reduction_=reduction)
@@ -203,10 +218,16 @@ def binary_cross_entropy(
             if isinstance(err, _NOT_BAD_INPUT):
                 raise
     fn = "binary_cross_entropy"
+    reduction = _checks.deprecated_reduction(reduction)
+    if _autocast.active(input):
+        input, target, weight = _autocast.binary_args(fn, input, target, weight)
+        with _autocast.off(input.device.type):
+            return binary_cross_entropy(input, target, weight, reduction=reduction)
     input, target = _checks.binary_pair(fn, input, target)
     opts = _checks.loss_options(fn, reduction_=reduction)
     weight = _checks.broadcast_weight(fn, "weight", weight, input)
     _checks.probabilities_in_unit_interval(fn, input)
+    _checks.probabilities_in_unit_interval(fn, target, "target")
     return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
 
 
@@ -240,6 +261,12 @@ def binary_cross_entropy_with_logits(
             if isinstance(err, _NOT_BAD_INPUT):
                 raise
     fn = "binary_cross_entropy_with_logits"
+    reduction = _checks.deprecated_reduction(reduction)
+    if _autocast.active(input):
+        input, target, weight, pos_weight = _autocast.binary_args(fn, input, target, weight, pos_weight)
+        with _autocast.off(input.device.type):
+            return binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
+                                                    pos_weight=pos_weight)
     input, target = _checks.binary_pair(fn, input, target)
     opts = _checks.loss_options(fn, reduction_=reduction)
     weight = _checks.broadcast_weight(fn, "weight", weight, input)
@@ -293,10 +320,23 @@ def linear_cross_entropy(
         except _BAD_INPUT as err:
             if isinstance(err, _NOT_BAD_INPUT):
                 raise
+    reduction = _checks.deprecated_reduction(reduction)
+    if _autocast.active(input):
+        input, linear_weight, linear_bias, weight, dtype = _autocast.linear_args(
+            input, linear_weight, linear_bias, weight, dtype
+        )
+        with _autocast.off(input.device.type):
+            return linear_cross_entropy(
+                input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+                reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                options=options, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
+                chunk_size=chunk_size, dtype=dtype,
+            )
     fn = "linear_cross_entropy"
     _checks.linear_operands(fn, input, linear_weight, linear_bias)
     target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
-    weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0])
+    dtype = _checks.loss_dtype(fn, dtype, input)
+    weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
     opts = _checks.loss_options(
         fn,
         ignore_index=ignore_index,
@@ -306,7 +346,7 @@ def linear_cross_entropy(
         softcap=softcap,
         normalizer=normalizer,
         soft=soft,
-        dtype=_checks.loss_dtype(fn, dtype, input),
+        dtype=dtype,
     )
     unbatched = input.dim() == 1
     rows, retain = _checks.linear_chunking(

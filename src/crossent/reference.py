@@ -1,7 +1,9 @@
 """The losses of crossent, written plainly from their formulas: the specification and test oracle.
 
 Every function casts its inputs to float64, computes the loss with elementary tensor ops (max, exp,
-log, log1p, tanh, sum, gather, where, clamp) and returns float64. Nothing here calls torch's own
+log, log1p, tanh, sum, gather, where, clamp) and returns float64. (``precision=`` evaluates the
+same formulas in another dtype: `backends/composite.py` runs them in the compute dtype, float32,
+as a plain differentiable composition for torch.func, torch.compile and second derivatives.) Nothing here calls torch's own
 cross_entropy, nll_loss, log_softmax, softmax, logsumexp, sigmoid or binary_cross_entropy*, so
 comparing against torch is a comparison with an independent implementation. Autograd through these
 functions gives the reference gradients. Inputs are assumed valid; `_checks.py` validates.
@@ -38,6 +40,8 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    *,
+    precision: torch.dtype = torch.float64,
 ) -> Tensor:
     """Cross-entropy between logits `input` and class indices or class probabilities `target`.
 
@@ -60,21 +64,21 @@ def cross_entropy(
 
     Torch picks the probability form exactly when target.shape == input.shape; so does this.
     """
-    x = input.double()
+    x = input.to(precision)
     if softcap is not None:
         x = softcap * torch.tanh(x / softcap)
     class_dim = 0 if x.dim() == 1 else 1
     n_classes = x.shape[class_dim]
     log_p, lse = _log_softmax(x, class_dim)  # (N, C, d..), (N, d..)
-    w = _class_weight(weight, x.dim(), class_dim)  # (1, C, 1..) or 1.0
+    w = _class_weight(weight, x.dim(), class_dim, precision)  # (1, C, 1..) or 1.0
     eps = label_smoothing
 
     if target.shape == input.shape:
-        t = target.double() * (1 - eps) + eps / n_classes  # (N, C, d..)
+        t = target.to(precision) * (1 - eps) + eps / n_classes  # (N, C, d..)
         loss = -(w * t * log_p).sum(class_dim) + z_loss * lse**2  # (N, d..)
         return _reduce(loss, reduction, denominator=loss.numel())
 
-    nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim)  # (N, d..)
+    nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim, precision)  # (N, d..)
     smooth = -(w * log_p).sum(class_dim)  # (N, d..)
     loss = (1 - eps) * w_t * nll + (eps / n_classes) * smooth + z_loss * lse**2
     # where, not a multiplication by the mask: an ignored sample must get an exact 0 gradient
@@ -89,6 +93,8 @@ def nll_loss(
     weight: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    *,
+    precision: torch.dtype = torch.float64,
 ) -> Tensor:
     """Negative log-likelihood of class indices `target` under log-probabilities `input`.
 
@@ -97,9 +103,9 @@ def nll_loss(
 
     Shapes as for `cross_entropy` with class indices; `input` need not be normalised.
     """
-    log_p = input.double()
+    log_p = input.to(precision)
     class_dim = 0 if log_p.dim() == 1 else 1
-    nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim)
+    nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim, precision)
     loss = torch.where(counted, w_t * nll, 0.0)  # (N, d..)
     return _reduce(loss, reduction, denominator=torch.where(counted, w_t, 0.0).sum())
 
@@ -109,6 +115,8 @@ def binary_cross_entropy(
     target: Tensor,
     weight: Tensor | None = None,
     reduction: str = "mean",
+    *,
+    precision: torch.dtype = torch.float64,
 ) -> Tensor:
     """Binary cross-entropy between probabilities p = `input` and targets y in [0, 1].
 
@@ -120,10 +128,10 @@ def binary_cross_entropy(
     torch's backward uses (p - y) / max(p (1 - p), 1e-12) for the input and unfloored logs for the
     target; they agree for 0 < p < 1.
     """
-    p, y = input.double(), target.double()
+    p, y = input.to(precision), target.to(precision)
     loss = -(y * _floored_log(p) + (1 - y) * _floored_log(1 - p))
     if weight is not None:
-        loss = loss * weight.double()
+        loss = loss * weight.to(precision)
     return _reduce(loss, reduction, denominator=loss.numel())
 
 
@@ -133,6 +141,8 @@ def binary_cross_entropy_with_logits(
     weight: Tensor | None = None,
     reduction: str = "mean",
     pos_weight: Tensor | None = None,
+    *,
+    precision: torch.dtype = torch.float64,
 ) -> Tensor:
     """Binary cross-entropy between logits x = `input` and targets y in [0, 1].
 
@@ -143,11 +153,11 @@ def binary_cross_entropy_with_logits(
     log(1 - sigmoid(x)) = log sigmoid(-x), and both are computed without overflow (see
     `_log_sigmoid`), so logits of +-100 and beyond give exact losses and gradients.
     """
-    x, y = input.double(), target.double()
-    pw = 1.0 if pos_weight is None else pos_weight.double()
+    x, y = input.to(precision), target.to(precision)
+    pw = 1.0 if pos_weight is None else pos_weight.to(precision)
     loss = -(pw * y * _log_sigmoid(x) + (1 - y) * _log_sigmoid(-x))
     if weight is not None:
-        loss = loss * weight.double()
+        loss = loss * weight.to(precision)
     return _reduce(loss, reduction, denominator=loss.numel())
 
 
@@ -162,17 +172,17 @@ def _log_softmax(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return x - lse, lse.squeeze(dim)
 
 
-def _class_weight(weight: Tensor | None, ndim: int, class_dim: int) -> Tensor | float:
+def _class_weight(weight: Tensor | None, ndim: int, class_dim: int, precision) -> Tensor | float:
     """The class weight shaped to broadcast along the class dim: (C,) -> (1, C, 1, .., 1)."""
     if weight is None:
         return 1.0
     shape = [1] * ndim
     shape[class_dim] = -1
-    return weight.double().view(shape)
+    return weight.to(precision).view(shape)
 
 
 def _target_terms(
-    log_p: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, class_dim: int
+    log_p: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, class_dim: int, precision
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(-log p_i[t_i], w[t_i], t_i != ignore_index), each of the target's shape (N, d1..dk).
 
@@ -183,7 +193,7 @@ def _target_terms(
     counted = t != ignore_index
     t = torch.where(counted, t, 0)
     nll = -log_p.gather(class_dim, t.unsqueeze(class_dim)).squeeze(class_dim)
-    w_t = torch.ones_like(nll) if weight is None else weight.double()[t]
+    w_t = torch.ones_like(nll) if weight is None else weight.to(precision)[t]
     return nll, w_t, counted
 
 
@@ -222,6 +232,8 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     normalizer: float | None = None,
+    *,
+    precision: torch.dtype = torch.float64,
 ) -> Tensor:
     """Cross-entropy of a linear layer's output: the contract every linear backend meets.
 
@@ -241,16 +253,16 @@ def linear_cross_entropy(
     The targets are class probabilities exactly when ``target.shape == logits.shape`` (torch's
     rule); then ``ignore_index`` does not apply.
     """
-    x = input.double()
+    x = input.to(precision)
     c, d = linear_weight.shape[0], linear_weight.shape[-1]
     out = tuple(linear_weight.shape[1:-1])
-    logits = x @ linear_weight.double().reshape(-1, d).T
+    logits = x @ linear_weight.to(precision).reshape(-1, d).T
     if linear_bias is not None:
-        logits = logits + linear_bias.double().reshape(-1)
+        logits = logits + linear_bias.to(precision).reshape(-1)
     logits = logits.reshape(*input.shape[:-1], c, *out)
     if normalizer is None:
         return cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
-                             z_loss=z_loss, softcap=softcap)
+                             z_loss=z_loss, softcap=softcap, precision=precision)
     total = cross_entropy(logits, target, weight, ignore_index, "sum", label_smoothing,
-                          z_loss=z_loss, softcap=softcap)
+                          z_loss=z_loss, softcap=softcap, precision=precision)
     return total / normalizer

@@ -27,6 +27,7 @@ from .losses import (
     broadcast_weight,
     class_targets,
     class_weight,
+    deprecated_reduction,
     fused_gradient_consumed,
     inplace_input,
     is_prob_target,
@@ -35,13 +36,16 @@ from .losses import (
     loss_options,
     prob_targets,
     probabilities_in_unit_interval,
+    recompute_inputs_gone,
+    recompute_inputs_modified,
     reduction,
     unknown_backend,
+    unsafe_to_autocast,
 )
 
 __all__ = [
-    "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight",
+    "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight", "deprecated_reduction",
     "fused_gradient_consumed", "inplace_input", "is_prob_target", "linear_chunking", "linear_module",
     "linear_no_fused_gradient", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
-    "loss_options", "prob_targets", "probabilities_in_unit_interval", "reduction", "unknown_backend",
+    "loss_options", "prob_targets", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",
 ]

@@ -16,7 +16,17 @@ def check_values(enabled: bool | None) -> None:
     _value_checks_on_accelerators = enabled
 
 
+_is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
 def _values_checked(t: torch.Tensor) -> bool:
+    """Whether checks may read t's values: on CPU yes, except where no value can be read without
+    breaking the caller's program -- under torch.compile tracing (a graph break) and torch.func
+    transforms (functorch-wrapped tensors have no single value); there, as on an accelerator by
+    default, an out-of-range target fails inside torch's kernels as in torch."""
+    if (_compiling is not None and _compiling()) or (_is_wrapped is not None and _is_wrapped(t)):
+        return False
     if t.device.type == "cpu":
         return True
     if _value_checks_on_accelerators is not None:

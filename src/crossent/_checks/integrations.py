@@ -190,6 +190,19 @@ def logit_probe(
         )
 
 
+def logit_probe_traced(model: nn.Module, logits: torch.Tensor | None, expected: torch.Tensor) -> None:
+    """`logit_probe` while torch.compile traces: an assertion evaluated on the device."""
+    message = (
+        f"{PATCHED}: {type(model).__name__} transforms its logits in a way patch does not know "
+        f"(checked under torch.compile); unpatch the model"
+    )
+    if logits is None:
+        raise RuntimeError(message)
+    got = logits.reshape(-1, expected.numel())[0].to(torch.float32)
+    want = expected.to(device=got.device, dtype=torch.float32)
+    torch._assert_async(((got - want).abs() <= 1e-2 + 1e-2 * want.abs()).all(), message)
+
+
 def kept_targets(
     model: nn.Module, shift_labels: torch.Tensor, sliced: torch.Tensor, kept: torch.Size
 ) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .._options import LossOptions
@@ -53,10 +55,13 @@ def loss_options(
                     f"{fn}: normalizer must be a number or a one-element tensor, "
                     f"got a tensor of shape {_shape(normalizer)}"
                 )
-            normalizer = normalizer.item()
-        normalizer = _finite_number(fn, "normalizer", normalizer)
-        if normalizer <= 0.0:
-            raise ValueError(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
+            if _values_checked(normalizer):
+                normalizer = normalizer.item()
+            # else: kept as a one-element tensor (reading it would sync a device or break a trace)
+        if not isinstance(normalizer, torch.Tensor):
+            normalizer = _finite_number(fn, "normalizer", normalizer)
+            if normalizer <= 0.0:
+                raise ValueError(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
     return LossOptions(
@@ -147,8 +152,11 @@ def is_prob_target(input: torch.Tensor, target: object) -> bool:
 
 
 def class_weight(
-    fn: str, weight: object, input: torch.Tensor, num_classes: int, name: str = "weight"
+    fn: str, weight: object, input: torch.Tensor, num_classes: int, name: str = "weight",
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
+    """Class weights (C,), of the input's dtype -- or float32 with ``dtype=torch.float32`` (the
+    loss of ``input.float()``, and what autocast gives)."""
     if weight is None:
         return None
     weight = _tensor(fn, name, weight)
@@ -159,10 +167,12 @@ def class_weight(
             f"{fn}: {name} must be a 1-D tensor with one entry per class ({num_classes}), "
             f"got shape {tuple(weight.shape)}"
         )
-    if weight.dtype != input.dtype:  # torch: "expected scalar type ... but found ..."
+    expected = dtype or input.dtype
+    if weight.dtype != expected:  # torch: "expected scalar type ... but found ..."
+        against = "input has dtype" if dtype is None else "the loss is computed in"
         raise TypeError(
-            f"{fn}: {name} has dtype {weight.dtype} but input has dtype {input.dtype}; torch "
-            f"requires one dtype: pass {name}.to({input.dtype})"
+            f"{fn}: {name} has dtype {weight.dtype} but {against} {expected}; torch "
+            f"requires one dtype: pass {name}.to({expected})"
         )
     return weight
 
@@ -213,17 +223,30 @@ def broadcast_weight(fn: str, name: str, weight: object, input: torch.Tensor) ->
     return weight
 
 
-def probabilities_in_unit_interval(fn: str, input: torch.Tensor) -> None:
+def probabilities_in_unit_interval(fn: str, input: torch.Tensor, name: str = "input") -> None:
+    """BCE's input and target (torch checks both): every value in [0, 1], NaN refused."""
     if input.numel() and _values_checked(input):
         lo, hi = torch.aminmax(input.detach())
         if not (lo.item() >= 0.0 and hi.item() <= 1.0):  # also catches NaN
             bad = ~((input >= 0) & (input <= 1))
             where = tuple(int(i) for i in bad.nonzero()[0])
             value = float(input[where]) if where else float(input)
+            hint = ("for raw scores use binary_cross_entropy_with_logits" if name == "input"
+                    else "targets are labels or probabilities (torch refuses others too)")
             raise ValueError(
-                f"{fn}: input must hold probabilities in [0, 1], got {value} at index {where}; "
-                f"for raw scores use binary_cross_entropy_with_logits"
+                f"{fn}: {name} must hold probabilities in [0, 1], got {value} at index {where}; {hint}"
             )
+
+
+def deprecated_reduction(reduction: object) -> object:
+    """torch's _Reduction.get_enum: 'elementwise_mean' is 'mean', with torch's warning."""
+    if reduction == "elementwise_mean":
+        warnings.warn(
+            "reduction='elementwise_mean' is deprecated, please use reduction='mean' instead.",
+            stacklevel=4,
+        )
+        return "mean"
+    return reduction
 
 
 def loss_dtype(fn: str, dtype: object, input: torch.Tensor) -> torch.dtype | None:
@@ -252,4 +275,32 @@ def fused_gradient_consumed(fn: str) -> None:
         f"crossent.{fn}: the fused gradient of this loss was already handed to a previous "
         f"backward(); backward through the same loss twice (retain_graph=True) is not supported "
         f"by the fused path: compute the loss again for a second backward"
+    )
+
+
+def recompute_inputs_gone(fn: str) -> None:
+    """A second derivative (or a second backward) recomputes the gradient from the inputs, which the
+    fused path holds weakly; they were freed."""
+    raise RuntimeError(
+        f"crossent.{fn}: a second derivative (create_graph=True) or a second backward needs the "
+        f"loss's inputs (the logits), and they were freed after the forward; keep a reference to "
+        f"them until then (logits = model(x); loss = {fn}(logits, ...)), or compute this loss "
+        f"under crossent.use_backend('composite')"
+    )
+
+
+def recompute_inputs_modified(fn: str) -> None:
+    raise RuntimeError(
+        f"crossent.{fn}: a second derivative (create_graph=True) or a second backward needs the "
+        f"loss's inputs as they were in forward, and they were modified in place since (by "
+        f"inplace_backward=True or by the caller); compute the loss again, without "
+        f"inplace_backward, for higher-order or repeated gradients"
+    )
+
+
+def unsafe_to_autocast(fn: str) -> None:
+    raise RuntimeError(
+        f"{fn}: torch refuses binary_cross_entropy under CUDA autocast (unsafe to autocast: the "
+        f"probabilities may be float16); use binary_cross_entropy_with_logits, or compute outside "
+        f"the autocast region with float32 inputs"
     )

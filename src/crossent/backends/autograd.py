@@ -14,6 +14,8 @@ and backward returns scaled copies instead.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .. import _checks
@@ -59,3 +61,67 @@ def release(ctx, fn: str, factor: torch.Tensor) -> tuple:
             else:
                 out.append(g.mul_(f))
     return tuple(out)
+
+
+# ---------------------------------------------------------------- recomputing the gradient
+#
+# Two cases cannot use the precomputed gradient: a second derivative (backward runs with
+# create_graph=True, so the gradient must itself be differentiable: `second_derivative` recomputes
+# it through the composite formulas, backends/composite.py, whose autograd graph gives exact higher
+# derivatives) and a second backward after the gradient was handed over (retain_graph=True:
+# `refill` runs forward's kernel again, so every backward gives the same bits). The inputs are
+# held by weak references only: keeping the logits alive until backward would cost the N x C memory the fused path exists to save, and where the caller still
+# holds them (most training loops do; any tensor another autograd node saved does too) the weak
+# reference resolves. If they are gone (or were modified in place), `_checks` says so and names
+# the remedy.
+
+
+def remember(ctx, fn: str, inputs: tuple, loss, regrad) -> None:
+    """What a later backward may need: ``loss(*inputs)`` gives forward's output through
+    differentiable ops (for `second_derivative`); ``regrad(*inputs)`` gives forward's (gradients,
+    post_scale) again, bit for bit (for `refill`). ``inputs`` (tensors or None) are held weakly,
+    with their versions now."""
+    ctx.fn = fn
+    ctx.refs = tuple(weakref.ref(t) if t is not None else None for t in inputs)
+    ctx.versions = tuple(t._version if t is not None else None for t in inputs)
+    ctx.loss = loss
+    ctx.regrad = regrad
+
+
+def refill(ctx) -> None:
+    """A second backward (retain_graph=True) after the gradients were handed over: compute them
+    again with forward's own kernel (the same bits as the first time), ready for `release`."""
+    if ctx.grads is None:
+        ctx.grads, ctx.post_scale = ctx.regrad(*_inputs(ctx))
+
+
+def _inputs(ctx) -> list:
+    inputs = []
+    for ref, version in zip(ctx.refs, ctx.versions):
+        if ref is None:
+            inputs.append(None)
+            continue
+        t = ref()
+        if t is None:
+            _checks.recompute_inputs_gone(ctx.fn)
+        if t._version != version:
+            _checks.recompute_inputs_modified(ctx.fn)
+        inputs.append(t)
+    return inputs
+
+
+def second_derivative(ctx, grad_out: torch.Tensor, needs: tuple) -> tuple:
+    """Backward with create_graph=True: the gradients w.r.t. forward's inputs (None where ``needs``
+    is False), recomputed through the composite formulas with a graph through the inputs' own
+    history, so that they can be differentiated again."""
+    inputs = _inputs(ctx)
+    ctx.grads = None  # (not needed any more: free them now)
+    with torch.enable_grad():
+        out = ctx.loss(*inputs)
+        wanted = [t for t, n in zip(inputs, needs) if n and t is not None]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    result = []
+    for t, n in zip(inputs, needs):
+        g = next(grads) if n and t is not None else None
+        result.append(torch.zeros_like(t) if g is None and n and t is not None else g)
+    return tuple(result)

@@ -57,6 +57,8 @@ def mean_denominator(index, weight, opts: LossOptions, num_samples: int, acc, de
     """torch's 'mean' denominator: the summed class weights w[t_i] of the counted samples (class
     indices; their count without weights), the number of samples (probabilities), or the caller's
     ``normalizer``."""
+    if isinstance(opts.normalizer, torch.Tensor):
+        return opts.normalizer.to(device=device, dtype=acc).reshape(())
     if opts.normalizer is not None:
         return torch.tensor(opts.normalizer, dtype=acc, device=device)
     if index is None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as _torch_F
 
 from ..._options import LossOptions
-from .. import _memory, autograd
+from .. import _memory, autograd, composite
 from ..common import compute_dtype, deterministic_sum
 from . import kernel
 
@@ -96,25 +96,45 @@ def _bce_reduce(total, x, opts):
 
 class _BCEFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, w, pw, logits, opts):
+    def forward(x, y, w, pw, logits, opts, box):
         grad = _memory.empty(x.shape, x.dtype, x.device)
         total = _bce_forward(x, y, w, pw, logits, opts, grad)
-        autograd.stash(ctx, (grad,))
-        ctx.meta = (opts.reduction, x.numel(), "binary_cross_entropy" + ("_with_logits" if logits else ""))
+        box.append(grad)  # for setup_context (an output would cost autograd bookkeeping)
         return _bce_reduce(total, x, opts)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def setup_context(ctx, inputs, output):
+        x, y, w, pw, logits, opts, box = inputs
+        grad = box.pop()
+        fn = "binary_cross_entropy" + ("_with_logits" if logits else "")
+        autograd.stash(ctx, (grad,))
+        if logits:
+            loss = lambda x: composite.binary_cross_entropy_with_logits(x, y, w, pw, opts)
+        else:
+            loss = lambda x: composite.binary_cross_entropy(x, y, w, opts)
+        def regrad(x):
+            grad = _memory.empty(x.shape, x.dtype, x.device)
+            _bce_forward(x, y, w, pw, logits, opts, grad)
+            return (grad,), None
+
+        autograd.remember(ctx, fn, (x,), loss, regrad)
+        ctx.meta = (opts.reduction, x.numel(), fn)
+
+    @staticmethod
     def backward(ctx, grad_out):
-        reduction, n, fn = ctx.meta
-        factor = grad_out / n if reduction == "mean" else grad_out
-        (g,) = autograd.release(ctx, fn, factor)
-        return g, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated
+            (g,) = autograd.second_derivative(ctx, grad_out, ctx.needs_input_grad[:1])
+        else:
+            autograd.refill(ctx)  # (a second backward: the same gradient again)
+            reduction, n, fn = ctx.meta
+            factor = grad_out / n if reduction == "mean" else grad_out
+            (g,) = autograd.release(ctx, fn, factor)
+        return g, None, None, None, None, None, None
 
 
 def _binary(input, target, weight, pos_weight, opts: LossOptions, logits: bool) -> torch.Tensor:
     if torch.is_grad_enabled() and input.requires_grad:
-        return _BCEFn.apply(input, target, weight, pos_weight, logits, opts)
+        return _BCEFn.apply(input, target, weight, pos_weight, logits, opts, [])
     return _bce_reduce(_bce_forward(input, target, weight, pos_weight, logits, opts, None), input, opts)
 
 

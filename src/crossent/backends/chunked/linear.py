@@ -52,7 +52,7 @@ each chunk's G.T @ x_c lands in a reused (V, D) buffer of the input dtype before
 
 Precision. Products run in the input dtype (bfloat16/float16 matrix products, as F.linear would);
 softmax math in float32 (float64 for float64 inputs); the weight and bias gradients accumulate in
-float32 across chunks. For 16-bit inputs with a scalar reduction the stored gradients are unscaled
+float32 across chunks. For float16 inputs with a scalar reduction the stored gradients are unscaled
 (O(1) values) and 1/den times grad_output is applied once in backward, so an AMP loss scale
 multiplies before anything could underflow. Results are deterministic run to run for a given
 chunk size; the chunk size changes the summation order of grad_W (rounding-level differences).
@@ -65,7 +65,7 @@ import math
 import torch
 
 from ..._options import LossOptions
-from .. import _memory, autograd
+from .. import _memory, autograd, composite
 from ..common import (
     compute_dtype,
     deterministic_sum,
@@ -234,6 +234,7 @@ class _Problem:
         v, d = linear_weight.shape[0], linear_weight.shape[-1]
         self.heads = math.prod(linear_weight.shape[1:-1])
         self.x = input  # (N, D)
+        self.linear_weight, self.linear_bias = linear_weight, linear_bias  # as given
         self.w = linear_weight.reshape(v, self.heads, d)  # (V, P, D)
         self.b = linear_bias.reshape(v, self.heads) if linear_bias is not None else None
         n = input.shape[0]
@@ -274,6 +275,21 @@ class _Problem:
         return torch.stack(out, 1) if self.heads > 1 else out[0].unsqueeze(1)
 
 
+def _precompute(problem, weight, opts, rows, want):
+    """Forward's work for a scalar reduction: (per-token losses, 'mean' denominator, gradients,
+    post_scale). 1/den is folded into the gradients now (one rounding of a bfloat16 gradient);
+    float16 keeps O(1) values, scaled once in backward (an AMP loss scale multiplies before
+    anything can underflow)."""
+    x = problem.x
+    acc = compute_dtype(x.dtype)
+    den = problem.denominator(weight, opts, acc)
+    inv_den = safe_reciprocal(den) if den is not None else None
+    fold = inv_den is not None and x.dtype != torch.float16
+    grads = _grad_buffers(x, problem.linear_weight, problem.linear_bias, want, acc)
+    losses = problem.run(weight, opts, rows, scale=inv_den if fold else 1.0, grads=grads)
+    return losses, den, grads, None if fold else inv_den
+
+
 def _grad_buffers(x, weight, bias, want, acc):
     """Uninitialised gradient buffers for the wanted inputs (grad_x in x's dtype, the others in
     acc, of the parameters' shapes): `_chunk_loop` writes every element."""
@@ -288,31 +304,44 @@ def _grad_buffers(x, weight, bias, want, acc):
 class _LinearCrossEntropyFn(torch.autograd.Function):
     """Autograd glue. Scalar reductions: gradients finished in forward, scaled in backward
     (`backends.autograd`). 'none': losses in forward, everything recomputed in backward with the
-    per-token grad_output."""
+    per-token grad_output. Second derivatives and a second backward after the hand-over: the
+    composite formulas (`autograd.recompute`)."""
 
     @staticmethod
-    def forward(ctx, input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype):
-        acc = compute_dtype(input.dtype)
+    def forward(input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype, want, box):
         problem = _Problem(input, linear_weight, index, probs, linear_bias)
-        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[4])
-        ctx.meta = (linear_weight.dtype, None if linear_bias is None else linear_bias.dtype, opts, rows, want)
         if opts.reduction == "none":
             losses = problem.run(weight, opts, rows, scale=1.0, grads=(None, None, None))
-            ctx.save_for_backward(input, linear_weight, index, probs, linear_bias, weight)
             return reduce(losses, None, opts, out_shape, out_dtype)
-        den = problem.denominator(weight, opts, acc)
-        inv_den = safe_reciprocal(den) if den is not None else None
-        # float32/64: fold 1/den now; 16-bit: keep O(1) values and scale once in backward.
-        fold = inv_den is not None and input.dtype == acc
-        grads = _grad_buffers(input, linear_weight, linear_bias, want, acc)
-        losses = problem.run(weight, opts, rows, scale=inv_den if fold else 1.0, grads=grads)
-        autograd.stash(ctx, grads, post_scale=None if fold else inv_den, keep=opts.allow_retain_graph)
+        losses, den, grads, post_scale = _precompute(problem, weight, opts, rows, want)
+        box.extend((grads, post_scale))  # for setup_context (see cross_entropy.py)
         return reduce(losses, den, opts, out_shape, out_dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def setup_context(ctx, inputs, output):
+        input, linear_weight, index, probs, linear_bias, weight, opts, rows, _, _, want, box = inputs
+        ctx.meta = (linear_weight.dtype, None if linear_bias is None else linear_bias.dtype, opts, rows, want)
+        target = probs if probs is not None else index
+        loss = lambda x, w, b: composite.linear_cross_entropy(x, w, target, b, weight, opts)
+        def regrad(x, w, b):
+            problem = _Problem(x, w, index, probs, b)
+            return _precompute(problem, weight, opts, rows, want)[2:]
+
+        autograd.remember(ctx, "linear_cross_entropy", (input, linear_weight, linear_bias), loss, regrad)
+        if opts.reduction == "none":
+            ctx.save_for_backward(input, linear_weight, index, probs, linear_bias, weight)
+            ctx.grads = None
+        else:
+            grads, post_scale = box
+            box.clear()
+            autograd.stash(ctx, grads, post_scale=post_scale, keep=opts.allow_retain_graph)
+
+    @staticmethod
     def backward(ctx, grad_out):
         w_dtype, b_dtype, opts, rows, want = ctx.meta
+        if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated
+            gx, gw, gb = autograd.second_derivative(ctx, grad_out, want)
+            return gx, gw, None, None, gb, None, None, None, None, None, None, None
         if opts.reduction == "none":
             input, linear_weight, index, probs, linear_bias, weight = ctx.saved_tensors
             acc = compute_dtype(input.dtype)
@@ -321,11 +350,12 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             scale = grad_out.reshape(input.shape[0], problem.heads).to(acc)  # (N, P)
             problem.run(weight, opts, rows, scale=scale, grads=grads)
         else:
+            autograd.refill(ctx)  # (a second backward: the same gradients again)
             grads = autograd.release(ctx, "linear_cross_entropy", grad_out)
         gx, gw, gb = grads
         gw = gw.to(w_dtype) if gw is not None else None
         gb = gb.to(b_dtype) if gb is not None else None
-        return gx, gw, None, None, gb, None, None, None, None, None
+        return gx, gw, None, None, gb, None, None, None, None, None, None, None
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions) -> torch.Tensor:
@@ -345,8 +375,9 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
         t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
     )
     if needs_grad:
+        want = tuple(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
         return _LinearCrossEntropyFn.apply(
-            input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype
+            input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype, want, []
         )
     # Evaluation: losses only, one product per chunk.
     problem = _Problem(input, linear_weight, index, probs, linear_bias)

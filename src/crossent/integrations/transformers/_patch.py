@@ -42,6 +42,8 @@ from ... import functional as _functional
 from ..._checks import integrations as _checks
 from ._common import IGNORE_INDEX, loss_dtype, normalizer, shifted_labels
 
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
 _STATE = "_crossent_patch"  # instance attribute holding what unpatch needs
 
 
@@ -50,10 +52,12 @@ class _PatchState:
     head_name: str  # the output head's attribute name on the model, e.g. "lm_head"
     head: nn.Linear  # the linear layer whose weight and bias the loss reads
     previous_forward: Any  # the instance's own `forward` attribute before patch, or None
-    signature: inspect.Signature  # of the original forward, without self
+    positional: tuple[str, ...]  # the original forward's parameters a positional argument can fill
+    takes_kwargs: bool  # it has **kwargs (where the loss-only arguments arrive)
     scale: float  # logits = scale * (h @ W.T + b) before the softcap
     softcap: float | None
     chunk_size: int | None
+    probe_checked: bool = False  # the logit post-processing was checked once, in eager mode
 
 
 class _Capture(nn.Module):
@@ -141,7 +145,10 @@ def patch(model: nn.Module, *, chunk_size: int | None = None) -> nn.Module:
     signature = inspect.signature(original)
     _checks.forward_takes_labels(fn, model, signature)
 
-    state = _PatchState(head_name, head, previous, signature, scale, softcap, chunk_size)
+    params = signature.parameters.values()
+    positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    state = _PatchState(head_name, head, previous, positional, takes_kwargs, scale, softcap, chunk_size)
     vars(model)[_STATE] = state
 
     def forward(self, *args, **kwargs):
@@ -178,26 +185,30 @@ def _original_forward(model: nn.Module, state: _PatchState):
 def _patched_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
     state: _PatchState = vars(model)[_STATE]
     original = _original_forward(model, state)
-    bound = state.signature.bind(*args, **kwargs)
-    labels = bound.arguments.get("labels")
+    # The arguments by name. (inspect.Signature.bind would do it, but torch.compile cannot trace
+    # it; anything unusual -- too many positional arguments, a name given twice -- goes to the
+    # original forward, which raises as it always does.)
+    names = state.positional
+    if len(args) > len(names) or any(n in kwargs for n in names[: len(args)]):
+        return original(*args, **kwargs)
+    arguments = dict(zip(names, args))
+    arguments.update(kwargs)
+    labels = arguments.get("labels")
     if not model.training or labels is None:
         return original(*args, **kwargs)
 
     # Loss-only keyword arguments (the model would pass them on to its loss_function).
-    varkw = next(
-        (p.name for p in state.signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
-    )
-    extra = bound.arguments.get(varkw, {}) if varkw else {}
-    shift_labels = extra.pop("shift_labels", None)
-    num_items_in_batch = extra.pop("num_items_in_batch", None)
-    bound.arguments["labels"] = None
+    loss_only = state.takes_kwargs
+    shift_labels = arguments.pop("shift_labels", None) if loss_only else None
+    num_items_in_batch = arguments.pop("num_items_in_batch", None) if loss_only else None
+    arguments["labels"] = None
 
     # 1. The model's own forward, head swapped for a capture: hidden states, no logits.
     head_module = model._modules[state.head_name]  # the head, or a wrapper installed since patch
     capture = _Capture()
     model._modules[state.head_name] = capture
     try:
-        out = original(*bound.args, **bound.kwargs)
+        out = original(**arguments)
     finally:
         model._modules[state.head_name] = head_module
     # (B, T', D), after the model's logits_to_keep slicing
@@ -209,7 +220,7 @@ def _patched_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
     # 2. Targets aligned with the kept positions.
     if shift_labels is None:
         shift_labels = shifted_labels(labels, IGNORE_INDEX)
-    target = _kept_targets(model, bound, shift_labels.to(hidden.device), hidden)  # (B, T')
+    target = _kept_targets(model, arguments, shift_labels.to(hidden.device), hidden)  # (B, T')
     norm = normalizer(_checks.PATCHED, num_items_in_batch, hidden.device)
 
     # 3. The loss, inside a call of the head module so that its hooks fire around it.
@@ -226,23 +237,32 @@ def _patched_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
 
 
 def _check_probe(model: nn.Module, state: _PatchState, logits: Any) -> None:
-    """The model's post-processing of its logits must be the (scale, softcap) patch applies."""
+    """The model's post-processing of its logits must be the (scale, softcap) patch applies.
+
+    It is a property of the model's code and config, so it is read once, at the first eager
+    training step (one device-to-host read); while torch.compile traces, an assertion on the
+    device checks it instead (no graph break, no host sync)."""
+    if state.probe_checked:
+        return
     probe = torch.tensor(_Capture.PROBE, dtype=torch.float64)
     expected = probe * state.scale
     if state.softcap is not None:
         expected = state.softcap * torch.tanh(expected / state.softcap)
-    got = None
-    if torch.is_tensor(logits) and logits.shape[-1:] == probe.shape and logits.numel():
-        got = logits.reshape(-1, probe.numel())[0].detach().to("cpu", torch.float64)
+    ok_shape = torch.is_tensor(logits) and logits.shape[-1:] == probe.shape and logits.numel()
+    if _compiling():
+        _checks.logit_probe_traced(model, logits if ok_shape else None, expected)
+        return
+    got = logits.reshape(-1, probe.numel())[0].detach().to("cpu", torch.float64) if ok_shape else None
     _checks.logit_probe(model, _Capture.PROBE, got, expected, state.scale, state.softcap)
+    state.probe_checked = True
 
 
-def _kept_targets(model, bound, shift_labels: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+def _kept_targets(model, arguments, shift_labels: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     kept = hidden.shape[:-1]
     if shift_labels.shape == kept:
         return shift_labels
     # transformers >= 4.50 names it logits_to_keep, 4.46-4.49 num_logits_to_keep.
-    keep = bound.arguments.get("logits_to_keep", bound.arguments.get("num_logits_to_keep"))
+    keep = arguments.get("logits_to_keep", arguments.get("num_logits_to_keep"))
     if isinstance(keep, int) and keep > 0:
         sliced = shift_labels[..., -keep:]
     elif torch.is_tensor(keep):
