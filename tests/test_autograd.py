@@ -249,3 +249,18 @@ def test_autocast_for_the_other_losses():
             a, b = ours(), theirs()
             assert a.dtype == b.dtype == torch.float32
             torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-5)
+
+
+def test_jit_trace_works():
+    x, t = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    traced = torch.jit.trace(lambda x: crossent.cross_entropy(x, t, label_smoothing=0.1), (x,))
+    torch.testing.assert_close(traced(x), F.cross_entropy(x, t, label_smoothing=0.1))
+
+
+def test_elementwise_mean_is_mean_with_torchs_warning():
+    x, t = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    with pytest.warns(UserWarning, match="reduction='elementwise_mean' is deprecated"):
+        ours = crossent.cross_entropy(x, t, reduction="elementwise_mean")
+    torch.testing.assert_close(ours, F.cross_entropy(x, t))
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        assert torch.equal(crossent.nn.CrossEntropyLoss(reduction="elementwise_mean")(x, t), ours)

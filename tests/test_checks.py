@@ -55,6 +55,8 @@ ERRORS = [
     (lambda: BCE(torch.tensor([0.5, float("nan")]), torch.tensor([1.0, 0.0])), ValueError, r"got nan at index \(1,\)"),
     (lambda: BCE(p, y[:, :3]), ValueError, r"binary_cross_entropy: target must have the input's shape \(4, 5\), got \(4, 3\)"),
     (lambda: BCE(p, (y > 0.5)), TypeError, r"target must be a floating-point tensor .* got torch.bool"),
+    (lambda: BCE(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 1.5])), ValueError, r"binary_cross_entropy: target must hold probabilities in \[0, 1\], got 1.5 at index \(1,\)"),
+    (lambda: BCE(torch.rand(600, 2000), torch.rand(600, 2000) * 2 - 0.5), ValueError, r"target must hold probabilities in \[0, 1\]"),
     (lambda: BCE(p, y, weight=torch.ones(3)), ValueError, r"weight of shape \(3,\) does not broadcast to the input's shape \(4, 5\)"),
     # binary_cross_entropy_with_logits
     (lambda: BCEL(x, y, pos_weight=torch.ones(4)), ValueError, r"pos_weight of shape \(4,\) does not broadcast .* one entry per class"),

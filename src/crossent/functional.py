@@ -50,7 +50,21 @@ _DTYPE = """\
 
 _DETERMINISM = """\
     Results are deterministic: the same inputs on the same device give bitwise-identical loss and
-    gradients, run after run and for any number of threads."""
+    gradients, run after run and for any number of threads (torch.func and torch.compile, which
+    run the composite formulas, are deterministic for a fixed thread count).
+
+    Autograd: everything torch's loss supports. torch.func (grad, vjp, jacrev, vmap) and
+    torch.compile (fullgraph=True) trace crossent's formulas as plain torch ops. Under
+    torch.autocast the loss is torch's: float32 from 16-bit inputs (computed without a float32 copy
+    of them). On the fused path the gradient is computed in forward and handed over in backward;
+    a second backward (retain_graph=True) computes it again with the same kernel (the same bits),
+    and a second derivative (create_graph=True: MAML, Hessian-vector products, gradient
+    penalties) recomputes the gradient through the composite formulas, with a graph. Both need the
+    loss's inputs as they were in forward; crossent holds them weakly -- keeping the logits alive
+    until backward would cost the memory the fused path saves -- so keep a reference to them
+    (``logits = model(x); loss = f(logits, ...)``, as most training loops do). If they were freed
+    or modified in place (``inplace_backward=True``), backward raises a RuntimeError naming the
+    remedy, never a wrong number."""
 
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
@@ -396,8 +410,9 @@ linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, wit
         batch_chunk_size / chunking_method: the rows per chunk, as torch computes them
             ("auto" with no batch_chunk_size: crossent's own measured rule, below; None: one
             chunk of batch_chunk_size rows, or all rows; "aspect_ratio[:k]": torch's formula);
-        allow_retain_graph: honoured -- the gradients computed in forward are kept so a second
-            backward through the loss works (one gradient-sized copy); 'none' always allows it;
+        allow_retain_graph: honoured -- the gradients computed in forward are kept, so a second
+            backward through the loss reuses them (one gradient-sized copy); without it a second
+            backward recomputes them (the same bits), as 'none' always does;
         acc_policy, acc_dtype: accepted, no effect: crossent always runs the softmax and
             accumulates the weight and bias gradients in float32 (float64 for float64 inputs),
             at least as precise as torch's "accurate" policy.
@@ -424,4 +439,9 @@ linear_cross_entropy.__doc__ = f"""Cross-entropy of a linear layer's output, wit
     (it raises if they are required); ``crossent.use_backend("reference")`` computes the contract
     above literally in float64 and gives them.
     Results are deterministic run to run for a given chunk size.
+    Autograd as for crossent.cross_entropy: repeated backward, second derivatives (recomputed
+    through the composite formulas from input, linear_weight and linear_bias, which the loss holds
+    -- (N, D) + (V, D), as F.linear's backward would -- building the N x C logits only then),
+    torch.func, torch.compile, autocast (the product in the autocast dtype, the loss in float32,
+    as torch).
     """

@@ -76,13 +76,15 @@ def release(ctx, fn: str, factor: torch.Tensor) -> tuple:
 # the remedy.
 
 
-def remember(ctx, fn: str, inputs: tuple, loss, regrad) -> None:
+def remember(ctx, fn: str, inputs: tuple, loss, regrad, *, weak: bool = True) -> None:
     """What a later backward may need: ``loss(*inputs)`` gives forward's output through
     differentiable ops (for `second_derivative`); ``regrad(*inputs)`` gives forward's (gradients,
-    post_scale) again, bit for bit (for `refill`). ``inputs`` (tensors or None) are held weakly,
-    with their versions now."""
+    post_scale) again, bit for bit (for `refill`). ``inputs`` (tensors or None) are held weakly
+    (``weak=False``: strongly, where they are small beside what the loss saves -- the linear
+    loss's (N, D) input), with their versions now."""
     ctx.fn = fn
-    ctx.refs = tuple(weakref.ref(t) if t is not None else None for t in inputs)
+    hold = weakref.ref if weak else (lambda t: lambda: t)
+    ctx.refs = tuple(hold(t) if t is not None else None for t in inputs)
     ctx.versions = tuple(t._version if t is not None else None for t in inputs)
     ctx.loss = loss
     ctx.regrad = regrad

@@ -327,7 +327,10 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             problem = _Problem(x, w, index, probs, b)
             return _precompute(problem, weight, opts, rows, want)[2:]
 
-        autograd.remember(ctx, "linear_cross_entropy", (input, linear_weight, linear_bias), loss, regrad)
+        # Held strongly: (N, D) + (V, D) + (V,), no N x V; the weight and bias are parameters
+        # anyway, and an input made inline (h.reshape(-1, D)) would otherwise be gone.
+        autograd.remember(ctx, "linear_cross_entropy", (input, linear_weight, linear_bias), loss,
+                          regrad, weak=False)
         if opts.reduction == "none":
             ctx.save_for_backward(input, linear_weight, index, probs, linear_bias, weight)
             ctx.grads = None
