@@ -177,3 +177,12 @@ def test_linear_never_falls_back_to_the_logits_silently(monkeypatch):
     with crossent.use_backend("reference"):
         crossent.linear_cross_entropy(x, w, p).backward()
     assert p.grad is not None
+
+
+def test_inputs_off_the_cpu_take_torchs_kernel(paths):
+    """crossent has no accelerator kernel yet: logits elsewhere (meta here, as a stand-in for a
+    GPU) go to torch's kernel at every size, never to the CPU-tuned chunk loop."""
+    x = torch.empty(64, SMALL, device="meta", requires_grad=True)
+    t = torch.empty(64, dtype=torch.long, device="meta")
+    loss = crossent.cross_entropy(x, t)
+    assert loss.device.type == "meta" and set(paths) == {"torch"}

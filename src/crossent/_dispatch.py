@@ -18,7 +18,10 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the fu
      call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2); except that
      a forced 'torch' runs only where torch has the options (else the rule continues at 3), and a
      forced 'fused' never drops a gradient it cannot give (rule 3 applies first);
-  2. torch, when the input is on the CPU (for linear_cross_entropy: every tensor, 2-D input),
+  2. torch, on any accelerator for the losses on given logits (crossent has no accelerator
+     kernel yet, and its CPU-tuned chunk loop would issue thousands of small launches there);
+     on the CPU (for linear_cross_entropy, whose chunk loop is a few large products and keeps the
+     memory promise on any device: every tensor on the CPU, 2-D input)
      no option torch lacks is on (z_loss, softcap, inplace_backward, chunk_size or chunking
      options; a normalizer divides torch's sum, dtype=float32 casts the small input) and the
      input's numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no gradient will be
@@ -145,12 +148,14 @@ def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_back
     if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced is not None
             or _ENV_BACKEND or not 0.0 <= label_smoothing <= 1.0):
         return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
-    if not isinstance(input, _Tensor) or not input.is_cpu:
+    if not isinstance(input, _Tensor):
         return False
     n = input.numel()
-    return n <= TORCH_MAX_NUMEL or (
-        n <= TORCH_MAX_NUMEL_NO_GRAD and not (input.requires_grad and _grad_enabled())
-    )
+    if n <= TORCH_MAX_NUMEL:  # small, on any device
+        return True
+    if not input.is_cpu:  # no accelerator kernel of crossent's yet: torch's (see rule 2)
+        return True
+    return n <= TORCH_MAX_NUMEL_NO_GRAD and not (input.requires_grad and _grad_enabled())
 
 
 def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
@@ -162,27 +167,27 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
         return False
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor) or not input.is_cpu:
+    if not isinstance(input, _Tensor):
         return False
-    return _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
 
 
 def nll_loss_to_torch(input) -> bool:
     """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option)."""
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor) or not input.is_cpu:
+    if not isinstance(input, _Tensor):
         return False
-    return _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
 
 
 def binary_to_torch(input) -> bool:
     """Rules 1-2 for the binary losses on the raw arguments."""
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor) or not input.is_cpu:
+    if not isinstance(input, _Tensor):
         return False
-    return input.numel() <= BINARY_TORCH_MAX_NUMEL
+    return not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
 
 
 def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
@@ -248,23 +253,23 @@ def _torch_has(opts: LossOptions) -> bool:
 
 
 def cross_entropy(input, target, weight, opts: LossOptions):
-    small = input.is_cpu and _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    small = not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
     b = _choose(input, _torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
     return backend(b).cross_entropy
 
 
 def nll_loss(input, target, weight, opts: LossOptions):
-    small = input.is_cpu and _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    small = not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
     return backend(_choose(input, True, small, _needs_grad(weight))).nll_loss
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions):
-    small = input.is_cpu and input.numel() <= BINARY_TORCH_MAX_NUMEL
+    small = not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
     return backend(_choose(input, True, small, _needs_grad(target, weight))).binary_cross_entropy
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
-    small = input.is_cpu and input.numel() <= BINARY_TORCH_MAX_NUMEL
+    small = not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
     b = _choose(input, True, small, _needs_grad(target, weight, pos_weight))
     return backend(b).binary_cross_entropy_with_logits
 

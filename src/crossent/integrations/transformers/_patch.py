@@ -239,9 +239,9 @@ def _patched_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
 def _check_probe(model: nn.Module, state: _PatchState, logits: Any) -> None:
     """The model's post-processing of its logits must be the (scale, softcap) patch applies.
 
-    It is a property of the model's code and config, so it is read once, at the first eager
-    training step (one device-to-host read); while torch.compile traces, an assertion on the
-    device checks it instead (no graph break, no host sync)."""
+    It is a property of the model's code and config, so it is checked once, at the first training
+    step: on the CPU by reading the probe back; on an accelerator, and while torch.compile traces,
+    by an assertion evaluated on the device (no host sync, no graph break)."""
     if state.probe_checked:
         return
     probe = torch.tensor(_Capture.PROBE, dtype=torch.float64)
@@ -251,6 +251,10 @@ def _check_probe(model: nn.Module, state: _PatchState, logits: Any) -> None:
     ok_shape = torch.is_tensor(logits) and logits.shape[-1:] == probe.shape and logits.numel()
     if _compiling():
         _checks.logit_probe_traced(model, logits if ok_shape else None, expected)
+        return
+    if ok_shape and logits.device.type != "cpu":
+        _checks.logit_probe_traced(model, logits, expected)
+        state.probe_checked = True
         return
     got = logits.reshape(-1, probe.numel())[0].detach().to("cpu", torch.float64) if ok_shape else None
     _checks.logit_probe(model, _Capture.PROBE, got, expected, state.scale, state.softcap)
