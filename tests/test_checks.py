@@ -172,3 +172,31 @@ def test_environment_backend_set_before_import_is_honoured():
     env = {**__import__("os").environ, "CROSSENT_BACKEND": "fused"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "fused"
+
+
+# Where torch refuses an argument too, crossent's error is also of torch's exception type
+# (RuntimeError for TORCH_CHECK failures, IndexError for out-of-range targets), so code written
+# against torch's losses catches it.
+SAME_KIND = [
+    lambda m: m.cross_entropy(x, torch.tensor([0, 1, 2, 9])),
+    lambda m: m.cross_entropy(x, torch.tensor([0, 1, 2])),
+    lambda m: m.cross_entropy(x, t, weight=torch.ones(5, dtype=torch.float64)),
+    lambda m: m.cross_entropy(x, t, weight=torch.ones(4)),
+    lambda m: m.cross_entropy(x, p, ignore_index=0),
+    lambda m: m.nll_loss(x, torch.tensor([0, 1, 2, 9])),
+    lambda m: m.binary_cross_entropy(torch.tensor([0.5, 1.5]), torch.tensor([1.0, 0.0])),
+    lambda m: m.binary_cross_entropy(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 1.5])),
+    lambda m: m.linear_cross_entropy(xl.unsqueeze(0), wl, tl.unsqueeze(0)),
+    lambda m: m.linear_cross_entropy(xl, wl, pl, ignore_index=-100),
+    lambda m: m.linear_cross_entropy(xl, wl.double(), tl),
+    lambda m: m.linear_cross_entropy(xl, wl, tl, linear_bias=bl[:5]),
+]
+
+
+@pytest.mark.skipif(not hasattr(torch.nn.functional, "linear_cross_entropy"), reason="torch < 2.13")
+@pytest.mark.parametrize("call", SAME_KIND, ids=[f"kind{i}" for i in range(len(SAME_KIND))])
+def test_errors_are_of_torchs_exception_type_too(call):
+    with pytest.raises(Exception) as theirs:
+        call(torch.nn.functional)
+    with pytest.raises(type(theirs.value)):
+        call(crossent)

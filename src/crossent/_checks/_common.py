@@ -16,6 +16,21 @@ def check_values(enabled: bool | None) -> None:
     _value_checks_on_accelerators = enabled
 
 
+class InvalidArgument(ValueError, RuntimeError):
+    """crossent's error for a bad argument value or shape: a ValueError, and a RuntimeError as
+    torch's own TORCH_CHECK errors are, so ``except RuntimeError`` around torch's loss still
+    catches it."""
+
+
+class InvalidArgumentType(TypeError, RuntimeError):
+    """A bad argument type or dtype: a TypeError, and a RuntimeError as torch's "expected scalar
+    type ..." is."""
+
+
+class TargetOutOfRange(InvalidArgument, IndexError):
+    """A class index outside [0, C): also an IndexError, as torch's "Target ... is out of bounds"."""
+
+
 _is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
@@ -40,26 +55,26 @@ def _shape(t: torch.Tensor) -> str:
 
 def _tensor(fn: str, name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
+        raise InvalidArgumentType(f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
     return value
 
 
 def _floating(fn: str, name: str, t: torch.Tensor) -> None:
     if not t.is_floating_point():
-        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
+        raise InvalidArgumentType(f"{fn}: {name} must be a floating-point tensor, got dtype {t.dtype}")
 
 
 def _same_device(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> None:
     if t.device != input.device:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: {name} is on {t.device} but input is on {input.device}; move both to one device"
         )
 
 
 def _finite_number(fn: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
+        raise InvalidArgumentType(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{fn}: {name} must be finite, got {value}")
+        raise InvalidArgument(f"{fn}: {name} must be finite, got {value}")
     return value

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _finite_number, _floating, _same_device, _shape, _tensor
+from ._common import (
+    InvalidArgument,
+    InvalidArgumentType,
+    _finite_number,
+    _floating,
+    _same_device,
+    _shape,
+    _tensor,
+)
 from .losses import _class_index_range
 
 # linear_cross_entropy (torch 2.13's semantics): input (N, D) or (D,), linear_weight (C, D) or
@@ -17,14 +25,14 @@ def linear_operands(fn: str, input: object, linear_weight: object, linear_bias: 
     input = _tensor(fn, "input", input)
     _floating(fn, "input", input)
     if input.dim() not in (1, 2):
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: input must have shape (in_features,) or (N, in_features), as in torch, got "
             f"shape {tuple(input.shape)}; flatten the leading dimensions: "
             f"input.reshape(-1, {input.shape[-1] if input.dim() else 'D'}) and target.reshape(-1)"
         )
     linear_weight = _tensor(fn, "linear_weight", linear_weight)
     if linear_weight.dim() < 2 or linear_weight.shape[-1] != input.shape[-1]:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: linear_weight must have shape (C, in_features) or (C, d1, ..., dk, "
             f"in_features) with in_features = input.shape[-1] = {input.shape[-1]}, got "
             f"linear_weight of shape {tuple(linear_weight.shape)} for input of shape "
@@ -32,7 +40,7 @@ def linear_operands(fn: str, input: object, linear_weight: object, linear_bias: 
         )
     out_features = tuple(linear_weight.shape[1:-1])
     if out_features and input.dim() != 2:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: K-dimensional loss defined by linear_weight of shape "
             f"{tuple(linear_weight.shape)} requires batched input (N, {input.shape[-1]}), got "
             f"shape {tuple(input.shape)}"
@@ -42,7 +50,7 @@ def linear_operands(fn: str, input: object, linear_weight: object, linear_bias: 
         linear_bias = _tensor(fn, "linear_bias", linear_bias)
         expected = tuple(linear_weight.shape[:-1])
         if tuple(linear_bias.shape) != expected:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: linear_bias must have shape {expected}, one entry per row of "
                 f"linear_weight, got {tuple(linear_bias.shape)}"
             )
@@ -50,7 +58,7 @@ def linear_operands(fn: str, input: object, linear_weight: object, linear_bias: 
     for name, t in operands:
         _same_device(fn, name, t, input)
         if t.dtype != input.dtype:
-            raise TypeError(
+            raise InvalidArgumentType(
                 f"{fn}: {name} has dtype {t.dtype} but input has dtype {input.dtype}; "
                 f"the product runs in one dtype: cast {name} or input"
             )
@@ -73,29 +81,29 @@ def linear_targets(
     logits_shape = batch + (num_classes,) + out_features
     if tuple(target.shape) == logits_shape:
         if not target.is_floating_point():
-            raise TypeError(
+            raise InvalidArgumentType(
                 f"{fn}: a target of the logits' shape {logits_shape} holds class probabilities and "
                 f"must be floating-point, got {target.dtype}; class indices have shape "
                 f"{batch + out_features}"
             )
         if ignore_index is not None:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: ignore_index={ignore_index} cannot be specified when target contains "
                 f"class probabilities (torch refuses it too); leave ignore_index=None"
             )
         return target, True, -100
     if isinstance(ignore_index, bool) or (ignore_index is not None and not isinstance(ignore_index, int)):
-        raise TypeError(f"{fn}: ignore_index must be an int or None, got {ignore_index!r}")
+        raise InvalidArgumentType(f"{fn}: ignore_index must be an int or None, got {ignore_index!r}")
     ignore_index = -100 if ignore_index is None else ignore_index
     expected = batch + out_features
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
+        raise InvalidArgumentType(
             f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
             f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
             f"target of the logits' shape {logits_shape}"
         )
     if tuple(target.shape) != expected:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: target of class indices must have shape {expected} for input of shape "
             f"{tuple(input.shape)} and linear_weight of shape {tuple(linear_weight.shape)}, got "
             f"{tuple(target.shape)}"
@@ -117,20 +125,20 @@ def linear_chunking(
     ``chunk_size`` and torch's ``options`` (a LinearCrossEntropyOptions, or any object with its
     fields). normalizer needs reduction='mean'."""
     if normalizer is not None and opts_reduction != "mean":
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: normalizer={normalizer} replaces the denominator of reduction='mean', "
             f"got reduction={opts_reduction!r}; use reduction='mean' (or divide the 'sum' yourself)"
         )
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise TypeError(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {chunk_size!r}")
+            raise InvalidArgumentType(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {chunk_size!r}")
         if chunk_size < 1:
-            raise ValueError(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {chunk_size}")
+            raise InvalidArgument(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {chunk_size}")
     if options is None:
         return chunk_size, False
     missing = [f for f in _OPTION_FIELDS if not hasattr(options, f)]
     if missing:
-        raise TypeError(
+        raise InvalidArgumentType(
             f"{fn}: options must be a torch.nn.LinearCrossEntropyOptions or None, got "
             f"{type(options).__name__} (no {', '.join(missing)})"
         )
@@ -145,7 +153,7 @@ def linear_chunking(
         target = -(-num_tokens // -(-num_classes // max(in_features, 1)))
         computed = min((1 << (target - 1).bit_length()) // factor, num_tokens)
         if rows is not None and rows != computed:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: options.batch_chunk_size={rows} and chunking_method={method!r} give "
                 f"different chunk sizes ({rows} vs {computed}); pass only one"
             )
@@ -153,7 +161,7 @@ def linear_chunking(
     if rows is not None:
         rows = max(1, rows)
     if chunk_size is not None and rows is not None and chunk_size != rows:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: chunk_size={chunk_size} and options (which give {rows} rows per chunk) "
             f"disagree; pass only one"
         )
@@ -166,7 +174,7 @@ def linear_no_fused_gradient(fn: str, **tensors: torch.Tensor | None) -> None:
         return
     for name, t in tensors.items():
         if t is not None and t.requires_grad:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: {name} requires grad, but the fused path gives gradients only for input, "
                 f"weight and bias; pass {name}.detach(), or run under "
                 f"crossent.use_backend('reference') (it materialises the logits)"
@@ -178,18 +186,18 @@ def linear_module(fn: str, in_features, num_classes, out_features, weight, label
     smoothing there too; the rest are checked at every call)."""
     for name, value in (("in_features", in_features), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+            raise InvalidArgument(f"{fn}: {name} must be a positive int, got {value!r}")
     if not isinstance(out_features, (tuple, list)) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in out_features
     ):
-        raise ValueError(f"{fn}: out_features must be a tuple of positive ints, got {out_features!r}")
+        raise InvalidArgument(f"{fn}: out_features must be a tuple of positive ints, got {out_features!r}")
     if weight is not None:
         weight = _tensor(fn, "weight", weight)
         if tuple(weight.shape) != (num_classes,):
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: weight must be a 1-D tensor with one entry per class ({num_classes}), "
                 f"got shape {tuple(weight.shape)}"
             )
     smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
     if not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {smoothing}")
+        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {smoothing}")

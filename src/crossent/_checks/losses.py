@@ -7,13 +7,23 @@ import warnings
 import torch
 
 from .._options import LossOptions
-from ._common import _finite_number, _floating, _same_device, _shape, _tensor, _values_checked
+from ._common import (
+    InvalidArgument,
+    InvalidArgumentType,
+    TargetOutOfRange,
+    _finite_number,
+    _floating,
+    _same_device,
+    _shape,
+    _tensor,
+    _values_checked,
+)
 
 _REDUCTIONS = ("none", "mean", "sum")
 
 def reduction(fn: str, value: object) -> str:
     if value not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be 'none', 'mean' or 'sum', got {value!r}")
+        raise InvalidArgument(f"{fn}: reduction must be 'none', 'mean' or 'sum', got {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -36,22 +46,22 @@ def loss_options(
     chunk_size and allow_retain_graph come checked by `is_prob_target`/`linear_targets`,
     `loss_dtype` and `linear_chunking`)."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+        raise InvalidArgumentType(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
     reduction(fn, reduction_)
     label_smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
     z_loss = _finite_number(fn, "z_loss", z_loss)
     if z_loss < 0.0:
-        raise ValueError(f"{fn}: z_loss must be >= 0, got {z_loss}")
+        raise InvalidArgument(f"{fn}: z_loss must be >= 0, got {z_loss}")
     if softcap is not None:
         softcap = _finite_number(fn, "softcap", softcap)
         if softcap <= 0.0:
-            raise ValueError(f"{fn}: softcap must be > 0 (or None), got {softcap}")
+            raise InvalidArgument(f"{fn}: softcap must be > 0 (or None), got {softcap}")
     if normalizer is not None:
         if isinstance(normalizer, torch.Tensor):
             if normalizer.numel() != 1:
-                raise ValueError(
+                raise InvalidArgument(
                     f"{fn}: normalizer must be a number or a one-element tensor, "
                     f"got a tensor of shape {_shape(normalizer)}"
                 )
@@ -61,9 +71,9 @@ def loss_options(
         if not isinstance(normalizer, torch.Tensor):
             normalizer = _finite_number(fn, "normalizer", normalizer)
             if normalizer <= 0.0:
-                raise ValueError(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
+                raise InvalidArgument(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
     if not isinstance(inplace_backward, bool):
-        raise TypeError(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
+        raise InvalidArgumentType(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
     return LossOptions(
         ignore_index=ignore_index,
         reduction=reduction_,  # type: ignore[arg-type]
@@ -91,14 +101,14 @@ def class_targets(
     _same_device(fn, "target", target, input)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         expected = "()" if input.dim() == 1 else _shape(input[:, 0]) if input.dim() > 1 else ""
-        raise TypeError(
+        raise InvalidArgumentType(
             f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
             f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
             f"target of the input's shape {_shape(input)}"
         )
     expected_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
     if target.shape != expected_shape:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: target of class indices must have shape {tuple(expected_shape)} for input of "
             f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
         )
@@ -117,7 +127,7 @@ def _class_index_range(fn: str, target: torch.Tensor, class_dim_size: int, ignor
             if bool(bad.any()):
                 where = tuple(int(i) for i in bad.nonzero()[0])
                 value = int(target[where]) if where else int(target)
-                raise ValueError(
+                raise TargetOutOfRange(
                     f"{fn}: target contains {value} at index {where}, outside the classes "
                     f"[0, {class_dim_size}) and not ignore_index={ignore_index}"
                 )
@@ -127,7 +137,7 @@ def logits_input(fn: str, input: object) -> torch.Tensor:
     input = _tensor(fn, "input", input)
     _floating(fn, "input", input)
     if input.dim() == 0:
-        raise ValueError(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
+        raise InvalidArgument(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
     return input
 
 
@@ -135,12 +145,12 @@ def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor, ignore_inde
     """Class-probability targets: a floating tensor of the input's shape; nothing to ignore."""
     _same_device(fn, "target", target, input)
     if ignore_index >= 0:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: ignore_index={ignore_index} cannot apply to class-probability targets "
             f"(torch refuses it too); leave ignore_index at its default -100"
         )
     if target.shape != input.shape:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: target of class probabilities must have the input's shape "
             f"{tuple(input.shape)}, got {tuple(target.shape)}"
         )
@@ -163,14 +173,14 @@ def class_weight(
     _floating(fn, name, weight)
     _same_device(fn, name, weight, input)
     if weight.dim() != 1 or weight.shape[0] != num_classes:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: {name} must be a 1-D tensor with one entry per class ({num_classes}), "
             f"got shape {tuple(weight.shape)}"
         )
     expected = dtype or input.dtype
     if weight.dtype != expected:  # torch: "expected scalar type ... but found ..."
         against = "input has dtype" if dtype is None else "the loss is computed in"
-        raise TypeError(
+        raise InvalidArgumentType(
             f"{fn}: {name} has dtype {weight.dtype} but {against} {expected}; torch "
             f"requires one dtype: pass {name}.to({expected})"
         )
@@ -180,7 +190,7 @@ def class_weight(
 def inplace_input(fn: str, input: torch.Tensor) -> None:
     """The gradient can only be written into storage where every element has its own address."""
     if any(st == 0 and sz > 1 for st, sz in zip(input.stride(), input.shape)):
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: inplace_backward=True needs an input whose elements do not share memory "
             f"(got an expanded tensor with strides {input.stride()}); pass input.contiguous()"
         )
@@ -192,11 +202,11 @@ def binary_pair(fn: str, input: object, target: object) -> tuple[torch.Tensor, t
     _floating(fn, "input", input)
     _same_device(fn, "target", target, input)
     if target.shape != input.shape:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
         )
     if not target.is_floating_point():
-        raise TypeError(
+        raise InvalidArgumentType(
             f"{fn}: target must be a floating-point tensor of 0/1 labels or probabilities, "
             f"got {target.dtype}; use target.float()"
         )
@@ -216,7 +226,7 @@ def broadcast_weight(fn: str, name: str, weight: object, input: torch.Tensor) ->
         shape = None
     if shape != input.shape:
         hint = " (pos_weight holds one entry per class: the input's last dimension)" if name == "pos_weight" else ""
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: {name} of shape {tuple(weight.shape)} does not broadcast to the input's shape "
             f"{tuple(input.shape)}{hint}"
         )
@@ -233,7 +243,7 @@ def probabilities_in_unit_interval(fn: str, input: torch.Tensor, name: str = "in
             value = float(input[where]) if where else float(input)
             hint = ("for raw scores use binary_cross_entropy_with_logits" if name == "input"
                     else "targets are labels or probabilities (torch refuses others too)")
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: {name} must hold probabilities in [0, 1], got {value} at index {where}; {hint}"
             )
 
@@ -255,10 +265,10 @@ def loss_dtype(fn: str, dtype: object, input: torch.Tensor) -> torch.dtype | Non
     if dtype is None or dtype == input.dtype:
         return None
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"{fn}: dtype must be a torch.dtype or None, got {dtype!r}")
+        raise InvalidArgumentType(f"{fn}: dtype must be a torch.dtype or None, got {dtype!r}")
     if dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16):
         return dtype
-    raise ValueError(
+    raise InvalidArgument(
         f"{fn}: dtype={dtype} with a {input.dtype} input; dtype may be None, the input's dtype, "
         "or torch.float32 for a float16/bfloat16 input"
     )
