@@ -127,3 +127,13 @@ def second_derivative(ctx, grad_out: torch.Tensor, needs: tuple) -> tuple:
         g = next(grads) if n and t is not None else None
         result.append(torch.zeros_like(t) if g is None and n and t is not None else g)
     return tuple(result)
+
+
+def input_gradient(ctx, fn: str, grad_out: torch.Tensor, factor) -> torch.Tensor:
+    """backward of a fused loss with one differentiable input (the logits): the gradient with a
+    graph under create_graph=True, else the stored one (refilled for a second backward) times
+    ``factor(grad_out)``."""
+    if torch.is_grad_enabled():
+        return second_derivative(ctx, grad_out, ctx.needs_input_grad[:1])[0]
+    refill(ctx)
+    return release(ctx, fn, factor(grad_out))[0]

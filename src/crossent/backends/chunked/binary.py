@@ -122,13 +122,8 @@ class _BCEFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated
-            (g,) = autograd.second_derivative(ctx, grad_out, ctx.needs_input_grad[:1])
-        else:
-            autograd.refill(ctx)  # (a second backward: the same gradient again)
-            reduction, n, fn = ctx.meta
-            factor = grad_out / n if reduction == "mean" else grad_out
-            (g,) = autograd.release(ctx, fn, factor)
+        reduction, n, fn = ctx.meta
+        g = autograd.input_gradient(ctx, fn, grad_out, lambda go: go / n if reduction == "mean" else go)
         return g, None, None, None, None, None, None
 
 

@@ -83,14 +83,9 @@ class _CrossEntropyFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated
-            (g,) = autograd.second_derivative(ctx, grad_out, ctx.needs_input_grad[:1])
-        else:
-            autograd.refill(ctx)  # (a second backward: the same gradient again)
-            factor = grad_out.reshape(ctx.per_sample) if ctx.reduction == "none" else grad_out
-            (g,) = autograd.release(ctx, "cross_entropy", factor)
-            g = g.view(ctx.x_shape)
-        return g, None, None, None, None, None, None, None, None
+        per_sample = lambda go: go.reshape(ctx.per_sample) if ctx.reduction == "none" else go
+        g = autograd.input_gradient(ctx, "cross_entropy", grad_out, per_sample)
+        return g.view(ctx.x_shape), None, None, None, None, None, None, None, None
 
 
 def _precompute(x, index, probs, weight, opts):
