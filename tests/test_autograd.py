@@ -207,6 +207,15 @@ def test_torch_func_grad_vmap_jacrev_equal_torch_at_fused_sizes():
     ours = torch.func.grad(lambda w: crossent.linear_cross_entropy(x, w, t))(w)
     theirs = torch.func.grad(lambda w: F.cross_entropy(x @ w.T, t))(w)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+    # the transformed argument need not be the input: vmap over the weights, or the class weights
+    ws = torch.randn(2, C, 16, generator=gen)
+    ours = torch.func.vmap(lambda w: crossent.linear_cross_entropy(x, w, t))(ws)
+    theirs = torch.func.vmap(lambda w: F.cross_entropy(x @ w.T, t))(ws)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    cws = torch.rand(2, C, generator=gen) + 0.5
+    ours = torch.func.vmap(lambda cw: crossent.cross_entropy(z, t, cw, label_smoothing=0.1))(cws)
+    theirs = torch.func.vmap(lambda cw: F.cross_entropy(z, t, cw, label_smoothing=0.1))(cws)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- autocast

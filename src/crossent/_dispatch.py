@@ -228,14 +228,15 @@ _is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapp
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
 
-def _traced(input) -> bool:
-    """torch.func transforms see only functorch-wrapped tensors; Dynamo says when it traces."""
+def _traced(tensors) -> bool:
+    """torch.func transforms see functorch-wrapped tensors (any argument may be the one being
+    transformed); Dynamo says when it traces."""
     if _compiling is not None and _compiling():
         return True
-    return bool(_is_wrapped is not None and _is_wrapped(input))
+    return _is_wrapped is not None and any(t is not None and _is_wrapped(t) for t in tensors)
 
 
-def _choose(input, torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
+def _choose(tensors, torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
     f = forced()
     if f in (Backend.REFERENCE, Backend.COMPOSITE):
         return f
@@ -245,7 +246,7 @@ def _choose(input, torch_ok: bool, small: bool, needs_reference: bool) -> Backen
         return Backend.TORCH
     if needs_reference:
         return Backend.REFERENCE
-    return Backend.COMPOSITE if _traced(input) else Backend.FUSED
+    return Backend.COMPOSITE if _traced(tensors) else Backend.FUSED
 
 
 def _torch_has(opts: LossOptions) -> bool:
@@ -254,23 +255,23 @@ def _torch_has(opts: LossOptions) -> bool:
 
 def cross_entropy(input, target, weight, opts: LossOptions):
     small = not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-    b = _choose(input, _torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
+    b = _choose((input, target, weight), _torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
     return backend(b).cross_entropy
 
 
 def nll_loss(input, target, weight, opts: LossOptions):
     small = not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-    return backend(_choose(input, True, small, _needs_grad(weight))).nll_loss
+    return backend(_choose((input, target, weight), True, small, _needs_grad(weight))).nll_loss
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions):
     small = not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
-    return backend(_choose(input, True, small, _needs_grad(target, weight))).binary_cross_entropy
+    return backend(_choose((input, target, weight), True, small, _needs_grad(target, weight))).binary_cross_entropy
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
     small = not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
-    b = _choose(input, True, small, _needs_grad(target, weight, pos_weight))
+    b = _choose((input, target, weight, pos_weight), True, small, _needs_grad(target, weight, pos_weight))
     return backend(b).binary_cross_entropy_with_logits
 
 
@@ -279,7 +280,7 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
     small = input.is_cpu and logits <= LINEAR_TORCH_MAX_LOGITS
     no_fused_grad = {"weight": weight, "target": target if opts.soft else None}
-    b = _choose(input, torch_ok, small, False)
+    b = _choose((input, linear_weight, target, linear_bias, weight), torch_ok, small, False)
     if b is Backend.FUSED:
         _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
     return backend(b).linear_cross_entropy
