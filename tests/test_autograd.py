@@ -52,6 +52,22 @@ def test_cross_entropy_gradcheck_and_gradgradcheck(path, name):
 
 # The losses' inputs are gradcheck's own: a fused loss recomputes from its inputs for second
 # derivatives and repeated backward, holding them weakly (test_second_derivative_without_...).
+@pytest.mark.parametrize("path", PATHS, ids=[p.value for p in PATHS])
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probs"])
+def test_k_dimensional_gradcheck_and_gradgradcheck(path, probs):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(3, 4, 2, generator=gen, dtype=torch.float64).softmax(1) if probs else torch.randint(0, 4, (3, 2), generator=gen)
+    w = torch.randn(4, 2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    tl = torch.rand(3, 4, 2, generator=gen, dtype=torch.float64).softmax(1) if probs else t
+    with crossent.use_backend(path):
+        f = lambda x: crossent.cross_entropy(x, t, label_smoothing=0.1)
+        assert gradcheck(f, (x,)) and gradgradcheck(f, (x,))
+        g = lambda h, w: crossent.linear_cross_entropy(h, w, tl, reduction="sum")
+        assert gradcheck(g, (h, w)) and gradgradcheck(g, (h, w))
+
+
 BINARY = {
     "bce": lambda x, y, w: crossent.binary_cross_entropy(x, y, w),
     "bce_with_logits": lambda x, y, w: crossent.binary_cross_entropy_with_logits(x, y, w, pos_weight=w[0] + 1),
