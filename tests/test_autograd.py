@@ -269,11 +269,43 @@ def test_autocast_for_the_other_losses():
         (lambda: crossent.binary_cross_entropy(y, y), lambda: F.binary_cross_entropy(y, y)),
         (lambda: crossent.linear_cross_entropy(h, w, t), lambda: F.cross_entropy(F.linear(h, w), t)),
     ]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        for ours, theirs in pairs:
-            a, b = ours(), theirs()
-            assert a.dtype == b.dtype == torch.float32
-            torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-5)
+    for path in (None, Backend.FUSED, Backend.COMPOSITE):
+        with torch.autocast("cpu", dtype=torch.bfloat16), crossent.use_backend(path) if path else _auto():
+            for ours, theirs in pairs:
+                a, b = ours(), theirs()
+                assert a.dtype == b.dtype == torch.float32, path
+                torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-5)
+
+
+class _auto:
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_autocast_gradients_keep_the_inputs_dtype():
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(64, 300, generator=gen).bfloat16()
+    y = torch.rand(64, 300, generator=gen).bfloat16()
+    t = torch.randint(0, 300, (64,), generator=gen)
+    calls = [
+        lambda m, x: m.nll_loss(x.log_softmax(1), t),
+        lambda m, x: m.binary_cross_entropy_with_logits(x, y),
+        lambda m, x: m.binary_cross_entropy(x.sigmoid(), y),
+    ]
+    for call in calls:
+        grads = []
+        for m, path in ((crossent, Backend.FUSED), (F, None)):
+            x = z.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16), crossent.use_backend(path) if path else _auto():
+                loss = call(m, x)
+            assert loss.dtype == torch.float32
+            loss.backward()
+            grads.append(x.grad)
+        assert grads[0].dtype == grads[1].dtype == torch.bfloat16
+        torch.testing.assert_close(grads[0].float(), grads[1].float(), rtol=2e-2, atol=1e-5)
 
 
 def test_jit_trace_works():

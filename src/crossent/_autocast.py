@@ -1,5 +1,8 @@
 """torch.autocast, as torch's cross-entropy family meets it.
 
+NLL and the binary losses are computed by crossent's kernels in float32 chunk by chunk anyway: under
+autocast their options carry ``dtype=torch.float32`` (the loss's dtype), so nothing is copied.
+
 Under autocast torch runs cross_entropy, nll_loss and both binary losses with its fp32 cast
 policy: every float16/bfloat16 floating argument is read as float32 and the loss is float32
 (float64 is left alone); binary_cross_entropy is refused on CUDA ("unsafe to autocast"). F.linear
@@ -61,12 +64,16 @@ def cross_entropy_args(input, target, weight, dtype):
     return target, fp32(weight), dtype
 
 
-def binary_args(fn: str, input, *others):
-    """The binary losses read every argument as float32 (elementwise: the copies are cheap);
-    binary_cross_entropy is refused on CUDA, as torch refuses it."""
-    if fn == "binary_cross_entropy" and input.device.type == "cuda":
+def loss_dtype(input) -> torch.dtype | None:
+    """float32 for a 16-bit input under autocast (the loss torch returns), else None."""
+    return torch.float32 if isinstance(input, torch.Tensor) and input.dtype in _HALF and active(input) else None
+
+
+def binary_loss_dtype(fn: str, input) -> torch.dtype | None:
+    """`loss_dtype`, and binary_cross_entropy refused under CUDA autocast, as torch refuses it."""
+    if fn == "binary_cross_entropy" and isinstance(input, torch.Tensor) and input.device.type == "cuda" and active(input):
         _checks.unsafe_to_autocast(fn)
-    return (fp32(input), *(fp32(t) for t in others))
+    return loss_dtype(input)
 
 
 def linear_args(input, linear_weight, linear_bias, weight, dtype):

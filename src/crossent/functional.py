@@ -129,17 +129,16 @@ def nll_loss(
             if isinstance(err, _NOT_BAD_INPUT):
                 raise
     reduction = _checks.deprecated_reduction(reduction)
-    if _autocast.active(input):
-        with _autocast.off(input.device.type):
-            return nll_loss(_autocast.fp32(input), target, _autocast.fp32(weight),
-                            ignore_index=ignore_index, reduction=reduction)
     fn = "nll_loss"
-    input = _checks.logits_input(fn, input)
-    opts = _checks.loss_options(fn, ignore_index=ignore_index, reduction_=reduction)
-    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
-    weight = _checks.class_weight(fn, weight, input, num_classes)
-    target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
-    return _dispatch.nll_loss(input, target, weight, opts)(input, target, weight, opts)
+    dtype = _autocast.loss_dtype(input)  # float32 under autocast for a 16-bit input, else None
+    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
+        input = _checks.logits_input(fn, input)
+        opts = _checks.loss_options(fn, ignore_index=ignore_index, reduction_=reduction, dtype=dtype)
+        num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+        weight = _checks.class_weight(fn, _autocast.fp32(weight) if dtype else weight, input, num_classes,
+                                      dtype=dtype)
+        target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
+        return _dispatch.nll_loss(input, target, weight, opts)(input, target, weight, opts)
 
 
 nll_loss.__doc__ = _docs.NLL_LOSS
@@ -163,16 +162,14 @@ def binary_cross_entropy(
                 raise
     fn = "binary_cross_entropy"
     reduction = _checks.deprecated_reduction(reduction)
-    if _autocast.active(input):
-        input, target, weight = _autocast.binary_args(fn, input, target, weight)
-        with _autocast.off(input.device.type):
-            return binary_cross_entropy(input, target, weight, reduction=reduction)
-    input, target = _checks.binary_pair(fn, input, target)
-    opts = _checks.loss_options(fn, reduction_=reduction)
-    weight = _checks.broadcast_weight(fn, "weight", weight, input)
-    _checks.probabilities_in_unit_interval(fn, input)
-    _checks.probabilities_in_unit_interval(fn, target, "target")
-    return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
+    dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
+    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
+        input, target = _checks.binary_pair(fn, input, target)
+        opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
+        weight = _checks.broadcast_weight(fn, "weight", weight, input)
+        _checks.probabilities_in_unit_interval(fn, input)
+        _checks.probabilities_in_unit_interval(fn, target, "target")
+        return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
 
 
 binary_cross_entropy.__doc__ = _docs.BINARY_CROSS_ENTROPY
@@ -199,17 +196,14 @@ def binary_cross_entropy_with_logits(
                 raise
     fn = "binary_cross_entropy_with_logits"
     reduction = _checks.deprecated_reduction(reduction)
-    if _autocast.active(input):
-        input, target, weight, pos_weight = _autocast.binary_args(fn, input, target, weight, pos_weight)
-        with _autocast.off(input.device.type):
-            return binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
-                                                    pos_weight=pos_weight)
-    input, target = _checks.binary_pair(fn, input, target)
-    opts = _checks.loss_options(fn, reduction_=reduction)
-    weight = _checks.broadcast_weight(fn, "weight", weight, input)
-    pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
-    loss_fn = _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
-    return loss_fn(input, target, weight, pos_weight, opts)
+    dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
+    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
+        input, target = _checks.binary_pair(fn, input, target)
+        opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
+        weight = _checks.broadcast_weight(fn, "weight", weight, input)
+        pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
+        loss_fn = _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
+        return loss_fn(input, target, weight, pos_weight, opts)
 
 
 binary_cross_entropy_with_logits.__doc__ = _docs.BINARY_CROSS_ENTROPY_WITH_LOGITS

@@ -31,19 +31,19 @@ def formulas(precision_of) -> SimpleNamespace:
         loss = reference.nll_loss(
             input, target, weight, opts.ignore_index, opts.reduction, precision=precision_of(input.dtype)
         )
-        return loss.to(input.dtype)
+        return loss.to(opts.dtype or input.dtype)
 
     def binary_cross_entropy(input, target, weight, opts: LossOptions) -> torch.Tensor:
         loss = reference.binary_cross_entropy(
             input, target, weight, opts.reduction, precision=precision_of(input.dtype)
         )
-        return loss.to(input.dtype)
+        return loss.to(opts.dtype or input.dtype)
 
     def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions) -> torch.Tensor:
         loss = reference.binary_cross_entropy_with_logits(
             input, target, weight, opts.reduction, pos_weight, precision=precision_of(input.dtype)
         )
-        return loss.to(input.dtype)
+        return loss.to(opts.dtype or input.dtype)
 
     def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions) -> torch.Tensor:
         loss = reference.linear_cross_entropy(

@@ -106,15 +106,26 @@ def cross_entropy(input, target, weight, opts: LossOptions) -> torch.Tensor:
     )
 
 
+def _to(dtype, *tensors):
+    """With a loss dtype (float32 under autocast): every floating argument in it, as autocast's
+    fp32 policy casts them for torch's kernel (small here, or off the CPU where torch runs)."""
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def nll_loss(input, target, weight, opts: LossOptions) -> torch.Tensor:
+    input, weight = _to(opts.dtype, input, weight)
     return nll_loss_unchecked(input, target, weight, opts.ignore_index, opts.reduction)
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions) -> torch.Tensor:
+    input, target, weight = _to(opts.dtype, input, target, weight)
     return binary_cross_entropy_unchecked(input, target, weight, opts.reduction)
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions) -> torch.Tensor:
+    input, target, weight, pos_weight = _to(opts.dtype, input, target, weight, pos_weight)
     return binary_cross_entropy_with_logits_unchecked(input, target, weight, opts.reduction, pos_weight)
 
 

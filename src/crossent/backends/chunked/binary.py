@@ -91,7 +91,7 @@ def _bce_forward(x, y, w, pw, logits, opts, grad):
 def _bce_reduce(total, x, opts):
     if opts.reduction == "mean":
         total = total / x.numel() if x.numel() else total * float("nan")
-    return total.to(x.dtype)
+    return total.to(opts.dtype or x.dtype)  # (float32 under autocast)
 
 
 class _BCEFn(torch.autograd.Function):

@@ -128,7 +128,7 @@ class _NLLFn(torch.autograd.Function):
         w_t = torch.where(valid, w_t, 0.0)
         losses = -x_nc.gather(1, safe).squeeze(1).to(acc) * w_t
         den = deterministic_sum(w_t) if opts.reduction == "mean" else w_t.new_ones(())
-        return reduce(losses, den, opts, out_shape, x.dtype), safe, w_t, den
+        return reduce(losses, den, opts, out_shape, opts.dtype or x.dtype), safe, w_t, den
 
     @staticmethod
     def setup_context(ctx, inputs, output):
