@@ -1,0 +1,35 @@
+"""crossent.nn.LinearCrossEntropyLoss owns its nn.Linear, so FSDP2's fully_shard shards it as any
+layer: 2 gloo ranks on CPU give the single-process gradients."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not hasattr(fsdp, "fully_shard"):
+    pytest.skip("this torch has no FSDP2 fully_shard", allow_module_level=True)
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_fully_sharded_loss_module_gives_the_single_process_gradients():
+    worker = pathlib.Path(__file__).with_name("nn_fsdp_worker.py")
+    run = subprocess.run([sys.executable, str(worker), str(_free_port())],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["loss_diff"] < 1e-5 and result["max_abs_grad_diff"] < 1e-5, result
