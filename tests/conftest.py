@@ -33,6 +33,15 @@ def assert_no_worse_than_torch(ours: torch.Tensor, theirs: torch.Tensor, ref64: 
     assert not bad.any(), f"max excess {(err - bound)[bad].max().item():.3e} over {bad.sum().item()} elements"
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback, for a process group's rendezvous in distributed tests."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def gpu():
     if not torch.cuda.is_available():

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from conftest import free_port
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard"):
@@ -19,16 +20,10 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_fully_sharded_loss_module_gives_the_single_process_gradients():
     worker = pathlib.Path(__file__).with_name("nn_fsdp_worker.py")
-    run = subprocess.run([sys.executable, str(worker), str(_free_port())],
+    run = subprocess.run([sys.executable, str(worker), str(free_port())],
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

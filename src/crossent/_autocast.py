@@ -50,11 +50,6 @@ def fp32(t):
     return t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t
 
 
-def off(device_type: str):
-    """crossent's kernels run with autocast off (their inputs are cast as torch's policy says)."""
-    return torch.autocast(device_type, enabled=False)
-
-
 def cross_entropy_args(input, target, weight, dtype):
     """(target, weight, dtype) as torch's fp32 policy sees them; the input stays as it is and
     ``dtype=torch.float32`` makes the loss float32 without a float32 copy of it."""
@@ -86,5 +81,6 @@ def linear_args(input, linear_weight, linear_bias, weight, dtype):
 
 
 def maybe_off(input):
-    """``off`` when autocast is active for the input, else a no-op context."""
-    return off(input.device.type) if active(input) else contextlib.nullcontext()
+    """Autocast off for crossent's kernels (their inputs cast as torch's policy says) when it is
+    active for the input's device, else a no-op context."""
+    return torch.autocast(input.device.type, enabled=False) if active(input) else contextlib.nullcontext()

@@ -135,9 +135,14 @@ _HALF = (torch.float16, torch.bfloat16)
 # ---------------------------------------------------------------- rule 2, before the checks
 
 
-def _small(input, limit: int, limit_no_grad: int) -> bool:
+def _to_torch_by_size(input, limit: int, limit_no_grad: int) -> bool:
+    """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
+    gradient will be needed), and at any size off the CPU (crossent has no accelerator kernel
+    yet). Ordered for the small call: one numel() and done."""
     n = input.numel()
-    if n <= limit:  # (small enough either way: the gradient question costs two more calls)
+    if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
+        return True
+    if not input.is_cpu:
         return True
     return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
 
@@ -150,12 +155,7 @@ def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_back
         return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
     if not isinstance(input, _Tensor):
         return False
-    n = input.numel()
-    if n <= TORCH_MAX_NUMEL:  # small, on any device
-        return True
-    if not input.is_cpu:  # no accelerator kernel of crossent's yet: torch's (see rule 2)
-        return True
-    return n <= TORCH_MAX_NUMEL_NO_GRAD and not (input.requires_grad and _grad_enabled())
+    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
 
 
 def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
@@ -169,7 +169,7 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
         return forced() is Backend.TORCH
     if not isinstance(input, _Tensor):
         return False
-    return not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
 
 
 def nll_loss_to_torch(input) -> bool:
@@ -178,7 +178,7 @@ def nll_loss_to_torch(input) -> bool:
         return forced() is Backend.TORCH
     if not isinstance(input, _Tensor):
         return False
-    return not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
 
 
 def binary_to_torch(input) -> bool:
@@ -187,7 +187,7 @@ def binary_to_torch(input) -> bool:
         return forced() is Backend.TORCH
     if not isinstance(input, _Tensor):
         return False
-    return not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
+    return _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
 
 
 def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
@@ -254,23 +254,23 @@ def _torch_has(opts: LossOptions) -> bool:
 
 
 def cross_entropy(input, target, weight, opts: LossOptions):
-    small = not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    small = _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
     b = _choose((input, target, weight), _torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
     return backend(b).cross_entropy
 
 
 def nll_loss(input, target, weight, opts: LossOptions):
-    small = not input.is_cpu or _small(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    small = _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
     return backend(_choose((input, target, weight), True, small, _needs_grad(weight))).nll_loss
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions):
-    small = not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
+    small = _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
     return backend(_choose((input, target, weight), True, small, _needs_grad(target, weight))).binary_cross_entropy
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
-    small = not input.is_cpu or input.numel() <= BINARY_TORCH_MAX_NUMEL
+    small = _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
     b = _choose((input, target, weight, pos_weight), True, small, _needs_grad(target, weight, pos_weight))
     return backend(b).binary_cross_entropy_with_logits
 

@@ -74,38 +74,33 @@ def cross_entropy(
     reduction = _checks.deprecated_reduction(reduction)
     if _autocast.active(input) and isinstance(target, torch.Tensor):
         target, weight, dtype = _autocast.cross_entropy_args(input, target, weight, dtype)
-        with _autocast.off(input.device.type):
-            return cross_entropy(
-                input, target, weight, ignore_index=ignore_index, reduction=reduction,
-                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                inplace_backward=inplace_backward, dtype=dtype,
+    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
+        fn = "cross_entropy"
+        input = _checks.logits_input(fn, input)
+        num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+        dtype = _checks.loss_dtype(fn, dtype, input)
+        weight = _checks.class_weight(fn, weight, input, num_classes, dtype=dtype)
+        soft = _checks.is_prob_target(input, target)
+        if soft:
+            _checks.prob_targets(fn, input, target, ignore_index)
+        else:
+            target = _checks.class_targets(
+                fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
             )
-    fn = "cross_entropy"
-    input = _checks.logits_input(fn, input)
-    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
-    dtype = _checks.loss_dtype(fn, dtype, input)
-    weight = _checks.class_weight(fn, weight, input, num_classes, dtype=dtype)
-    soft = _checks.is_prob_target(input, target)
-    if soft:
-        _checks.prob_targets(fn, input, target, ignore_index)
-    else:
-        target = _checks.class_targets(
-            fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
+        opts = _checks.loss_options(
+            fn,
+            ignore_index=ignore_index,
+            reduction_=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            inplace_backward=inplace_backward,
+            soft=soft,
+            dtype=dtype,
         )
-    opts = _checks.loss_options(
-        fn,
-        ignore_index=ignore_index,
-        reduction_=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        inplace_backward=inplace_backward,
-        soft=soft,
-        dtype=dtype,
-    )
-    if inplace_backward:
-        _checks.inplace_input(fn, input)
-    return _dispatch.cross_entropy(input, target, weight, opts)(input, target, weight, opts)
+        if inplace_backward:
+            _checks.inplace_input(fn, input)
+        return _dispatch.cross_entropy(input, target, weight, opts)(input, target, weight, opts)
 
 
 cross_entropy.__doc__ = _docs.CROSS_ENTROPY
@@ -246,42 +241,36 @@ def linear_cross_entropy(
         input, linear_weight, linear_bias, weight, dtype = _autocast.linear_args(
             input, linear_weight, linear_bias, weight, dtype
         )
-        with _autocast.off(input.device.type):
-            return linear_cross_entropy(
-                input, linear_weight, target, linear_bias=linear_bias, weight=weight,
-                reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                options=options, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
-                chunk_size=chunk_size, dtype=dtype,
-            )
-    fn = "linear_cross_entropy"
-    _checks.linear_operands(fn, input, linear_weight, linear_bias)
-    target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
-    dtype = _checks.loss_dtype(fn, dtype, input)
-    weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
-    opts = _checks.loss_options(
-        fn,
-        ignore_index=ignore_index,
-        reduction_=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        normalizer=normalizer,
-        soft=soft,
-        dtype=dtype,
-    )
-    unbatched = input.dim() == 1
-    rows, retain = _checks.linear_chunking(
-        fn, opts.reduction, opts.normalizer, chunk_size, options,
-        1 if unbatched else input.shape[0], input.shape[-1], linear_weight.shape[0],
-    )
-    if rows is not None or retain:
-        opts = dataclasses.replace(opts, chunk_size=rows, allow_retain_graph=retain)
-    if unbatched:  # (D,) -> (1, D); the loss of 'none' comes back as a scalar, as torch's
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
-    loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)(
-        input, linear_weight, target, linear_bias, weight, opts
-    )
-    return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
+    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
+        fn = "linear_cross_entropy"
+        _checks.linear_operands(fn, input, linear_weight, linear_bias)
+        target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
+        dtype = _checks.loss_dtype(fn, dtype, input)
+        weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
+        opts = _checks.loss_options(
+            fn,
+            ignore_index=ignore_index,
+            reduction_=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            normalizer=normalizer,
+            soft=soft,
+            dtype=dtype,
+        )
+        unbatched = input.dim() == 1
+        rows, retain = _checks.linear_chunking(
+            fn, opts.reduction, opts.normalizer, chunk_size, options,
+            1 if unbatched else input.shape[0], input.shape[-1], linear_weight.shape[0],
+        )
+        if rows is not None or retain:
+            opts = dataclasses.replace(opts, chunk_size=rows, allow_retain_graph=retain)
+        if unbatched:  # (D,) -> (1, D); the loss of 'none' comes back as a scalar, as torch's
+            input, target = input.unsqueeze(0), target.unsqueeze(0)
+        loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)(
+            input, linear_weight, target, linear_bias, weight, opts
+        )
+        return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
 
 
 linear_cross_entropy.__doc__ = _docs.LINEAR_CROSS_ENTROPY

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from conftest import free_port
 
 pytest.importorskip("transformers")
 pytest.importorskip("crossent.integrations.transformers")
@@ -25,17 +26,11 @@ if not dist.is_available() or not dist.is_gloo_available():
 WORKER = pathlib.Path(__file__).with_name("fsdp_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_patched_fsdp2_gradients_equal_single_process():
     # the fused path (this tiny model would otherwise take crossent's composed small-problem route)
     env = dict(os.environ, CROSSENT_BACKEND="fused")
-    run = subprocess.run([sys.executable, str(WORKER), str(_free_port())],
+    run = subprocess.run([sys.executable, str(WORKER), str(free_port())],
                          capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])

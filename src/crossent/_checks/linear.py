@@ -144,10 +144,12 @@ def linear_chunking(
         )
     rows = options.batch_chunk_size
     method = options.chunking_method
-    if method == "auto" and rows is None:
-        rows = None  # crossent's measured rule
-    elif method is None or method == "auto":
-        rows = num_tokens if rows is None else min(rows, num_tokens)  # torch: None = one chunk
+    if method is None or method == "auto":
+        if rows is not None:
+            rows = min(rows, num_tokens)
+        elif method is None:
+            rows = num_tokens  # torch: no method and no size means one chunk
+        # ("auto" without a size: None, crossent's measured rule)
     else:  # "aspect_ratio[:k]", torch's formula: next_pow2(ceil(N / ceil(C / D))) // k
         factor = int(method.split(":", 1)[1]) if ":" in method else 1
         target = -(-num_tokens // -(-num_classes // max(in_features, 1)))

@@ -279,15 +279,6 @@ def unknown_backend(where: str, name: object, names: list[str]) -> None:
     raise ValueError(f"{where}: backend must be one of {listed}, got {name!r}") from None
 
 
-def fused_gradient_consumed(fn: str) -> None:
-    """A fused loss computed its gradients once; a second backward through it has none to give."""
-    raise RuntimeError(
-        f"crossent.{fn}: the fused gradient of this loss was already handed to a previous "
-        f"backward(); backward through the same loss twice (retain_graph=True) is not supported "
-        f"by the fused path: compute the loss again for a second backward"
-    )
-
-
 def recompute_inputs_gone(fn: str) -> None:
     """A second derivative (or a second backward) recomputes the gradient from the inputs, which the
     fused path holds weakly; they were freed."""

@@ -34,15 +34,14 @@ def _is_one(factor: torch.Tensor) -> bool:
     return factor.device.type == "cpu" and factor.numel() == 1 and factor.item() == 1.0
 
 
-def release(ctx, fn: str, factor: torch.Tensor) -> tuple:
+def release(ctx, factor: torch.Tensor) -> tuple:
     """The stored gradients times ``factor`` (grad_output, shaped to broadcast; times post_scale).
 
-    A second call raises (through `_checks`) unless the gradients were stashed with ``keep``.
+    They are handed over (a later call refills them, `refill`) unless stashed with ``keep``.
     Each gradient is multiplied in its own dtype, by the factor in float32 (or float64).
     """
+    refill(ctx)
     grads = ctx.grads
-    if grads is None:
-        _checks.fused_gradient_consumed(fn)
     if ctx.post_scale is not None:
         factor = factor * ctx.post_scale
     if not ctx.keep:
@@ -129,11 +128,10 @@ def second_derivative(ctx, grad_out: torch.Tensor, needs: tuple) -> tuple:
     return tuple(result)
 
 
-def input_gradient(ctx, fn: str, grad_out: torch.Tensor, factor) -> torch.Tensor:
+def input_gradient(ctx, grad_out: torch.Tensor, factor) -> torch.Tensor:
     """backward of a fused loss with one differentiable input (the logits): the gradient with a
     graph under create_graph=True, else the stored one (refilled for a second backward) times
     ``factor(grad_out)``."""
     if torch.is_grad_enabled():
         return second_derivative(ctx, grad_out, ctx.needs_input_grad[:1])[0]
-    refill(ctx)
-    return release(ctx, fn, factor(grad_out))[0]
+    return release(ctx, factor(grad_out))[0]

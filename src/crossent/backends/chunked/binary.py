@@ -118,12 +118,12 @@ class _BCEFn(torch.autograd.Function):
             return (grad,), None
 
         autograd.remember(ctx, fn, (x,), loss, regrad)
-        ctx.meta = (opts.reduction, x.numel(), fn)
+        ctx.meta = (opts.reduction, x.numel())
 
     @staticmethod
     def backward(ctx, grad_out):
-        reduction, n, fn = ctx.meta
-        g = autograd.input_gradient(ctx, fn, grad_out, lambda go: go / n if reduction == "mean" else go)
+        reduction, n = ctx.meta
+        g = autograd.input_gradient(ctx, grad_out, lambda go: go / n if reduction == "mean" else go)
         return g, None, None, None, None, None, None
 
 

@@ -84,7 +84,7 @@ class _CrossEntropyFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         per_sample = lambda go: go.reshape(ctx.per_sample) if ctx.reduction == "none" else go
-        g = autograd.input_gradient(ctx, "cross_entropy", grad_out, per_sample)
+        g = autograd.input_gradient(ctx, grad_out, per_sample)
         return g.view(ctx.x_shape), None, None, None, None, None, None, None, None
 
 

@@ -353,8 +353,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             scale = grad_out.reshape(input.shape[0], problem.heads).to(acc)  # (N, P)
             problem.run(weight, opts, rows, scale=scale, grads=grads)
         else:
-            autograd.refill(ctx)  # (a second backward: the same gradients again)
-            grads = autograd.release(ctx, "linear_cross_entropy", grad_out)
+            grads = autograd.release(ctx, grad_out)
         gx, gw, gb = grads
         gw = gw.to(w_dtype) if gw is not None else None
         gb = gb.to(b_dtype) if gb is not None else None
