@@ -1,0 +1,195 @@
+"""Checks of crossent.distributed: process groups, vocabulary layouts, DTensor placements, sharded
+parameters, and the options only the vocab-parallel losses have. Same message pattern as the rest
+of `_checks`: ``"<function>: <argument> <what is wrong>, got <value>"``."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import InvalidArgument, InvalidArgumentType, _tensor
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether t is a torch.distributed.tensor.DTensor (without importing it when unused)."""
+    cls = type(t)
+    return isinstance(t, torch.Tensor) and cls.__name__ == "DTensor" and "distributed" in cls.__module__
+
+
+def _is_zero_partitioned(t: torch.Tensor) -> bool:
+    # DeepSpeed ZeRO-3 tags its partitioned parameters (deepspeed/runtime/zero/partition_parameters.py)
+    return hasattr(t, "ds_id") and hasattr(t, "ds_status")
+
+
+def plain_parameter(fn: str, name: str, t: object) -> None:
+    """A functional loss needs this rank's rows as a plain tensor. FSDP2 parameters are DTensors
+    outside their module's forward, and autograd never reaches their sharded ``.grad`` through a
+    functional call (checked: it stays None, even after ``unshard()``); a ZeRO-3 parameter outside
+    its module's forward is an empty placeholder (numel 0)."""
+    if t is None:
+        return
+    if is_dtensor(t):
+        raise InvalidArgumentType(
+            f"{fn}: {name} is a DTensor (an FSDP2 or DTensor-parallel parameter, placements "
+            f"{tuple(t.placements)}); a functional loss called on it outside its module's forward "
+            f"leaves the sharded .grad None. Let a module own the weight: "
+            f"crossent.distributed.VocabParallelLinearCrossEntropyLoss (fully_shard it as any "
+            f"layer), or pass this rank's vocabulary rows as a plain tensor"
+        )
+    if isinstance(t, torch.Tensor) and _is_zero_partitioned(t):
+        raise InvalidArgumentType(
+            f"{fn}: {name} is a DeepSpeed ZeRO-3 partitioned parameter (shape "
+            f"{tuple(getattr(t, 'ds_shape', t.shape))}, local numel {t.numel()}); outside its "
+            f"module's forward it holds no data. Let a module own the weight "
+            f"(crossent.distributed.VocabParallelLinearCrossEntropyLoss), or gather it with "
+            f"deepspeed.zero.GatheredParameters"
+        )
+
+
+def group(fn: str, group: object):
+    """None (the default process group), a ProcessGroup, or a 1-D DeviceMesh -> a ProcessGroup."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise InvalidArgument(
+            f"{fn}: torch.distributed is not initialized; call "
+            f"torch.distributed.init_process_group(...) first (gloo on CPU, nccl on GPUs)"
+        )
+    if group is None:
+        return dist.group.WORLD
+    if isinstance(group, dist.ProcessGroup):
+        return group
+    mesh_cls = getattr(getattr(dist, "device_mesh", None), "DeviceMesh", None)
+    if mesh_cls is not None and isinstance(group, mesh_cls):
+        if group.ndim != 1:
+            raise InvalidArgument(
+                f"{fn}: group must be a ProcessGroup or a 1-D DeviceMesh, got a {group.ndim}-D "
+                f"mesh {tuple(group.mesh_dim_names or ())}; pass mesh['<dim name>']"
+            )
+        return group.get_group()
+    raise InvalidArgumentType(
+        f"{fn}: group must be a torch.distributed ProcessGroup, a 1-D DeviceMesh or None, got "
+        f"{type(group).__name__}"
+    )
+
+
+def num_classes(fn: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentType(f"{fn}: num_classes must be a non-negative int or None, got {value!r}")
+    return value
+
+
+def vocab_range(fn: str, value: object, local_size: int, num_classes: int) -> tuple[int, int]:
+    """An explicit (start, stop) of this rank's classes: inside [0, C), as many as its columns."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    )
+    if not ok:
+        raise InvalidArgumentType(f"{fn}: vocab_range must be a pair of ints (start, stop), got {value!r}")
+    start, stop = value
+    if not 0 <= start <= stop <= num_classes or stop - start != local_size:
+        raise InvalidArgument(
+            f"{fn}: vocab_range must satisfy 0 <= start <= stop <= num_classes={num_classes} with "
+            f"stop - start = this rank's {local_size} classes, got {tuple(value)}"
+        )
+    return start, stop
+
+
+def default_layout(fn: str, local_size: int, expected: int, rank: int, world: int, num_classes: int) -> None:
+    """Without vocab_range the layout is torch.chunk's / DTensor's: ceil(C / W) classes per rank."""
+    if local_size != expected:
+        raise InvalidArgument(
+            f"{fn}: rank {rank} of {world} holds {local_size} classes, but the default layout "
+            f"(torch.chunk / DTensor Shard: ceil({num_classes} / {world}) per rank, empty trailing "
+            f"shards allowed) gives it {expected}; pass vocab_range=(start, stop) for another layout"
+        )
+
+
+def dtensor_placements(fn: str, t: torch.Tensor, class_dim: int) -> tuple[int, list[int]]:
+    """The mesh dim that shards the class dim, and the mesh dims that shard the batch (dim 0)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    tp, dp = [], []
+    for i, p in enumerate(t.placements):
+        if type(p) is Shard and p.dim % t.dim() == class_dim:
+            tp.append(i)
+        elif type(p) is Shard and p.dim % t.dim() == 0 and class_dim != 0:
+            dp.append(i)
+        elif type(p) is not Replicate:
+            tp = None
+            break
+    if tp is None or len(tp) != 1:
+        raise InvalidArgument(
+            f"{fn}: a DTensor input must be sharded on its class dim ({class_dim}) by exactly one "
+            f"mesh dim, the others Shard(0) (batch) or Replicate, got placements "
+            f"{tuple(t.placements)}"
+        )
+    return tp[0], dp
+
+
+def dtensor_companion(fn: str, name: str, t: torch.Tensor, expected: tuple, input_placements) -> torch.Tensor:
+    """A DTensor target (or class weight) placed as it must be beside the input; its local tensor."""
+    if tuple(t.device_mesh.mesh.shape) and tuple(t.placements) != tuple(expected):
+        raise InvalidArgument(
+            f"{fn}: {name} is a DTensor with placements {tuple(t.placements)}; beside an input "
+            f"placed {tuple(input_placements)} it must be placed {tuple(expected)}"
+        )
+    return t.to_local()
+
+
+def no_grad_through(fn: str, name: str, t: object) -> None:
+    """Targets and class weights are constants of the vocab-parallel losses (as of the fused
+    single-device ones): refuse one that asks for a gradient rather than silently return none."""
+    if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
+        raise InvalidArgument(
+            f"{fn}: {name} requires grad, but the vocab-parallel losses do not differentiate "
+            f"w.r.t. {name}; pass {name}.detach()"
+        )
+
+
+def sequence_parallel(fn: str, sequence_parallel: object, reduce_input_grad: object) -> None:
+    for arg, value in (("sequence_parallel", sequence_parallel), ("reduce_input_grad", reduce_input_grad)):
+        if not isinstance(value, bool):
+            raise InvalidArgumentType(f"{fn}: {arg} must be True or False, got {value!r}")
+    if sequence_parallel and not reduce_input_grad:
+        raise InvalidArgument(
+            f"{fn}: sequence_parallel=True gathers the input here, so the reduce-scatter of its "
+            f"gradient is this function's too; reduce_input_grad=False applies without sequence "
+            f"parallelism only"
+        )
+
+
+def deterministic(fn: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgumentType(f"{fn}: deterministic must be True or False, got {value!r}")
+    return value
+
+
+def linear_weight_shard(fn: str, input: torch.Tensor, linear_weight: torch.Tensor) -> None:
+    if input.dim() != 2:
+        raise InvalidArgument(
+            f"{fn}: input must have shape (N, in_features), got shape {tuple(input.shape)}; "
+            f"flatten the leading dimensions: input.reshape(-1, {input.shape[-1] if input.dim() else 'D'})"
+        )
+
+
+def normalizer_target(fn: str, target: object) -> torch.Tensor:
+    target = _tensor(fn, "target", target)
+    if target.is_complex() or target.dtype == torch.bool:
+        raise InvalidArgumentType(
+            f"{fn}: target must hold class indices (an integer tensor) or class probabilities "
+            f"(floating, class dim 1), got {target.dtype}"
+        )
+    return target
+
+
+def normalizer_targets(fn: str, targets: object) -> list:
+    if isinstance(targets, torch.Tensor):
+        return [targets]
+    if isinstance(targets, (list, tuple)) and targets:
+        return list(targets)
+    raise InvalidArgumentType(
+        f"{fn}: target must be a tensor or a non-empty list of tensors (the micro-batches of one "
+        f"optimizer step), got {type(targets).__name__}"
+    )
