@@ -11,6 +11,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -313,8 +314,14 @@ def test_eval_mode_and_no_labels_run_the_original_forward():
     out = model(**batch)
     assert torch.equal(out.logits, ref.logits) and torch.equal(out.loss, ref.loss)
     model.train()
-    no_labels = model(input_ids=batch["input_ids"])
+    with pytest.warns(RuntimeWarning, match="without labels, so crossent's fused loss did not run"):
+        no_labels = model(input_ids=batch["input_ids"])
     assert no_labels.logits is not None and no_labels.loss is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model
+        model(input_ids=batch["input_ids"])
+        with torch.no_grad():  # no training step: no warning either
+            hf.patch(_tiny("llama"))(input_ids=batch["input_ids"])
 
 
 def test_unpatch_restores_the_model_bit_identically():
@@ -374,7 +381,7 @@ def test_patch_errors():
 
     head = ScaledHead(32, VOCAB, bias=False)
     model.lm_head = head
-    with pytest.raises(ValueError, match="must be a plain nn.Linear, got ScaledHead"):
+    with pytest.raises(ValueError, match=r"must be a plain nn.Linear \(or PEFT's LoRA Linear over one\), got ScaledHead"):
         hf.patch(model)
 
 

@@ -103,8 +103,9 @@ def pretrained_model(fn: str, model: object, base: type) -> None:
 
 def not_a_causal_lm(fn: str, model: nn.Module) -> NoReturn:
     raise ValueError(
-        f"{fn}: model must be a causal language model (a *ForCausalLM class), got "
-        f"{type(model).__name__}"
+        f"{fn}: model must be a causal language model (a *ForCausalLM class) or a decoder-only "
+        f"vision-language model whose loss is the causal-LM loss (a *ForConditionalGeneration "
+        f"class such as Qwen2VLForConditionalGeneration), got {type(model).__name__}"
     )
 
 
@@ -121,8 +122,9 @@ def plain_linear_head(fn: str, model: nn.Module, head: object) -> nn.Linear:
     loss."""
     if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
         raise ValueError(
-            f"{fn}: {type(model).__name__}'s output embedding must be a plain nn.Linear, got "
-            f"{type(head).__name__}; crossent's fused loss would bypass its forward"
+            f"{fn}: {type(model).__name__}'s output embedding must be a plain nn.Linear (or PEFT's "
+            f"LoRA Linear over one), got {type(head).__name__}; crossent's fused loss would bypass "
+            "its forward"
         )
     return head
 
@@ -224,3 +226,106 @@ def router_aux_loss_coef(model: nn.Module) -> float:
             "router_aux_loss_coef; unpatch the model"
         )
     return coef
+
+
+# ---------------------------------------------------------------- PEFT, Trainer and TRL
+
+
+def lora_head_unsupported(fn: str, model: nn.Module, why: str) -> NoReturn:
+    raise ValueError(
+        f"{fn}: {type(model).__name__}'s output embedding is a PEFT LoRA layer crossent cannot "
+        f"fuse: {why}; leave lm_head out of target_modules, or unpatch the model"
+    )
+
+
+def head_call_arguments(head: nn.Module, args: tuple, kwargs: dict) -> NoReturn:
+    raise RuntimeError(
+        f"{PATCHED}: the output head ({type(head).__name__}) was called with extra arguments "
+        f"{sorted(kwargs) or len(args)} (PEFT mixed-adapter batches?), which the fused loss cannot "
+        "honour; unpatch the model"
+    )
+
+
+def peft_prompt_learning(model: nn.Module) -> None:
+    config = getattr(model, "active_peft_config", None)
+    if getattr(config, "is_prompt_learning", False):
+        raise ValueError(
+            f"patch: {type(model).__name__} uses a prompt-learning adapter "
+            f"({type(config).__name__}), which crossent does not support (LoRA and other "
+            "weight adapters are)"
+        )
+
+
+def trainer_compute_loss_func(fn: str) -> NoReturn:
+    raise ValueError(
+        f"{fn}: this Trainer has a compute_loss_func, so it takes the labels out and computes the "
+        "loss from the logits: crossent's patch would never run; use patch() or "
+        "compute_loss_func, not both"
+    )
+
+
+def _version(v: tuple[int, ...] | None) -> str:
+    return "not imported" if v is None else ".".join(map(str, v))
+
+
+def trl_unsupported(fn: str, version: tuple[int, ...] | None, minimum: tuple[int, ...], why: str) -> NoReturn:
+    raise RuntimeError(
+        f"{fn}: TRL {_version(version)} is not supported ({why}): crossent patches TRL's trainers "
+        f"from TRL {_version(minimum)} on (tested: see the README's table); "
+        f"pip install 'trl>={_version(minimum)}'"
+    )
+
+
+def trl_trainer_unsupported(fn: str, trainer: object, names: tuple[str, ...]) -> NoReturn:
+    raise ValueError(
+        f"{fn}: {type(trainer).__name__} is not supported: crossent patches {', '.join(names)} "
+        "(whose use of the fused LM head's outputs it matches)"
+    )
+
+
+def trl_option_unsupported(fn: str, obj: object, option: str) -> NoReturn:
+    raise ValueError(
+        f"{fn}: {type(obj).__name__} with {option} is not supported: crossent's fused loss would "
+        "not compute the training loss"
+    )
+
+
+def trl_forward_missing(fn: str, model: nn.Module, outer: object) -> NoReturn:
+    by = "none" if outer is None else getattr(getattr(outer, "__func__", outer), "__qualname__", repr(outer))
+    raise RuntimeError(
+        f"{fn}: {type(model).__name__}'s outermost forward is not TRL's fused LM head (got {by}); "
+        "patch the trainer after building it and before trainer.train()"
+    )
+
+
+def trl_labels(model: nn.Module, labels: object, shift_labels: object) -> None:
+    if labels is None and shift_labels is None:
+        raise ValueError(
+            f"{PATCHED}: {type(model).__name__} was called with fused_lm_head=True but without "
+            "labels or shift_labels; TRL's fused LM head needs one"
+        )
+
+
+def trl_targets(model: nn.Module, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"{PATCHED}: labels of shape {tuple(target.shape)} (shifted) do not match the "
+            f"{tuple(hidden.shape[:-1])} positions {type(model).__name__}'s head sees"
+        )
+    return target
+
+
+def no_labels_message(model: nn.Module) -> str:
+    return (
+        f"{PATCHED}: {type(model).__name__} ran a training forward without labels, so crossent's "
+        "fused loss did not run and the logits were built (a Trainer with compute_loss_func "
+        "takes the labels out: use patch() or compute_loss_func, not both); warned once per model"
+    )
+
+
+def bypassed_message(model: nn.Module, by: str) -> str:
+    return (
+        f"{PATCHED}: {type(model).__name__}'s forward was wrapped after patch() by {by}, which "
+        "computed this training step's loss without crossent; patch the trainer once it is built: "
+        "crossent.integrations.transformers.patch(trainer); warned once per model"
+    )
