@@ -26,17 +26,27 @@ def copy_model(tmp: Path, name: str = "toy") -> Path:
     return dst
 
 
-def with_nan(tmp: Path) -> list[str]:
-    rows = toy_rows()
-    rows[4][1] = ""
-    rows[9][1] = ""
+def all_missing(tmp: Path) -> list[str]:
+    rows = [[r[0], "", r[2]] for r in toy_rows()]
     return ["train", "--data", toy(tmp, rows), "--target", "animal"]
 
 
 def non_numeric(tmp: Path) -> list[str]:
     rows = toy_rows()
     rows[6][0] = "tall"
-    return ["train", "--data", toy(tmp, rows), "--target", "animal"]
+    return ["train", "--data", toy(tmp, rows), "--target", "animal", "--numeric", "height"]
+
+
+def with_nan_for_an_old_model(tmp: Path) -> list[str]:
+    """A model folder from before `preprocessing` (no imputation) still refuses missing values."""
+    model = copy_model(tmp)
+    cfg = json.loads((model / "config.json").read_text())
+    del cfg["preprocessing"]
+    (model / "config.json").write_text(json.dumps(cfg))
+    rows = toy_rows()
+    rows[4][1] = ""
+    rows[9][1] = ""
+    return ["predict", "--model", model, "--data", toy(tmp, rows)]
 
 
 def single_class(tmp: Path) -> list[str]:
@@ -149,7 +159,12 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
         non_numeric,
         "column 'height' of .* is not numeric \\('tall' in data row 7\\)",
     ),
-    ("NaN feature", with_nan, "column 'weight' .* 2 missing value\\(s\\) \\(data rows 5, 10\\)"),
+    (
+        "NaN feature, model without imputation",
+        with_nan_for_an_old_model,
+        "column 'weight' .* 2 missing value\\(s\\) \\(data rows 5, 10\\)",
+    ),
+    ("all values missing", all_missing, "column 'weight' .* has no values .* --drop weight"),
     ("NaN label", nan_label, "target column 'animal' .* 1 missing label"),
     ("single class", single_class, "holds a single class \\('cat'\\)"),
     ("unseen label", unseen_label, "label\\(s\\) 'fox' that the model was not trained on"),

@@ -16,7 +16,7 @@ COMMANDS = {
     "evaluate": "evaluate:evaluate",
     "predict": "predict:predict",
     "explain": "explain:explain",
-    "data": "data:data_command",
+    "data": "describe:data_command",
     "bench": "bench:bench",
 }
 

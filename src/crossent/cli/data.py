@@ -1,9 +1,12 @@
 """Data for the command line: scikit-learn's built-in data sets and CSV files, checked once here.
 
-Everything downstream gets a `Dataset`: a float64 feature matrix with no NaN, the feature names in
-column order, and labels as strings (so ``1``, ``1.0`` and ``"1"`` in a CSV are the same class).
-Every problem with the input (missing file or column, non-numeric values, NaN, a single class, a
-label the model never saw) becomes one `CliError` sentence here.
+Training gets a `Table`: the raw frame, the label strings (so ``1``, ``1.0`` and ``"1"`` in a CSV
+are the same class), the class list, and the `columns.ColumnPlan` of its features; `train` splits
+the rows, fits `preprocess` on the training rows and turns the frame into features. Evaluation and
+prediction get a `Dataset`: features already transformed the way the model's config.json says
+(its `preprocessing`, or, for models from before it, numeric columns and their `scaling`).
+Every problem with the input (missing file or column, a column with no values, a label the model
+never saw, ...) becomes one `CliError` sentence.
 
 Imports of pandas / scikit-learn / numpy happen inside the functions: the CLI's ``--help`` must stay
 fast (see ``crossent.cli``).
@@ -19,11 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._csv import SEP_HELP, CsvFormat, parse_sep
 from ._errors import CliError
+from .columns import ColumnPlan, label
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
+
+    from .preprocess import InputReport
 
 # name on the command line -> (scikit-learn loader, one line for --help and `crossent data`)
 BUILTINS: dict[str, tuple[str, str]] = {
@@ -40,9 +47,21 @@ DATA_HELP = (
 )
 
 
+def sep_option(command):
+    """--sep, shared by every command that reads a CSV file (arrives as `sep`)."""
+    return click.option("--sep", "sep", metavar="CHAR", callback=_sep_callback, help=SEP_HELP)(
+        command
+    )
+
+
+def _sep_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return parse_sep(value)
+
+
 def model_and_data_options(command):
-    """The --model DIR (a folder written by `crossent train`) and --data CSV|NAME options that
-    evaluate and predict share; they arrive as model_dir and source."""
+    """The --model DIR (a folder written by `crossent train`), --data CSV|NAME and --sep options
+    that evaluate and predict share; they arrive as model_dir, source and sep."""
+    command = sep_option(command)
     command = click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)(command)
     return click.option(
         "--model", "model_dir", required=True, type=click.Path(),
@@ -50,11 +69,50 @@ def model_and_data_options(command):
     )(command)
 
 
+def fingerprint(frame: pd.DataFrame, features: Sequence[str], labels: Sequence[str] | None) -> str:
+    """sha256 of feature names, feature values and labels: identifies "the same data" across runs.
+
+    All-numeric features hash as the float64 matrix (the fingerprint of crossent's first model
+    folders, so `evaluate --split val` still recognises their data); other columns as text.
+    """
+    import numpy as np
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update("\x1f".join(features).encode())
+    cols = [frame[f] for f in features]
+    if all(pd.api.types.is_numeric_dtype(c) for c in cols):
+        X = np.stack([c.to_numpy(dtype=np.float64, na_value=np.nan) for c in cols], axis=1)
+        h.update(X.astype("<f8").tobytes())
+    else:
+        for c in cols:
+            h.update("\x1e".join("\x00" if v != v else str(v) for v in c.tolist()).encode())
+    if labels is not None:
+        h.update("\x1f".join(labels).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Table:
+    """A labelled source for training: raw columns, labels, classes and the feature plan."""
+
+    name: str
+    frame: pd.DataFrame
+    target: str
+    labels: list[str]
+    class_order: list[str]
+    plan: ColumnPlan
+    fmt: CsvFormat | None = None
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.frame, self.plan.features, self.labels)
+
+
 @dataclass
 class Dataset:
-    """Features and labels of one source, checked.
+    """Model-ready features of one source, checked.
 
-    X         (N, D) float64, finite
+    X         (N, D) float64, finite: the model's inputs (for `load_for_model`: raw numbers)
     labels    N label strings, or None when the source has no target column (prediction)
     """
 
@@ -67,25 +125,30 @@ class Dataset:
     frame: pd.DataFrame | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
-        """sha256 of features, feature names and labels: identifies "the same data" across runs."""
-        h = hashlib.sha256()
-        h.update("\x1f".join(self.feature_names).encode())
-        h.update(self.X.astype("<f8").tobytes())
-        if self.labels is not None:
-            h.update("\x1f".join(self.labels).encode())
-        return h.hexdigest()
+        assert self.frame is not None  # every loader keeps the frame
+        return fingerprint(self.frame, self.feature_names, self.labels)
 
 
 # ---------------------------------------------------------------------------------------------
 # reading a source
 
 
-def read_source(source: str) -> tuple[pd.DataFrame, str, str | None, list[str] | None]:
-    """(frame, display name, target column or None, class order or None) of a CSV or built-in."""
+def read_source(
+    source: str, sep: str | None = None
+) -> tuple[pd.DataFrame, str, str | None, list[str] | None, CsvFormat | None]:
+    """(frame, display name, target column or None, class order or None, CSV format or None)."""
+    from ._csv import read_csv
+
     path = Path(source)
     if path.is_file() or source not in BUILTINS:  # a folder named "iris" does not shadow it
-        return _read_csv(path), str(path), None, None
-    return _read_builtin(source)
+        if not path.exists():
+            raise CliError(
+                f"no such file '{path}' and no built-in data set of that name; "
+                f"give the path of a CSV file or one of: {', '.join(BUILTINS)}"
+            )
+        frame, fmt = read_csv(path, sep)
+        return frame, str(path), None, None, fmt
+    return (*_read_builtin(source), None)
 
 
 def _read_builtin(name: str) -> tuple[pd.DataFrame, str, str, list[str]]:
@@ -103,36 +166,11 @@ def _read_builtin(name: str) -> tuple[pd.DataFrame, str, str, list[str]]:
     return frame, name, BUILTIN_TARGET, classes
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    import pandas as pd
-
-    if not path.exists():
-        raise CliError(
-            f"no such file '{path}' and no built-in data set of that name; "
-            f"give the path of a CSV file or one of: {', '.join(BUILTINS)}"
-        )
-    if path.is_dir():
-        raise CliError(f"'{path}' is a folder, not a CSV file; give the path of a CSV file")
-    if path.suffix.lower() in {".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".safetensors"}:
-        raise CliError(f"'{path}' is a model file, not data; give a CSV file with --data")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise CliError(f"'{path}' is empty; give a CSV file with a header row and data rows")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CliError(f"'{path}' could not be read as CSV ({first}); check that it is a CSV file")
-    if len(frame) == 0:
-        raise CliError(f"'{path}' has a header but no data rows; add rows to the file")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
-
-
 # ---------------------------------------------------------------------------------------------
 # columns -> arrays
 
 
-def _rows(mask: Any, limit: int = 5) -> str:
+def rows_text(mask: Any, limit: int = 5) -> str:
     """'data rows 3, 7 and 2 more' (1-based, counting data rows after the header)."""
     import numpy as np
 
@@ -142,10 +180,7 @@ def _rows(mask: Any, limit: int = 5) -> str:
     return f"data row{'s' if len(idx) > 1 else ''} {shown}{more}"
 
 
-def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np.ndarray:
-    import numpy as np
-    import pandas as pd
-
+def require_columns(frame: pd.DataFrame, names: Sequence[str], source: str) -> None:
     missing = [n for n in names if n not in frame.columns]
     if missing:
         listed = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -153,6 +188,14 @@ def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np
             f"{source} lacks the feature column(s) {listed}; "
             f"use data with the columns {', '.join(list(names)[:8])}{' ...' if len(names) > 8 else ''}"
         )
+
+
+def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np.ndarray:
+    """Numeric columns as they are (models without `preprocessing` in config.json)."""
+    import numpy as np
+    import pandas as pd
+
+    require_columns(frame, names, source)
     cols = []
     for n in names:
         col = frame[n]
@@ -163,13 +206,13 @@ def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np
         if bad.any():
             example = col[bad].iloc[0]
             raise CliError(
-                f"column '{n}' of {source} is not numeric ({example!r} in {_rows(bad, 1)}); "
-                "encode it as numbers or leave it out with --features"
+                f"column '{n}' of {source} is not numeric ({example!r} in {rows_text(bad, 1)}); "
+                "this model reads numbers only, so encode it as numbers or retrain"
             )
         if num.isna().any():
             raise CliError(
                 f"column '{n}' of {source} has {int(num.isna().sum())} missing value(s) "
-                f"({_rows(num.isna())}); fill or drop those rows first"
+                f"({rows_text(num.isna())}); this model cannot impute, so fill them or retrain"
             )
         cols.append(num.to_numpy(dtype=np.float64))
     X = np.stack(cols, axis=1) if cols else np.zeros((len(frame), 0))
@@ -185,15 +228,9 @@ def label_strings(frame: pd.DataFrame, target: str, source: str) -> list[str]:
     if col.isna().any():
         raise CliError(
             f"the target column '{target}' of {source} has {int(col.isna().sum())} missing "
-            f"label(s) ({_rows(col.isna())}); fill or drop those rows first"
+            f"label(s) ({rows_text(col.isna())}); fill or drop those rows first"
         )
-    return [_label(v) for v in col.tolist()]
-
-
-def _label(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v).strip()
+    return [label(v) for v in col.tolist()]
 
 
 def _sorted_classes(frame: pd.DataFrame, target: str, labels: list[str]) -> list[str]:
@@ -201,7 +238,9 @@ def _sorted_classes(frame: pd.DataFrame, target: str, labels: list[str]) -> list
     import pandas as pd
 
     uniq = sorted(set(labels))
-    if pd.api.types.is_numeric_dtype(frame[target]):
+    if pd.api.types.is_numeric_dtype(frame[target]) and not pd.api.types.is_bool_dtype(
+        frame[target]
+    ):
         return sorted(uniq, key=float)
     return uniq
 
@@ -216,14 +255,24 @@ def check_target(frame: pd.DataFrame, target: str | None, source: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the two ways commands load data
+# the ways commands load data
 
 
 def load_for_training(
-    source: str, target: str | None = None, features: Sequence[str] | None = None
-) -> Dataset:
-    """Features + labels + class list for `train`; at least two classes."""
-    frame, name, builtin_target, class_order = read_source(source)
+    source: str,
+    target: str | None = None,
+    features: Sequence[str] | None = None,
+    *,
+    sep: str | None = None,
+    **columns: Any,
+) -> Table:
+    """Raw columns + labels + class list + feature plan for `train`; at least two classes.
+
+    `columns` are `columns.plan_columns`' options (drop, keep, categorical, numeric, dates).
+    """
+    from .columns import plan_columns
+
+    frame, name, builtin_target, class_order, fmt = read_source(source, sep)
     if builtin_target is not None:
         if target not in (None, builtin_target):
             raise CliError(
@@ -232,16 +281,10 @@ def load_for_training(
             )
         target = builtin_target
     target = check_target(frame, target, name)
-    if features:
-        feats = list(features)
-        if target in feats:
-            raise CliError(f"'{target}' is the target, so leave it out of --features")
-    else:
-        feats = [c for c in frame.columns if c != target]
-    if not feats:
-        raise CliError(f"{name} has no feature columns besides '{target}'; add feature columns")
-    X = feature_matrix(frame, feats, name)
+    if features and target in features:
+        raise CliError(f"'{target}' is the target, so leave it out of --features")
     labels = label_strings(frame, target, name)
+    plan = plan_columns(frame, target, name, labels=labels, features=features, **columns)
     classes = class_order or _sorted_classes(frame, target, labels)
     present = [c for c in classes if c in set(labels)]
     if len(present) < 2:
@@ -249,23 +292,56 @@ def load_for_training(
             f"the target column '{target}' of {name} holds a single class ({present[0]!r}); "
             "a classifier needs at least two, so check --target or add rows of other classes"
         )
-    return Dataset(name, X, feats, target, labels, classes, frame)
+    return Table(name, frame, target, labels, classes, plan, fmt)
 
 
 def load_for_model(
-    source: str, feature_names: Sequence[str], target: str | None, *, need_target: bool
+    source: str,
+    feature_names: Sequence[str],
+    target: str | None,
+    *,
+    need_target: bool,
+    sep: str | None = None,
 ) -> Dataset:
-    """Features in the model's order (+ labels when `need_target`, else when present)."""
-    frame, name, builtin_target, _ = read_source(source)
+    """Raw numeric features in the model's order (+ labels when `need_target`, else when present)."""
+    frame, name, builtin_target, _, _ = read_source(source, sep)
     if builtin_target is not None:
         target = builtin_target
     X = feature_matrix(frame, list(feature_names), name)
-    labels = None
+    return Dataset(name, X, list(feature_names), target, _labels(frame, target, name, need_target), None, frame)
+
+
+def model_inputs(
+    config: dict[str, Any],
+    source: str,
+    target: str | None,
+    *,
+    need_target: bool,
+    sep: str | None = None,
+) -> tuple[Dataset, InputReport]:
+    """The model's inputs (transformed as its config.json says) and what had to be filled in."""
+    from . import preprocess
+    from .models import scale
+
+    frame, name, builtin_target, _, _ = read_source(source, sep)
+    if builtin_target is not None:
+        target = builtin_target
+    spec = config.get("preprocessing")
+    if spec:
+        X, report = preprocess.transform(spec, frame, name)
+    else:  # a model folder from before `preprocessing`: numeric columns and their scaling
+        X = scale(feature_matrix(frame, list(config["features"]), name), config["scaling"])
+        report = preprocess.InputReport()
+    labels = _labels(frame, target, name, need_target)
+    return Dataset(name, X, list(config["features"]), target, labels, None, frame), report
+
+
+def _labels(frame: pd.DataFrame, target: str | None, name: str, need: bool) -> list[str] | None:
     if target is not None and target in frame.columns:
-        labels = label_strings(frame, target, name)
-    elif need_target:
+        return label_strings(frame, target, name)
+    if need:
         check_target(frame, target, name)
-    return Dataset(name, X, list(feature_names), target, labels, None, frame)
+    return None
 
 
 def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) -> np.ndarray:
@@ -284,67 +360,47 @@ def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) ->
     return np.array([index[s] for s in labels], dtype=np.int64)
 
 
-def split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, validation rows): stratified by class when every class has two rows or more."""
+def split_indices(
+    y: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(train rows, validation rows, why not stratified or None).
+
+    Stratified by class when scikit-learn can: every class needs two rows, and both parts need
+    at least one row per class. Otherwise a plain random split, and the reason says why.
+    """
     import numpy as np
     from sklearn.model_selection import train_test_split
 
     rows = np.arange(len(y))
     if val_fraction <= 0:
-        return rows, rows[:0]
-    try:
-        tr, va = train_test_split(rows, test_size=val_fraction, random_state=seed, stratify=y)
-    except ValueError:  # a class with a single row, or fewer validation rows than classes
+        return rows, rows[:0], None
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    n_val = int(np.ceil(val_fraction * len(y)))  # train_test_split's rounding of test_size
+    why = None
+    if (counts < 2).any():
+        why = (
+            f"{int((counts < 2).sum())} of the {len(counts)} classes have a single row "
+            "(stratifying needs two per class)"
+        )
+    elif n_val < len(counts):
+        why = (
+            f"the validation split ({n_val} rows) is smaller than the number of classes "
+            f"({len(counts)}); raise --val-split to stratify"
+        )
+    elif len(y) - n_val < len(counts):
+        why = (
+            f"the training split ({len(y) - n_val} rows) is smaller than the number of classes "
+            f"({len(counts)}); lower --val-split to stratify"
+        )
+    tr = va = None
+    if why is None:
+        try:
+            tr, va = train_test_split(rows, test_size=val_fraction, random_state=seed, stratify=y)
+        except ValueError as e:  # a refusal of scikit-learn's that the checks above missed
+            why = str(e).strip().splitlines()[0]
+    if tr is None or va is None:
         tr, va = train_test_split(rows, test_size=val_fraction, random_state=seed)
     if len(tr) == 0:
         raise CliError(f"--val-split {val_fraction} leaves no training rows; use a smaller value")
-    return np.sort(tr), np.sort(va)
-
-
-# ---------------------------------------------------------------------------------------------
-# the `crossent data` command
-
-
-@click.command("data", short_help="List the built-in data sets or describe one.")
-@click.argument("source", required=False)
-@click.option("--target", help="Label column of a CSV file (built-ins know theirs).")
-@click.option(
-    "--export",
-    "export",
-    type=click.Path(dir_okay=False),
-    help="Write the data set to this CSV file (features, then the label column).",
-)
-def data_command(source: str | None, target: str | None, export: str | None) -> None:
-    """List the built-in data sets, or describe one data set (rows, columns, classes).
-
-    \b
-    Examples:
-      crossent data                              the built-in data sets
-      crossent data wine                         rows, features and class counts of one
-      crossent data iris --export iris.csv       a built-in as a CSV file, to try the CSV path
-      crossent data my.csv --target label        check a CSV file before training on it
-    """
-    if source is None:
-        click.echo("Built-in data sets (from scikit-learn, offline):")
-        for name, (_, about) in BUILTINS.items():
-            click.echo(f"  {name:<14} {about}")
-        click.echo(
-            "Use one with --data NAME, or export it with `crossent data NAME --export FILE`."
-        )
-        return
-    ds = load_for_training(source, target)
-    from collections import Counter
-
-    counts = Counter(ds.labels or [])
-    click.echo(
-        f"{ds.name}: {ds.X.shape[0]} rows, {ds.X.shape[1]} numeric features, target '{ds.target}'"
-    )
-    shown = ", ".join(ds.feature_names[:8]) + (" ..." if len(ds.feature_names) > 8 else "")
-    click.echo(f"features: {shown}")
-    click.echo("classes:  " + ", ".join(f"{c} ({counts[c]})" for c in ds.class_order or []))
-    if export:
-        from . import _files
-
-        frame = ds.frame if ds.frame is not None else read_source(source)[0]
-        _files.write_text(export, frame.to_csv(index=False))
-        click.echo(f"wrote {export}")
+    return np.sort(tr), np.sort(va), why

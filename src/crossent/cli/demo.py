@@ -124,7 +124,7 @@ def demo(out: str, seed: int) -> None:
     import torch
 
     from . import _files, models, plots, store
-    from .evaluate import compute_metrics
+    from .metrics import compute_metrics
 
     folder = Path(out)
     click.echo(

@@ -1,122 +1,29 @@
-"""`crossent evaluate`: scikit-learn's metrics of a saved model on labelled data, plus plots.
+"""`crossent evaluate`: metrics of a saved model on labelled data, a JSON file, CSV tables, plots.
 
-All metrics come from scikit-learn except the expected calibration error, which it does not have:
-`calibration_error` bins confidences like torchmetrics' Binary/MulticlassCalibrationError (equal
-width bins (lo, hi], L1 norm) and tests/cli compares the two when torchmetrics is installed.
+The numbers and the report are `metrics`' (scikit-learn's metrics, plus the few it cannot give
+at thousands of classes). What stays bounded as the classes grow: the screen (the largest
+classes, the most confused pairs), metrics.json (no C x C matrix past `DENSE_CONFUSION_MAX`),
+the confusion-matrix plot (drawn up to `CONFUSION_PLOT_MAX` classes) and the ROC plot (the
+`ROC_PLOT_CLASSES` largest classes, one-vs-rest).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ._errors import CliError
 from .data import model_and_data_options
+from .metrics import (  # noqa: F401 - calibration_error and compute_metrics are used by demo/tests
+    calibration_error,
+    compute_metrics,
+    report,
+    tables,
+)
 
-ECE_BINS = 15
-
-
-def calibration_error(y_true: Any, probs: Any, n_bins: int = ECE_BINS) -> float:
-    """Expected calibration error: sum over bins of (rows in bin / N) * |accuracy - confidence|.
-
-    Binary (K = 2): confidence = p(class 1), "accuracy" = fraction of class 1 in the bin.
-    Multi-class: confidence = max_c p_c, accuracy = fraction of argmax predictions that are right.
-    """
-    import numpy as np
-
-    probs = np.asarray(probs, dtype=np.float64)
-    y_true = np.asarray(y_true)
-    if probs.shape[1] == 2:
-        conf, hit = probs[:, 1], (y_true == 1).astype(np.float64)
-    else:
-        conf, hit = probs.max(axis=1), (probs.argmax(axis=1) == y_true).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # bin b holds (edges[b], edges[b+1]]; a confidence of exactly 0 goes to the first bin
-    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
-    hit_sum = np.bincount(bins, weights=hit, minlength=n_bins)
-    used = count > 0
-    gap = np.abs(hit_sum[used] / count[used] - conf_sum[used] / count[used])
-    return float(np.sum(count[used] / len(conf) * gap))
-
-
-def compute_metrics(y_true: Any, probs: Any, classes: Sequence[str]) -> dict[str, Any]:
-    """Every number of the report, from the true class indices and (N, K) probabilities."""
-    import numpy as np
-    from sklearn import metrics as skm
-
-    k = len(classes)
-    labels = list(range(k))
-    pred = probs.argmax(axis=1)
-    p, r, f, s = skm.precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
-    out: dict[str, Any] = {
-        "rows": len(y_true),
-        "accuracy": float(skm.accuracy_score(y_true, pred)),
-        "per_class": {
-            c: {
-                "precision": float(p[i]),
-                "recall": float(r[i]),
-                "f1": float(f[i]),
-                "support": int(s[i]),
-            }
-            for i, c in enumerate(classes)
-        },
-    }
-    for avg in ("macro", "weighted"):
-        pa, ra, fa, _ = skm.precision_recall_fscore_support(
-            y_true, pred, labels=labels, average=avg, zero_division=0
-        )
-        out[avg] = {"precision": float(pa), "recall": float(ra), "f1": float(fa)}
-
-    present = np.unique(y_true)
-    if len(present) < 2:
-        out["roc_auc"], out["roc_auc_note"] = None, "undefined: the data holds a single class"
-    elif k == 2:
-        out["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1]))
-        out["roc_auc_note"] = f"binary, positive class {classes[1]!r}"
-    elif len(present) < k:
-        out["roc_auc"] = None
-        out["roc_auc_note"] = "undefined one-vs-rest: some classes have no rows in this data"
-    else:
-        out["roc_auc"] = float(skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
-        out["roc_auc_note"] = "one-vs-rest, macro average"
-    out["log_loss"] = float(skm.log_loss(y_true, probs, labels=labels))
-    out["calibration_error"] = calibration_error(y_true, probs)
-    out["calibration_error_note"] = f"expected calibration error, {ECE_BINS} equal-width bins"
-    out["confusion_matrix"] = skm.confusion_matrix(y_true, pred, labels=labels).tolist()
-    out["classes"] = list(classes)
-    return out
-
-
-def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -> str:
-    """The table on screen: scikit-learn's classification report, then the other numbers."""
-    import pandas as pd
-    from sklearn.metrics import classification_report
-
-    text = classification_report(
-        y_true,
-        probs.argmax(axis=1),
-        labels=list(range(len(classes))),
-        target_names=list(classes),
-        digits=4,
-        zero_division=0,
-    )
-    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    lines = [
-        text.rstrip(),
-        "",
-        f"ROC-AUC            {auc}  ({m['roc_auc_note']})",
-        f"log loss           {m['log_loss']:.4f}",
-        f"calibration error  {m['calibration_error']:.4f}  ({m['calibration_error_note']})",
-        "",
-        "confusion matrix (rows: true class, columns: predicted class)",
-        pd.DataFrame(m["confusion_matrix"], index=list(classes), columns=list(classes)).to_string(),
-    ]
-    return "\n".join(lines)
+CONFUSION_PLOT_MAX = 30  # classes: beyond this the cells are too small to read
+ROC_PLOT_CLASSES = 10
 
 
 @click.command(short_help="Metrics table, metrics.json and PNG plots of a saved model.")
@@ -135,13 +42,18 @@ def report(y_true: Any, probs: Any, classes: Sequence[str], m: dict[str, Any]) -
     type=click.Path(file_okay=False),
     help="Folder for metrics.json and the plots (default: MODEL/evaluation).",
 )
-def evaluate(model_dir: str, source: str, target: str | None, split: str, out: str | None) -> None:
-    """Measure a saved model on labelled data: table on screen, JSON and PNG plots on disk.
+def evaluate(
+    model_dir: str, source: str, sep: str | None, target: str | None, split: str, out: str | None
+) -> None:
+    """Measure a saved model on labelled data: table on screen, JSON, CSV and PNG files on disk.
 
-    Reports accuracy; precision, recall and F1 per class and their macro and weighted averages;
-    ROC-AUC (binary, or one-vs-rest macro for several classes); log loss; expected calibration
-    error; the confusion matrix. Writes metrics.json, loss_curve.png (from training),
-    roc_curve.png, confusion_matrix.png and calibration.png into --out.
+    Reports accuracy; top-k accuracy (k = 3, 5, 10 below the number of classes); precision,
+    recall and F1 per class and their macro and weighted averages; ROC-AUC (binary, or
+    one-vs-rest macro up to 100 classes); log loss; expected calibration error; the confusion
+    matrix. Writes metrics.json, per_class.csv, loss_curve.png (from training), roc_curve.png,
+    confusion_matrix.png (up to 30 classes) and calibration.png into --out. With many classes the
+    screen shows the 20 largest and the most confused pairs, and the confusion matrix's non-zero
+    cells go to confusion_pairs.csv.
 
     \b
     Examples:
@@ -151,13 +63,13 @@ def evaluate(model_dir: str, source: str, target: str | None, split: str, out: s
     """
     import numpy as np
 
+    from . import _files, models, plots, store
     from . import data as data_mod
-    from . import models, plots, store
 
     model, config = store.load_model(model_dir)
     classes = config["classes"]
-    ds = data_mod.load_for_model(
-        source, config["features"], target or config.get("target"), need_target=True
+    ds, inputs = data_mod.model_inputs(
+        config, source, target or config.get("target"), need_target=True, sep=sep
     )
     y = data_mod.encode_labels(ds.labels or [], classes, ds.name)
 
@@ -172,24 +84,29 @@ def evaluate(model_dir: str, source: str, target: str | None, split: str, out: s
                 f"--split {split} needs the data the model was trained on ({training.get('data')}), "
                 f"but {ds.name} differs; use --split all"
             )
-        train_rows, val_rows = data_mod.split_indices(y, training["val_split"], training["seed"])
+        train_rows, val_rows, _ = data_mod.split_indices(
+            y, training["val_split"], training["seed"]
+        )
         rows = val_rows if split == "val" else train_rows
         if len(rows) == 0:
             raise CliError("the training run held out no validation rows; use --split all or train")
     scope = {"all": "all", "val": "the held-out validation", "train": "the training"}[split]
+    for line in inputs.lines():
+        click.echo(line, err=True)
 
-    probs = models.probabilities(model, models.scale(ds.X[rows], config["scaling"]), config["task"])
+    probs = models.probabilities(model, ds.X[rows], config["task"])
     m = compute_metrics(y[rows], probs, classes)
-    m = {"model": str(model_dir), "data": ds.name, "split": split, **m}
+    m = {"model": str(model_dir), "data": ds.name, "split": split, **m, "inputs": inputs.as_json()}
 
     folder = Path(out) if out else Path(model_dir) / "evaluation"
-    from . import _files
-
     click.echo(f"{ds.name}: {scope} rows ({len(rows)}), model {model_dir}\n")
     click.echo(report(y[rows], probs, classes, m))
     _files.write_json(folder / "metrics.json", m)
-    title = f"{Path(model_dir).name} on {Path(ds.name).name} ({split})"
     written = ["metrics.json"]
+    for name, text in tables(y[rows], probs, classes, m).items():
+        _files.write_text(folder / name, text)
+        written.append(name)
+    title = f"{Path(model_dir).name} on {Path(ds.name).name} ({split})"
     history = config.get("history") or []
     if history:
         plots.loss_curves(
@@ -202,15 +119,21 @@ def evaluate(model_dir: str, source: str, target: str | None, split: str, out: s
         )
         written.append("loss_curve.png")
     if len(np.unique(y[rows])) >= 2:
-        plots.roc(y[rows], probs, classes, folder / "roc_curve.png", f"ROC: {title}")
+        shown = None
+        if len(classes) > ROC_PLOT_CLASSES:  # the largest classes; 2000 curves are unreadable
+            shown = np.argsort(-np.bincount(y[rows], minlength=len(classes)), kind="stable")
+            shown = sorted(int(c) for c in shown[:ROC_PLOT_CLASSES])
+        plots.roc(y[rows], probs, classes, folder / "roc_curve.png", f"ROC: {title}", shown)
         written.append("roc_curve.png")
-    plots.confusion(
-        y[rows],
-        probs.argmax(axis=1),
-        classes,
-        folder / "confusion_matrix.png",
-        f"Confusion matrix: {title}",
-    )
+    if len(classes) <= CONFUSION_PLOT_MAX:
+        plots.confusion(
+            y[rows],
+            probs.argmax(axis=1),
+            classes,
+            folder / "confusion_matrix.png",
+            f"Confusion matrix: {title}",
+        )
+        written.append("confusion_matrix.png")
     plots.calibration(y[rows], probs, folder / "calibration.png", f"Calibration: {title}")
-    written += ["confusion_matrix.png", "calibration.png"]
+    written.append("calibration.png")
     click.echo(f"\nwrote {folder}/ ({', '.join(written)})")

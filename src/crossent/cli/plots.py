@@ -69,14 +69,25 @@ def confusion(
     return _save(fig, path)
 
 
-def roc(y_true: Any, probs: Any, classes: Sequence[str], path: str | Path, title: str) -> Path:
-    """Binary: one curve for the positive class. Multi-class: one-vs-rest curve per class."""
+def roc(
+    y_true: Any,
+    probs: Any,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str,
+    shown: Sequence[int] | None = None,
+) -> Path:
+    """Binary: one curve for the positive class. Multi-class: one-vs-rest curve per class in
+    `shown` (default: every class)."""
     from sklearn.metrics import RocCurveDisplay
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 5.4))
     k = len(classes)
-    shown = [1] if k == 2 else range(k)
+    if shown is None:
+        shown = [1] if k == 2 else range(k)
+    elif k > len(shown):
+        title = f"{title}\n(the {len(shown)} largest of {k} classes)"
     for c in shown:
         positives = y_true == c
         if positives.all() or not positives.any():

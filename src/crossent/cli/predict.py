@@ -17,12 +17,17 @@ from .data import model_and_data_options
 @click.option(
     "--keep-columns", is_flag=True, help="Put the input's columns before the predictions."
 )
-def predict(model_dir: str, source: str, out: str | None, keep_columns: bool) -> None:
+def predict(
+    model_dir: str, source: str, sep: str | None, out: str | None, keep_columns: bool
+) -> None:
     """Predict the class of every row, with one probability column per class.
 
-    The data needs the feature columns the model was trained on (other columns, including the
-    label, are ignored). Output columns: predicted, then prob_<class> for each class, which sum
-    to 1. Probabilities are written with full precision, so they round-trip exactly.
+    The data needs the columns the model was trained on (other columns, including the label,
+    are ignored); they are transformed as in training (the medians, categories and scaling saved
+    in the model). Missing values are imputed and categories never seen in training are encoded
+    as 'other'; how many of each is said on stderr. Output columns: predicted, then prob_<class>
+    for each class, which sum to 1. Probabilities are written with full precision, so they
+    round-trip exactly.
 
     \b
     Examples:
@@ -35,8 +40,10 @@ def predict(model_dir: str, source: str, out: str | None, keep_columns: bool) ->
     from . import data as data_mod
 
     model, config = store.load_model(model_dir)
-    ds = data_mod.load_for_model(source, config["features"], None, need_target=False)
-    probs = models.probabilities(model, models.scale(ds.X, config["scaling"]), config["task"])
+    ds, inputs = data_mod.model_inputs(config, source, None, need_target=False, sep=sep)
+    for line in inputs.lines():
+        click.echo(line, err=True)
+    probs = models.probabilities(model, ds.X, config["task"])
     classes = config["classes"]
     table = pd.DataFrame({"predicted": [classes[i] for i in probs.argmax(axis=1)]})
     for i, c in enumerate(classes):

@@ -3,8 +3,9 @@
 A model folder (what `crossent train --out DIR` writes, what `--model DIR` reads):
 
     DIR/model.safetensors        the classifier's weights
-    DIR/config.json              format + version, architecture, features and their scaling,
-                                 class names, training options and history, sha256 of the weights
+    DIR/config.json              format + version, architecture, the input columns and their
+                                 preprocessing (fitted numbers as JSON), class names, training
+                                 options and history, sha256 of the weights
     DIR/checkpoint.safetensors   last epoch's model + optimizer + RNG state, for --resume; the JSON
                                  part (epoch, history, options) lives in its safetensors metadata,
                                  so one atomic rename updates all of it at once
@@ -24,7 +25,11 @@ from . import _files
 from ._errors import CliError
 
 FORMAT = "crossent-classifier"
-FORMAT_VERSION = 1
+# 1: numeric columns standardised ("scaling"); a crossent that reads only 1 still reads a model
+#    whose every feature is numeric (its "preprocessing" adds median imputation, ignored there).
+# 2: "preprocessing" with categorical or date columns, which a version-1 reader would misread.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -93,9 +98,11 @@ def save_model(folder: str | Path, model: Any, config: dict[str, Any]) -> Path:
     """Write weights, then config.json naming the weights' sha256 (each file atomically)."""
     folder = Path(folder)
     blob = _safetensors_bytes(model.state_dict(), {"format": FORMAT})
+    columns = (config.get("preprocessing") or {}).get("columns", [])
+    numeric_only = all(c["kind"] == "numeric" for c in columns)
     config = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if numeric_only else FORMAT_VERSION,
         "crossent_version": crossent_version(),
         **config,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
@@ -136,15 +143,17 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             "give the --out folder of a `crossent train` run"
         )
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CliError(
             f"model folder '{folder}' has format version {version} (written by crossent "
             f"{config.get('crossent_version', '?')}), but this crossent {crossent_version()} reads "
-            f"version {FORMAT_VERSION}; retrain the model or use the crossent that wrote it"
+            f"versions {' and '.join(map(str, READABLE_VERSIONS))}; retrain the model or use the "
+            "crossent that wrote it"
         )
-    missing = [
-        k for k in ("task", "architecture", "features", "scaling", "classes") if k not in config
-    ]
+    needed = ("task", "architecture", "features", "classes")
+    missing = [k for k in needed if k not in config]
+    if "scaling" not in config and "preprocessing" not in config:
+        missing.append("scaling")
     if missing:
         raise CliError(f"'{cfg_path}' lacks {', '.join(missing)}; {_REDO}")
     return config

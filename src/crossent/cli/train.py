@@ -1,8 +1,10 @@
 """`crossent train`: fit a linear or MLP classifier with crossent's losses, checkpointed, resumable.
 
-Flow: load + check data -> class indices -> train/validation split (seeded, stratified) ->
-standardise with the training rows' statistics -> model + optimizer -> epochs (mini-batches in a
-seeded shuffled order; a checkpoint after every epoch) -> model folder + loss curve.
+Flow: load + check data, plan the feature columns (`columns`) -> class indices ->
+train/validation split (seeded, stratified when possible, else said why) -> preprocessing fitted
+on the training rows (`preprocess`: impute, one-hot, standardise) -> model + optimizer -> epochs
+(mini-batches in a seeded shuffled order; a checkpoint after every epoch) -> model folder + loss
+curve.
 
 Resuming: the checkpoint holds the model, the optimizer state and the shuffling generator's state,
 so a run stopped after k epochs and resumed computes exactly what an uninterrupted run computes
@@ -23,7 +25,7 @@ import click
 from . import training
 from ._errors import CliError
 from .data import DATA_HELP
-from .train_options import csv_list, parse_class_weights, parse_hidden
+from .train_options import column_options, csv_list, parse_class_weights, parse_hidden
 
 
 @click.command(short_help="Train a classifier; save it as safetensors + JSON.")
@@ -117,6 +119,7 @@ from .train_options import csv_list, parse_class_weights, parse_hidden
     hidden=True,
     help="Test hook: stop after this epoch as if interrupted (checkpoint written).",
 )
+@column_options
 def train(
     source: str,
     target: str | None,
@@ -140,13 +143,21 @@ def train(
     overwrite: bool,
     quiet: bool,
     stop_after_epochs: int | None,
+    **columns: Any,
 ) -> None:
     """Train a classifier on a CSV file or a built-in data set and save it as a model folder.
 
     The task follows the labels: two classes train one logit with sigmoid + crossent's
     BCE-with-logits, more classes train one logit per class with softmax + crossent's
-    cross-entropy (override with --task). Features are standardised with the training rows' mean
-    and standard deviation; that scaling is saved with the model.
+    cross-entropy (override with --task).
+
+    Columns become features as a scikit-learn pipeline would make them, learned on the training
+    rows only and saved with the model as JSON: numbers are imputed (median) and standardised;
+    text, bool and --categorical columns are one-hot encoded (at most --max-categories columns
+    each, rarer categories share an 'other' column; a missing value is its own category when
+    training rows have some); dates become year, month and day of week. A column that is unique
+    per row or grows with the row number (an id) is left out with a note (--keep COL keeps it);
+    a column with no values, or one that copies the target, is refused.
 
     The folder gets model.safetensors, config.json (architecture, features, scaling, classes,
     options, history), loss_curve.png and checkpoint.safetensors (rewritten atomically after
@@ -158,17 +169,20 @@ def train(
       crossent train --data digits --model linear --epochs 20 --label-smoothing 0.1
       crossent train --data patients.csv --target diagnosis --class-weight balanced
       crossent train --data patients.csv --target diagnosis --resume
+      crossent train --data penguins.csv --target species --drop year --categorical clutch
     """
     import torch
-    from sklearn.preprocessing import StandardScaler
 
     from . import data as data_mod
-    from . import models, plots, store
+    from . import models, plots, preprocess, store
 
     # --- data -------------------------------------------------------------------------------
-    ds = data_mod.load_for_training(source, target, csv_list(features) or None)
-    classes = list(ds.class_order or [])
-    y = data_mod.encode_labels(ds.labels or [], classes, ds.name)
+    max_categories, sep = columns.pop("max_categories"), columns.pop("sep")
+    ds = data_mod.load_for_training(source, target, csv_list(features) or None, sep=sep, **columns)
+    for line in ds.plan.notices:
+        click.echo(line, err=True)
+    classes = list(ds.class_order)
+    y = data_mod.encode_labels(ds.labels, classes, ds.name)
     if task == "auto":
         task = "binary" if len(classes) == 2 else "multiclass"
     elif task == "binary" and len(classes) != 2:
@@ -178,10 +192,12 @@ def train(
         )
     weights = parse_class_weights(class_weight, classes, y)
     widths = parse_hidden(hidden) if kind == "mlp" else []
-    train_rows, val_rows = data_mod.split_indices(y, val_split, seed)
-    scaler = StandardScaler().fit(ds.X[train_rows])
-    scaling = {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()}
-    X = models.scale(ds.X, scaling)
+    train_rows, val_rows, not_stratified = data_mod.split_indices(y, val_split, seed)
+    if not_stratified:
+        click.echo(f"note: the validation split is random, not stratified: {not_stratified}", err=True)
+    spec = preprocess.fit(ds.frame.iloc[train_rows], ds.plan, ds.name, max_categories)
+    X, _ = preprocess.transform(spec, ds.frame, ds.name)
+    numeric_only = all(kind == "numeric" for kind in ds.plan.kinds.values())
 
     def tensors(rows: Any) -> tuple[Any, Any]:
         return torch.as_tensor(X[rows], dtype=torch.float32), torch.as_tensor(y[rows])
@@ -190,7 +206,7 @@ def train(
     x_va, y_va = tensors(val_rows)
 
     # --- model, loss, optimizer, RNG --------------------------------------------------------
-    arch = models.architecture(kind, ds.X.shape[1], len(classes), task, widths)
+    arch = models.architecture(kind, X.shape[1], len(classes), task, widths)
     torch.manual_seed(seed)  # initial weights
     model = models.build(arch)
     loss_fn = models.make_loss(task, weights, label_smoothing)
@@ -201,7 +217,7 @@ def train(
         "data": ds.name,
         "data_sha256": ds.fingerprint(),
         "target": ds.target,
-        "features": ds.feature_names,
+        "features": ds.plan.features,
         "classes": classes,
         "task": task,
         "architecture": arch,
@@ -215,6 +231,8 @@ def train(
         "val_split": val_split,
         "seed": seed,
     }
+    if not numeric_only:  # (kept out of numeric runs: their checkpoints predate these keys)
+        run.update(columns=ds.plan.kinds, max_categories=max_categories)
 
     folder = Path(out) if out else Path("runs") / Path(ds.name).stem
     ckpt = folder / store.CHECKPOINT_FILE
@@ -277,11 +295,18 @@ def train(
         return
 
     # --- save ---------------------------------------------------------------------------------
-    config = {
+    config: dict[str, Any] = {
         "task": task,
         "architecture": arch,
-        "features": ds.feature_names,
-        "scaling": scaling,
+        "features": ds.plan.features,  # the input columns; "preprocessing" turns them into X
+    }
+    if numeric_only:  # what a crossent that predates "preprocessing" reads (format version 1)
+        config["scaling"] = {
+            "mean": [c["mean"] for c in spec["columns"]],
+            "scale": [c["scale"] for c in spec["columns"]],
+        }
+    config.update({
+        "preprocessing": spec,
         "target": ds.target,
         "classes": classes,
         "training": {
@@ -295,7 +320,7 @@ def train(
             "val_rows": len(val_rows),
         },
         "history": history,
-    }
+    })
     store.save_model(folder, model, config)
     plots.loss_curves(
         {

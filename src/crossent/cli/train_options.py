@@ -66,3 +66,47 @@ def parse_class_weights(text: str | None, classes: Sequence[str], y: Any) -> lis
     if any(w < 0 for w in out) or sum(out) == 0:
         raise CliError("--class-weight needs non-negative weights, not all zero; fix the values")
     return out
+
+
+def _names(ctx: Any, param: Any, values: Sequence[str]) -> list[str]:
+    """A repeatable column option: --drop a --drop b and --drop a,b both give ['a', 'b']."""
+    return [n for v in values for n in csv_list(v)]
+
+
+def column_options(command: Any) -> Any:
+    """--drop, --keep, --categorical, --numeric, --dates, --max-categories and --sep: how the
+    table's columns become features (train and data share them)."""
+    import click
+
+    from .data import sep_option
+    from .preprocess import MAX_CATEGORIES
+
+    for name, text in reversed(
+        [
+            ("--drop", "Leave this column out (repeat, or comma-separate several)."),
+            ("--keep", "Use this column although it looks like a row id (unique per row, or "
+             "growing with the row number)."),
+            ("--categorical", "One-hot encode this column although it holds numbers (codes)."),
+            ("--numeric", "Read this column as numbers (values that are not numbers are an "
+             "error)."),
+        ]
+    ):
+        command = click.option(
+            name, name[2:], multiple=True, metavar="COL", callback=_names, help=text
+        )(command)
+    command = click.option(
+        "--dates",
+        type=click.Choice(["expand", "drop"]),
+        default="expand",
+        show_default=True,
+        help="Date columns: expand into year, month and day of week, or leave them out.",
+    )(command)
+    command = click.option(
+        "--max-categories",
+        type=click.IntRange(min=2),
+        default=MAX_CATEGORIES,
+        show_default=True,
+        help="One-hot columns per categorical column at most; rarer categories share an "
+        "'other' column.",
+    )(command)
+    return sep_option(command)
