@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# Without a GPU, the Triton backend's kernels run on CPU tensors through Triton's interpreter
+# (read by Triton when a kernel is first defined: set before any test runs one).
+if not os.environ.get("TRITON_INTERPRET"):
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 
@@ -57,5 +67,28 @@ def on_backend(request):
     if request.param is None:
         yield None
         return
+    if request.param is Backend.TRITON:
+        from crossent.backends.triton import ops
+
+        if not ops.importable():
+            pytest.skip("Triton is not installed (pip install 'crossent[triton]')")
     with crossent.use_backend(request.param):
         yield request.param
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """The Triton kernel's two-pass loop (rows over SINGLE_BLOCK_MAX classes) at interpreter-sized
+    shapes: rows longer than 32 classes take it."""
+    from crossent.backends.triton import ops
+
+    monkeypatch.setattr(ops, "SINGLE_BLOCK_MAX", 32)
+    monkeypatch.setattr(ops, "LOOP_BLOCK", 16)
+
+
+def skip_without_triton():
+    """At the top of a Triton test module: skip it where Triton is not installed."""
+    from crossent.backends.triton import ops
+
+    if not ops.importable():
+        pytest.skip("Triton is not installed (pip install 'crossent[triton]')", allow_module_level=True)

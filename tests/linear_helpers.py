@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import crossent
+from conftest import assert_close
 
 
 def unfused(x, w, t, b=None, *, ce=crossent.cross_entropy, weight=None, normalizer=None,
@@ -67,3 +68,60 @@ def class_weight(v, dtype, seed=3):
 
 def logits_count(n, w):
     return n * math.prod(w.shape[:-1])
+
+
+# ---------------------------------------------------------------- the parity grid, shared by
+# the fused and the Triton backends' tests
+
+HARD = {
+    "plain": {},
+    "ignore_valid_class": {"ignore_index": 3},
+    "smoothing": {"label_smoothing": 0.1},
+    "weight": {"weight": True},
+    "smoothing+weight": {"label_smoothing": 0.2, "weight": True},
+    "z_loss": {"z_loss": 1e-2},
+    "softcap": {"softcap": 3.0},
+    "everything": {"label_smoothing": 0.1, "weight": True, "z_loss": 1e-3, "softcap": 5.0},
+}
+SOFT = {
+    "plain": {},
+    "smoothing": {"label_smoothing": 0.1},
+    "weight": {"weight": True},
+    "smoothing+weight": {"label_smoothing": 0.2, "weight": True},
+    "z_loss+softcap": {"z_loss": 1e-2, "softcap": 4.0},
+}
+TORCH_HAS = {"ignore_index", "label_smoothing", "weight"}
+
+
+def resolve(opts, v, dtype):
+    opts = dict(opts)
+    if opts.pop("weight", False):
+        opts["weight"] = class_weight(v, dtype)
+    return opts
+
+
+def check_parity(n, d, v, dtype, opts, reduction, soft, bias, *, heads=(), chunk_size=None,
+                 normalizer=None):
+    x, w, b, t = make(n, d, v, dtype, heads=heads, soft=soft, bias=bias, seed=n + v)
+    if opts.get("ignore_index", -100) != -100 and not soft:
+        t[t == -100] = opts["ignore_index"]  # a valid class, ignored wherever it occurs
+    kw = dict(resolve(opts, v, dtype), reduction=reduction)
+    if normalizer is not None:
+        kw["normalizer"] = normalizer
+    xa, wa, ba = leaves(x, w, b)
+    xr, wr, br = leaves(x, w, b)
+    ours = crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, chunk_size=chunk_size, **kw)
+    ref = unfused(xr, wr, t, br, **kw)
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    assert_close(ours, ref)
+    go = grad_output(ours)
+    g_ours = grads(ours, (xa, wa, ba), go)
+    for g, g_ref in zip(g_ours, grads(ref, (xr, wr, br), go)):
+        assert g.dtype == g_ref.dtype and g.shape == g_ref.shape
+        assert_close(g, g_ref)
+    if normalizer is None and set(opts) <= TORCH_HAS:  # and torch's own composition
+        xt, wt, bt = leaves(x, w, b)
+        theirs = unfused(xt, wt, t, bt, ce=F.cross_entropy, **kw)
+        assert_close(ours, theirs)
+        for g, g_t in zip(g_ours, grads(theirs, (xt, wt, bt), go)):
+            assert_close(g, g_t)

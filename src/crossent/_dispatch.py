@@ -11,6 +11,8 @@ backends/__init__.py):
              (backends/composite.py): what torch.func transforms and torch.compile can trace.
   reference  the float64 formulas of reference.py through autograd (backends/reference.py): slow,
              differentiable in every argument torch differentiates.
+  triton     the fused algorithms with Triton kernels (backends/triton/): GPUs; CPU tensors
+             under TRITON_INTERPRET=1 (tests). Optional extra ``crossent[triton]``.
 
 Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the function to call):
   1. a forced backend wins: ``crossent.use_backend(name)`` (a context manager), or the environment
@@ -18,28 +20,31 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the fu
      call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2); except that
      a forced 'torch' runs only where torch has the options (else the rule continues at 3), and a
      forced 'fused' never drops a gradient it cannot give (rule 3 applies first);
-  2. torch, on any accelerator for the losses on given logits (crossent has no accelerator
-     kernel yet, and its CPU-tuned chunk loop would issue thousands of small launches there);
-     on the CPU (for linear_cross_entropy, whose chunk loop is a few large products and keeps the
-     memory promise on any device: every tensor on the CPU, 2-D input)
-     no option torch lacks is on (z_loss, softcap, inplace_backward, chunk_size or chunking
-     options; a normalizer divides torch's sum, dtype=float32 casts the small input) and the
-     input's numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no gradient will be
-     needed; BINARY_TORCH_MAX_NUMEL for the binary losses; for linear_cross_entropy, N * V logits
-     at most LINEAR_TORCH_MAX_LOGITS). The thresholds are the crossovers measured by
-     benchmarks/bench_shapes.py on the reference machine (docs/PERFORMANCE.md): below them torch's
-     row-fused C++ kernels beat any Python-level chunk loop, above them its fresh N x C temporaries
-     (page faults) cost more than crossent's single pass. For speed this rule is tried *before*
-     crossent's checks (`*_to_torch`, a few hundred nanoseconds); if torch refuses the arguments,
-     the checks run and this rule is asked again with the checked arguments;
+  2. torch, where no option torch lacks is on (z_loss, softcap, inplace_backward, chunk_size or
+     chunking options; a normalizer divides torch's sum, dtype=float32 casts the small input) and
+     the input's numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no gradient will
+     be needed; BINARY_TORCH_MAX_NUMEL for the binary losses; for linear_cross_entropy, N * V
+     logits at most LINEAR_TORCH_MAX_LOGITS, every tensor on one device, 2-D input). Off the CPU,
+     the losses on given logits go to torch at any size below TRITON_MIN_NUMEL, and at every
+     size where the Triton kernels cannot run (no Triton installed, or a device it has no
+     backend for). The CPU thresholds are the crossovers measured by benchmarks/bench_shapes.py
+     on the reference machine (docs/PERFORMANCE.md): below them torch's row-fused C++ kernels beat
+     any Python-level chunk loop, above them its fresh N x C temporaries (page faults) cost more
+     than crossent's single pass. For speed this rule is tried *before* crossent's checks
+     (`*_to_torch`, a few hundred nanoseconds); if torch refuses the arguments, the checks run and
+     this rule is asked again with the checked arguments;
   3. reference, when autograd will ask for a gradient the fused kernels do not give (class
      weights, probability targets, BCE targets). linear_cross_entropy never falls back silently:
      there rule 3 raises, naming crossent.use_backend('reference') as the remedy;
-  4. otherwise fused -- except that under torch.func transforms (functorch-wrapped inputs) or
-     while torch.compile traces (torch.compiler.is_compiling()), where the fused kernels' Python
-     loops and precomputed gradients cannot be traced, composite runs instead (a forced 'fused'
-     included). Second derivatives and repeated backward on the fused path recompute through
-     composite (backends/autograd.py).
+  4. otherwise the fused algorithms: 'triton' (their Triton kernels, backends/triton/) on an
+     accelerator where Triton runs, else 'fused' (torch ops; on an accelerator in chunks sized
+     for it) -- except that under torch.func transforms (functorch-wrapped inputs) or while
+     torch.compile traces (torch.compiler.is_compiling()), where the fused kernels' Python loops
+     and precomputed gradients cannot be traced, composite runs instead (a forced 'fused' or
+     'triton' included: Inductor then generates its own fused kernels from the composite ops).
+     Second derivatives and repeated backward on the fused paths recompute through composite
+     (backends/autograd.py). A forced 'triton' runs CPU tensors only under TRITON_INTERPRET=1
+     (else a clear error).
 Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
 backend reduces probability targets and the binary losses in crossent's fixed order).
 """
@@ -62,6 +67,7 @@ class Backend(str, enum.Enum):
     TORCH = "torch"
     COMPOSITE = "composite"
     REFERENCE = "reference"
+    TRITON = "triton"
 
 
 # Each backend's module. A new backend adds its entry here (and, if it runs only somewhere -- a
@@ -72,6 +78,7 @@ _MODULES = {
     Backend.TORCH: ".backends.torch_kernels",
     Backend.COMPOSITE: ".backends.composite",
     Backend.REFERENCE: ".backends.reference",
+    Backend.TRITON: ".backends.triton",  # (imports Triton only at its first launch)
 }
 _loaded = {b: importlib.import_module(name, __package__) for b, name in _MODULES.items()}
 
@@ -94,6 +101,12 @@ BINARY_TORCH_MAX_NUMEL = 1 << 22  # BCE-with-logits fused/torch: 0.41M 1.16, 1.0
 # path would allocate anyway). Fused/composed forward+backward, float32, D=128 (2026-11-23):
 # 640 logits 2.44, 0.26M 1.07, 0.51M 1.11, 1.0M 1.03, 2.1M 0.83-0.97, 4.2M 0.94-1.01, 8.4M 0.60.
 LINEAR_TORCH_MAX_LOGITS = 1 << 20
+
+# Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
+# the call is bound by host overhead (an autograd.Function and a Triton launch cost tens of us of
+# Python, torch's cross_entropy a few kernel launches). A conservative default, NOT measured: no
+# GPU was available (benchmarks/bench_gpu.py measures the crossover on one; set it from there).
+TRITON_MIN_NUMEL = 1 << 24  # 16.8M elements: 8192 x 2048
 
 _forced: Backend | None = None
 _ENV_BACKEND = os.environ.get("CROSSENT_BACKEND") or None
@@ -137,14 +150,26 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def _to_torch_by_size(input, limit: int, limit_no_grad: int) -> bool:
     """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
-    gradient will be needed), and at any size off the CPU (crossent has no accelerator kernel
-    yet). Ordered for the small call: one numel() and done."""
+    gradient will be needed); off the CPU, below TRITON_MIN_NUMEL or where the Triton kernels
+    cannot run. Ordered for the small call: one numel() and done."""
     n = input.numel()
     if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
         return True
     if not input.is_cpu:
-        return True
+        return n < TRITON_MIN_NUMEL or not _triton_usable(input.device)
     return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
+
+
+def _triton_usable(device) -> bool:
+    return _loaded[Backend.TRITON].usable(device)
+
+
+def _fused_for(device) -> Backend:
+    """The fused algorithms' kernels for a device: Triton's on an accelerator where it runs,
+    else torch ops (on an accelerator in chunks sized for it: backends/chunked/kernel.py)."""
+    if device.type != "cpu" and _triton_usable(device):
+        return Backend.TRITON
+    return Backend.FUSED
 
 
 def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
@@ -205,10 +230,12 @@ def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_in
         weight is not None and type(weight) is not _Tensor
     ):
         return False
-    # (every tensor on the CPU: torch would compute a meta tensor from a meta weight, silently)
-    if not (input.is_cpu and linear_weight.is_cpu and target.is_cpu) or input.dim() != 2:
+    # (every tensor on one device, not meta: torch would compute a meta tensor from a meta weight,
+    # silently, and meet a mixed-device call with its own message, not crossent's)
+    dev = input.device
+    if dev.type == "meta" or linear_weight.device != dev or target.device != dev or input.dim() != 2:
         return False
-    if (linear_bias is not None and not linear_bias.is_cpu) or (weight is not None and not weight.is_cpu):
+    if (linear_bias is not None and linear_bias.device != dev) or (weight is not None and weight.device != dev):
         return False
     if ignore_index is not None and target.is_floating_point():
         return False  # torch refuses ignore_index with probabilities: the checks say so
@@ -246,7 +273,11 @@ def _choose(tensors, torch_ok: bool, small: bool, needs_reference: bool) -> Back
         return Backend.TORCH
     if needs_reference:
         return Backend.REFERENCE
-    return Backend.COMPOSITE if _traced(tensors) else Backend.FUSED
+    if _traced(tensors):
+        return Backend.COMPOSITE
+    if f in (Backend.TRITON, Backend.FUSED):
+        return f  # (where triton cannot run, it says so: backends/triton names the remedy)
+    return _fused_for(tensors[0].device)
 
 
 def _torch_has(opts: LossOptions) -> bool:
@@ -278,9 +309,9 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: Lo
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
     torch_ok = not opts.z_loss and opts.softcap is None and opts.chunk_size is None
     logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
-    small = input.is_cpu and logits <= LINEAR_TORCH_MAX_LOGITS
+    small = logits <= LINEAR_TORCH_MAX_LOGITS
     no_fused_grad = {"weight": weight, "target": target if opts.soft else None}
     b = _choose((input, linear_weight, target, linear_bias, weight), torch_ok, small, False)
-    if b is Backend.FUSED:
+    if b in (Backend.FUSED, Backend.TRITON):
         _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
     return backend(b).linear_cross_entropy

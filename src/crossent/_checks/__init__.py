@@ -38,6 +38,7 @@ from .losses import (
     recompute_inputs_gone,
     recompute_inputs_modified,
     reduction,
+    triton_unusable,
     unknown_backend,
     unsafe_to_autocast,
 )
@@ -45,6 +46,6 @@ from .losses import (
 __all__ = [
     "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight", "deprecated_reduction",
     "inplace_input", "is_prob_target", "linear_chunking", "linear_module",
-    "linear_no_fused_gradient", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
+    "linear_no_fused_gradient", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
     "loss_options", "prob_targets", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",
 ]

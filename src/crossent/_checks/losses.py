@@ -279,6 +279,22 @@ def unknown_backend(where: str, name: object, names: list[str]) -> None:
     raise ValueError(f"{where}: backend must be one of {listed}, got {name!r}") from None
 
 
+def triton_unusable(device, importable: bool) -> None:
+    """The Triton backend was asked for (use_backend / CROSSENT_BACKEND) where it cannot run."""
+    if not importable:
+        raise RuntimeError(
+            "crossent: backend 'triton' needs Triton, which is not installed: "
+            "pip install 'crossent[triton]'"
+        ) from None
+    if device.type == "cpu":
+        raise RuntimeError(
+            "crossent: backend 'triton' got CPU tensors; Triton runs them only through its "
+            "interpreter: set TRITON_INTERPRET=1 before the first call (slow: for tests), or move "
+            "the tensors to a GPU"
+        ) from None
+    raise RuntimeError(f"crossent: backend 'triton' cannot run on device {str(device)!r}") from None
+
+
 def recompute_inputs_gone(fn: str) -> None:
     """A second derivative (or a second backward) recomputes the gradient from the inputs, which the
     fused path holds weakly; they were freed."""

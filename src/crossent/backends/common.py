@@ -60,9 +60,11 @@ def mean_denominator(index, weight, opts: LossOptions, num_samples: int, acc, de
     if isinstance(opts.normalizer, torch.Tensor):
         return opts.normalizer.to(device=device, dtype=acc).reshape(())
     if opts.normalizer is not None:
-        return torch.tensor(opts.normalizer, dtype=acc, device=device)
+        # (torch.full, not torch.tensor: a fill kernel, where torch.tensor would copy from the host,
+        # a sync on a GPU and a failure under CUDA-graph capture)
+        return torch.full((), float(opts.normalizer), dtype=acc, device=device)
     if index is None:
-        return torch.tensor(float(num_samples), dtype=acc, device=device)
+        return torch.full((), float(num_samples), dtype=acc, device=device)
     valid = index != opts.ignore_index
     if weight is None:
         return valid.sum().to(acc)

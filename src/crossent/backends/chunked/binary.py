@@ -6,86 +6,16 @@ rows computes the loss and its gradient.
     on logits          l = w ((1-y) x + k softplus(-x)),  k = 1 + (pw - 1) y
                        dl/dx = w (k sigmoid(x) - pw y)
 
-torch's logsigmoid and sigmoid are single stable kernels (no overflow for any x); they are
-elementwise math, not one of torch's losses.
+The row kernel (`RowKernels.bce_forward`) is binary_kernel.py's torch ops or the Triton one.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as _torch_F
 
 from ..._options import LossOptions
 from .. import _memory, autograd, composite
-from ..common import compute_dtype, deterministic_sum
-from . import kernel
-
-# torch's EPSILON in binary_cross_entropy_backward is the float literal 1e-12f, i.e. this value.
-_BCE_EPS = 9.999999960041972e-13
-
-
-def _row_chunks(x: torch.Tensor):
-    rows = max(1, kernel.CHUNK_ELEMENTS // max(x[0].numel(), 1)) if x.dim() and x.shape[0] else 1
-    for i in range(0, x.shape[0] if x.dim() else 1, rows):
-        yield slice(i, i + rows)
-
-
-def _bce_chunk(x, y, w, pw, logits: bool, grad):
-    acc = compute_dtype(x.dtype)
-    x = x.to(acc)
-    y = y.to(acc)
-    if logits:
-        # softplus(-x) = -log sigmoid(x): one stable op, exact for any x (softplus itself turns
-        # linear past 20 and loses ~1e-9 in float64).
-        sp = _torch_F.logsigmoid(x).neg_()
-        if pw is None:
-            loss = torch.addcmul(sp, 1.0 - y, x)  # (1 - y) x + softplus(-x)
-            if grad is not None:
-                d = torch.sigmoid(x).sub_(y)
-        else:
-            pwa = pw.to(acc)
-            k = torch.addcmul(torch.ones_like(y), pwa - 1.0, y)  # 1 + (pw - 1) y
-            loss = torch.addcmul(sp.mul_(k), 1.0 - y, x)
-            if grad is not None:
-                d = torch.sigmoid(x).mul_(k).sub_(pwa * y)
-    else:
-        logp = torch.log(x).clamp_min_(-100.0)
-        log1mp = torch.log1p(-x).clamp_min_(-100.0)
-        loss = (y * logp).add_((1.0 - y).mul_(log1mp)).neg_()
-        if grad is not None:
-            d = (x - y).div_((x * (1.0 - x)).clamp_min_(_BCE_EPS))
-    if w is not None:
-        wa = w.to(acc)
-        loss.mul_(wa)
-        if grad is not None:
-            d.mul_(wa)
-    if grad is not None:
-        grad.copy_(d)
-    return loss
-
-
-def _bce_forward(x, y, w, pw, logits, opts, grad):
-    """Per-element losses (compute dtype) for 'none', else the deterministic total."""
-    acc = compute_dtype(x.dtype)
-    if x.dim() == 0:
-        loss = _bce_chunk(x, y, w, pw, logits, grad)
-        return loss if opts.reduction == "none" else loss.sum()
-    wb = w.expand(x.shape) if w is not None else None
-    pwb = pw.expand(x.shape) if pw is not None else None
-    out = torch.empty(x.shape, dtype=acc, device=x.device) if opts.reduction == "none" else None
-    partial = []
-    for rows in _row_chunks(x):
-        loss = _bce_chunk(
-            x[rows], y[rows], wb[rows] if wb is not None else None,
-            pwb[rows] if pwb is not None else None, logits, grad[rows] if grad is not None else None,
-        )
-        if out is not None:
-            out[rows] = loss
-        else:
-            partial.append(deterministic_sum(loss))
-    if out is not None:
-        return out
-    return deterministic_sum(torch.stack(partial)) if partial else torch.zeros((), dtype=acc, device=x.device)
+from .row_kernels import TORCH_OPS, RowKernels
 
 
 def _bce_reduce(total, x, opts):
@@ -96,15 +26,15 @@ def _bce_reduce(total, x, opts):
 
 class _BCEFn(torch.autograd.Function):
     @staticmethod
-    def forward(x, y, w, pw, logits, opts, box):
+    def forward(x, y, w, pw, logits, opts, kernels, box):
         grad = _memory.empty(x.shape, x.dtype, x.device)
-        total = _bce_forward(x, y, w, pw, logits, opts, grad)
+        total = kernels.bce_forward(x, y, w, pw, logits, opts, grad)
         box.append(grad)  # for setup_context (an output would cost autograd bookkeeping)
         return _bce_reduce(total, x, opts)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, w, pw, logits, opts, box = inputs
+        x, y, w, pw, logits, opts, kernels, box = inputs
         grad = box.pop()
         fn = "binary_cross_entropy" + ("_with_logits" if logits else "")
         autograd.stash(ctx, (grad,))
@@ -114,7 +44,7 @@ class _BCEFn(torch.autograd.Function):
             loss = lambda x: composite.binary_cross_entropy(x, y, w, opts)
         def regrad(x):
             grad = _memory.empty(x.shape, x.dtype, x.device)
-            _bce_forward(x, y, w, pw, logits, opts, grad)
+            kernels.bce_forward(x, y, w, pw, logits, opts, grad)
             return (grad,), None
 
         autograd.remember(ctx, fn, (x,), loss, regrad)
@@ -124,20 +54,22 @@ class _BCEFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         reduction, n = ctx.meta
         g = autograd.input_gradient(ctx, grad_out, lambda go: go / n if reduction == "mean" else go)
-        return g, None, None, None, None, None, None
+        return g, None, None, None, None, None, None, None
 
 
-def _binary(input, target, weight, pos_weight, opts: LossOptions, logits: bool) -> torch.Tensor:
+def _binary(input, target, weight, pos_weight, opts: LossOptions, logits: bool, kernels: RowKernels):
     if torch.is_grad_enabled() and input.requires_grad:
-        return _BCEFn.apply(input, target, weight, pos_weight, logits, opts, [])
-    return _bce_reduce(_bce_forward(input, target, weight, pos_weight, logits, opts, None), input, opts)
+        return _BCEFn.apply(input, target, weight, pos_weight, logits, opts, kernels, [])
+    total = kernels.bce_forward(input, target, weight, pos_weight, logits, opts, None)
+    return _bce_reduce(total, input, opts)
 
 
-def binary_cross_entropy(input, target, weight, opts: LossOptions) -> torch.Tensor:
+def binary_cross_entropy(input, target, weight, opts: LossOptions, *, kernels: RowKernels = TORCH_OPS):
     """Backend entry (checked arguments): torch's binary_cross_entropy on probabilities."""
-    return _binary(input, target, weight, None, opts, logits=False)
+    return _binary(input, target, weight, None, opts, False, kernels)
 
 
-def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions) -> torch.Tensor:
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions, *,
+                                     kernels: RowKernels = TORCH_OPS):
     """Backend entry (checked arguments): torch's binary_cross_entropy_with_logits."""
-    return _binary(input, target, weight, pos_weight, opts, logits=True)
+    return _binary(input, target, weight, pos_weight, opts, True, kernels)

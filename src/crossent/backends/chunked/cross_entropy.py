@@ -1,6 +1,7 @@
 """Fused cross-entropy and NLL on logits of any layout: (C,), (N, C) or (N, C, d1..dk).
 
-cross_entropy: forward runs `kernel.ce_forward` over chunks of ~1M elements and writes the gradient
+cross_entropy: forward runs the row kernel (`RowKernels.ce_forward`: kernel.py's loop over chunks
+of ~1M elements, or the Triton kernel over all rows at once) and writes the gradient
 while it computes the loss, so forward+backward reads the logits once and writes the gradient once;
 no N x C temporary exists beside the gradient (and with ``inplace_backward`` not even that).
 Without a gradient the exp goes to a reused chunk buffer. nll_loss: l_i = -w[t_i] x_i[t_i], a
@@ -21,7 +22,8 @@ from ..common import (
     reduce,
     safe_reciprocal,
 )
-from .kernel import ChunkTarget, ce_forward
+from .kernel import ChunkTarget
+from .row_kernels import TORCH_OPS, RowKernels
 
 
 def _as_nc(x: torch.Tensor) -> torch.Tensor:
@@ -55,8 +57,8 @@ class _CrossEntropyFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x, index, probs, weight, opts, out_shape, out_dtype, loss, box):
-        losses, den, grad, post_scale = _precompute(x, index, probs, weight, opts)
+    def forward(x, index, probs, weight, opts, out_shape, out_dtype, loss, kernels, box):
+        losses, den, grad, post_scale = _precompute(x, index, probs, weight, opts, kernels)
         if opts.inplace_backward:
             torch.autograd.graph.increment_version(x)  # anything else that saved x now fails loudly
         # Handed to setup_context in `box`, not as outputs: an output costs autograd bookkeeping
@@ -66,12 +68,12 @@ class _CrossEntropyFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, index, probs, weight, opts, out_shape, out_dtype, loss, box = inputs
+        x, index, probs, weight, opts, out_shape, out_dtype, loss, kernels, box = inputs
         grad, post_scale = box
         box.clear()
         autograd.stash(ctx, (grad,), post_scale=post_scale)
         def regrad(x):
-            _, _, grad, post_scale = _precompute(x, index, probs, weight, opts)
+            _, _, grad, post_scale = _precompute(x, index, probs, weight, opts, kernels)
             return (grad,), post_scale
 
         autograd.remember(ctx, "cross_entropy", (x,), loss, regrad)
@@ -85,10 +87,10 @@ class _CrossEntropyFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         per_sample = lambda go: go.reshape(ctx.per_sample) if ctx.reduction == "none" else go
         g = autograd.input_gradient(ctx, grad_out, per_sample)
-        return g.view(ctx.x_shape), None, None, None, None, None, None, None, None
+        return g.view(ctx.x_shape), None, None, None, None, None, None, None, None, None
 
 
-def _precompute(x, index, probs, weight, opts):
+def _precompute(x, index, probs, weight, opts, kernels):
     """Forward's work: (per-sample losses, 'mean' denominator, gradient, post_scale)."""
     x_nc = _as_nc(x)
     acc = compute_dtype(x.dtype)
@@ -96,11 +98,12 @@ def _precompute(x, index, probs, weight, opts):
     fold = den is not None and x.dtype != torch.float16
     grad = x_nc if opts.inplace_backward else _memory.empty(x_nc.shape, x.dtype, x.device)
     inv_den = safe_reciprocal(den) if den is not None else None
-    losses = ce_forward(x_nc, ChunkTarget(index, probs), weight, opts, grad=grad, scale=inv_den if fold else 1.0)
+    scale = inv_den if fold else 1.0
+    losses = kernels.ce_forward(x_nc, ChunkTarget(index, probs), weight, opts, grad=grad, scale=scale)
     return losses, den, grad, None if fold else inv_den
 
 
-def cross_entropy(input, target, weight, opts: LossOptions) -> torch.Tensor:
+def cross_entropy(input, target, weight, opts: LossOptions, *, kernels: RowKernels = TORCH_OPS):
     """Backend entry (checked arguments): the loss; a gradient only when autograd needs one."""
     x_nc = _as_nc(input)
     out_dtype = output_dtype(input, target, opts)
@@ -110,9 +113,9 @@ def cross_entropy(input, target, weight, opts: LossOptions) -> torch.Tensor:
     out_shape = (input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])) if soft else target.shape
     if torch.is_grad_enabled() and input.requires_grad:
         loss = lambda x: composite.cross_entropy(x, target, weight, opts)  # (for recomputing)
-        return _CrossEntropyFn.apply(input, index, probs, weight, opts, out_shape, out_dtype, loss, [])
+        return _CrossEntropyFn.apply(input, index, probs, weight, opts, out_shape, out_dtype, loss, kernels, [])
     # Evaluation: loss only, no gradient computed or kept.
-    losses = ce_forward(x_nc, ChunkTarget(index, probs), weight, opts, grad=None, scale=1.0)
+    losses = kernels.ce_forward(x_nc, ChunkTarget(index, probs), weight, opts, grad=None, scale=1.0)
     den = _denominator(index, weight, opts, x_nc, compute_dtype(input.dtype))
     return reduce(losses, den, opts, out_shape, out_dtype)
 

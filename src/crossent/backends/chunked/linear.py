@@ -74,7 +74,8 @@ from ..common import (
     reduce,
     safe_reciprocal,
 )
-from .kernel import ChunkTarget, ce_chunk
+from .kernel import ChunkTarget
+from .row_kernels import TORCH_OPS, RowKernels
 
 # The chunk's buffers (logits, gradient, temporaries) may take 7/8 of the bytes of the float32
 # weight gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32 that is 7D/8
@@ -93,6 +94,9 @@ MIN_BUDGET_BYTES = 16 << 20
 # Chunks of a multiple of 8 rows: the transposed product W @ x_c.T (see _chunk_loop) ran at
 # full-size speed for r = 384, 408, ..., 512 and ~40% slower for r = 410 or 500 (MKL, AVX2).
 ROW_MULTIPLE = 8
+# Vocabulary rows per slice of the 16-bit weight-gradient product with lean (GPU) kernels: 8192 x D
+# 16-bit values (64 MiB at D=4096) instead of V x D; each slice is still a large product.
+PART_ROWS = 8192
 
 
 def chunk_rows(
@@ -105,6 +109,7 @@ def chunk_rows(
     soft: bool = False,
     class_weight: bool = False,
     budget_bytes: int | None = None,
+    kernels: RowKernels = TORCH_OPS,
 ) -> int:
     """Rows per chunk: as many as fit in the budget, then balanced so the last chunk is not tiny.
 
@@ -117,13 +122,16 @@ def chunk_rows(
     a = torch.empty((), dtype=acc).element_size()
     if budget_bytes is None:
         budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a * 7 // 8)
-    per_elem = torch.empty((), dtype=dtype).element_size() + (a if dtype != acc else 0)
-    if opts.softcap is not None:
+    per_elem = torch.empty((), dtype=dtype).element_size()
+    if dtype != acc and not kernels.grad_in_input_dtype:
         per_elem += a
-    if soft:
-        per_elem += 2 * a + (a if class_weight or opts.label_smoothing > 0.0 else 0)
-    elif class_weight and opts.label_smoothing > 0.0:
-        per_elem += a
+    if not kernels.lean_chunks:
+        if opts.softcap is not None:
+            per_elem += a
+        if soft:
+            per_elem += 2 * a + (a if class_weight or opts.label_smoothing > 0.0 else 0)
+        elif class_weight and opts.label_smoothing > 0.0:
+            per_elem += a
     rows = max(1, budget_bytes // max(1, per_elem * num_classes))
     if rows >= n:
         return max(n, 1)
@@ -135,7 +143,8 @@ def chunk_rows(
 
 
 
-def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scale, grads, add_x=False):
+def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, kernels, *, scale, grads,
+                add_x=False):
     """One pass over the token chunks of one head; returns per-token losses (N,), compute dtype.
 
     x (N, D), weight (V, D) (any strides), bias (V,) or None; index (N,) int64 or probs (N, V).
@@ -163,11 +172,17 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
     z_buf = _memory.empty(size, dt, dev)  # logits, then the gradient in dt
     # 16-bit: ce_chunk's float32 gradient. A gradient is always asked for, even for a loss-only
     # pass: written in place over the logits it costs two elementwise passes and no extra buffer.
-    g_buf = _memory.empty(size, acc, dev) if dt != acc else None
-    tanh_buf = _memory.empty(size, acc, dev) if opts.softcap is not None else None
-    gw_part = _memory.empty((v, d), dt, dev) if gw is not None and dt != acc else None
+    g_buf = _memory.empty(size, acc, dev) if dt != acc and not kernels.grad_in_input_dtype else None
+    lean = kernels.lean_chunks
+    tanh_buf = _memory.empty(size, acc, dev) if opts.softcap is not None and not lean else None
+    # 16-bit: each chunk's G.T @ x_c is rounded into gw_part and added to the float32 grad_W, in
+    # slices of PART_ROWS vocabulary rows where the kernels are lean (a (V, D) 16-bit buffer
+    # would be most of a GPU's extra memory).
+    part_rows = min(v, PART_ROWS) if lean else v
+    gw_part = _memory.empty((part_rows, d), dt, dev) if gw is not None and dt != acc else None
     per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
-    row_major = probs is not None
+    row_major = probs is not None or kernels.row_major_logits
+    want_grad = any(t is not None for t in grads)
     w_t = weight.t()  # (D, V), a view: BLAS reads it transposed
 
     def chunk_view(buf, r, v):  # (r, V): row-major, or a (V, r) buffer seen transposed
@@ -194,16 +209,18 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
             index=index[i:j] if index is not None else None,
             probs=probs[i:j] if probs is not None else None,
         )
-        losses[i:j], _ = ce_chunk(
-            z, target, cw, cw_sum, opts, grad=g, scale=scale[i:j] if per_token else scale,
-            tanh_work=th,
+        # (A loss-only pass still asks torch ops for the gradient: written in place over the
+        # logits it costs two elementwise passes and no buffer. Triton's kernel skips it.)
+        losses[i:j], _ = kernels.ce_chunk(
+            z, target, cw, cw_sum, opts, grad=g if want_grad or not lean else None,
+            scale=scale[i:j] if per_token else scale, tanh_work=th,
         )
         first = i == 0
         if gb is not None:  # from the compute-dtype gradient
             if first:
-                torch.sum(g, 0, out=gb)
+                torch.sum(g, 0, dtype=gb.dtype, out=gb)
             else:
-                gb.add_(g.sum(0))
+                gb.add_(g.sum(0, dtype=gb.dtype))
         if g is not z and (gx is not None or gw is not None):
             z.copy_(g)  # the products run in the input dtype
         if gx is not None:
@@ -218,11 +235,14 @@ def _chunk_loop(x, weight, bias, index, probs, class_weight, opts, rows, *, scal
                 else:
                     gw.addmm_(z.t(), xc)
             else:  # no mixed-dtype addmm on every device: round the chunk's product, add in fp32
-                torch.mm(z.t(), xc, out=gw_part)
-                if first:
-                    gw.copy_(gw_part)
-                else:
-                    gw.add_(gw_part)
+                for v0 in range(0, v, part_rows):
+                    v1 = min(v0 + part_rows, v)
+                    part = gw_part[: v1 - v0]
+                    torch.mm(z[:, v0:v1].t(), xc, out=part)
+                    if first:
+                        gw[v0:v1].copy_(part)
+                    else:
+                        gw[v0:v1].add_(part)
     return losses
 
 
@@ -257,7 +277,7 @@ class _Problem:
         samples = self.x.shape[0] * self.heads
         return mean_denominator(self.index, class_weight, opts, samples, acc, self.x.device)
 
-    def run(self, class_weight, opts, rows, *, scale, grads):
+    def run(self, class_weight, opts, rows, kernels, *, scale, grads):
         """All heads; per-(token, head) losses (N, P). scale: a number, a 0-d tensor or (N, P)."""
         gx, gw, gb = grads
         gw3 = gw.view(self.w.shape) if gw is not None else None
@@ -267,7 +287,7 @@ class _Problem:
         for j in range(self.heads):
             w, b, index, probs = self.head(j)
             out.append(_chunk_loop(
-                self.x, w, b, index, probs, class_weight, opts, rows,
+                self.x, w, b, index, probs, class_weight, opts, rows, kernels,
                 scale=scale[:, j] if per_token else scale,
                 grads=(gx, gw3[:, j] if gw3 is not None else None, gb2[:, j] if gb2 is not None else None),
                 add_x=j > 0,
@@ -275,7 +295,7 @@ class _Problem:
         return torch.stack(out, 1) if self.heads > 1 else out[0].unsqueeze(1)
 
 
-def _precompute(problem, weight, opts, rows, want):
+def _precompute(problem, weight, opts, rows, want, kernels):
     """Forward's work for a scalar reduction: (per-token losses, 'mean' denominator, gradients,
     post_scale). 1/den is folded into the gradients now (one rounding of a bfloat16 gradient);
     float16 keeps O(1) values, scaled once in backward (an AMP loss scale multiplies before
@@ -286,7 +306,7 @@ def _precompute(problem, weight, opts, rows, want):
     inv_den = safe_reciprocal(den) if den is not None else None
     fold = inv_den is not None and x.dtype != torch.float16
     grads = _grad_buffers(x, problem.linear_weight, problem.linear_bias, want, acc)
-    losses = problem.run(weight, opts, rows, scale=inv_den if fold else 1.0, grads=grads)
+    losses = problem.run(weight, opts, rows, kernels, scale=inv_den if fold else 1.0, grads=grads)
     return losses, den, grads, None if fold else inv_den
 
 
@@ -308,24 +328,26 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
     composite formulas (`autograd.recompute`)."""
 
     @staticmethod
-    def forward(input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype, want, box):
+    def forward(input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape,
+                out_dtype, want, kernels, box):
         problem = _Problem(input, linear_weight, index, probs, linear_bias)
         if opts.reduction == "none":
-            losses = problem.run(weight, opts, rows, scale=1.0, grads=(None, None, None))
+            losses = problem.run(weight, opts, rows, kernels, scale=1.0, grads=(None, None, None))
             return reduce(losses, None, opts, out_shape, out_dtype)
-        losses, den, grads, post_scale = _precompute(problem, weight, opts, rows, want)
+        losses, den, grads, post_scale = _precompute(problem, weight, opts, rows, want, kernels)
         box.extend((grads, post_scale))  # for setup_context (see cross_entropy.py)
         return reduce(losses, den, opts, out_shape, out_dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, linear_weight, index, probs, linear_bias, weight, opts, rows, _, _, want, box = inputs
-        ctx.meta = (linear_weight.dtype, None if linear_bias is None else linear_bias.dtype, opts, rows, want)
+        input, linear_weight, index, probs, linear_bias, weight, opts, rows, _, _, want, kernels, box = inputs
+        ctx.meta = (linear_weight.dtype, None if linear_bias is None else linear_bias.dtype, opts, rows,
+                    want, kernels)
         target = probs if probs is not None else index
         loss = lambda x, w, b: composite.linear_cross_entropy(x, w, target, b, weight, opts)
         def regrad(x, w, b):
             problem = _Problem(x, w, index, probs, b)
-            return _precompute(problem, weight, opts, rows, want)[2:]
+            return _precompute(problem, weight, opts, rows, want, kernels)[2:]
 
         # Held strongly: (N, D) + (V, D) + (V,), no N x V; the weight and bias are parameters
         # anyway, and an input made inline (h.reshape(-1, D)) would otherwise be gone.
@@ -341,26 +363,27 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        w_dtype, b_dtype, opts, rows, want = ctx.meta
+        w_dtype, b_dtype, opts, rows, want, kernels = ctx.meta
         if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated
             gx, gw, gb = autograd.second_derivative(ctx, grad_out, want)
-            return gx, gw, None, None, gb, None, None, None, None, None, None, None
+            return gx, gw, None, None, gb, None, None, None, None, None, None, None, None
         if opts.reduction == "none":
             input, linear_weight, index, probs, linear_bias, weight = ctx.saved_tensors
             acc = compute_dtype(input.dtype)
             problem = _Problem(input, linear_weight, index, probs, linear_bias)
             grads = _grad_buffers(input, linear_weight, linear_bias, want, acc)
             scale = grad_out.reshape(input.shape[0], problem.heads).to(acc)  # (N, P)
-            problem.run(weight, opts, rows, scale=scale, grads=grads)
+            problem.run(weight, opts, rows, kernels, scale=scale, grads=grads)
         else:
             grads = autograd.release(ctx, grad_out)
         gx, gw, gb = grads
         gw = gw.to(w_dtype) if gw is not None else None
         gb = gb.to(b_dtype) if gb is not None else None
-        return gx, gw, None, None, gb, None, None, None, None, None, None, None
+        return gx, gw, None, None, gb, None, None, None, None, None, None, None, None
 
 
-def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions) -> torch.Tensor:
+def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions, *,
+                         kernels: RowKernels = TORCH_OPS) -> torch.Tensor:
     """Backend entry (checked arguments): input (N, D), linear_weight (V, *out, D), target (N, *out)
     class indices or (N, V, *out) probabilities (``opts.soft``), linear_bias (V, *out) or None,
     weight (V,) class weights or None. Returns (N, *out) for 'none', else a scalar."""
@@ -371,7 +394,8 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     out_dtype = output_dtype(input, target, opts)
     out_shape = (n,) + tuple(linear_weight.shape[1:-1])
     rows = opts.chunk_size or chunk_rows(
-        n, input.shape[-1], v, input.dtype, opts, soft=opts.soft, class_weight=weight is not None
+        n, input.shape[-1], v, input.dtype, opts, soft=opts.soft, class_weight=weight is not None,
+        kernels=kernels,
     )
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
@@ -379,10 +403,11 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     if needs_grad:
         want = tuple(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
         return _LinearCrossEntropyFn.apply(
-            input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype, want, []
+            input, linear_weight, index, probs, linear_bias, weight, opts, rows, out_shape, out_dtype,
+            want, kernels, [],
         )
     # Evaluation: losses only, one product per chunk.
     problem = _Problem(input, linear_weight, index, probs, linear_bias)
-    losses = problem.run(weight, opts, rows, scale=1.0, grads=(None, None, None))
+    losses = problem.run(weight, opts, rows, kernels, scale=1.0, grads=(None, None, None))
     den = problem.denominator(weight, opts, compute_dtype(input.dtype))
     return reduce(losses, den, opts, out_shape, out_dtype)

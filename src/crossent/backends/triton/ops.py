@@ -1,0 +1,200 @@
+"""Launchers of the Triton kernels (kernels.py), in the signatures of the chunked backend's kernels
+(`chunked.kernel.ce_forward`, `ce_chunk`, `chunked.binary.bce_forward`), so that the fused
+algorithms (autograd glue, the linear loss's chunk loop) run unchanged on top of them.
+
+Everything stays on the device: the 'mean' scale is a device tensor read by the kernel, the class
+weights' sum too; no ``.item()``, no host sync, so the losses can be captured in a CUDA graph.
+
+Triton is imported at the first launch, not with crossent: ``TRITON_INTERPRET=1`` (CPU tensors
+through Triton's interpreter, the CI's way to test the kernels) is read by Triton when a kernel is
+defined, so it may be set any time before the first call.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ..._options import LossOptions
+from ..common import compute_dtype, deterministic_sum
+
+# A row of at most this many classes is one block, held in registers between the loss and the
+# gradient (read once, written once). 16384 float32 values over 16 warps are 32 per thread; the
+# block of a longer row would spill. (A design bound, not yet measured on a GPU.)
+SINGLE_BLOCK_MAX = 16384
+# Block of the two-pass loop over longer rows.
+LOOP_BLOCK = 4096
+# Elements per program of the binary losses.
+BINARY_BLOCK = 1024
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernels():
+    from . import kernels
+
+    return kernels
+
+
+def _warps(block: int) -> int:
+    return max(1, min(16, block // 512))
+
+
+def _scale_arg(scale, acc, device):
+    """The per-row gradient scale as (tensor, stride): a number or 0-d tensor (stride 0), or one
+    value per row (stride 1)."""
+    if isinstance(scale, torch.Tensor):
+        s = scale.to(device=device, dtype=acc)
+        if s.dim() == 0:
+            return s.reshape(1), 0
+        return s.reshape(-1).contiguous(), 1
+    return torch.full((1,), float(scale), dtype=acc, device=device), 0
+
+
+def _launch_ce(x, index, probs, weight, weight_sum, opts: LossOptions, grad, scale):
+    """x (N, C) or (N, C, D), any strides; index (N[, D]) int64 or probs like x; weight (C,) and
+    weight_sum (1,) in the compute dtype or None; grad like x (may be x) or None.
+    Returns (losses, lse), each (N * D,) in the compute dtype."""
+    acc = compute_dtype(x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    d = x.shape[2] if x.dim() == 3 else 1
+    rows = n * d
+    dev = x.device
+    loss = torch.empty(rows, dtype=acc, device=dev)
+    lse = torch.empty(rows, dtype=acc, device=dev)
+    if rows == 0:
+        return loss, lse
+    strides = lambda t: (t.stride(0), t.stride(1), t.stride(2) if t.dim() == 3 else 0)
+    g = grad if grad is not None else x
+    p = probs if probs is not None else x
+    tgt = index.reshape(-1).contiguous() if index is not None else loss
+    s, s_stride = _scale_arg(scale, acc, dev)
+    single = c <= SINGLE_BLOCK_MAX
+    block = triton_next_pow2(c) if single else LOOP_BLOCK
+    _kernels().ce_kernel[(rows,)](
+        x, g, tgt, p, weight if weight is not None else loss,
+        weight_sum if weight_sum is not None else loss, s, loss, lse,
+        c, d, *strides(x), *strides(g), *strides(p), s_stride,
+        opts.ignore_index, _params(opts, acc, dev),
+        BLOCK=block, SINGLE=single, SOFT=probs is not None, HAS_WEIGHT=weight is not None,
+        SMOOTH=opts.label_smoothing > 0.0, HAS_ZL=bool(opts.z_loss), HAS_CAP=opts.softcap is not None,
+        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64, num_warps=_warps(block),
+    )
+    return loss, lse
+
+
+def _params(opts: LossOptions, acc, device):
+    """(eps, zl, cap) as a device tensor in the compute dtype, by fills (torch.tensor of a list
+    would copy from the host: a sync on a GPU, and a failure under CUDA-graph capture)."""
+    p = torch.full((3,), float(opts.label_smoothing), dtype=acc, device=device)
+    if opts.z_loss:
+        p[1].fill_(float(opts.z_loss))
+    else:
+        p[1].zero_()
+    p[2].fill_(float(opts.softcap) if opts.softcap is not None else 1.0)
+    return p
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _class_weights(weight, acc):
+    if weight is None:
+        return None, None
+    w = weight.to(acc).contiguous()
+    return w, deterministic_sum(w).reshape(1)
+
+
+def ce_forward(x, target, weight, opts: LossOptions, *, grad, scale):
+    """`chunked.kernel.ce_forward` on the GPU: per-sample losses (N[, D]) of x (N, C[, D]); the
+    gradient d(sum_i scale_i l_i)/dx written into ``grad`` (None: loss only)."""
+    acc = compute_dtype(x.dtype)
+    w, w_sum = _class_weights(weight, acc)
+    loss, _ = _launch_ce(x, target.index, target.probs, w, w_sum, opts, grad, scale)
+    return loss.view(x.shape[:1] + x.shape[2:])
+
+
+def ce_chunk(x, target, weight, weight_sum, opts: LossOptions, *, grad=None, scale=1.0, work=None,
+             tanh_work=None):
+    """`chunked.kernel.ce_chunk` on the GPU: (losses, lse) of one chunk x (n, C); ``weight`` and
+    ``weight_sum`` already in the compute dtype. The work buffers are not needed (the kernel keeps
+    its temporaries in registers; a 16-bit gradient is written in its own dtype)."""
+    acc = compute_dtype(x.dtype)
+    w = weight.to(acc).contiguous() if weight is not None else None
+    w_sum = weight_sum.to(acc).reshape(1) if isinstance(weight_sum, torch.Tensor) else (
+        torch.full((1,), float(weight_sum), dtype=acc, device=x.device) if w is not None else None
+    )
+    loss, lse = _launch_ce(x, target.index, target.probs, w, w_sum, opts, grad, scale)
+    per_sample = x.shape[:1] + x.shape[2:]
+    return loss.view(per_sample), lse.view(per_sample)
+
+
+def _trailing_broadcast(t, shape):
+    """(flat contiguous tensor, modulus) such that t expanded to ``shape`` at flat index i is
+    flat[i % modulus]: free when t spans trailing dims only (pos_weight (C,) on (N, C)), else the
+    expanded tensor is materialised (modulus = its numel)."""
+    t_shape = list(t.shape)
+    while t_shape and t_shape[0] == 1:
+        t_shape.pop(0)
+    k = len(t_shape)
+    if k == 0 or tuple(shape[len(shape) - k:]) == tuple(t_shape):
+        flat = t.reshape(-1).contiguous()
+    else:
+        flat = t.expand(shape).reshape(-1).contiguous()
+    return flat, max(flat.numel(), 1)
+
+
+def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
+    """`chunked.binary.bce_forward` on the GPU: the per-element losses (compute dtype, x's shape)
+    for 'none', else their deterministic total (0-d); the gradient into ``grad`` (None: none)."""
+    acc = compute_dtype(x.dtype)
+    dev = x.device
+    shape = tuple(x.shape)
+    xf = x.reshape(-1).contiguous()
+    yf = y.reshape(-1).contiguous()
+    numel = xf.numel()
+    per_element = opts.reduction == "none"
+    programs = max(1, -(-numel // BINARY_BLOCK))
+    loss = torch.empty(numel if per_element else 1, dtype=acc, device=dev)
+    partial = torch.empty(programs if not per_element else 1, dtype=acc, device=dev)
+    gflat = torch.empty(numel, dtype=grad.dtype, device=dev) if grad is not None and not (
+        grad.is_contiguous()) else (grad.view(-1) if grad is not None else None)
+    wf, w_mod = _trailing_broadcast(w, shape) if w is not None else (loss, 1)
+    pwf, pw_mod = _trailing_broadcast(pw, shape) if pw is not None else (loss, 1)
+    if numel:
+        _kernels().bce_kernel[(programs,)](
+            xf, yf, wf, pwf, loss, partial, gflat if gflat is not None else loss, numel, w_mod, pw_mod,
+            BLOCK=BINARY_BLOCK, LOGITS=logits, HAS_W=w is not None, HAS_PW=pw is not None,
+            PER_ELEMENT=per_element, WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64,
+            num_warps=4,
+        )
+    if grad is not None and gflat.data_ptr() != grad.data_ptr():
+        grad.copy_(gflat.view(shape))
+    if per_element:
+        return loss.view(shape)
+    if not numel:
+        return torch.zeros((), dtype=acc, device=dev)
+    return deterministic_sum(partial)
+
+
+def row_kernels():
+    """The Triton kernels as the chunked algorithms' RowKernels."""
+    from ..chunked.row_kernels import RowKernels
+
+    return RowKernels(ce_forward, ce_chunk, bce_forward, grad_in_input_dtype=True,
+                      row_major_logits=True, lean_chunks=True)
