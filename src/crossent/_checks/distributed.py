@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ._common import InvalidArgument, InvalidArgumentType, _tensor
+from .losses import _class_index_range
 
 
 def is_dtensor(t: object) -> bool:
@@ -166,12 +167,33 @@ def deterministic(fn: str, value: object) -> bool:
     return value
 
 
-def linear_weight_shard(fn: str, input: torch.Tensor, linear_weight: torch.Tensor) -> None:
-    if input.dim() != 2:
-        raise InvalidArgument(
-            f"{fn}: input must have shape (N, in_features), got shape {tuple(input.shape)}; "
-            f"flatten the leading dimensions: input.reshape(-1, {input.shape[-1] if input.dim() else 'D'})"
+def linear_targets(fn: str, rows: int, local_classes: int, out: tuple, num_classes: int, target: object,
+                   ignore_index: int, device) -> tuple[torch.Tensor, bool]:
+    """Global class indices (rows, *out), or this rank's probabilities (rows, V_r, *out) (torch's
+    rule: floating and of the local logits' shape). Returns (int64 indices or probabilities, soft)."""
+    target = _tensor(fn, "target", target)
+    if target.device != device:
+        raise InvalidArgument(f"{fn}: target is on {target.device} but input is on {device}; move both to one device")
+    logits = (rows, local_classes, *out)
+    if target.is_floating_point() and tuple(target.shape) == logits:
+        return target, True
+    expected = (rows, *out)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise InvalidArgumentType(
+            f"{fn}: target must be class indices (an integer tensor of shape {expected}) or this "
+            f"rank's class probabilities (floating, shape {logits}), got {target.dtype} of shape "
+            f"{tuple(target.shape)}"
         )
+    if tuple(target.shape) != expected:
+        raise InvalidArgument(
+            f"{fn}: target of class indices must have shape {expected} (one per token; under "
+            f"sequence parallelism, per token of the gathered sequence), got {tuple(target.shape)}"
+        )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise InvalidArgumentType(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    target = target.long()
+    _class_index_range(fn, target, num_classes, ignore_index)
+    return target, False
 
 
 def normalizer_target(fn: str, target: object) -> torch.Tensor:
@@ -193,3 +215,22 @@ def normalizer_targets(fn: str, targets: object) -> list:
         f"{fn}: target must be a tensor or a non-empty list of tensors (the micro-batches of one "
         f"optimizer step), got {type(targets).__name__}"
     )
+
+
+def plain_input(fn: str, input: object) -> None:
+    if is_dtensor(input):
+        raise InvalidArgumentType(
+            f"{fn}: input is a DTensor (placements {tuple(input.placements)}); pass this rank's "
+            f"tokens as a plain tensor (input.to_local(), or full_tensor() for a sharded one)"
+        )
+
+
+def sequence_parallel_batched(fn: str, input: torch.Tensor) -> None:
+    raise InvalidArgument(
+        f"{fn}: sequence_parallel=True needs batched input (N/W, in_features), got shape "
+        f"{tuple(input.shape)}"
+    )
+
+
+def chunk_size(fn: str, value: object) -> None:
+    raise InvalidArgument(f"{fn}: chunk_size must be a positive int (tokens per chunk) or None, got {value!r}")

@@ -39,7 +39,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
         return t.unsqueeze(0)
     if t.dim() == 2:
         return t
-    return t.movedim(1, -1).reshape(-1, t.shape[1])
+    samples = t.shape[0] * math.prod(t.shape[2:])  # (explicit: -1 is ambiguous for an empty shard)
+    return t.movedim(1, -1).reshape(samples, t.shape[1])
 
 
 def _unrows(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -1,0 +1,277 @@
+"""vocab_parallel_linear_cross_entropy: the loss of a vocabulary-parallel output layer (each rank
+holds the rows [start, stop) of the (C, D) weight) without its (N, C) -- or even (N, V_r) -- logits.
+
+Contract (x (N, D), W_r (V_r[, d1..dk], D) and b_r this rank's rows of the full W and b)::
+
+    loss == crossent.linear_cross_entropy(x, cat_r(W_r), t, linear_bias=cat_r(b_r), ...)
+
+in value (on every rank) and in the gradients w.r.t. x (the full one, after the all-reduce), W_r
+and b_r (this rank's rows of the full ones), for every option of `vocab_parallel_cross_entropy`.
+
+Algorithm (n tokens per chunk; the statistics' math is `_stats`)::
+
+    forward   per chunk: Z = x_c W_r^T (+ b_r) [n, V_r] -> local row max, partials   2 N D V_r FLOPs
+              then all_reduce MAX [N], all_reduce SUM [k, N]; losses; nothing N x V_r is kept
+    backward  per chunk: Z again; G = dl/dZ [n, V_r] (local, from lse and the per-row factors)
+              grad_x[c] = G W_r  [n, D];  grad_W += G^T x_c  [V_r, D];  grad_b += sum G   6 N D V_r
+              then all_reduce SUM of grad_x [N, D] over the group (see below)
+
+The logits are computed twice (8 N D V_r FLOPs in all, vs 6 for the single-device fused loss that
+finishes the gradients in forward): finishing them in forward would need the global statistics
+before each chunk's gradient, i.e. two collectives per chunk instead of two in all; on a fast
+interconnect with large chunks that trade can win, but the collectives' latency is paid per chunk.
+
+Input gradient. Each rank's grad_x = G W_r is a partial sum over its classes, so the full
+gradient is their sum: ``reduce_input_grad=True`` all-reduces it (fp32 for 16-bit inputs:
+N D 4 bytes). ``False`` returns the partial sum, for frameworks that reduce it themselves (the
+backward of Megatron's ColumnParallelLinear / a DTensor Replicate -> Partial input).
+``sequence_parallel=True``: input is this rank's (N/W, D) tokens; forward all-gathers them
+(rank order, equal counts per rank), the target covers the gathered N tokens, and backward
+reduce-scatters grad_x (N/W D per rank) instead of all-reducing it.
+
+Memory beyond inputs and gradients: one chunk's logits in the input dtype plus float32 temporaries
+(n V_r each; n from the single-device fused loss's rule, `backends.chunked.linear.chunk_rows`, or
+``chunk_size``), per-token statistics (a few N floats), and the saved input (N D; under sequence
+parallelism the gathered one). grad_W and grad_b accumulate in float32 for 16-bit weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _checks
+from .._checks import distributed as _dchecks
+from ..backends.chunked.linear import chunk_rows
+from ..backends.common import compute_dtype, output_dtype
+from . import _comm, _layout, _stats
+
+_FN = "vocab_parallel_linear_cross_entropy"
+
+
+class _Head:
+    """The weight shard as P = d1..dk heads of V_r classes: sample (token i, head j) is row i P + j
+    of the (N P, V_r) logits, as in the single-device K-dim loss."""
+
+    def __init__(self, linear_weight, linear_bias, index, probs):
+        v, d = linear_weight.shape[0], linear_weight.shape[-1]
+        self.v, self.p = v, math.prod(linear_weight.shape[1:-1])
+        self.w2 = linear_weight.reshape(v * self.p, d)  # (V_r P, D)
+        self.b2 = linear_bias.reshape(v * self.p) if linear_bias is not None else None
+        self.index = index.reshape(-1) if index is not None else None  # (N P,)
+        if probs is not None:  # (N, V_r, *out) -> (N P, V_r)
+            probs = probs.reshape(probs.shape[0], v, self.p).transpose(1, 2).reshape(probs.shape[0] * self.p, v)
+        self.probs = probs
+
+    def logits(self, xc):
+        """(n, D) -> (n P, V_r) in the input dtype."""
+        z = torch.mm(xc, self.w2.t()) if self.b2 is None else torch.addmm(self.b2, xc, self.w2.t())
+        if self.p == 1:
+            return z
+        return z.view(xc.shape[0], self.v, self.p).transpose(1, 2).reshape(xc.shape[0] * self.p, self.v)
+
+    def unrows(self, g):
+        """(n P, V_r) -> (n, V_r P), the layout of the logits' product."""
+        if self.p == 1:
+            return g
+        n = g.shape[0] // self.p
+        return g.view(n, self.p, self.v).transpose(1, 2).reshape(n, self.v * self.p)
+
+
+def _forward(x, head, weight, vocab, opts, comm, rows):
+    acc = compute_dtype(x.dtype)
+    n, p = x.shape[0], head.p
+    tg = _stats.prepare(head.index, head.probs, weight, vocab, opts.ignore_index, acc)
+    m = torch.empty(n * p, dtype=acc, device=x.device)
+    parts = torch.empty(_stats.num_partials(opts), n * p, dtype=acc, device=x.device)
+    for i in range(0, n, rows):
+        j = min(i + rows, n)
+        z = _stats.cap(head.logits(x[i:j]), opts, acc)
+        m[i * p:j * p], parts[:, i * p:j * p] = _stats.chunk_partials(z, tg.rows(i * p, j * p), opts, vocab)
+    lse, parts = _stats.combine(m, parts, comm)
+    loss, a = _stats.losses(lse, parts, tg, opts, vocab)
+    if opts.reduction == "none":
+        return loss, lse, a, None
+    value, factor = _stats.reduce(loss, tg, opts, n * p, comm, acc)
+    return value, lse, a, factor
+
+
+def _backward(x, head, weight, vocab, opts, rows, lse, a, g, want):
+    """(grad_x partial (N, D) compute dtype, grad_W (V_r P, D) compute dtype, grad_b) of this rank."""
+    acc = compute_dtype(x.dtype)
+    n, d, p = x.shape[0], x.shape[1], head.p
+    tg = _stats.prepare(head.index, head.probs, weight, vocab, opts.ignore_index, acc)
+    want_x, want_w, want_b = want
+    gx = torch.empty(n, d, dtype=x.dtype, device=x.device) if want_x else None
+    gw = torch.zeros(head.w2.shape, dtype=acc, device=x.device) if want_w else None
+    gb = torch.zeros(head.w2.shape[0], dtype=acc, device=x.device) if want_b else None
+    per_sample = g.dim() > 0
+    for i in range(0, n, rows):
+        j = min(i + rows, n)
+        xc = x[i:j]
+        z = _stats.cap(head.logits(xc), opts, acc)
+        s, e = i * p, j * p
+        grad = head.unrows(_stats.chunk_grad(z, lse[s:e], a[s:e], g[s:e] if per_sample else g,
+                                             tg.rows(s, e), opts, vocab))  # (n, V_r P), acc
+        if gb is not None:
+            gb += grad.sum(0)
+        grad = grad.to(x.dtype)  # the products run in the input dtype, as F.linear's
+        if gx is not None:
+            torch.mm(grad, head.w2, out=gx[i:j])
+        if gw is not None:
+            gw += torch.mm(grad.t(), xc)
+    return gx, gw, gb
+
+
+class _VocabParallelLinearFn(torch.autograd.Function):
+    """Forward: (the all-gather of sequence parallelism), the two statistic all-reduces, the loss;
+    backward: the local gradients, then one reduction of grad_x. Not twice differentiable."""
+
+    @staticmethod
+    def forward(input, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows,
+                sp, reduce_grad, out_shape, out_dtype, box):
+        x = _comm.gather_rows(input, comm.tp) if sp else input
+        head = _Head(linear_weight, linear_bias, index, probs)
+        value, lse, a, factor = _forward(x, head, weight, vocab, opts, comm, rows)
+        box.append((x, lse, a, factor))
+        return value.reshape(out_shape).to(out_dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows, sp, reduce_grad, _, _, box = inputs
+        x, lse, a, factor = box.pop()
+        ctx.save_for_backward(x, linear_weight, linear_bias, index, probs, weight, lse, a, factor)
+        ctx.meta = (vocab, opts, comm, rows, sp, reduce_grad, input.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, linear_weight, linear_bias, index, probs, weight, lse, a, factor = ctx.saved_tensors
+        vocab, opts, comm, rows, sp, reduce_grad, in_dtype = ctx.meta
+        acc = compute_dtype(x.dtype)
+        g = grad_out.to(acc).reshape(-1) if factor is None else grad_out.to(acc).reshape(()) * factor
+        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                linear_bias is not None and ctx.needs_input_grad[2])
+        head = _Head(linear_weight, linear_bias, index, probs)
+        gx, gw, gb = _backward(x, head, weight, vocab, opts, rows, lse, a, g, want)
+        if gx is not None and (sp or reduce_grad):
+            part = gx.to(acc)  # partial sums over the classes: added in float32 (float64)
+            if sp:
+                gx = _comm.reduce_scatter_rows(part, comm.tp, comm.deterministic).to(in_dtype)
+            else:
+                gx = _comm.all_reduce_sum(part, comm.tp, comm.deterministic).to(in_dtype)
+        gw = gw.reshape(linear_weight.shape).to(linear_weight.dtype) if gw is not None else None
+        gb = gb.reshape(linear_bias.shape).to(linear_bias.dtype) if gb is not None else None
+        return (gx, gw, gb) + (None,) * 12
+
+
+def vocab_parallel_linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    group,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    vocab_range: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: float | torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    sequence_parallel: bool = False,
+    reduce_input_grad: bool = True,
+    deterministic: bool = False,
+) -> torch.Tensor:
+    fn = _FN
+    _dchecks.plain_parameter(fn, "linear_weight", linear_weight)
+    _dchecks.plain_parameter(fn, "linear_bias", linear_bias)
+    _dchecks.plain_input(fn, input)
+    reduction = _checks.deprecated_reduction(reduction)
+    comm = _layout.Comm(_dchecks.group(fn, group), (), _dchecks.deterministic(fn, deterministic))
+    _dchecks.sequence_parallel(fn, sequence_parallel, reduce_input_grad)
+    _checks.linear_operands(fn, input, linear_weight, linear_bias)
+    unbatched = input.dim() == 1
+    if unbatched and sequence_parallel:
+        _dchecks.sequence_parallel_batched(fn, input)
+    x = input.unsqueeze(0) if unbatched else input
+    rows_total = x.shape[0] * (_comm.size(comm.tp) if sequence_parallel else 1)
+    out = tuple(linear_weight.shape[1:-1])
+    local_classes = linear_weight.shape[0]
+    vocab = _layout.resolve_vocab(fn, comm.tp, local_classes, vocab_range, num_classes, weight)
+    target, soft = _dchecks.linear_targets(
+        fn, rows_total, local_classes, out, vocab.num_classes,
+        target.unsqueeze(0) if unbatched and isinstance(target, torch.Tensor) else target,
+        ignore_index, input.device,
+    )
+    dtype = _checks.loss_dtype(fn, dtype, input)
+    weight = _checks.class_weight(fn, weight, input, vocab.num_classes, dtype=dtype)
+    _dchecks.no_grad_through(fn, "target", target)
+    _dchecks.no_grad_through(fn, "weight", weight)
+    opts = _checks.loss_options(
+        fn, ignore_index=-100 if soft else ignore_index, reduction_=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
+        soft=soft, dtype=dtype,
+    )
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        _dchecks.chunk_size(fn, chunk_size)
+    rows = chunk_size or chunk_rows(rows_total, x.shape[1], local_classes * math.prod(out), x.dtype, opts,
+                                    soft=soft, class_weight=weight is not None)
+    index, probs = (None, target) if soft else (target, None)
+    out_dtype = output_dtype(input, target, opts)
+    out_shape = (rows_total, *out) if opts.reduction == "none" else ()
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
+    if needs_grad:
+        loss = _VocabParallelLinearFn.apply(
+            x, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows,
+            sequence_parallel, reduce_input_grad, out_shape, out_dtype, [],
+        )
+    else:
+        xs = _comm.gather_rows(x, comm.tp) if sequence_parallel else x
+        head = _Head(linear_weight, linear_bias, index, probs)
+        loss = _forward(xs, head, weight, vocab, opts, comm, rows)[0].reshape(out_shape).to(out_dtype)
+    return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
+
+
+vocab_parallel_linear_cross_entropy.__doc__ = """The fused linear cross-entropy of a vocabulary-parallel output layer.
+
+    Equivalent to ``crossent.linear_cross_entropy(input, cat(all ranks' linear_weight), target,
+    linear_bias=cat(all ranks' linear_bias), weight=weight, ...)`` in value (on every rank) and in
+    the gradients of ``input`` (the full gradient, after the all-reduce), ``linear_weight`` and
+    ``linear_bias`` (this rank's rows); no logits beyond one chunk of tokens (n x V_r).
+
+    Args:
+        input: (N, D) tokens (or (D,)), the same on every rank of ``group``; with
+            ``sequence_parallel=True`` this rank's (N/W, D) slice of them (equal counts).
+        linear_weight: this rank's rows (V_r, D) of the output layer, or (V_r, d1..dk, D) for
+            K-dim heads; a plain tensor (a DTensor / ZeRO-3 parameter raises: use
+            `VocabParallelLinearCrossEntropyLoss`, which owns its weight).
+        target: global class indices (N[, d1..dk]) replicated over ``group``, or this rank's
+            class probabilities (N, V_r[, d1..dk]); not differentiated.
+        linear_bias: this rank's (V_r[, d1..dk]) bias rows.
+        group: the vocab-parallel ProcessGroup (keyword, required; None: the default group).
+        weight, reduction, ignore_index, label_smoothing, z_loss, softcap, normalizer, dtype,
+        vocab_range, num_classes, deterministic: as in `vocab_parallel_cross_entropy`.
+        chunk_size: tokens per chunk (default: the single-device fused loss's memory rule).
+        sequence_parallel: gather the input in forward, reduce-scatter its gradient in backward.
+        reduce_input_grad: all-reduce the input gradient here (default), or return this rank's
+            partial sum for a framework that reduces it (Megatron ColumnParallelLinear, DTensor).
+
+    Collectives per step over ``group`` (M = N d1..dk samples; 4 bytes per number, 8 for float64):
+        forward   [all_gather of the input, N D x input bytes per rank, if sequence_parallel]
+                  all_reduce MAX   M x 4 bytes
+                  all_reduce SUM   2M x 4 (3M x 4 with label smoothing or probability targets)
+        backward  all_reduce SUM of grad_x, N D x 4 bytes (reduce_scatter under sequence
+                  parallelism: N D / W x 4 per rank; none with reduce_input_grad=False)
+    FLOPs: 2 N D V_r forward + 6 N D V_r backward per rank.
+
+    Determinism: as `vocab_parallel_cross_entropy`, for a fixed chunk size too (chunking orders
+    the sums of grad_W); ``deterministic=True`` also gathers grad_x (W x N D) to sum it in rank
+    order.
+    """
