@@ -252,12 +252,14 @@ def bce_kernel(
     """Elementwise binary cross-entropy, loss and gradient in one pass (flat contiguous tensors;
     w / pw indexed modulo w_mod / pw_mod: a trailing-dims broadcast, e.g. pos_weight (C,)).
 
-        on logits          l = w ((1-y) x + k softplus(-x)),  k = 1 + (pw-1) y
+        on logits          l = w (pw y softplus(-x) + (1-y) softplus(x))
+                             = w ((1-y) x + k softplus(-x)),  k = 1 + (pw-1) y
                            dl/dx = w (k sigmoid(x) - pw y)
         on probabilities   l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100))
                            dl/dp = w (p - y) / max(p (1-p), 1e-12)     (torch's clamps)
 
-    softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) is stable for any x. PER_ELEMENT: the losses
+    softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) is stable for any x; the first form of l
+    has no cancellation (torch's, the second, loses the tiny losses of confident logits). PER_ELEMENT: the losses
     are stored (reduction 'none'); else each program stores the sum of its block (a fixed-order
     tree within the block), summed by the caller in a fixed order: deterministic.
     """
@@ -272,16 +274,20 @@ def bce_kernel(
         x = x.to(tl.float32)
         y = y.to(tl.float32)
     if LOGITS:
+        # l = pw y softplus(-x) + (1-y) softplus(x): two non-negative terms, where the textbook
+        # (1-y) x + k softplus(-x) cancels (x = -30, y = 0: -30 + 30.0000...01 = 0 in float32)
         e = tl.exp(-tl.abs(x))
-        sp = tl.maximum(-x, 0.0) + _log1p(e)  # softplus(-x)
+        l1p = _log1p(e)
+        sp_neg = tl.maximum(-x, 0.0) + l1p  # softplus(-x)
+        sp_pos = tl.maximum(x, 0.0) + l1p  # softplus(x)
         sig = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         if HAS_PW:
             pw = tl.load(pw_ptr + i % pw_mod, mask=mask, other=1.0) + x * 0.0
             k = 1.0 + (pw - 1.0) * y
-            loss = (1.0 - y) * x + k * sp
+            loss = pw * y * sp_neg + (1.0 - y) * sp_pos
             g = k * sig - pw * y
         else:
-            loss = (1.0 - y) * x + sp
+            loss = y * sp_neg + (1.0 - y) * sp_pos
             g = sig - y
     else:
         logp = tl.maximum(tl.log(x), -100.0)

@@ -1,0 +1,77 @@
+"""Linear cross-entropy on the Triton kernels (the fused chunk loop, its CE step in Triton, the
+logits row-major and the 16-bit gradient written in place) against the unfused composition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crossent
+from conftest import assert_no_worse_than_torch, skip_without_triton
+from crossent.backends.chunked import linear
+from linear_helpers import HARD, SOFT, check_parity, grad_output, grads, leaves, make, unfused
+
+skip_without_triton()
+
+
+@pytest.fixture(autouse=True)
+def _triton_path():
+    with crossent.use_backend(crossent.Backend.TRITON):
+        yield
+
+
+@pytest.mark.parametrize("opts", [HARD[k] for k in ("plain", "weight", "smoothing+weight", "everything")],
+                         ids=["plain", "weight", "smoothing+weight", "everything"])
+@pytest.mark.parametrize("n,d,v,heads,chunk,reduction", [
+    (13, 8, 37, (), None, "mean"),   # one chunk
+    (13, 8, 37, (), 4, "sum"),       # 4 chunks, the last one short
+    (10, 8, 23, (3,), 3, "none"),    # K-dim heads; 'none' recomputes in backward
+])
+def test_hard_targets_match_unfused(n, d, v, heads, chunk, reduction, opts):
+    check_parity(n, d, v, torch.float32, opts, reduction, soft=False, bias=True, heads=heads,
+                 chunk_size=chunk)
+
+
+@pytest.mark.parametrize("opts", SOFT.values(), ids=SOFT.keys())
+def test_probability_targets_match_unfused(opts):
+    check_parity(9, 6, 17, torch.float32, opts, "mean", soft=True, bias=True, chunk_size=4)
+    check_parity(9, 6, 17, torch.float32, opts, "none", soft=True, bias=False)
+
+
+def test_float64_and_the_two_pass_loop(small_blocks):
+    check_parity(11, 7, 45, torch.float64, HARD["everything"], "mean", soft=False, bias=True, chunk_size=5)
+    check_parity(11, 7, 45, torch.float64, SOFT["z_loss+softcap"], "sum", soft=True, bias=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_16bit_no_worse_than_unfused(dtype, reduction, monkeypatch):
+    """The 16-bit gradient is computed in float32 and rounded once, in place over the logits;
+    grad_W accumulates in float32 over chunks, its 16-bit product added in vocabulary slices."""
+    monkeypatch.setattr(linear, "PART_ROWS", 8)  # 29 classes: four slices
+    x64, w64, b64, t = make(10, 8, 29, torch.float64, seed=5)
+    kw = dict(HARD["smoothing"], reduction=reduction)
+    xa, wa, ba = leaves(x64.to(dtype), w64.to(dtype), b64.to(dtype))
+    ours = crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, chunk_size=4, **kw)
+    xt, wt, bt = leaves(x64.to(dtype), w64.to(dtype), b64.to(dtype))
+    theirs = unfused(xt, wt, t, bt, ce=torch.nn.functional.cross_entropy, **kw)
+    xr, wr, br = leaves(xa.detach().double(), wa.detach().double(), ba.detach().double())
+    ref = unfused(xr, wr, t, br, **kw)
+    assert ours.dtype == theirs.dtype
+    assert_no_worse_than_torch(ours, theirs, ref, dtype)
+    go = grad_output(ref)
+    for g, g_t, g_r in zip(grads(ours, (xa, wa, ba), go.to(dtype)), grads(theirs, (xt, wt, bt), go.to(dtype)),
+                           grads(ref, (xr, wr, br), go)):
+        assert g.dtype == dtype
+        assert_no_worse_than_torch(g, g_t, g_r, dtype)
+
+
+def test_chunk_rows_count_only_the_logits_with_lean_kernels():
+    """Triton's CE keeps its temporaries in registers: the chunk budget holds more rows."""
+    from crossent._options import LossOptions
+    from crossent.backends.triton import ops
+
+    opts = LossOptions(softcap=30.0)
+    lean = linear.chunk_rows(8192, 4096, 128256, torch.bfloat16, opts, kernels=ops.row_kernels())
+    plain = linear.chunk_rows(8192, 4096, 128256, torch.bfloat16, opts)
+    assert lean > 2 * plain
