@@ -179,10 +179,53 @@ def test_linear_never_falls_back_to_the_logits_silently(monkeypatch):
     assert p.grad is not None
 
 
-def test_inputs_off_the_cpu_take_torchs_kernel(paths):
-    """crossent has no accelerator kernel yet: logits elsewhere (meta here, as a stand-in for a
-    GPU) go to torch's kernel at every size, never to the CPU-tuned chunk loop."""
+def test_inputs_off_the_cpu_take_torchs_kernel_where_triton_cannot_run(paths):
+    """Logits elsewhere (meta here, as a stand-in for a device Triton has no backend for) go to
+    torch's kernel at every size, never to the CPU-tuned chunk loop."""
     x = torch.empty(64, SMALL, device="meta", requires_grad=True)
     t = torch.empty(64, dtype=torch.long, device="meta")
     loss = crossent.cross_entropy(x, t)
     assert loss.device.type == "meta" and set(paths) == {"torch"}
+
+
+def test_on_an_accelerator_triton_runs_from_its_threshold_and_torch_below(monkeypatch):
+    """(A meta tensor stands in for a GPU where Triton runs.)"""
+    monkeypatch.setattr(_dispatch, "_triton_usable", lambda device: True)
+    monkeypatch.setattr(_dispatch, "TRITON_MIN_NUMEL", 1 << 18)
+    small = torch.empty(8, 10_000, device="meta", requires_grad=True)  # 80K: under the threshold
+    large = torch.empty(8, 10_000 * 8, device="meta", requires_grad=True)  # 640K
+    assert _dispatch._to_torch_by_size(small, 4096, 16384)
+    assert not _dispatch._to_torch_by_size(large, 4096, 16384)
+    opts = crossent._options.LossOptions()
+    t = torch.empty(8, dtype=torch.long, device="meta")
+    assert _dispatch.cross_entropy(large, t, None, opts) is _dispatch.backend(crossent.Backend.TRITON).cross_entropy
+    # options torch lacks go to Triton at any size; a forced 'fused' stays on the torch-op kernels
+    zl = crossent._options.LossOptions(z_loss=1e-4)
+    assert _dispatch.cross_entropy(small, t, None, zl) is _dispatch.backend(crossent.Backend.TRITON).cross_entropy
+    with crossent.use_backend("fused"):
+        assert _dispatch.cross_entropy(large, t, None, opts) is _dispatch.backend(crossent.Backend.FUSED).cross_entropy
+    # the linear loss: Triton's kernels under the chunk loop (tiny problems on one real device take
+    # the composition; a meta tensor never does: torch would compute a meta loss silently)
+    w = torch.empty(300, 16, device="meta", requires_grad=True)
+    h = torch.empty(4096, 16, device="meta", requires_grad=True)
+    tt = torch.empty(4096, dtype=torch.long, device="meta")
+    assert _dispatch.linear_cross_entropy(h, w, tt, None, None, opts) is _dispatch.backend(crossent.Backend.TRITON).linear_cross_entropy
+    assert not _dispatch.linear_to_torch(h[:8], w, tt[:8], None, None, None, 0.0, False)
+
+
+def test_triton_is_never_chosen_on_the_cpu_unless_forced(paths):
+    x = _x(64, SMALL * 4)
+    crossent.cross_entropy(x, torch.randint(0, SMALL * 4, (64,)), z_loss=1e-3)
+    assert paths == ["fused"]
+
+
+def test_forced_triton_where_it_cannot_run_names_the_remedy(monkeypatch):
+    from crossent.backends.triton import ops
+
+    x, t = _x(4, 10), torch.randint(0, 10, (4,))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with crossent.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        crossent.cross_entropy(x, t, z_loss=1e-3)
+    monkeypatch.setattr(ops, "importable", lambda: False)
+    with crossent.use_backend("triton"), pytest.raises(RuntimeError, match=r"pip install 'crossent\[triton\]'"):
+        crossent.cross_entropy(x, t, z_loss=1e-3)

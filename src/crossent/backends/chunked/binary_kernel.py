@@ -18,7 +18,7 @@ _BCE_EPS = 9.999999960041972e-13
 
 
 def _row_chunks(x: torch.Tensor):
-    rows = max(1, kernel.CHUNK_ELEMENTS // max(x[0].numel(), 1)) if x.dim() and x.shape[0] else 1
+    rows = max(1, kernel.chunk_elements(x.device) // max(x[0].numel(), 1)) if x.dim() and x.shape[0] else 1
     for i in range(0, x.shape[0] if x.dim() else 1, rows):
         yield slice(i, i + rows)
 

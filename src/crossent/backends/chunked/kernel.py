@@ -36,6 +36,15 @@ from ..common import SERIAL_REDUCTION, compute_dtype, deterministic_sum
 # here), so small chunks drown in dispatch; measured at 4096 x 32000 (2 threads), forward+backward
 # / forward-only in ms: 256K 221/146, 512K 191/122, 1M 174/113, 2M 166/116.
 CHUNK_ELEMENTS = 1 << 20
+# On an accelerator (no Triton there: backends/triton is preferred) the ~15 ops per chunk are kernel
+# launches of a few us each, and a chunk of 64M elements (256 MB of float32 work buffer) keeps an
+# 8192 x 128256 loss at ~16 chunks (~250 launches) instead of ~1000 (~15,000). Not measured: no GPU.
+DEVICE_CHUNK_ELEMENTS = 1 << 26
+
+
+def chunk_elements(device) -> int:
+    """Elements per chunk on ``device``."""
+    return CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
 
 
 def _row_sum(e: torch.Tensor) -> torch.Tensor:
@@ -47,20 +56,21 @@ def _row_sum(e: torch.Tensor) -> torch.Tensor:
 
 
 def _chunks(x: torch.Tensor):
-    """Yield index tuples covering x (N, C, D) or (N, C) in chunks of ~CHUNK_ELEMENTS."""
+    """Yield index tuples covering x (N, C, D) or (N, C) in chunks of ~chunk_elements."""
     n, c = x.shape[0], x.shape[1]
+    size = chunk_elements(x.device)
     if x.dim() == 2:
-        rows = max(1, CHUNK_ELEMENTS // max(c, 1))
+        rows = max(1, size // max(c, 1))
         for i in range(0, n, rows):
             yield (slice(i, i + rows),)
         return
     d = x.shape[2]
-    if c * d <= CHUNK_ELEMENTS:
-        rows = max(1, CHUNK_ELEMENTS // max(c * d, 1))
+    if c * d <= size:
+        rows = max(1, size // max(c * d, 1))
         for i in range(0, n, rows):
             yield (slice(i, i + rows),)
     else:
-        cols = max(1, CHUNK_ELEMENTS // max(c, 1))
+        cols = max(1, size // max(c, 1))
         for i in range(n):
             for j in range(0, d, cols):
                 yield (slice(i, i + 1), slice(None), slice(j, j + cols))
@@ -278,9 +288,10 @@ def ce_forward(
     per_sample = x.shape[:1] + x.shape[2:]
     losses = torch.empty(per_sample, dtype=acc, device=x.device)
     need_work = x.dtype != acc or grad is None or grad.dtype != acc
-    work = torch.empty(CHUNK_ELEMENTS + x.shape[1], dtype=acc, device=x.device) if need_work else None
+    size = min(chunk_elements(x.device), x.numel()) + x.shape[1]
+    work = torch.empty(size, dtype=acc, device=x.device) if need_work else None
     tanh_work = (
-        torch.empty(CHUNK_ELEMENTS + x.shape[1], dtype=acc, device=x.device)
+        torch.empty(size, dtype=acc, device=x.device)
         if opts.softcap is not None else None
     )
     per_sample_scale = isinstance(scale, torch.Tensor) and scale.dim() > 0
