@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 KINDS = ("numeric", "categorical", "date")
 ID_MIN_ROWS = 10  # below this, a unique integer column is as likely a small feature as an id
 MISSING_TOKENS_MAX = 3  # distinct non-numbers tolerated in a numeric column ('?', 'n/a', '-')
-NUMERIC_SHARE = 0.9
+MISSING_SHARE = 0.1  # of a numeric column's values, at most, may be such tokens
 DATE_PARTS = ("year", "month", "dayofweek")
 _DATE_SHAPE = r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$"
 
@@ -86,7 +86,7 @@ def numeric_tokens(col: pd.Series) -> list[str] | None:
     if len(bad) == 0:
         return []
     tokens = sorted(set(bad))
-    if len(bad) <= (1 - NUMERIC_SHARE) * len(present) and len(tokens) <= MISSING_TOKENS_MAX:
+    if len(bad) <= MISSING_SHARE * len(present) and len(tokens) <= MISSING_TOKENS_MAX:
         return tokens
     return None
 

@@ -25,6 +25,7 @@ import click
 from ._csv import SEP_HELP, CsvFormat, parse_sep
 from ._errors import CliError
 from .columns import ColumnPlan, label
+from .split import split_indices  # noqa: F401 - part of this module's interface
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -358,49 +359,3 @@ def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) ->
             "use data with those classes only, or retrain on data that includes them"
         )
     return np.array([index[s] for s in labels], dtype=np.int64)
-
-
-def split_indices(
-    y: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """(train rows, validation rows, why not stratified or None).
-
-    Stratified by class when scikit-learn can: every class needs two rows, and both parts need
-    at least one row per class. Otherwise a plain random split, and the reason says why.
-    """
-    import numpy as np
-    from sklearn.model_selection import train_test_split
-
-    rows = np.arange(len(y))
-    if val_fraction <= 0:
-        return rows, rows[:0], None
-    counts = np.bincount(y)
-    counts = counts[counts > 0]
-    n_val = int(np.ceil(val_fraction * len(y)))  # train_test_split's rounding of test_size
-    why = None
-    if (counts < 2).any():
-        why = (
-            f"{int((counts < 2).sum())} of the {len(counts)} classes have a single row "
-            "(stratifying needs two per class)"
-        )
-    elif n_val < len(counts):
-        why = (
-            f"the validation split ({n_val} rows) is smaller than the number of classes "
-            f"({len(counts)}); raise --val-split to stratify"
-        )
-    elif len(y) - n_val < len(counts):
-        why = (
-            f"the training split ({len(y) - n_val} rows) is smaller than the number of classes "
-            f"({len(counts)}); lower --val-split to stratify"
-        )
-    tr = va = None
-    if why is None:
-        try:
-            tr, va = train_test_split(rows, test_size=val_fraction, random_state=seed, stratify=y)
-        except ValueError as e:  # a refusal of scikit-learn's that the checks above missed
-            why = str(e).strip().splitlines()[0]
-    if tr is None or va is None:
-        tr, va = train_test_split(rows, test_size=val_fraction, random_state=seed)
-    if len(tr) == 0:
-        raise CliError(f"--val-split {val_fraction} leaves no training rows; use a smaller value")
-    return np.sort(tr), np.sort(va), why

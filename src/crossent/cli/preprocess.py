@@ -50,6 +50,8 @@ class InputReport:
     """What `transform` had to fill in: per column, imputed values and unseen categories."""
 
     imputed: Counter = field(default_factory=Counter)  # column -> rows imputed
+    how: dict[str, str] = field(default_factory=dict)  # column -> what they became
+    no_other: set[str] = field(default_factory=set)  # columns whose model has no 'other' column
     unseen: dict[str, Counter] = field(default_factory=dict)  # column -> category -> rows
 
     def lines(self) -> list[str]:
@@ -58,12 +60,16 @@ class InputReport:
             n = sum(cats.values())
             shown = ", ".join(f"{c!r}" for c, _ in cats.most_common(3))
             more = f" and {len(cats) - 3} more" if len(cats) > 3 else ""
+            # without an 'other' column (no rare category in training) 'other' is all zeros
+            where = "no one-hot column lit" if col in self.no_other else f"column {col}={OTHER}"
             out.append(
                 f"note: column '{col}': {n} row{'s' if n > 1 else ''} with a category not seen "
-                f"in training ({shown}{more}), encoded as {OTHER}"
+                f"in training ({shown}{more}), encoded as {OTHER} ({where})"
             )
         for col, n in self.imputed.items():
-            out.append(f"note: column '{col}': {n} missing value{'s' if n > 1 else ''} imputed")
+            out.append(
+                f"note: column '{col}': {n} missing value{'s' if n > 1 else ''}, {self.how[col]}"
+            )
         return out
 
     def as_json(self) -> dict[str, Any]:
@@ -117,7 +123,7 @@ def _date_parts(col: pd.Series, fmt: str | None, name: str, source: str) -> np.n
             f"column '{name}' of {source} has a value that is not a date like the training "
             f"data's ({col[bad].iloc[0]!r} in {rows_text(bad, 1)}); fix those values"
         )
-    parts = [when.dt.year, when.dt.month, when.dt.dayofweek]
+    parts = [when.dt.year, when.dt.month, when.dt.day_of_week]
     return np.stack([p.to_numpy(dtype=np.float64, na_value=np.nan) for p in parts], axis=1)
 
 
@@ -279,6 +285,7 @@ def transform(
         missing = np.isnan(values)
         if missing.any():
             report.imputed[name] += int(missing.sum())
+            report.how[name] = f"filled with the training median {stats['median']:g}"
         return (np.where(missing, stats["median"], values) - stats["mean"]) / stats["scale"]
 
     for c in spec["columns"]:
@@ -290,6 +297,7 @@ def transform(
             parts = _date_parts(col, c.get("format"), name, source)
             if np.isnan(parts[:, 0]).any():
                 report.imputed[name] += int(np.isnan(parts[:, 0]).sum())
+                report.how[name] = "filled with the training medians of its parts"
             blocks.append(
                 np.stack(
                     [
@@ -308,25 +316,29 @@ def transform(
 
 def _one_hot(c: dict[str, Any], values: np.ndarray, report: InputReport) -> np.ndarray:
     import numpy as np
+    import pandas as pd
 
     missing = np.array([v is None for v in values], dtype=bool)
     if missing.any():
         report.imputed[c["name"]] += int(missing.sum())
+        report.how[c["name"]] = (
+            f"encoded as the category {MISSING!r}"
+            if c["fill"] == MISSING
+            else f"filled with the most frequent training category {c['fill']!r}"
+        )
         values = np.where(missing, c["fill"], values)
-    kept = {v: i for i, v in enumerate(c["categories"])}
-    rare = set(c["other"])
-    width = len(kept) + (1 if rare else 0)
+
+    idx = pd.Index(c["categories"], dtype=object).get_indexer(values)  # -1: not a kept category
+    rare = np.isin(values, np.array(c["other"], dtype=object))
+    width = len(c["categories"]) + (1 if c["other"] else 0)
     out = np.zeros((len(values), width))
-    unseen: Counter = Counter()
-    for row, v in enumerate(values):
-        i = kept.get(v)
-        if i is not None:
-            out[row, i] = 1.0
-            continue
-        if v not in rare:
-            unseen[v] += 1
-        if rare:
-            out[row, width - 1] = 1.0
+    known = idx >= 0
+    out[np.flatnonzero(known), idx[known]] = 1.0
+    if c["other"]:
+        out[~known, width - 1] = 1.0  # rare in training, or never seen: the 'other' column
+    unseen = Counter(values[~known & ~rare].tolist())
     if unseen:
         report.unseen[c["name"]] = unseen
+        if not c["other"]:
+            report.no_other.add(c["name"])
     return out

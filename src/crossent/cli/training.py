@@ -61,7 +61,8 @@ def run_epochs(
     `train` and `val` are (x (N, D) float32, y (N,) class indices); `val` may have no rows. Each
     epoch appends {epoch, train_loss, val_loss, val_accuracy} to `history` (which holds the epochs
     before `start`) and rewrites `ckpt` with the model, `opt`, `rng` and {epoch, history, run}.
-    Unless `quiet`, a progress bar (on a terminal) and a line every tenth of the run. Ctrl-C ends
+    Unless `quiet`, a progress bar over the batches (on a terminal only) and a line every tenth
+    of the run. Ctrl-C ends
     the process with exit code 130 after saying where the last checkpoint is.
     """
     import torch
@@ -72,19 +73,23 @@ def run_epochs(
     x_tr, y_tr = train
     x_va, y_va = val
     n = len(y_tr)
+    batches = -(-n // batch_size)  # per epoch
+    # one bar over every batch of the run, so a long epoch moves it too; `disable=None` is tqdm's
+    # own test: no bar when stderr is not a terminal (a log file, a pipe, CI)
     bar = tqdm(
-        range(start, epochs),
-        initial=start,
-        total=epochs,
-        desc="train",
-        unit="epoch",
-        disable=True if quiet else None,  # None: tqdm hides itself when stderr is not a terminal
+        total=epochs * batches,
+        initial=start * batches,
+        desc=f"epoch {start + 1}/{epochs}",
+        unit="batch",
+        disable=True if quiet else None,
         file=sys.stderr,
         leave=False,
+        dynamic_ncols=True,
     )
     report_every = max(1, epochs // 10)
     try:
-        for epoch in bar:
+        for epoch in range(start, epochs):
+            bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
             model.train()
             order = torch.randperm(n, generator=rng)
             total = 0.0
@@ -95,6 +100,7 @@ def run_epochs(
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
+                bar.update()
             entry: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": total / n,
