@@ -37,7 +37,7 @@ from . import _forward, _layers, _stats
 
 MIN_VERSION = (1, 15)  # trl.trainer.utils.add_fused_lm_head first appears in TRL 1.15.0
 TRAINERS = ("SFTTrainer", "DPOTrainer")  # whose use of the fused outputs was checked (see below)
-_QUALNAME = "add_fused_lm_head.<locals>._fused_forward"
+_NAME = "_fused_forward"  # add_fused_lm_head.<locals>._fused_forward in trl/trainer/utils.py
 _CLOSURE = ("temperature", "cast_lm_head_to_fp32", "outputs")
 
 
@@ -63,9 +63,12 @@ def is_trl_trainer(obj: object) -> bool:
 
 
 def is_fused_forward(forward: Any) -> bool:
-    func = getattr(forward, "__func__", None)
-    return (getattr(func, "__qualname__", None) == _QUALNAME
-            and getattr(func, "__module__", "").startswith("trl."))
+    # functools.wraps gave TRL's wrapper the model's own name and module: its code object tells.
+    code = getattr(getattr(forward, "__func__", None), "__code__", None)
+    if code is None or code.co_name != _NAME:
+        return False
+    path = code.co_filename.replace("\\", "/")
+    return path.endswith("/trl/trainer/utils.py")
 
 
 def fused_head(fn: str, model: nn.Module, forward: Any) -> FusedHead:
