@@ -180,7 +180,8 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
     )
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     scale, softcap = _logit_transform(fn, config)
-    signature = inspect.signature(model.forward)
+    # The class's forward: a wrapper's own signature may be (*args, **kwargs).
+    signature = inspect.signature(type(model).forward.__get__(model))
     _checks.forward_takes_labels(fn, model, signature)
     params = signature.parameters.values()
     positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
