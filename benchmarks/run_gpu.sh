@@ -5,7 +5,7 @@
 #    pip download --no-deps --only-binary=:all: --python-version 3.12 -d wheels \
 #        liger-kernel cut-cross-entropy quack-kernels   -- quack's CUTLASS DSL may exceed the
 #    64 MiB the device tool carries: then it is reported missing),
-# 2. runs the GPU tests (tests/backends/triton/test_gpu.py),
+# 2. runs the GPU tests (tests/backends/triton/test_triton_gpu.py),
 # 3. runs benchmarks/bench_gpu.py; the table is printed last and everything lands in $OUT.
 set -uo pipefail
 OUT="${OUT:-/tmp/crossent-gpu}"
@@ -15,7 +15,7 @@ if ls wheels/*.whl >/dev/null 2>&1; then
   python -m pip install --quiet --no-deps --no-index wheels/*.whl 2>&1 | tail -3
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
-timeout 240 python -m pytest -q -p no:cacheprovider -o addopts="" tests/backends/triton/test_gpu.py \
+timeout 240 python -m pytest -q -p no:cacheprovider -o addopts="" tests/backends/triton/test_triton_gpu.py \
   > "$OUT/gpu_tests.txt" 2>&1
 echo "GPU tests: $(tail -1 "$OUT/gpu_tests.txt")"
 timeout 420 python -m benchmarks.bench_gpu --out "$OUT" 2>&1 | tee "$OUT/bench_gpu.md" | tail -60

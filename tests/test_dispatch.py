@@ -229,3 +229,13 @@ def test_forced_triton_where_it_cannot_run_names_the_remedy(monkeypatch):
     monkeypatch.setattr(ops, "importable", lambda: False)
     with crossent.use_backend("triton"), pytest.raises(RuntimeError, match=r"pip install 'crossent\[triton\]'"):
         crossent.cross_entropy(x, t, z_loss=1e-3)
+
+
+def test_importing_crossent_does_not_import_triton():
+    """Triton is optional and loaded at the Triton backend's first launch only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, crossent; crossent.cross_entropy(torch.randn(64, 5000, requires_grad=True), "
+            "torch.randint(0, 5000, (64,)), z_loss=1e-3); assert 'triton' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
