@@ -127,6 +127,13 @@ def pickle_checkpoint(tmp: Path) -> list[str]:
     return ["train", "--data", "iris", "--out", out, "--resume"]
 
 
+def _date_model(tmp: Path) -> Path:
+    rows = [[f"2021-01-{1 + i % 28:02d}", i * 0.5, "ab"[i % 2]] for i in range(30)]
+    path = write_csv(tmp / "dates.csv", ["day", "x", "y"], rows)
+    run("train", "--data", path, "--target", "y", "--epochs", "1", "--out", tmp / "dm", "-q")
+    return tmp / "dm"
+
+
 def missing_feature(tmp: Path) -> list[str]:
     rows = [[r[0], r[2]] for r in toy_rows()]
     return ["predict", "--model", copy_model(tmp), "--data", toy(tmp, rows, ["height", "animal"])]
@@ -142,7 +149,52 @@ def header_only(tmp: Path) -> list[str]:
     return ["train", "--data", tmp / "h.csv", "--target", "animal"]
 
 
+def too_many_categories(tmp: Path) -> list[str]:
+    """A free-text column: its 4 commonest values cover a few rows, the rest would be 'other'."""
+    rows = [[f"note {i % 50}", r[0], r[2]] for i, r in enumerate(toy_rows())]
+    path = toy(tmp, rows, ["comment", "height", "animal"])
+    return ["train", "--data", path, "--target", "animal", "--max-categories", "5"]
+
+
+def leaking_copy(tmp: Path) -> list[str]:
+    rows = [[r[0], r[2].upper(), r[2]] for r in toy_rows()]
+    return ["train", "--data", toy(tmp, rows, ["height", "animal_code", "animal"]), "--target", "animal"]
+
+
 CASES: list[tuple[str, Callable[[Path], list], str]] = [
+    (
+        "category cap exceeded",
+        too_many_categories,
+        "column 'comment' .* has \\d+ categories and the 4 most frequent cover only 1\\d% of the "
+        "training rows, .* --drop comment, or raise --max-categories \\(now 5\\)",
+    ),
+    (
+        "--drop of the target",
+        lambda t: ["train", "--data", toy(t), "--target", "animal", "--drop", "animal"],
+        "--drop names the target 'animal', which train needs",
+    ),
+    (
+        "--drop of a missing column",
+        lambda t: ["train", "--data", toy(t), "--target", "animal", "--drop", "colour"],
+        "--drop names 'colour', which .* lacks; its columns: 'height', 'weight', 'animal'",
+    ),
+    (
+        "--categorical and --numeric",
+        lambda t: [
+            "train", "--data", toy(t), "--target", "animal", "--categorical", "height",
+            "--numeric", "height",
+        ],  # fmt: skip
+        "column 'height' is named by both --categorical and --numeric; pick one",
+    ),
+    ("feature copies the target", leaking_copy, "one-to-one relabelling of the target 'animal'"),
+    (
+        "date not like training",
+        lambda t: [
+            "predict", "--model", _date_model(t), "--data",
+            write_csv(t / "new.csv", ["day", "x"], [["2021-13-45", 1.0]]),
+        ],  # fmt: skip
+        "column 'day' of .* has a value that is not a date like the training data's",
+    ),
     (
         "missing file",
         lambda t: ["train", "--data", t / "nope.csv", "--target", "y"],
