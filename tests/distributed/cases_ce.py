@@ -66,12 +66,12 @@ def ce_grid_V7(rank, world):  # W=4: shards 2, 2, 2, 1
     _grid(rank, world, 7, 100)
 
 
-@case(2, 4)
+@case(4)
 def ce_grid_V10(rank, world):  # W=4: 3, 3, 3, 1
     _grid(rank, world, 10, 200)
 
 
-@case(2, 4)
+@case(4)
 def ce_grid_V5(rank, world):  # W=4: 2, 2, 1, 0 (an empty shard)
     _grid(rank, world, 5, 300)
 

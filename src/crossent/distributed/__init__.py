@@ -1,8 +1,28 @@
 """crossent.distributed: vocabulary-parallel cross-entropy and linear cross-entropy over
 torch.distributed process groups and DTensor, the head module that owns its weight shard, and the
-global token count for data-parallel 'mean' losses."""
+global token count for data-parallel 'mean' losses.
+
+    vocab_parallel_cross_entropy          logits split on the class dim (local shard + group, or
+                                          a DTensor Shard(1) on one mesh dim)
+    vocab_parallel_linear_cross_entropy   the output layer's weight split by rows; no logits
+    VocabParallelLinearCrossEntropyLoss   that layer as a module owning its shard (FSDP2 / ZeRO-3)
+    VocabParallelCrossEntropyLoss         the logits loss as a module
+    global_normalizer                     the step's counted tokens over the data-parallel ranks
+
+Every value and gradient equals the single-process crossent loss on the concatenated logits /
+weight; forward runs two small all-reduces (row max; stacked per-row sums), the logits loss's
+backward none. Modules: `_stats` (math), `_comm` (collectives), `_layout` (who holds what).
+"""
 
 from .cross_entropy import vocab_parallel_cross_entropy
 from .linear import vocab_parallel_linear_cross_entropy
+from .nn import VocabParallelCrossEntropyLoss, VocabParallelLinearCrossEntropyLoss
+from .normalizer import global_normalizer
 
-__all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
+__all__ = [
+    "VocabParallelCrossEntropyLoss",
+    "VocabParallelLinearCrossEntropyLoss",
+    "global_normalizer",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+]

@@ -206,3 +206,9 @@ def reduce(loss, tg: Targets, opts: LossOptions, num_samples: int, comm: Comm, a
         return total, torch.ones((), dtype=acc, device=loss.device)
     inv = torch.where(den != 0, 1.0 / den, 0.0)  # all ignored: nan loss (as torch), 0 gradient
     return total / den, inv
+
+
+def fresh(t: torch.Tensor) -> torch.Tensor:
+    """A Function's output that is no view (FSDP2 warns that a view returned from a module's
+    forward loses its pre-backward hook under in-place ops; a reshape of the losses is a view)."""
+    return t.clone() if t._base is not None else t

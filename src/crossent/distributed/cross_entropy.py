@@ -98,7 +98,7 @@ class _VocabParallelCrossEntropyFn(torch.autograd.Function):
     def forward(input, index, probs, weight, vocab, opts, comm, out_shape, out_dtype, box):
         value, lse, a, factor = _forward(input, index, probs, weight, vocab, opts, comm)
         box.append((lse, a, factor))
-        return value.reshape(out_shape).to(out_dtype)
+        return _stats.fresh(value.reshape(out_shape).to(out_dtype))
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -135,7 +135,7 @@ class _VocabParallelLinearFn(torch.autograd.Function):
         head = _Head(linear_weight, linear_bias, index, probs)
         value, lse, a, factor = _forward(x, head, weight, vocab, opts, comm, rows)
         box.append((x, lse, a, factor))
-        return value.reshape(out_shape).to(out_dtype)
+        return _stats.fresh(value.reshape(out_shape).to(out_dtype))
 
     @staticmethod
     def setup_context(ctx, inputs, output):

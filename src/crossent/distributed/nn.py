@@ -1,0 +1,146 @@
+"""Modules of crossent.distributed: a vocabulary-parallel output layer that owns its weight shard,
+and the logits loss as a module.
+
+Why a module owns the weight: FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3 gather a parameter in
+their module's forward hooks and reduce its gradient in its backward hooks. A functional loss
+called on ``lm_head.weight`` outside ``lm_head``'s forward sees a DTensor shard (FSDP2; its
+sharded ``.grad`` silently stays None, even after ``unshard()``) or an empty placeholder (ZeRO-3).
+Owning the weight, ``fully_shard(head)`` / ZeRO-3 wrap it as any layer and gradients arrive.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from .._checks import distributed as _dchecks
+from . import _layout
+from .cross_entropy import vocab_parallel_cross_entropy
+from .linear import vocab_parallel_linear_cross_entropy
+
+__all__ = ["VocabParallelCrossEntropyLoss", "VocabParallelLinearCrossEntropyLoss"]
+
+_NAME = "VocabParallelLinearCrossEntropyLoss"
+
+
+class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
+    """The output layer of ``num_classes`` classes split over the ranks of ``group`` and its loss.
+
+    ``self.linear`` is an ``nn.Linear(in_features, stop - start)``: this rank's rows [start, stop)
+    of the full (num_classes, in_features) layer (default layout: torch.chunk's, ceil(C / W) per
+    rank; ``vocab_range`` for another), so FSDP2/ZeRO shard it as any layer and ``state_dict``
+    holds this rank's rows (``linear.weight``, ``linear.bias``, the full class ``weight`` buffer).
+    ``forward(input, target, normalizer=None)`` is one call to
+    `vocab_parallel_linear_cross_entropy` (see it for shapes, semantics and collectives); a
+    ``normalizer`` given there overrides ``self.normalizer`` for that call
+    (`global_normalizer`). ``loss_dtype`` is the functional's ``dtype=``; ``dtype`` the layer's.
+    `from_linear` takes this rank's rows of a full ``nn.Linear``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        bias: bool = False,
+        group=None,
+        vocab_range: tuple[int, int] | None = None,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        normalizer: float | torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        sequence_parallel: bool = False,
+        reduce_input_grad: bool = True,
+        deterministic: bool = False,
+        loss_dtype: torch.dtype | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.group = _dchecks.group(_NAME, group)
+        num_classes = _dchecks.num_classes(_NAME, num_classes)
+        if vocab_range is None:
+            import torch.distributed as dist
+
+            vocab_range = _layout.ceil_div_range(
+                num_classes, dist.get_world_size(self.group), dist.get_rank(self.group)
+            )
+        start, stop = vocab_range
+        self.vocab_range = _dchecks.vocab_range(_NAME, tuple(vocab_range), stop - start, num_classes)
+        self.num_classes = num_classes
+        self.linear = torch.nn.Linear(in_features, stop - start, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("weight", weight)
+        self.weight: torch.Tensor | None
+        self.ignore_index = ignore_index
+        self.reduction = _checks.reduction(_NAME, reduction)
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.normalizer = normalizer
+        self.chunk_size = chunk_size
+        self.sequence_parallel = sequence_parallel
+        self.reduce_input_grad = reduce_input_grad
+        self.deterministic = deterministic
+        self.loss_dtype = loss_dtype
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> VocabParallelLinearCrossEntropyLoss:
+        """This rank's rows of a full ``nn.Linear(D, C)`` (copied), with the module's options."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
+        start, stop = module.vocab_range
+        with torch.no_grad():
+            module.linear.weight.copy_(linear.weight[start:stop])
+            if linear.bias is not None:
+                module.linear.bias.copy_(linear.bias[start:stop])
+        return module
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
+        return vocab_parallel_linear_cross_entropy(
+            input, self.linear.weight, target, linear_bias=self.linear.bias, group=self.group,
+            weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, vocab_range=self.vocab_range,
+            num_classes=self.num_classes, z_loss=self.z_loss, softcap=self.softcap,
+            normalizer=self.normalizer if normalizer is None else normalizer,
+            chunk_size=self.chunk_size, dtype=self.loss_dtype,
+            sequence_parallel=self.sequence_parallel, reduce_input_grad=self.reduce_input_grad,
+            deterministic=self.deterministic,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+            f"vocab_range={self.vocab_range}, bias={self.linear.bias is not None}, "
+            f"reduction={self.reduction}, label_smoothing={self.label_smoothing}, "
+            f"z_loss={self.z_loss}, softcap={self.softcap}, sequence_parallel={self.sequence_parallel}"
+        )
+
+
+class VocabParallelCrossEntropyLoss(torch.nn.Module):
+    """`vocab_parallel_cross_entropy` as a module (torch.nn.CrossEntropyLoss's arguments, the class
+    weight as a buffer); forward(input, target, normalizer=None)."""
+
+    def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *, group=None,
+                 vocab_range=None, num_classes=None, z_loss: float = 0.0, softcap=None,
+                 normalizer=None, dtype=None, deterministic: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.weight: torch.Tensor | None
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.group, self.vocab_range, self.num_classes = group, vocab_range, num_classes
+        self.z_loss, self.softcap, self.normalizer = z_loss, softcap, normalizer
+        self.dtype, self.deterministic = dtype, deterministic
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
+        return vocab_parallel_cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+            group=self.group, vocab_range=self.vocab_range, num_classes=self.num_classes,
+            z_loss=self.z_loss, softcap=self.softcap,
+            normalizer=self.normalizer if normalizer is None else normalizer, dtype=self.dtype,
+            deterministic=self.deterministic,
+        )
