@@ -172,10 +172,15 @@ def _read_builtin(name: str) -> tuple[pd.DataFrame, str, str, list[str]]:
 
 
 def rows_text(mask: Any, limit: int = 5) -> str:
-    """'data rows 3, 7 and 2 more' (1-based, counting data rows after the header)."""
+    """'data rows 3, 7 and 2 more' (1-based, counting data rows after the header).
+
+    A boolean Series names the rows by its index (the file's row positions, also in a subset)."""
     import numpy as np
 
-    idx = np.flatnonzero(np.asarray(mask)) + 1
+    if hasattr(mask, "index"):
+        idx = np.asarray(mask.index[np.asarray(mask, dtype=bool)]) + 1
+    else:
+        idx = np.flatnonzero(np.asarray(mask)) + 1
     shown = ", ".join(str(i) for i in idx[:limit])
     more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
     return f"data row{'s' if len(idx) > 1 else ''} {shown}{more}"
@@ -312,29 +317,42 @@ def load_for_model(
     return Dataset(name, X, list(feature_names), target, _labels(frame, target, name, need_target), None, frame)
 
 
-def model_inputs(
+def model_source(
     config: dict[str, Any],
     source: str,
     target: str | None,
     *,
     need_target: bool,
     sep: str | None = None,
-) -> tuple[Dataset, InputReport]:
-    """The model's inputs (transformed as its config.json says) and what had to be filled in."""
-    from . import preprocess
-    from .models import scale
+) -> Dataset:
+    """The rows a model will read, untransformed (X has no columns yet: see `model_inputs`);
+    labels when `need_target`, else when present."""
+    import numpy as np
 
     frame, name, builtin_target, _, _ = read_source(source, sep)
     if builtin_target is not None:
         target = builtin_target
+    require_columns(frame, list(config["features"]), name)
+    labels = _labels(frame, target, name, need_target)
+    return Dataset(name, np.zeros((len(frame), 0)), list(config["features"]), target, labels, None, frame)
+
+
+def model_inputs(
+    config: dict[str, Any], ds: Dataset, rows: Any = None
+) -> tuple[np.ndarray, InputReport]:
+    """(N, D) model inputs of `ds`'s rows (all, or `rows`), transformed as the model's config.json
+    says, and what had to be filled in on those rows."""
+    from . import preprocess
+    from .models import scale
+
+    assert ds.frame is not None
+    frame = ds.frame if rows is None else ds.frame.iloc[rows]
     spec = config.get("preprocessing")
     if spec:
-        X, report = preprocess.transform(spec, frame, name)
-    else:  # a model folder from before `preprocessing`: numeric columns and their scaling
-        X = scale(feature_matrix(frame, list(config["features"]), name), config["scaling"])
-        report = preprocess.InputReport()
-    labels = _labels(frame, target, name, need_target)
-    return Dataset(name, X, list(config["features"]), target, labels, None, frame), report
+        return preprocess.transform(spec, frame, ds.name)
+    # a model folder from before `preprocessing`: numeric columns and their scaling
+    X = scale(feature_matrix(frame, list(config["features"]), ds.name), config["scaling"])
+    return X, preprocess.InputReport()
 
 
 def _labels(frame: pd.DataFrame, target: str | None, name: str, need: bool) -> list[str] | None:

@@ -68,7 +68,7 @@ def evaluate(
 
     model, config = store.load_model(model_dir)
     classes = config["classes"]
-    ds, inputs = data_mod.model_inputs(
+    ds = data_mod.model_source(
         config, source, target or config.get("target"), need_target=True, sep=sep
     )
     y = data_mod.encode_labels(ds.labels or [], classes, ds.name)
@@ -91,10 +91,11 @@ def evaluate(
         if len(rows) == 0:
             raise CliError("the training run held out no validation rows; use --split all or train")
     scope = {"all": "all", "val": "the held-out validation", "train": "the training"}[split]
+    X, inputs = data_mod.model_inputs(config, ds, rows)
     for line in inputs.lines():
         click.echo(line, err=True)
 
-    probs = models.probabilities(model, ds.X[rows], config["task"])
+    probs = models.probabilities(model, X, config["task"])
     m = compute_metrics(y[rows], probs, classes)
     m = {"model": str(model_dir), "data": ds.name, "split": split, **m, "inputs": inputs.as_json()}
 

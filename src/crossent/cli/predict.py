@@ -40,10 +40,11 @@ def predict(
     from . import data as data_mod
 
     model, config = store.load_model(model_dir)
-    ds, inputs = data_mod.model_inputs(config, source, None, need_target=False, sep=sep)
+    ds = data_mod.model_source(config, source, None, need_target=False, sep=sep)
+    X, inputs = data_mod.model_inputs(config, ds)
     for line in inputs.lines():
         click.echo(line, err=True)
-    probs = models.probabilities(model, ds.X, config["task"])
+    probs = models.probabilities(model, X, config["task"])
     classes = config["classes"]
     table = pd.DataFrame({"predicted": [classes[i] for i in probs.argmax(axis=1)]})
     for i, c in enumerate(classes):
