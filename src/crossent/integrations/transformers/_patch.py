@@ -102,8 +102,8 @@ def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
     ``loss`` set and ``logits=None``; the logits are never built. The loss is, to float rounding,
     the unpatched model's: labels shifted (or ``shift_labels`` used as given), -100 ignored, the
     mean over counted tokens or the sum divided by ``num_items_in_batch`` when given (Trainer's
-    gradient accumulation), ``final_logit_softcapping`` applied as ``softcap``, a logit scale from
-    ``logit_scale`` / ``logits_scaling`` (read from the text config), and a mixture-of-experts
+    gradient accumulation), ``config.final_logit_softcapping`` applied as ``softcap``, a logit
+    scale from ``config.logit_scale`` / ``config.logits_scaling``, and a mixture-of-experts
     model's ``aux_loss`` added with ``router_aux_loss_coef`` as transformers adds it. With
     ``logits_to_keep`` the loss covers the kept positions only. ``model.loss_function`` is not used.
     ``unpatch(obj)`` removes the patch again.
@@ -178,8 +178,9 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
     head_name = _checks.head_name(
         fn, model, next((n for n, m in model.named_children() if m is head), None)
     )
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    scale, softcap = _logit_transform(fn, config)
+    # The model's own config, not its text config: Gemma 3's VLM does not apply the softcap its
+    # text config holds (its *ForCausalLM does). The probe checks what the forward really does.
+    scale, softcap = _logit_transform(fn, model.config)
     # The class's forward: a wrapper's own signature may be (*args, **kwargs).
     signature = inspect.signature(type(model).forward.__get__(model))
     _checks.forward_takes_labels(fn, model, signature)
