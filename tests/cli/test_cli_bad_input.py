@@ -186,6 +186,11 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
         ],  # fmt: skip
         "column 'height' is named by both --categorical and --numeric; pick one",
     ),
+    (
+        "--categorical of the target",
+        lambda t: ["train", "--data", toy(t), "--target", "animal", "--categorical", "animal"],
+        "--categorical names the target 'animal', which is the label, not a feature",
+    ),
     ("feature copies the target", leaking_copy, "one-to-one relabelling of the target 'animal'"),
     (
         "date not like training",

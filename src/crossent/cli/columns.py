@@ -101,12 +101,17 @@ def date_format(col: pd.Series) -> str | None | bool:
         return False
     from pandas.tseries.api import guess_datetime_format
 
-    fmt = guess_datetime_format(present.iloc[0].strip())
-    try:
-        parsed = pd.to_datetime(present.str.strip(), format=fmt or "ISO8601", errors="coerce")
-    except (ValueError, TypeError):
-        return False
-    return fmt if parsed.notna().all() else False
+    first = present.iloc[0].strip()
+    # month first (04/03/2021 = April 3), unless some value only parses day first (13/03/2021)
+    guesses = [guess_datetime_format(first, dayfirst=d) for d in (False, True)]
+    for fmt in dict.fromkeys([*guesses, None]):  # None: any ISO 8601 mix (dates, date-times)
+        try:
+            parsed = pd.to_datetime(present.str.strip(), format=fmt or "ISO8601", errors="coerce")
+        except (ValueError, TypeError):
+            continue
+        if parsed.notna().all():
+            return fmt
+    return False
 
 
 def infer_kind(col: pd.Series) -> str:
@@ -151,7 +156,7 @@ def _leaks(col: pd.Series, target: Sequence[str]) -> bool:
     """True when the column and the target determine each other row by row."""
     import pandas as pd
 
-    if col.isna().any():
+    if col.isna().any() or col.nunique() != len(set(target)):  # 1:1 needs as many values
         return False
     values = [label(v) for v in col.tolist()]
     pairs = pd.DataFrame({"x": values, "y": list(target)}).drop_duplicates()
@@ -196,6 +201,12 @@ def plan_columns(
         _check_names(frame, option, names, source)
     if target in drop:
         raise CliError(f"--drop names the target '{target}', which train needs; drop other columns")
+    for option, names in (("--keep", keep), ("--categorical", categorical), ("--numeric", numeric)):
+        if target in names:
+            raise CliError(
+                f"{option} names the target '{target}', which is the label, not a feature; "
+                f"leave it out of {option}"
+            )
     both = sorted(set(categorical) & set(numeric))
     if both:
         raise CliError(f"column {both[0]!r} is named by both --categorical and --numeric; pick one")

@@ -239,7 +239,7 @@ def label_strings(frame: pd.DataFrame, target: str, source: str) -> list[str]:
     return [label(v) for v in col.tolist()]
 
 
-def _sorted_classes(frame: pd.DataFrame, target: str, labels: list[str]) -> list[str]:
+def sorted_classes(frame: pd.DataFrame, target: str, labels: list[str]) -> list[str]:
     """Numbers in numeric order (2 < 10), everything else in text order."""
     import pandas as pd
 
@@ -291,7 +291,7 @@ def load_for_training(
         raise CliError(f"'{target}' is the target, so leave it out of --features")
     labels = label_strings(frame, target, name)
     plan = plan_columns(frame, target, name, labels=labels, features=features, **columns)
-    classes = class_order or _sorted_classes(frame, target, labels)
+    classes = class_order or sorted_classes(frame, target, labels)
     present = [c for c in classes if c in set(labels)]
     if len(present) < 2:
         raise CliError(

@@ -92,18 +92,17 @@ def _csv(frame: Any, name: str, fmt: Any, target: str | None, options: dict[str,
     from ._errors import CliError
 
     click.echo(f"{name}: {len(frame)} rows, {frame.shape[1]} columns ({fmt.describe()})")
-    labels = None
-    if target is not None:
-        data_mod.check_target(frame, target, name)
-        labels = data_mod.label_strings(frame, target, name)
-    plan = None
-    try:
-        kw = {k: options[k] for k in ("drop", "keep", "categorical", "numeric", "dates")}
-        plan = cols.plan_columns(frame, target, name, labels=labels, **kw) if labels else None
-    except CliError as e:  # shown as a verdict below, not the end of the description
+    labels, plan, problem = None, None, None
+    try:  # a problem train would refuse is part of the description, not its end
+        if target is not None:
+            data_mod.check_target(frame, target, name)
+            labels = data_mod.label_strings(frame, target, name)
+            kw = {k: options[k] for k in ("drop", "keep", "categorical", "numeric", "dates")}
+            plan = cols.plan_columns(frame, target, name, labels=labels, **kw)
+    except CliError as e:
+        if target not in frame.columns:
+            raise
         problem = e.message
-    else:
-        problem = None
     width = min(max(len(c) for c in frame.columns), 28)
     click.echo(f"  {'column':<{width}}  {'kind':<11}  {'missing':>7}  {'distinct':>8}  train")
     shown = list(frame.columns)[:MAX_COLUMNS]
@@ -119,8 +118,9 @@ def _csv(frame: Any, name: str, fmt: Any, target: str | None, options: dict[str,
         click.echo(f"  ... and {frame.shape[1] - len(shown)} more columns")
     if problem:
         click.echo(f"train would refuse: {problem}")
-    if labels is not None:
-        _classes(frame, target, name, labels)
+    if target is not None:
+        present = frame[target].dropna()
+        _classes(frame, target, [cols.label(v) for v in present.tolist()], len(frame) - len(present))
 
 
 def _verdict(name: str, col: Any, target: str | None, plan: Any, kind: str, cap: int) -> str:
@@ -150,7 +150,7 @@ def _verdict(name: str, col: Any, target: str | None, plan: Any, kind: str, cap:
     return f"feature ({cap - 1} commonest + other)"
 
 
-def _classes(frame: Any, target: str, name: str, labels: list[str]) -> None:
+def _classes(frame: Any, target: str, labels: list[str], missing: int) -> None:
     from collections import Counter
 
     import numpy as np
@@ -158,9 +158,10 @@ def _classes(frame: Any, target: str, name: str, labels: list[str]) -> None:
     from . import data as data_mod
 
     counts = Counter(labels)
-    classes = data_mod._sorted_classes(frame, target, labels)
+    classes = data_mod.sorted_classes(frame, target, labels)
     by_size = sorted(classes, key=lambda c: -counts[c])
-    click.echo(f"target '{target}': {len(classes)} classes")
+    gaps = f", {missing} rows without a label" if missing else ""
+    click.echo(f"target '{target}': {len(classes)} classes{gaps}")
     for c in by_size[:MAX_CLASSES]:
         click.echo(f"  {c:<24} {counts[c]:>7}  {counts[c] / len(labels):6.1%}")
     if len(classes) > MAX_CLASSES:
