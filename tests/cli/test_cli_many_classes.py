@@ -128,3 +128,25 @@ def test_train_says_why_the_split_is_not_stratified(tmp_path):
     res = run("train", "--data", path, "--target", "y", "--epochs", "1", "--overwrite",
               "--out", tmp_path / "m")  # fmt: skip
     assert "1 of the 61 classes have a single row (stratifying needs two per class)" in res.stderr
+
+
+def test_metrics_memory_grows_with_rows_times_classes_not_classes_squared():
+    """500 rows x 3000 classes: the probabilities are 12 MB, a dense confusion matrix 72 MB.
+    Everything evaluate computes from them must fit in a few copies of the probabilities."""
+    import tracemalloc
+
+    n, k = 500, 3000
+    gen = np.random.default_rng(2)
+    probs = gen.random((n, k))
+    probs /= probs.sum(1, keepdims=True)
+    y = gen.integers(0, k, n)
+    classes = [f"c{i}" for i in range(k)]
+    tracemalloc.start()
+    try:
+        m = metrics.compute_metrics(y, probs, classes)
+        metrics.report(y, probs, classes, m)
+        metrics.tables(y, probs, classes, m)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * probs.nbytes, peak  # numpy reports its buffers to tracemalloc

@@ -76,12 +76,14 @@ def main() -> None:
       crossent evaluate --model runs/bc --data breast-cancer
       crossent predict --model runs/bc --data new_rows.csv --out predictions.csv
 
-    Data is a CSV file (`--data file.csv --target COLUMN`) or one of scikit-learn's built-in data
-    sets (breast-cancer, digits, iris, wine), which need no download. Models are saved as
-    safetensors plus a JSON description; pickle files are never read or written.
+    Data is a CSV file (`--data file.csv --target COLUMN`: any delimiter, text, dates and missing
+    values; `crossent data file.csv` shows what train will make of it) or one of scikit-learn's
+    built-in data sets (breast-cancer, digits, iris, wine), which need no download. Models are
+    saved as safetensors plus a JSON description, preprocessing included; pickle files are never
+    read or written.
 
-    Bad input (a missing file or column, NaN, a single class, ...) ends with one sentence on
-    stderr and exit code 2.
+    Bad input (a missing file or column, a column with no values, a single class, ...) ends with
+    one sentence on stderr and exit code 2.
     """
 
 

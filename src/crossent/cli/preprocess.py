@@ -54,7 +54,8 @@ class InputReport:
     no_other: set[str] = field(default_factory=set)  # columns whose model has no 'other' column
     unseen: dict[str, Counter] = field(default_factory=dict)  # column -> category -> rows
 
-    def lines(self) -> list[str]:
+    def lines(self, limit: int = 10) -> list[str]:
+        """One note per column (at most `limit`, then how many more): stderr stays short."""
         out = []
         for col, cats in self.unseen.items():
             n = sum(cats.values())
@@ -70,6 +71,8 @@ class InputReport:
             out.append(
                 f"note: column '{col}': {n} missing value{'s' if n > 1 else ''}, {self.how[col]}"
             )
+        if len(out) > limit:
+            out = [*out[:limit], f"note: and {len(out) - limit} more columns like these"]
         return out
 
     def as_json(self) -> dict[str, Any]:
