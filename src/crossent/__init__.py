@@ -24,7 +24,7 @@ _EXPORTS = {
     "linear_cross_entropy": ".functional",
     "nll_loss": ".functional",
 }
-_SUBMODULES = {"nn", "functional", "reference", "integrations"}
+_SUBMODULES = {"nn", "functional", "reference", "integrations", "distributed"}
 
 __all__ = [
     "Backend",
