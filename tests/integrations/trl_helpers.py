@@ -57,9 +57,10 @@ def dpo_dataset(rows: int = 8, seed: int = 5, vocab: int = VOCAB):
 
 
 def common_args(tmp_path, **kw):
-    """TrainingArguments fields: float32 (TRL's configs default to bf16 autocast), no checkpoints."""
-    kw.setdefault("bf16", False)
-    return dict(output_dir=str(tmp_path), per_device_train_batch_size=2,
+    """TrainingArguments fields: float32 (TRL's configs default to bf16 autocast), no checkpoints,
+    2 optimizer steps of 2 accumulated micro-batches of 2 rows; `kw` overrides."""
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=2,
                 gradient_accumulation_steps=2, max_steps=2, logging_steps=1, learning_rate=1e-2,
                 report_to=[], use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
-                dataloader_num_workers=0, **kw)
+                dataloader_num_workers=0, bf16=False)
+    return {**base, **kw}
