@@ -60,6 +60,13 @@ class ColumnPlan:
 # one column
 
 
+def arg(name: str) -> str:
+    """A column name as the shell needs it in a suggested option (--drop 'Individual ID')."""
+    import shlex
+
+    return shlex.quote(name)
+
+
 def label(v: Any) -> str:
     """A cell as a class or category name: integral numbers print without '.0' (1.0 -> '1')."""
     if isinstance(v, float) and v.is_integer():
@@ -220,14 +227,14 @@ def plan_columns(
         if col.isna().all():
             raise CliError(
                 f"column '{name}' of {source} has no values (all {len(col)} rows are empty); "
-                f"leave it out with --drop {name}"
+                f"leave it out with --drop {arg(name)}"
             )
         if _leaks(col, labels):
             same = [label(v) for v in col.tolist()] == list(labels)
             how = "identical to" if same else "a one-to-one relabelling of"
             raise CliError(
                 f"column '{name}' of {source} is {how} the target '{target}', so it would leak "
-                f"the label into the features; leave it out with --drop {name}"
+                f"the label into the features; leave it out with --drop {arg(name)}"
             )
         forced = "numeric" if name in numeric else "categorical" if name in categorical else None
         kind = forced or infer_kind(col)
@@ -236,7 +243,7 @@ def plan_columns(
         if reason:
             plan.dropped[name] = reason
             plan.notices.append(
-                f"note: column '{name}' left out: {reason}; --keep {name} uses it as a feature"
+                f"note: column '{name}' left out: {reason}; --keep {arg(name)} uses it as a feature"
             )
             continue
         if kind == "numeric" and _is_text(col):
@@ -272,5 +279,5 @@ def _not_numeric(col: pd.Series, name: str, source: str) -> None:
     example = col[bad].iloc[0]
     raise CliError(
         f"column '{name}' of {source} is not numeric ({example!r} in {rows_text(bad, 1)}); "
-        f"leave out --numeric {name} to one-hot encode it, or fix those values"
+        f"leave out --numeric {arg(name)} to one-hot encode it, or fix those values"
     )

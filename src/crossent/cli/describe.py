@@ -120,7 +120,9 @@ def _csv(frame: Any, name: str, fmt: Any, target: str | None, options: dict[str,
         click.echo(f"train would refuse: {problem}")
     if target is not None:
         present = frame[target].dropna()
-        _classes(frame, target, [cols.label(v) for v in present.tolist()], len(frame) - len(present))
+        _classes(
+            frame, target, [cols.label(v) for v in present.tolist()], len(frame) - len(present)
+        )
 
 
 def _verdict(name: str, col: Any, target: str | None, plan: Any, kind: str, cap: int) -> str:
@@ -162,8 +164,9 @@ def _classes(frame: Any, target: str, labels: list[str], missing: int) -> None:
     by_size = sorted(classes, key=lambda c: -counts[c])
     gaps = f", {missing} rows without a label" if missing else ""
     click.echo(f"target '{target}': {len(classes)} classes{gaps}")
+    width = min(40, max(24, *(len(c) for c in by_size[:MAX_CLASSES])))
     for c in by_size[:MAX_CLASSES]:
-        click.echo(f"  {c:<24} {counts[c]:>7}  {counts[c] / len(labels):6.1%}")
+        click.echo(f"  {c[:width]:<{width}} {counts[c]:>7}  {counts[c] / len(labels):6.1%}")
     if len(classes) > MAX_CLASSES:
         rest = sum(counts[c] for c in by_size[MAX_CLASSES:])
         click.echo(f"  ... {len(classes) - MAX_CLASSES} smaller classes, {rest} rows")

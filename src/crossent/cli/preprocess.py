@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CliError
-from .columns import DATE_PARTS, label
+from .columns import DATE_PARTS, arg, label
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -59,7 +59,9 @@ class InputReport:
         out = []
         for col, cats in self.unseen.items():
             n = sum(cats.values())
-            shown = ", ".join(f"{c!r}" for c, _ in cats.most_common(3))
+            shown = ", ".join(
+                repr(c if len(c) <= 30 else c[:29] + "…") for c, _ in cats.most_common(3)
+            )
             more = f" and {len(cats) - 3} more" if len(cats) > 3 else ""
             # without an 'other' column (no rare category in training) 'other' is all zeros
             where = "no one-hot column lit" if col in self.no_other else f"column {col}={OTHER}"
@@ -151,24 +153,25 @@ def fit(
     from sklearn.preprocessing import StandardScaler
 
     # numeric block: numeric columns and date parts, one imputer + scaler over all of them
-    blocks, names = [], []
+    blocks, flat, source_col = [], [], []  # arrays; output names; the column each came from
     for name, kind in plan.kinds.items():
         if kind == "numeric":
             blocks.append(_numbers(frame[name], plan.missing_tokens.get(name, []), name, source))
-            names.append([name])
+            flat.append(name)
+            source_col.append(name)
         elif kind == "date":
             blocks.append(_date_parts(frame[name], plan.date_formats.get(name), name, source))
-            names.append([f"{name}_{p}" for p in DATE_PARTS])
+            flat += [f"{name}_{p}" for p in DATE_PARTS]
+            source_col += [name] * len(DATE_PARTS)
     stats: dict[str, tuple[float, float, float]] = {}
     if blocks:
         X = np.column_stack(blocks)
-        flat = [n for group in names for n in group]
         empty = np.isnan(X).all(axis=0)
         if empty.any():
-            col = flat[int(np.flatnonzero(empty)[0])]
+            col = source_col[int(np.flatnonzero(empty)[0])]
             raise CliError(
                 f"column '{col}' of {source} has no values in the training rows; "
-                f"leave it out with --drop {col.removesuffix('_year')}, or use more rows"
+                f"leave it out with --drop {arg(col)}, or use more rows"
             )
         imputer = SimpleImputer(strategy="median").fit(X)
         scaler = StandardScaler().fit(imputer.transform(X))
@@ -242,7 +245,7 @@ def _fit_categorical(col: pd.Series, name: str, source: str, cap: int) -> dict[s
             raise CliError(
                 f"column '{name}' of {source} has {len(categories)} categories and the "
                 f"{len(kept)} most frequent cover only {covered:.0%} of the training rows, so "
-                f"most rows would be '{OTHER}'; leave it out with --drop {name}, or raise "
+                f"most rows would be '{OTHER}'; leave it out with --drop {arg(name)}, or raise "
                 f"--max-categories (now {cap})"
             )
     return {
