@@ -290,3 +290,32 @@ def test_patched_sft_step_peak_memory_is_below_unpatched():
     assert peak["unpatched"] > logits, peak  # the measurement sees the logits-sized buffers
     assert peak["patched"] < logits, peak
     assert peak["patched"] < peak["unpatched"] - logits, peak
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "mixtral", "cohere", "granite"])
+def test_fused_lm_head_outputs_equal_trls(name):
+    """model(..., fused_lm_head=True) patched vs TRL's own, over the logit transforms (softcap,
+    scales) and the MoE auxiliary loss; every field TRL can compute, and the gradients."""
+    from test_hf_transformers import _batch, _tiny
+
+    utils = pytest.importorskip("trl.trainer.utils")
+    model = _tiny(name)
+    ref = copy.deepcopy(model)
+    outputs = ("log_probs", "entropy", "is_top1", "mean_logits", "log_sum_sq_probs")
+    for m in (model, ref):
+        utils.add_fused_lm_head(m, outputs=outputs)
+    hf.patch(model)
+    batch = _batch()
+    kwargs = dict(output_router_logits=True) if name == "mixtral" else {}
+    got, want = model(**batch, **kwargs, fused_lm_head=True), ref(**batch, **kwargs, fused_lm_head=True)
+    for field in ("loss", "log_probs", "entropy", "mean_logits", "log_sum_sq_probs", "aux_loss"):
+        if getattr(want, field) is None:
+            assert getattr(got, field) is None, field
+            continue
+        torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-5, atol=2e-5, msg=field)
+    assert torch.equal(got.is_top1, want.is_top1) and torch.equal(got.label_mask, want.label_mask)
+    got.loss.backward()
+    want.loss.backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, **TOL, msg=n)

@@ -1,6 +1,7 @@
 """The patched forward: the model's own forward with its head captured, then the fused loss.
 
 ``labels_forward`` is transformers' contract (``model(..., labels=...)`` returns the loss);
+``_patch.call`` picks it or ``_trl.fused_forward`` for each call of the layer.
 ``capture`` is what it and TRL's fused-LM-head contract (``_trl``) share: the model's own,
 unchanged forward runs with ``labels=None`` while the output head is swapped, for that call only,
 for a parameter-free module recording the hidden states it is given (after the model's own
@@ -60,22 +61,6 @@ class _Capture(nn.Module):
         self.hidden = hidden
         probe = torch.tensor(self.PROBE, dtype=hidden.dtype, device=hidden.device)
         return probe.expand(*hidden.shape[:-1], len(self.PROBE))
-
-
-def call(model: nn.Module, state: PatchState, args: tuple, kwargs: dict) -> Any:
-    """The active layer's forward (see _layers.install)."""
-    probe = state.probe
-    if probe is not None:
-        probe.inside += 1
-    try:
-        if state.trl is not None and kwargs.get("fused_lm_head"):
-            from . import _trl
-
-            return _trl.fused_forward(model, state, args, kwargs)
-        return labels_forward(model, state, args, kwargs)
-    finally:
-        if probe is not None:
-            probe.inside -= 1
 
 
 def by_name(state: PatchState, args: tuple, kwargs: dict) -> dict | None:

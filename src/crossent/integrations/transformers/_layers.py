@@ -24,6 +24,7 @@ import warnings
 import weakref
 from typing import Any
 
+import torch
 from torch import nn
 
 LAYERS = "_crossent_layers"  # vars(model): {token: state}, every layer crossent installed
@@ -108,8 +109,6 @@ class BypassProbe:
         self.warned = False
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
-        import torch
-
         model = self.model()
         if (
             model is None or self.inside or self.warned or not model.training

@@ -191,6 +191,20 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
                                trl=trl)
 
 
+def _call(model: nn.Module, state: _forward.PatchState, args: tuple, kwargs: dict) -> Any:
+    """The active layer's forward (see _layers.install)."""
+    probe = state.probe
+    if probe is not None:
+        probe.inside += 1  # the backbone runs inside crossent's layer: not a bypass
+    try:
+        if state.trl is not None and kwargs.get("fused_lm_head"):
+            return _trl.fused_forward(model, state, args, kwargs)
+        return _forward.labels_forward(model, state, args, kwargs)
+    finally:
+        if probe is not None:
+            probe.inside -= 1
+
+
 def _install(model: nn.Module, state: _forward.PatchState) -> None:
     old = _layers.active(model)
     if old is not None:  # patched before TRL wrapped it: that layer, now bypassed, becomes inert
@@ -199,4 +213,4 @@ def _install(model: nn.Module, state: _forward.PatchState) -> None:
     backbone = getattr(model, "base_model", None)  # what TRL's fused LM head runs directly
     state.backbone = backbone if isinstance(backbone, nn.Module) and backbone is not model else None
     state.probe = _layers.add_probe(model, state.backbone, _trl.bypass_message)
-    _layers.install(model, state, _forward.call)
+    _layers.install(model, state, _call)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import ModelOutput
 
 from ..._checks import integrations as _checks
 from . import _forward, _layers, _stats
@@ -153,7 +154,7 @@ def fused_forward(model: nn.Module, state: _forward.PatchState, args: tuple, kwa
     fields = {n: stats[n].view(mask.shape).masked_fill(~mask, 0) for n in wanted}
     den = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     loss = -log_probs.sum() / den
-    aux = out.get("aux_loss") if arguments.get("output_router_logits") else None
+    aux = out.get("aux_loss") if isinstance(out, ModelOutput) and arguments.get("output_router_logits") else None
     if aux is not None:
         loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux.to(loss.device)
     return trl.output_type(loss=loss, log_probs=log_probs, label_mask=mask, aux_loss=aux, **fields)
