@@ -127,7 +127,7 @@ def test_train_says_why_the_split_is_not_stratified(tmp_path):
     pd.DataFrame(rows, columns=["a", "b", "y"]).to_csv(path, index=False)
     res = run("train", "--data", path, "--target", "y", "--epochs", "1", "--overwrite",
               "--out", tmp_path / "m")  # fmt: skip
-    assert "1 of the 61 classes have a single row (stratifying needs two per class)" in res.stderr
+    assert "1 of the 61 classes has a single row (stratifying needs two per class)" in res.stderr
 
 
 def test_metrics_memory_grows_with_rows_times_classes_not_classes_squared():

@@ -159,11 +159,11 @@ def id_reason(col: pd.Series) -> str | None:
     return None
 
 
-def _leaks(col: pd.Series, target: Sequence[str]) -> bool:
+def _leaks(col: pd.Series, target: Sequence[str], n_classes: int) -> bool:
     """True when the column and the target determine each other row by row."""
     import pandas as pd
 
-    if col.isna().any() or col.nunique() != len(set(target)):  # 1:1 needs as many values
+    if col.isna().any() or col.nunique() != n_classes:  # one-to-one needs as many values
         return False
     values = [label(v) for v in col.tolist()]
     pairs = pd.DataFrame({"x": values, "y": list(target)}).drop_duplicates()
@@ -218,6 +218,7 @@ def plan_columns(
     if both:
         raise CliError(f"column {both[0]!r} is named by both --categorical and --numeric; pick one")
     chosen = list(features) if features else [c for c in frame.columns if c != target]
+    n_classes = len(set(labels))
     plan = ColumnPlan(kinds={})
     for name in chosen:
         if name in drop:
@@ -229,7 +230,7 @@ def plan_columns(
                 f"column '{name}' of {source} has no values (all {len(col)} rows are empty); "
                 f"leave it out with --drop {arg(name)}"
             )
-        if _leaks(col, labels):
+        if _leaks(col, labels, n_classes):
             same = [label(v) for v in col.tolist()] == list(labels)
             how = "identical to" if same else "a one-to-one relabelling of"
             raise CliError(

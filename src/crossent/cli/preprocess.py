@@ -97,18 +97,19 @@ def _numbers(col: pd.Series, tokens: list[str], name: str, source: str) -> np.nd
     if pd.api.types.is_bool_dtype(col):
         col = col.astype(float)
     if pd.api.types.is_numeric_dtype(col):
-        return col.to_numpy(dtype=np.float64, na_value=np.nan)
-    text = col.astype(str).str.strip().where(col.notna())
-    text = text.where(~text.isin(tokens))
-    num = pd.to_numeric(text, errors="coerce")
-    bad = num.isna() & text.notna()
-    if bad.any():
-        raise CliError(
-            f"column '{name}' of {source} is not numeric ({col[bad].iloc[0]!r} in "
-            f"{rows_text(bad, 1)}), but the model reads it as numbers; fix those values"
-        )
-    values = num.to_numpy(dtype=np.float64, na_value=np.nan)
-    if not np.isfinite(values[~np.isnan(values)]).all():
+        values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = col.astype(str).str.strip().where(col.notna())
+        text = text.where(~text.isin(tokens))
+        num = pd.to_numeric(text, errors="coerce")
+        bad = num.isna() & text.notna()
+        if bad.any():
+            raise CliError(
+                f"column '{name}' of {source} is not numeric ({col[bad].iloc[0]!r} in "
+                f"{rows_text(bad, 1)}), but the model reads it as numbers; fix those values"
+            )
+        values = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(values).any():
         raise CliError(f"column '{name}' of {source} has infinite values; replace them first")
     return values
 

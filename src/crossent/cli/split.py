@@ -34,9 +34,10 @@ def split_indices(
     n_val = int(np.ceil(val_fraction * len(y)))  # train_test_split's rounding of test_size
     why = None
     if (counts < 2).any():
+        single = int((counts < 2).sum())
         why = (
-            f"{int((counts < 2).sum())} of the {len(counts)} classes have a single row "
-            "(stratifying needs two per class)"
+            f"{single} of the {len(counts)} classes {'has' if single == 1 else 'have'} a single "
+            "row (stratifying needs two per class)"
         )
     elif n_val < len(counts):
         why = (

@@ -88,7 +88,8 @@ from .train_options import column_options, csv_list, parse_class_weights, parse_
     type=click.FloatRange(0, 1, max_open=True),
     default=0.2,
     show_default=True,
-    help="Fraction of rows held out for validation (stratified).",
+    help="Fraction of rows held out for validation (stratified when every class allows it; "
+    "train says when not).",
 )
 @click.option(
     "--seed",
@@ -159,9 +160,10 @@ def train(
     per row or grows with the row number (an id) is left out with a note (--keep COL keeps it);
     a column with no values, or one that copies the target, is refused.
 
-    The folder gets model.safetensors, config.json (architecture, features, scaling, classes,
-    options, history), loss_curve.png and checkpoint.safetensors (rewritten atomically after
-    every epoch). If a run is interrupted, run the same command again with --resume.
+    The folder gets model.safetensors, config.json (architecture, input columns and their
+    fitted preprocessing, classes, options, history), loss_curve.png and checkpoint.safetensors
+    (rewritten atomically after every epoch). If a run is interrupted, run the same command again
+    with --resume.
 
     \b
     Examples:
@@ -169,7 +171,7 @@ def train(
       crossent train --data digits --model linear --epochs 20 --label-smoothing 0.1
       crossent train --data patients.csv --target diagnosis --class-weight balanced
       crossent train --data patients.csv --target diagnosis --resume
-      crossent train --data penguins.csv --target species --drop year --categorical clutch
+      crossent train --data penguins.csv --target species --categorical year --drop sex
     """
     import torch
 
