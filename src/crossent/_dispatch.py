@@ -263,6 +263,13 @@ def _traced(tensors) -> bool:
     return _is_wrapped is not None and any(t is not None and _is_wrapped(t) for t in tensors)
 
 
+def _compiles_fused_linear(tensors, opts: LossOptions) -> bool:
+    """torch.compile traces a scalar-reduction linear loss that no forced 'composite' wants: the fused backends run it as one custom op (backends/chunked/linear_op.py),
+    never the composite formulas' N x V logits."""
+    return (_compiling is not None and _compiling() and opts.reduction != "none"
+            and forced() is not Backend.COMPOSITE)
+
+
 def _choose(tensors, torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
     f = forced()
     if f in (Backend.REFERENCE, Backend.COMPOSITE):
@@ -311,7 +318,10 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
     small = logits <= LINEAR_TORCH_MAX_LOGITS
     no_fused_grad = {"weight": weight, "target": target if opts.soft else None}
-    b = _choose((input, linear_weight, target, linear_bias, weight), torch_ok, small, False)
+    tensors = (input, linear_weight, target, linear_bias, weight)
+    b = _choose(tensors, torch_ok, small, False)
+    if b is Backend.COMPOSITE and _compiles_fused_linear(tensors, opts):
+        b = forced() if forced() in (Backend.FUSED, Backend.TRITON) else _fused_for(input.device)
     if b in (Backend.FUSED, Backend.TRITON):
         _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
     return backend(b).linear_cross_entropy

@@ -18,6 +18,8 @@ _MEASURE = textwrap.dedent("""
     t = torch.randint(0, v, (n,))
     fn = crossent.linear_cross_entropy if case == "fused" else (
         lambda h, w, t: crossent.cross_entropy(F.linear(h, w), t))
+    if case == "compiled":  # the custom op of backends/chunked/linear_op.py
+        fn = torch.compile(crossent.linear_cross_entropy, fullgraph=True, backend="aot_eager")
     def step():
         torch.autograd.grad(fn(h, w, t), (h, w))
     def rss_kb(field):
@@ -54,14 +56,15 @@ def _peak_extra_bytes(cases, n, d, v):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_peak_memory_stays_below_a_bound_the_unfused_composition_exceeds():
     """N=2048, D=64, V=16384: the logits are 128 MiB. Fused: the gradients (4 MiB + 0.5 MiB) plus
-    one 16 MiB chunk, so below 1/4 of the logits; the unfused composition needs the logits and
-    their gradient, so above the logits' size."""
+    one 16 MiB chunk, so below 1/4 of the logits, also under torch.compile (one custom op); the
+    unfused composition needs the logits and their gradient, so above the logits' size."""
     n, d, v = 2048, 64, 16384
     logits = n * v * 4
-    peaks = _peak_extra_bytes(["fused", "unfused"], n, d, v)
+    peaks = _peak_extra_bytes(["fused", "unfused", "compiled"], n, d, v)
     fused, unfused_ = peaks["fused"], peaks["unfused"]
     bound = logits // 4
     assert fused < bound, f"fused peak {fused / 2**20:.0f} MiB >= bound {bound / 2**20:.0f} MiB"
+    assert peaks["compiled"] < bound, f"compiled peak {peaks['compiled'] / 2**20:.0f} MiB >= bound"
     assert unfused_ > bound * 4, f"unfused peak {unfused_ / 2**20:.0f} MiB: the test measures nothing"
 
 

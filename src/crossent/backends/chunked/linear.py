@@ -74,8 +74,11 @@ from ..common import (
     reduce,
     safe_reciprocal,
 )
+from . import linear_op
 from .kernel import ChunkTarget
 from .row_kernels import TORCH_OPS, RowKernels
+
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 # The chunk's buffers (logits, gradient, temporaries) may take 7/8 of the bytes of the float32
 # weight gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32 that is 7D/8
@@ -387,6 +390,9 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     """Backend entry (checked arguments): input (N, D), linear_weight (V, *out, D), target (N, *out)
     class indices or (N, V, *out) probabilities (``opts.soft``), linear_bias (V, *out) or None,
     weight (V,) class weights or None. Returns (N, *out) for 'none', else a scalar."""
+    if _compiling() and opts.reduction != "none":
+        # torch.compile: the same work as one opaque custom op (linear_op.py), no graph break
+        return linear_op.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts, kernels)
     v = linear_weight.shape[0]
     n = input.shape[0]
     index = None if opts.soft else target

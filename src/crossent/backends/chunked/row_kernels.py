@@ -26,6 +26,7 @@ class RowKernels:
                     transposed, for the CPU's BLAS: linear.py)
     lean_chunks     ce_chunk makes no chunk-sized temporaries (softcap, soft targets, smoothing
                     with weights): the linear loss's chunk budget counts the logits only
+    name            how the custom op of linear_op.py names them (`register`, `by_name`)
     """
 
     ce_forward: Callable
@@ -34,6 +35,19 @@ class RowKernels:
     grad_in_input_dtype: bool = False
     row_major_logits: bool = False
     lean_chunks: bool = False
+    name: str = "torch"
 
 
-TORCH_OPS = RowKernels(kernel.ce_forward, kernel.ce_chunk, binary_kernel.bce_forward)
+_BY_NAME: dict[str, RowKernels] = {}
+
+
+def register(kernels: RowKernels) -> RowKernels:
+    _BY_NAME[kernels.name] = kernels
+    return kernels
+
+
+def by_name(name: str) -> RowKernels:
+    return _BY_NAME[name]
+
+
+TORCH_OPS = register(RowKernels(kernel.ce_forward, kernel.ce_chunk, binary_kernel.bce_forward))

@@ -24,8 +24,6 @@ program in a fixed order; totals by `common.deterministic_sum`; no atomics).
 
 from __future__ import annotations
 
-import functools
-
 from ... import _checks
 from ..._options import LossOptions
 from ..chunked import binary as _binary
@@ -33,11 +31,6 @@ from ..chunked import linear as _linear
 from ..chunked.cross_entropy import cross_entropy as _cross_entropy
 from ..chunked.cross_entropy import nll_loss as _nll_loss
 from . import ops
-
-
-@functools.cache
-def _kernels():
-    return ops.row_kernels()
 
 
 def usable(device) -> bool:
@@ -51,7 +44,7 @@ def usable(device) -> bool:
 def _require(t):
     if not usable(t.device):
         _checks.triton_unusable(t.device, ops.importable())
-    return _kernels()
+    return ops.row_kernels()
 
 
 def cross_entropy(input, target, weight, opts: LossOptions):

@@ -34,13 +34,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
 def importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Triton imports (asked once; a plain global, not functools.cache: torch.compile
+    traces the dispatch that asks)."""
+    global _IMPORTABLE
+    if _IMPORTABLE is None:
+        try:
+            import triton  # noqa: F401
+
+            _IMPORTABLE = True
+        except ImportError:
+            _IMPORTABLE = False
+    return _IMPORTABLE
+
+
+_IMPORTABLE = None
 
 
 @functools.cache
@@ -193,8 +201,14 @@ def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
 
 
 def row_kernels():
-    """The Triton kernels as the chunked algorithms' RowKernels."""
-    from ..chunked.row_kernels import RowKernels
+    """The Triton kernels as the chunked algorithms' RowKernels (one value per process)."""
+    global _ROW_KERNELS
+    if _ROW_KERNELS is None:
+        from ..chunked.row_kernels import RowKernels, register
 
-    return RowKernels(ce_forward, ce_chunk, bce_forward, grad_in_input_dtype=True,
-                      row_major_logits=True, lean_chunks=True)
+        _ROW_KERNELS = register(RowKernels(ce_forward, ce_chunk, bce_forward, grad_in_input_dtype=True,
+                                           row_major_logits=True, lean_chunks=True, name="triton"))
+    return _ROW_KERNELS
+
+
+_ROW_KERNELS = None
