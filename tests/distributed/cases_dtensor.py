@@ -8,6 +8,7 @@ import torch.distributed as dist
 from cases import case, close, gen, grid, probabilities, targets, vocab_slice
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.debug import CommDebugMode
 
 import crossent
 from crossent.distributed import (
@@ -75,7 +76,11 @@ def dtensor_2d_mesh_unequal_counts(rank, world):
         xd = distribute_tensor(x, mesh, [Shard(0), Shard(1)]).requires_grad_()
         td = distribute_tensor(t, mesh, [Shard(0), Replicate()])
         opts = dict(reduction=reduction, label_smoothing=eps, z_loss=0.01)
-        loss = vocab_parallel_cross_entropy(xd, td, w, **opts)
+        counter = CommDebugMode()
+        with counter:
+            loss = vocab_parallel_cross_entropy(xd, td, w, **opts)
+        # 2 over tp (max, stacked sums) + 1 over dp for a scalar (sum and count together)
+        assert counter.get_total_counts() == (2 if reduction == "none" else 3), counter.get_comm_counts()
         xf = x.clone().requires_grad_()
         ref = crossent.cross_entropy(xf, t, w, **opts)
         expected = (Shard(0), Replicate()) if reduction == "none" else (Replicate(), Replicate())

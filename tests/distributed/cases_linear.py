@@ -189,3 +189,29 @@ def linear_errors(rank, world):
             assert pattern in str(err), str(err)
         else:
             raise AssertionError(f"{kwargs} accepted")
+
+
+@case(2)
+def single_rank_groups(rank, world):
+    """A group of one rank: no collective; the linear loss is crossent.linear_cross_entropy's own
+    bits, the logits loss equals crossent.cross_entropy."""
+    from crossent.distributed import vocab_parallel_cross_entropy as vp_ce
+
+    groups = [dist.new_group([r]) for r in range(world)]  # (every rank creates every group)
+    mine = groups[rank]
+    _, x, w, b, cw, t = _problem(1700, 9, 5, 10, soft=False, weighted=True, bias=True)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = vp_lce(xr, wr, t, linear_bias=b, group=mine, weight=cw, label_smoothing=0.1, z_loss=0.01)
+    loss.backward()
+    xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = crossent.linear_cross_entropy(xf, wf, t, linear_bias=b, weight=cw, label_smoothing=0.1, z_loss=0.01)
+    ref.backward()
+    assert torch.equal(loss, ref) and torch.equal(xr.grad, xf.grad) and torch.equal(wr.grad, wf.grad)
+    z = (x @ w.T).detach().requires_grad_()
+    zf = z.detach().clone().requires_grad_()
+    got = vp_ce(z, t, cw, group=mine, label_smoothing=0.1, softcap=3.0)
+    want = crossent.cross_entropy(zf, t, cw, label_smoothing=0.1, softcap=3.0)
+    close(got, want, "1-rank logits loss")
+    got.backward()
+    want.backward()
+    close(z.grad, zf.grad, "1-rank logits grad")

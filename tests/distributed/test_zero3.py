@@ -31,6 +31,7 @@ def test_zero3_patched_model_with_global_normalizer_gives_the_single_process_gra
                          text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    # ZeRO-3 reduces the gradients of this float64 model in float32: rounding ~1e-8
+    # DeepSpeed runs (and reduces) this float64 model in float32 without an fp16/bf16 section:
+    # differences of float32 rounding (~3e-8 measured) against the float64 reference
     assert result["max_abs_grad_diff"] < 1e-6 and result["loss_diff"] < 1e-6, result
     assert result["refused"], "a ZeRO-3 parameter passed to the functional loss was not refused"

@@ -95,7 +95,7 @@ def cap(x: torch.Tensor, opts: LossOptions, acc) -> torch.Tensor:
     """The chunk's logits in the compute dtype, softcapped: z = s tanh(x / s)."""
     z = x.to(acc)
     if opts.softcap is not None:
-        z = torch.tanh(z / opts.softcap) * opts.softcap
+        z = torch.div(z, opts.softcap).tanh_().mul_(opts.softcap)
     return z
 
 
@@ -108,7 +108,7 @@ def chunk_partials(z: torch.Tensor, tg: Targets, opts: LossOptions, vocab: Vocab
     if v == 0:  # an empty shard: m = -inf, every partial 0 (exp(-inf - M) s = 0 later)
         return z.new_full((n,), float("-inf")), parts
     m = z.amax(1)
-    parts[0] = torch.exp(z - m.unsqueeze(1)).sum(1)
+    parts[0] = (z - m.unsqueeze(1)).exp_().sum(1)
     if tg.probs is not None:
         t = tg.probs.to(z.dtype)
         if eps > 0.0:
@@ -159,7 +159,7 @@ def chunk_grad(z: torch.Tensor, lse, a, g, tg: Targets, opts: LossOptions, vocab
     logits, lse/a/g (n,) or g a 0-d factor. Written over a fresh buffer, not over z."""
     eps, C = opts.label_smoothing, vocab.num_classes
     g = g if g.dim() == 0 else g.unsqueeze(1)
-    out = torch.exp(z - lse.unsqueeze(1)).mul_(a.unsqueeze(1) * g)
+    out = (z - lse.unsqueeze(1)).exp_().mul_(a.unsqueeze(1) * g)
     if tg.probs is not None:
         t = tg.probs.to(z.dtype)
         if eps > 0.0:
@@ -175,7 +175,7 @@ def chunk_grad(z: torch.Tensor, lse, a, g, tg: Targets, opts: LossOptions, vocab
             hit = hit * g.squeeze(1) if g.dim() else hit * g
             out.scatter_add_(1, tg.local.unsqueeze(1), -hit.unsqueeze(1))
     if opts.softcap is not None:
-        out.mul_(1.0 - (z / opts.softcap) ** 2)
+        out.mul_(torch.div(z, opts.softcap).square_().neg_().add_(1.0))  # 1 - tanh^2
     return out
 
 

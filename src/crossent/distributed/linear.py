@@ -120,7 +120,10 @@ def _backward(x, head, weight, vocab, opts, rows, lse, a, g, want):
         if gx is not None:
             torch.mm(grad, head.w2, out=gx[i:j])
         if gw is not None:
-            gw += torch.mm(grad.t(), xc)
+            if gw.dtype == grad.dtype:
+                gw.addmm_(grad.t(), xc)  # in place: no (V_r P, D) temporary per chunk
+            else:  # 16-bit products, float32 accumulation (no mixed-dtype addmm everywhere)
+                gw += torch.mm(grad.t(), xc)
     return gx, gw, gb
 
 
@@ -222,6 +225,8 @@ def vocab_parallel_linear_cross_entropy(
         _dchecks.chunk_size(fn, chunk_size)
     rows = chunk_size or chunk_rows(rows_total, x.shape[1], local_classes * math.prod(out), x.dtype, opts,
                                     soft=soft, class_weight=weight is not None)
+    if _comm.size(comm.tp) == 1:  # one rank holds every class: the single-device fused loss
+        return _single(input, linear_weight, target, linear_bias, weight, opts, chunk_size)
     index, probs = (None, target) if soft else (target, None)
     out_dtype = output_dtype(input, target, opts)
     out_shape = (rows_total, *out) if opts.reduction == "none" else ()
@@ -237,6 +242,21 @@ def vocab_parallel_linear_cross_entropy(
         head = _Head(linear_weight, linear_bias, index, probs)
         loss = _forward(xs, head, weight, vocab, opts, comm, rows)[0].reshape(out_shape).to(out_dtype)
     return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
+
+
+def _single(input, linear_weight, target, linear_bias, weight, opts, chunk_size):
+    """crossent.linear_cross_entropy (6 N D V FLOPs, gradients finished in forward, the same bits
+    as a single-process run) for a group of one rank."""
+    from ..functional import linear_cross_entropy
+
+    if input.dim() == 1:
+        target = target.squeeze(0)
+    return linear_cross_entropy(
+        input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+        reduction=opts.reduction, ignore_index=None if opts.soft else opts.ignore_index,
+        label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap,
+        normalizer=opts.normalizer, chunk_size=chunk_size, dtype=opts.dtype,
+    )
 
 
 vocab_parallel_linear_cross_entropy.__doc__ = """The fused linear cross-entropy of a vocabulary-parallel output layer.
@@ -269,7 +289,8 @@ vocab_parallel_linear_cross_entropy.__doc__ = """The fused linear cross-entropy 
                   all_reduce SUM   2M x 4 (3M x 4 with label smoothing or probability targets)
         backward  all_reduce SUM of grad_x, N D x 4 bytes (reduce_scatter under sequence
                   parallelism: N D / W x 4 per rank; none with reduce_input_grad=False)
-    FLOPs: 2 N D V_r forward + 6 N D V_r backward per rank.
+    FLOPs: 2 N D V_r forward + 6 N D V_r backward per rank. A group of one rank runs
+    crossent.linear_cross_entropy itself (6 N D V, no collective).
 
     Determinism: as `vocab_parallel_cross_entropy`, for a fixed chunk size too (chunking orders
     the sums of grad_W); ``deterministic=True`` also gathers grad_x (W x N D) to sum it in rank
