@@ -44,7 +44,9 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the fu
      'triton' included: Inductor then generates its own fused kernels from the composite ops).
      Second derivatives and repeated backward on the fused paths recompute through composite
      (backends/autograd.py). A forced 'triton' runs CPU tensors only under TRITON_INTERPRET=1
-     (else a clear error).
+     (else a clear error). torch.compile of a 'mean'/'sum' linear_cross_entropy is the
+     exception to composite: the fused backends run it as one custom op
+     (backends/chunked/linear_op.py), because the composite formulas would build the N x V logits.
 Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
 backend reduces probability targets and the binary losses in crossent's fixed order).
 """
