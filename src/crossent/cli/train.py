@@ -198,7 +198,10 @@ def train(
     if not_stratified:
         click.echo(f"note: the validation split is random, not stratified: {not_stratified}", err=True)
     spec = preprocess.fit(ds.frame.iloc[train_rows], ds.plan, ds.name, max_categories)
-    X, _ = preprocess.transform(spec, ds.frame, ds.name)
+    X, filled = preprocess.transform(spec, ds.frame, ds.name)
+    if not quiet:
+        for line in filled.lines():
+            click.echo(line, err=True)
     numeric_only = all(kind == "numeric" for kind in ds.plan.kinds.values())
 
     def tensors(rows: Any) -> tuple[Any, Any]:
@@ -267,9 +270,11 @@ def train(
             str(n) for n in [arch["in_features"], *arch["hidden"], arch["out_features"]]
         )
         head = "sigmoid + BCE-with-logits" if task == "binary" else "softmax + cross-entropy"
+        n_cols = len(ds.plan.features)
+        encoded = "" if numeric_only else f"{n_cols} columns -> {X.shape[1]} features; "
         click.echo(
             f"{ds.name}: {len(train_rows)} training rows, {len(val_rows)} validation rows, "
-            f"{len(classes)} classes ({task}: {head}); {kind} {shape}"
+            f"{len(classes)} classes ({task}: {head}); {encoded}{kind} {shape}"
         )
         if start:
             click.echo(f"resuming from the checkpoint of epoch {start}")
