@@ -262,3 +262,18 @@ def test_data_describes_a_csv_file(penguins):
     assert "the default validation split (20%) is stratified" in out
     # without --target: the columns only
     assert "classes" not in run("data", PENGUINS).stdout
+
+
+@pytest.mark.parametrize(
+    "values, fmt",
+    [
+        (["04/03/2021", "05/03/2021"], "%m/%d/%Y"),  # ambiguous: month first, as pandas
+        (["04/03/2021", "13/03/2021"], "%d/%m/%Y"),  # 13 cannot be a month: day first
+        (["2012-01-01", "2012-01-02 10:00"], None),  # ISO 8601, dates and date-times mixed
+        (["2021-01-02", "2021-02-30"], False),  # no 30 February: not a date column
+        (["Dream", "Biscoe"], False),
+        (["1", "2"], False),
+    ],
+)
+def test_date_formats(values, fmt):
+    assert columns.date_format(pd.Series(values, dtype=object)) == fmt
