@@ -16,8 +16,10 @@ Left out, each with a one-line notice (`--keep COL` keeps one):
                  the label such a column predicts it perfectly and means nothing on new rows
 
 Refused (one sentence, exit code 2): a column with no values at all; a feature identical to the
-target, or the target under other names (a one-to-one relabelling: it leaks the label); --drop of
-the target; an option naming a column the table lacks; a column both --categorical and --numeric.
+target, or the target under other names (a one-to-one relabelling: it leaks the label); --drop,
+--keep, --categorical or --numeric of the target; an option naming a column the table lacks; a
+column both --categorical and --numeric; a --numeric column with a value that is not a number.
+(`preprocess.fit` refuses the one problem only the training rows show: too many categories.)
 
 `plan_columns` decides; `infer_kind` is what `crossent data` shows for each column.
 """
