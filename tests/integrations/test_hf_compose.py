@@ -150,6 +150,7 @@ def test_patch_a_compiled_model_patches_its_module():
     ref = H.llama()
     compiled = torch.compile(copy.deepcopy(ref), backend="eager")
     batch = _batch()
+    assert compiled(**batch).logits is not None  # compiled and run before patch: guards recompile
     hf.patch(compiled)
     assert hf.is_patched(compiled) and hf.is_patched(compiled._orig_mod)
     out, grads = _step(compiled, batch)

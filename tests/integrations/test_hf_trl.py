@@ -17,6 +17,11 @@ import torch
 
 trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")
+try:  # TRL imports lazily: a TRL too new for the transformers in use fails here
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: F401
+except Exception as exc:  # (RuntimeError from transformers' lazy import, ImportError, ...)
+    pytest.skip(f"TRL {trl.__version__} does not import with transformers "
+                f"{transformers.__version__}: {exc}", allow_module_level=True)
 hf = pytest.importorskip("crossent.integrations.transformers")
 import trl_helpers as H  # noqa: E402
 

@@ -10,6 +10,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("crossent.integrations.transformers")
+if int(transformers.__version__.split(".")[0]) < 5:  # the tiny configs use transformers 5's API
+    pytest.skip("the VLM tests are written for transformers >= 5 (README's table)",
+                allow_module_level=True)
 import vlm_helpers as V  # noqa: E402
 
 import crossent  # noqa: E402

@@ -6,15 +6,20 @@ Two ways in (extra ``crossent[hf]``, transformers>=4.46):
   ``model.loss_function = causal_lm_loss``; ``compute_loss_func`` is the same loss with the
   signature of ``Trainer(compute_loss_func=...)``. The model still builds its logits; the loss
   reads them without the float32 copy transformers makes of them.
-* ``patch(model)`` / ``unpatch(model)`` -- in training, with labels, the logits are never built:
-  the decoder's last hidden states and the output embedding's weight and bias go straight into
-  ``crossent.linear_cross_entropy``. One generic code path for every ``*ForCausalLM`` model; no
-  model's forward is copied.
+* ``patch(obj)`` / ``unpatch(obj)`` / ``is_patched(obj)`` -- in training, with labels, the logits
+  are never built: the decoder's last hidden states and the output embedding's weight and bias go
+  straight into ``crossent.linear_cross_entropy``. One generic code path for every ``*ForCausalLM``
+  and decoder-only VLM; no model's forward is copied. ``obj`` may be the model, a PEFT or compiled
+  wrapper of it, a ``Trainer``, or TRL's ``SFTTrainer`` / ``DPOTrainer`` (TRL >= 1.15, optional).
 
-Modules: ``_loss`` (the two drop-ins), ``_patch`` (``patch`` / ``unpatch``; its docstring says how
-the patch works and why FSDP's and ZeRO-3's parameter gathering keeps working), ``_common`` (what
-both share: label shifting, the loss dtype, ``num_items_in_batch``). Their error messages live in
-``crossent._checks.integrations``.
+Modules: ``_loss`` (the two drop-ins), ``_patch`` (the public calls; its docstring says how the
+patch works and why FSDP's and ZeRO-3's parameter gathering keeps working), ``_layers`` (crossent's
+layer on the forward chain: composition with other wrappers, unpatch, the bypass warning),
+``_forward`` (the patched forward: head capture, probe, loss), ``_head`` (plain and LoRA heads),
+``_trl`` (TRL's fused LM head answered by crossent), ``_stats`` (TRL's per-token metrics without
+logits), ``_common`` (label shifting, the loss dtype, ``num_items_in_batch``). Their error
+messages live in ``crossent._checks.integrations``. TRL and PEFT are never imported here: they are
+recognised only when the caller has imported them.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ loss did not run.
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import transformers
@@ -59,9 +60,15 @@ def _unwrap(obj: Any) -> Any:
             return obj
 
 
+def _is_trainer(obj: Any) -> bool:
+    # Only if transformers.trainer was imported (importing it costs seconds): else obj is none.
+    module = sys.modules.get("transformers.trainer")
+    return module is not None and isinstance(obj, module.Trainer)
+
+
 def _models(fn: str, obj: Any) -> list[nn.Module]:
     """The transformers models a call of patch / unpatch / is_patched acts on."""
-    if isinstance(obj, transformers.Trainer):
+    if _is_trainer(obj):
         if _trl.is_trl_trainer(obj):
             models = _trl.check_trainer(fn, obj) if fn == "patch" else _trl.trainer_models(obj)
         else:
@@ -111,7 +118,7 @@ def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
     fn = "patch"
     chunk_size = _checks.chunk_size(fn, chunk_size)
     models = _models(fn, obj)
-    trl_trainer = isinstance(obj, transformers.Trainer) and _trl.is_trl_trainer(obj)
+    trl_trainer = _is_trainer(obj) and _trl.is_trl_trainer(obj)
     states = [_check_model(fn, m, chunk_size, trl_trainer) for m in models]  # all, then patch
     for model, state in zip(models, states):
         _install(model, state)
