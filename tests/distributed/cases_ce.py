@@ -162,6 +162,14 @@ def ce_errors(rank, world):
             assert pattern in str(err), (kwargs, str(err))
         else:
             raise AssertionError(f"no error for {kwargs}")
+    # not twice differentiable: the second derivative raises instead of returning a wrong zero
+    xg = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    try:
+        torch.autograd.grad(vp_ce(xg, torch.tensor([0, 1, 2]), num_classes=8), xg, create_graph=True)
+    except InvalidArgument as err:
+        assert "second derivatives" in str(err), str(err)
+    else:
+        raise AssertionError("a second derivative went through")
     t = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
     try:
         vp_ce(x, t, num_classes=8)

@@ -93,6 +93,20 @@ def linear_heads_sp_partial_grad(rank, world):
     # float32 with the default chunking, against the float64 reference's values
     _compare(rank, world, 1450, 9, 8, 10, (), dict(reduction="mean", label_smoothing=0.1),
              soft=False, weighted=True, bias=True, chunk=None, tol=dict(atol=1e-5, rtol=1e-5))
+    # bfloat16 products, the float32 loss (dtype=), against crossent's own bfloat16 fused loss
+    _, x, w, b, _, t = _problem(1460, 8, 16, 10, soft=False, weighted=False, bias=True, dtype=torch.bfloat16)
+    sl = vocab_slice(10, world, rank)
+    xr, wr, br = x.clone().requires_grad_(), w[sl].clone().requires_grad_(), b[sl].clone().requires_grad_()
+    loss = vp_lce(xr, wr, t, linear_bias=br, group=GROUP, label_smoothing=0.1, dtype=torch.float32)
+    xf, wf, bf = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = crossent.linear_cross_entropy(xf, wf, t, linear_bias=bf, label_smoothing=0.1, dtype=torch.float32)
+    assert loss.dtype == ref.dtype == torch.float32
+    close(loss, ref, "bf16 loss", atol=1e-2, rtol=1e-2)
+    loss.backward()
+    ref.backward()
+    assert xr.grad.dtype == wr.grad.dtype == torch.bfloat16
+    for got, want, what in ((xr.grad, xf.grad, "x"), (wr.grad, wf.grad[sl], "W"), (br.grad, bf.grad[sl], "b")):
+        close(got, want, f"bf16 grad_{what}", atol=2e-2, rtol=2e-2)
 
 
 class _Largest(TorchDispatchMode):

@@ -234,3 +234,13 @@ def sequence_parallel_batched(fn: str, input: torch.Tensor) -> None:
 
 def chunk_size(fn: str, value: object) -> None:
     raise InvalidArgument(f"{fn}: chunk_size must be a positive int (tokens per chunk) or None, got {value!r}")
+
+
+def no_second_derivative(fn: str) -> None:
+    """backward(create_graph=True): the statistics come from collectives that are never
+    differentiated, so there is no exact second derivative to give; say so instead of returning a
+    gradient without a graph."""
+    raise InvalidArgument(
+        f"{fn}: second derivatives (create_graph=True) are not supported by the vocab-parallel "
+        f"losses; gather the logits and use crossent.cross_entropy for higher-order gradients"
+    )

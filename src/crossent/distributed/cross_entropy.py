@@ -92,7 +92,7 @@ def _input_grad(input, index, probs, weight, vocab, opts, lse, a, g):
 
 class _VocabParallelCrossEntropyFn(torch.autograd.Function):
     """Forward: the two all-reduces and the loss; backward: the local gradient, no collective.
-    Not twice differentiable (the statistics come from collectives): a second derivative raises."""
+    Not twice differentiable (the statistics come from collectives): create_graph=True raises."""
 
     @staticmethod
     def forward(input, index, probs, weight, vocab, opts, comm, out_shape, out_dtype, box):
@@ -108,8 +108,9 @@ class _VocabParallelCrossEntropyFn(torch.autograd.Function):
         ctx.meta = (vocab, opts)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True
+            _dchecks.no_second_derivative(_FN)
         input, index, probs, weight, lse, a, factor = ctx.saved_tensors
         vocab, opts = ctx.meta
         acc = compute_dtype(input.dtype)

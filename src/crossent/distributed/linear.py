@@ -129,7 +129,7 @@ def _backward(x, head, weight, vocab, opts, rows, lse, a, g, want):
 
 class _VocabParallelLinearFn(torch.autograd.Function):
     """Forward: (the all-gather of sequence parallelism), the two statistic all-reduces, the loss;
-    backward: the local gradients, then one reduction of grad_x. Not twice differentiable."""
+    backward: the local gradients, then one reduction of grad_x. create_graph=True raises."""
 
     @staticmethod
     def forward(input, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows,
@@ -148,8 +148,9 @@ class _VocabParallelLinearFn(torch.autograd.Function):
         ctx.meta = (vocab, opts, comm, rows, sp, reduce_grad, input.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True
+            _dchecks.no_second_derivative(_FN)
         x, linear_weight, linear_bias, index, probs, weight, lse, a, factor = ctx.saved_tensors
         vocab, opts, comm, rows, sp, reduce_grad, in_dtype = ctx.meta
         acc = compute_dtype(x.dtype)
