@@ -43,6 +43,8 @@ def test_the_table_lists_the_installed_versions():
             module = importlib.import_module(row["library"])
         except ImportError:
             continue  # not installed here: its tests skip, the row claims nothing about this run
+        if "pixel" in row["entry"] and int(module.__version__.split(".")[0]) < 5:
+            continue  # test_hf_vlm skips before transformers 5
         assert module.__version__ in row["versions"], (
             f"the integration tests run under {row['library']} {module.__version__}: add it to the "
             f"README's table once they pass ({row})")
