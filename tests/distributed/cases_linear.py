@@ -25,7 +25,7 @@ def _problem(seed, n, d, c, out=(), *, soft, weighted, bias, dtype=torch.float64
 
 
 def _compare(rank, world, seed, n, d, c, out, opts, *, soft, weighted, bias, sp=False, reduce=True,
-             chunk=3, tol=None):
+             chunk=3, tol=None, kw=None):
     g, x, w, b, cw, t = _problem(seed, n, d, c, out, soft=soft, weighted=weighted, bias=bias)
     sl = vocab_slice(c, world, rank)
     rows = slice(rank * (n // world), (rank + 1) * (n // world)) if sp else slice(None)
@@ -34,7 +34,7 @@ def _compare(rank, world, seed, n, d, c, out, opts, *, soft, weighted, bias, sp=
     br = b[sl].clone().requires_grad_() if bias else None
     tr = t[:, sl] if soft else t
     loss = vp_lce(xr, wr, tr, linear_bias=br, group=GROUP, weight=cw, chunk_size=chunk,
-                  sequence_parallel=sp, reduce_input_grad=reduce, **opts)
+                  sequence_parallel=sp, reduce_input_grad=reduce, **opts, **(kw or {}))
     xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
     bf = b.clone().requires_grad_() if bias else None
     ref = crossent.linear_cross_entropy(xf, wf, t, linear_bias=bf, weight=cw,
@@ -87,6 +87,9 @@ def linear_heads_sp_partial_grad(rank, world):
                  bias=True, sp=True)
         _compare(rank, world, 1350 + i, 6, 4, 10, (), opts, soft=a["soft"], weighted=False,
                  bias=True, reduce=False)
+    for sp in (False, True):  # deterministic=True: rank-order sums of the statistics and grad_x
+        _compare(rank, world, 1380, 2 * world, 4, 10, (), dict(reduction="mean", label_smoothing=0.1),
+                 soft=False, weighted=True, bias=True, sp=sp, kw=dict(deterministic=True))
     for normalizer in (11.0, torch.tensor(13.0, dtype=torch.float64)):
         _compare(rank, world, 1400, 6, 4, 10, (), dict(reduction="mean", normalizer=normalizer),
                  soft=False, weighted=True, bias=False, chunk=None)
