@@ -58,7 +58,7 @@ def resolve_vocab(fn: str, group, local_size: int, vocab_range, num_classes, wei
     if num_classes is None and isinstance(weight, torch.Tensor) and weight.dim() == 1:
         num_classes = weight.shape[0]  # (checked against the classes later, with the weight)
     if num_classes is None:
-        sizes = all_gather_ints(local_size, group)
+        sizes = all_gather_ints(local_size, group) if world > 1 else [local_size]
         num_classes = sum(sizes)
         if vocab_range is None:
             start = sum(sizes[:rank])
@@ -140,8 +140,3 @@ def local_companion(fn: str, name: str, t, call: DTensorCall, like_input: bool):
     else:
         expected = call.output_placements("none", t.dim())
     return _dchecks.dtensor_companion(fn, name, t, expected, call.placements)
-
-
-def tp_group(fn: str, group) -> dist.ProcessGroup:
-    return _dchecks.group(fn, group)
-
