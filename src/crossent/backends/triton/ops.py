@@ -21,11 +21,12 @@ from ..._options import LossOptions
 from ..common import compute_dtype, deterministic_sum
 
 # A row of at most this many classes is one block, held in registers between the loss and the
-# gradient (read once, written once). 16384 float32 values over 16 warps are 32 per thread; the
-# block of a longer row would spill. (A design bound, not yet measured on a GPU.)
-SINGLE_BLOCK_MAX = 16384
-# Block of the two-pass loop over longer rows.
-LOOP_BLOCK = 4096
+# gradient (read once, written once): 16 values per thread over 16 warps. Compiled for sm_90
+# (tests/backends/triton/aot_compile.py, ptxas of Triton 3.9): at 16384 the block spilled (64 bytes
+# with every option, 436 with probability targets, 2188 in float64); at 8192 it does not.
+SINGLE_BLOCK_MAX = 8192
+# Block of the two-pass loop over longer rows (8 values per thread over 8 warps).
+LOOP_BLOCK = 2048
 # Elements per program of the binary losses.
 BINARY_BLOCK = 1024
 
@@ -59,7 +60,9 @@ def _kernels():
 
 
 def _warps(block: int) -> int:
-    return max(1, min(16, block // 512))
+    """Warps per program: 8 (a block of 2048) to 16 (8192) values per thread for the long rows,
+    fewer for short rows (a 64-class row is one warp)."""
+    return max(1, min(16, block // 256))
 
 
 def _scale_arg(scale, acc, device):
@@ -91,8 +94,7 @@ def _launch_ce(x, index, probs, weight, weight_sum, opts: LossOptions, grad, sca
     p = probs if probs is not None else x
     tgt = index.reshape(-1).contiguous() if index is not None else loss
     s, s_stride = _scale_arg(scale, acc, dev)
-    single = c <= SINGLE_BLOCK_MAX
-    block = triton_next_pow2(c) if single else LOOP_BLOCK
+    block, single = block_for(c, probs is not None, acc == torch.float64)
     _kernels().ce_kernel[(rows,)](
         x, g, tgt, p, weight if weight is not None else loss,
         weight_sum if weight_sum is not None else loss, s, loss, lse,
@@ -103,6 +105,17 @@ def _launch_ce(x, index, probs, weight, weight_sum, opts: LossOptions, grad, sca
         WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64, num_warps=_warps(block),
     )
     return loss, lse
+
+
+def block_for(num_classes: int, soft: bool, f64: bool) -> tuple[int, bool]:
+    """(BLOCK, SINGLE) of the CE kernel for a row of ``num_classes``. Probability targets and
+    float64 keep more per class in registers: their one-block rows are half as long (each halving
+    measured as needed by aot_compile.py: at 8192, soft bfloat16 spilled 20 bytes, soft float64
+    276)."""
+    single_max = SINGLE_BLOCK_MAX >> int(soft) >> int(f64)
+    if num_classes <= single_max:
+        return triton_next_pow2(num_classes), True
+    return LOOP_BLOCK, False
 
 
 def _params(opts: LossOptions, acc, device):
