@@ -35,6 +35,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from ..._checks import integrations as _checks
 from . import _forward, _layers, _stats
+from ._common import IGNORE_INDEX
 
 MIN_VERSION = (1, 15)  # trl.trainer.utils.add_fused_lm_head first appears in TRL 1.15.0
 TRAINERS = ("SFTTrainer", "DPOTrainer")  # whose use of the fused outputs was checked (see below)
@@ -136,7 +137,7 @@ def fused_forward(model: nn.Module, state: _forward.PatchState, args: tuple, kwa
     else:
         target = shift_labels
     target = _checks.trl_targets(model, target.to(hidden.device), hidden)
-    mask = target != _forward.IGNORE_INDEX  # (B, T')
+    mask = target != IGNORE_INDEX  # (B, T')
 
     wanted = tuple(n for n in _stats.NAMES if n in trl.outputs)
     stats: dict[str, torch.Tensor] = {}
