@@ -123,7 +123,12 @@ def chunk_rows(
     """
     acc = compute_dtype(dtype)
     a = torch.empty((), dtype=acc).element_size()
-    if budget_bytes is None:
+    if budget_bytes is None and kernels.lean_chunks:
+        # GPU (Triton): a quarter of the weight gradient in the input dtype -- at the Llama-3 head
+        # (V=128256, D=4096, bfloat16) 1024 rows, 256 MiB, a product still large enough for
+        # cuBLAS to run near its peak (a design choice: not measured, no GPU was available).
+        budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * torch.empty((), dtype=dtype).element_size() // 4)
+    elif budget_bytes is None:
         budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a * 7 // 8)
     per_elem = torch.empty((), dtype=dtype).element_size()
     if dtype != acc and not kernels.grad_in_input_dtype:
