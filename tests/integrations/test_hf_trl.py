@@ -278,10 +278,16 @@ def test_patched_sft_step_peak_memory_is_below_unpatched():
     and hidden size 32, 2 rows x 255 predicted tokens, so the float32 logits (62 MiB) dominate.
     TRL's own fused head on the CPU still builds (tokens x vocabulary) tiles and several
     temporaries of that size; crossent's patched step holds one chunk and the weight gradient."""
+    import importlib.util
     import json
     import pathlib
     import subprocess
 
+    from crossent.integrations.transformers import _trl
+
+    if _trl.version()[:2] < (1, 16) and importlib.util.find_spec("triton") is not None:
+        pytest.skip("TRL 1.15 runs its Triton kernel on CPU tensors when Triton is installed "
+                    "(through the interpreter here: minutes per step); TRL 1.16 does not")
     worker = str(pathlib.Path(__file__).with_name("trl_peak_worker.py"))
     procs = {case: subprocess.Popen([sys.executable, worker, case, "32000"], text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
