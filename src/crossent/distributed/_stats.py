@@ -154,12 +154,14 @@ def losses(lse, parts, tg: Targets, opts: LossOptions, vocab: Vocab):
     return torch.where(tg.valid, loss, 0.0), torch.where(tg.valid, a, 0.0)
 
 
-def chunk_grad(z: torch.Tensor, lse, a, g, tg: Targets, opts: LossOptions, vocab: Vocab) -> torch.Tensor:
+def chunk_grad(z: torch.Tensor, lse, a, g, tg: Targets, opts: LossOptions, vocab: Vocab,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """d(sum_i g_i l_i)/dx on one chunk (n, V_r), compute dtype; z are the chunk's (capped)
-    logits, lse/a/g (n,) or g a 0-d factor. Written over a fresh buffer, not over z."""
+    logits, lse/a/g (n,) or g a 0-d factor. Written into ``out`` (the caller's gradient rows, when
+    they have the compute dtype: no extra copy) or a fresh buffer; never over z (unless z is out)."""
     eps, C = opts.label_smoothing, vocab.num_classes
     g = g if g.dim() == 0 else g.unsqueeze(1)
-    out = (z - lse.unsqueeze(1)).exp_().mul_(a.unsqueeze(1) * g)
+    out = torch.sub(z, lse.unsqueeze(1), out=out).exp_().mul_(a.unsqueeze(1) * g)
     if tg.probs is not None:
         t = tg.probs.to(z.dtype)
         if eps > 0.0:

@@ -85,8 +85,11 @@ def _input_grad(input, index, probs, weight, vocab, opts, lse, a, g):
     per_sample = g.dim() > 0
     for i, j in _spans(x.shape[0], x.shape[1]):
         z = _stats.cap(x[i:j], opts, acc)
-        out[i:j] = _stats.chunk_grad(z, lse[i:j], a[i:j], g[i:j] if per_sample else g,
-                                     tg.rows(i, j), opts, vocab)
+        direct = out.dtype == acc  # write straight into the gradient rows (no copy)
+        grad = _stats.chunk_grad(z, lse[i:j], a[i:j], g[i:j] if per_sample else g,
+                                 tg.rows(i, j), opts, vocab, out=out[i:j] if direct else None)
+        if not direct:
+            out[i:j] = grad
     return _unrows(out, input.shape)
 
 
