@@ -189,12 +189,12 @@ def fsdp2_head_module_dp_tp(rank, world):
     dist.all_reduce(total, group=mesh.get_group("dp"))
     close(total, ref, "loss")
     start, stop = head.vocab_range
-    close(net.head.linear.weight.grad.full_tensor(), ref_w.grad[start:stop], "head weight grad")
-    close(net.head.linear.bias.grad.full_tensor(), ref_b.grad[start:stop], "head bias grad")
+    close(net.head.linear_weight.grad.full_tensor(), ref_w.grad[start:stop], "head weight grad")
+    close(net.head.linear_bias.grad.full_tensor(), ref_b.grad[start:stop], "head bias grad")
     close(net.body.weight.grad.full_tensor(), ref_body.weight.grad, "body weight grad")
     close(net.body.bias.grad.full_tensor(), ref_body.bias.grad, "body bias grad")
     try:
-        vocab_parallel_linear_cross_entropy(torch.randn(2, d, dtype=torch.float64), net.head.linear.weight,
+        vocab_parallel_linear_cross_entropy(torch.randn(2, d, dtype=torch.float64), net.head.linear_weight,
                                             t[:2], group=mesh.get_group("tp"), num_classes=c)
     except InvalidArgumentType as err:
         assert "DTensor" in str(err)

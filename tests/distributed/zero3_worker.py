@@ -4,7 +4,9 @@ normaliser convention (``num_items_in_batch = global_normalizer(shifted labels, 
 times the DP size because ZeRO averages gradients): the full gradients equal one process's
 unpatched whole-batch mean. Also: a ZeRO-3 parameter given to a functional loss is refused.
 
-``python zero3_worker.py PORT`` prints one JSON line {"max_abs_grad_diff", "loss_diff", "refused"}.
+Then VocabParallelLinearCrossEntropyLoss itself under ZeRO-3 (its module hooks gather its weight).
+``python zero3_worker.py PORT`` prints one JSON line {"max_abs_grad_diff", "loss_diff", "refused",
+"head_module_grad_diff"}.
 """
 
 from __future__ import annotations
@@ -73,10 +75,50 @@ def _run(rank: int, world: int, port: int, queue) -> None:
                                             group=None, num_classes=97)
     except InvalidArgumentType as err:
         refused = "ZeRO-3" in str(err)
+    head_diff = _head_module(rank, world, deepspeed, ds_config, global_normalizer)
     if rank == 0:
         queue.put({"max_abs_grad_diff": diff, "loss_diff": abs(total.item() - ref_loss.item()),
-                   "refused": refused})
+                   "refused": refused, "head_module_grad_diff": head_diff})
     dist.destroy_process_group()
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(8, 16), head
+
+    def forward(self, x, t, normalizer):
+        return self.head(torch.tanh(self.body(x)), t, normalizer=normalizer)
+
+
+def _head_module(rank, world, deepspeed, ds_config, global_normalizer):
+    """VocabParallelLinearCrossEntropyLoss under ZeRO-3 (data parallel; each rank its own
+    one-rank vocabulary group): ZeRO gathers the head's weight in the module's hooks, gradients
+    equal one process's."""
+    import crossent
+    from crossent.distributed import VocabParallelLinearCrossEntropyLoss
+
+    groups = [dist.new_group([r]) for r in range(world)]
+    torch.manual_seed(0)
+    full = torch.nn.Linear(16, 50)
+    head = VocabParallelLinearCrossEntropyLoss.from_linear(full, group=groups[rank], label_smoothing=0.1)
+    net = _Net(head)
+    ref_body = copy.deepcopy(net.body)
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(8, 8, generator=g), torch.randint(0, 50, (8,), generator=g)
+    t[:3] = -100  # unequal counts: rank 0 has 1 counted token, rank 1 has 4
+    w, b = full.weight.detach().clone().requires_grad_(), full.bias.detach().clone().requires_grad_()
+    crossent.linear_cross_entropy(torch.tanh(ref_body(x)), w, t, linear_bias=b, label_smoothing=0.1).backward()
+    engine, *_ = deepspeed.initialize(model=net, model_parameters=net.parameters(), config=ds_config)
+    mine = slice(4 * rank, 4 * rank + 4)
+    norm = global_normalizer(t[mine], group=None)
+    loss = engine(x[mine], t[mine], norm)
+    engine.backward(loss * world)  # ZeRO averages over the DP ranks
+    from deepspeed.utils import safe_get_full_grad
+
+    grads = [safe_get_full_grad(p) for p in engine.module.parameters()]
+    refs = [ref_body.weight.grad, ref_body.bias.grad, w.grad, b.grad]
+    return max((a.double() - r.double()).abs().max().item() for a, r in zip(grads, refs))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ def is_dtensor(t: object) -> bool:
 
 
 def _is_zero_partitioned(t: torch.Tensor) -> bool:
-    # DeepSpeed ZeRO-3 tags its partitioned parameters (deepspeed/runtime/zero/partition_parameters.py)
-    return hasattr(t, "ds_id") and hasattr(t, "ds_status")
+    # DeepSpeed ZeRO-3 tags its parameters (deepspeed/runtime/zero/partition_parameters.py); inside
+    # its module's forward a parameter is gathered (ds_status AVAILABLE), outside it is not.
+    if not (hasattr(t, "ds_id") and hasattr(t, "ds_status")):
+        return False
+    status = getattr(t.ds_status, "name", str(t.ds_status))
+    return status != "AVAILABLE" or t.numel() == 0
 
 
 def plain_parameter(fn: str, name: str, t: object) -> None:

@@ -5,10 +5,13 @@ Why a module owns the weight: FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3 gathe
 their module's forward hooks and reduce its gradient in its backward hooks. A functional loss
 called on ``lm_head.weight`` outside ``lm_head``'s forward sees a DTensor shard (FSDP2; its
 sharded ``.grad`` silently stays None, even after ``unshard()``) or an empty placeholder (ZeRO-3).
-Owning the weight, ``fully_shard(head)`` / ZeRO-3 wrap it as any layer and gradients arrive.
+Owning the weight as its own parameters, ``fully_shard(head)`` / ZeRO-3 gather it around the
+head's forward and gradients arrive.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,15 +29,17 @@ _NAME = "VocabParallelLinearCrossEntropyLoss"
 class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
     """The output layer of ``num_classes`` classes split over the ranks of ``group`` and its loss.
 
-    ``self.linear`` is an ``nn.Linear(in_features, stop - start)``: this rank's rows [start, stop)
-    of the full (num_classes, in_features) layer (default layout: torch.chunk's, ceil(C / W) per
-    rank; ``vocab_range`` for another), so FSDP2/ZeRO shard it as any layer and ``state_dict``
-    holds this rank's rows (``linear.weight``, ``linear.bias``, the full class ``weight`` buffer).
-    ``forward(input, target, normalizer=None)`` is one call to
+    The module owns this rank's rows [start, stop) of the full (num_classes, in_features) layer as
+    its own parameters ``linear_weight`` (stop - start, in_features) and ``linear_bias`` (the
+    functional's names), initialised as ``nn.Linear``'s (default layout: torch.chunk's,
+    ceil(C / W) rows per rank; ``vocab_range`` for another). Direct parameters, not an inner
+    ``nn.Linear`` whose forward never runs: FSDP2's and ZeRO-3's hooks on *this* module then gather
+    them around its forward (a ZeRO-3 inner layer would stay partitioned). ``weight`` is the full
+    class-weight buffer. ``forward(input, target, normalizer=None)`` is one call to
     `vocab_parallel_linear_cross_entropy` (see it for shapes, semantics and collectives); a
-    ``normalizer`` given there overrides ``self.normalizer`` for that call
-    (`global_normalizer`). ``loss_dtype`` is the functional's ``dtype=``; ``dtype`` the layer's.
-    `from_linear` takes this rank's rows of a full ``nn.Linear``.
+    ``normalizer`` given there overrides ``self.normalizer`` for that call (`global_normalizer`).
+    ``loss_dtype`` is the functional's ``dtype=``; ``dtype`` the parameters'. `from_linear` takes
+    this rank's rows of a full ``nn.Linear``.
     """
 
     def __init__(
@@ -72,7 +77,10 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
         start, stop = vocab_range
         self.vocab_range = _dchecks.vocab_range(_NAME, tuple(vocab_range), stop - start, num_classes)
         self.num_classes = num_classes
-        self.linear = torch.nn.Linear(in_features, stop - start, bias=bias, device=device, dtype=dtype)
+        self.in_features = in_features
+        factory = dict(device=device, dtype=dtype)
+        self.linear_weight = torch.nn.Parameter(torch.empty(stop - start, in_features, **factory))
+        self.linear_bias = torch.nn.Parameter(torch.empty(stop - start, **factory)) if bias else None
         self.register_buffer("weight", weight)
         self.weight: torch.Tensor | None
         self.ignore_index = ignore_index
@@ -86,6 +94,15 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
         self.reduce_input_grad = reduce_input_grad
         self.deterministic = deterministic
         self.loss_dtype = loss_dtype
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation; its bounds depend on in_features only, so the shards of one
+        layer are drawn from the distribution of the whole."""
+        torch.nn.init.kaiming_uniform_(self.linear_weight, a=math.sqrt(5))
+        if self.linear_bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            torch.nn.init.uniform_(self.linear_bias, -bound, bound)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> VocabParallelLinearCrossEntropyLoss:
@@ -94,14 +111,14 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
                      device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
         start, stop = module.vocab_range
         with torch.no_grad():
-            module.linear.weight.copy_(linear.weight[start:stop])
+            module.linear_weight.copy_(linear.weight[start:stop])
             if linear.bias is not None:
-                module.linear.bias.copy_(linear.bias[start:stop])
+                module.linear_bias.copy_(linear.bias[start:stop])
         return module
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
         return vocab_parallel_linear_cross_entropy(
-            input, self.linear.weight, target, linear_bias=self.linear.bias, group=self.group,
+            input, self.linear_weight, target, linear_bias=self.linear_bias, group=self.group,
             weight=self.weight, reduction=self.reduction, ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing, vocab_range=self.vocab_range,
             num_classes=self.num_classes, z_loss=self.z_loss, softcap=self.softcap,
@@ -113,8 +130,8 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
-            f"vocab_range={self.vocab_range}, bias={self.linear.bias is not None}, "
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"vocab_range={self.vocab_range}, bias={self.linear_bias is not None}, "
             f"reduction={self.reduction}, label_smoothing={self.label_smoothing}, "
             f"z_loss={self.z_loss}, softcap={self.softcap}, sequence_parallel={self.sequence_parallel}"
         )
