@@ -200,3 +200,28 @@ def fsdp2_head_module_dp_tp(rank, world):
         assert "DTensor" in str(err)
     else:
         raise AssertionError("an FSDP2 weight was accepted by the functional")
+
+
+@case(2)
+def dtensor_errors(rank, world):
+    """Placements the loss cannot serve are refused with the rule; so are misplaced targets."""
+    from crossent._checks import InvalidArgument
+
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+    x = torch.randn(4, 6, dtype=torch.float64)
+    t = torch.tensor([0, 5, 2, -100])
+    bad_inputs = [distribute_tensor(x, mesh, [Shard(0)]), distribute_tensor(x, mesh, [Replicate()])]
+    for xd in bad_inputs:
+        try:
+            vocab_parallel_cross_entropy(xd, t)
+        except InvalidArgument as err:
+            assert "sharded on its class dim" in str(err), str(err)
+        else:
+            raise AssertionError(f"placements {xd.placements} accepted")
+    xd = distribute_tensor(x, mesh, [Shard(1)])
+    try:  # class indices must be replicated over the vocabulary mesh dim
+        vocab_parallel_cross_entropy(xd, distribute_tensor(t.clamp(min=0), mesh, [Shard(0)]))
+    except InvalidArgument as err:
+        assert "must be placed" in str(err), str(err)
+    else:
+        raise AssertionError("a sharded class-index target accepted")
