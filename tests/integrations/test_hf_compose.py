@@ -114,14 +114,21 @@ def test_disabled_adapter_is_the_base_model():
 # ------------------------------------------------------------------ accelerate
 
 
-def _accelerated(model):
+@pytest.fixture
+def accelerated():
+    """accelerate's prepare_model with bf16 autocast. Its state is a process-wide singleton that
+    an earlier Trainer (mixed_precision "no") may hold: reset before and after."""
     accelerate = pytest.importorskip("accelerate")
-    return accelerate.Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield lambda model: accelerate.Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def test_accelerate_wrapper_after_patch_and_unpatch_under_it():
+def test_accelerate_wrapper_after_patch_and_unpatch_under_it(accelerated):
     model = hf.patch(H.llama())
-    model = _accelerated(model)  # wraps model.forward (autocast, outputs to float32)
+    model = accelerated(model)  # wraps model.forward (autocast, outputs to float32)
     wrapper = vars(model)["forward"]
     out = model(**_batch())
     assert out.logits is None and out.loss.dtype == torch.float32
@@ -131,8 +138,8 @@ def test_accelerate_wrapper_after_patch_and_unpatch_under_it():
     assert out.logits is not None
 
 
-def test_patch_after_accelerate_and_unpatch_restores_its_wrapper():
-    model = _accelerated(H.llama())
+def test_patch_after_accelerate_and_unpatch_restores_its_wrapper(accelerated):
+    model = accelerated(H.llama())
     wrapper = vars(model)["forward"]
     ref = model(**_batch()).loss
     hf.patch(model)
