@@ -36,7 +36,12 @@ def _launch(world: int) -> dict:
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
     if world not in _RESULTS:
-        out, err = _RUNS[world].communicate(timeout=600)
+        try:
+            out, err = _RUNS[world].communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            _RUNS[world].kill()  # (its ranks die with it: mp.spawn's children watch their parent)
+            out, err = _RUNS[world].communicate()
+            pytest.fail(f"the {world}-rank launch timed out:\n{err[-4000:]}")
         if _RUNS[world].returncode != 0:
             pytest.fail(f"the {world}-rank launch failed:\n{err[-4000:]}")
         _RESULTS[world] = json.loads(out.strip().splitlines()[-1])
