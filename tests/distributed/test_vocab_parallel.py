@@ -39,7 +39,7 @@ def _launch(world: int) -> dict:
         try:
             out, err = _RUNS[world].communicate(timeout=600)
         except subprocess.TimeoutExpired:
-            _RUNS[world].kill()  # (its ranks die with it: mp.spawn's children watch their parent)
+            _RUNS[world].kill()  # its ranks then fail their next collective (30 s gloo timeout) and exit
             out, err = _RUNS[world].communicate()
             pytest.fail(f"the {world}-rank launch timed out:\n{err[-4000:]}")
         if _RUNS[world].returncode != 0:
