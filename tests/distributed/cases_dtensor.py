@@ -114,6 +114,9 @@ def dtensor_2d_two_micro_batches_normalizer(rank, world):
     tds = [distribute_tensor(t, mesh, [Shard(0), Replicate()]) for t in ts]
     norm = global_normalizer(tds, group=dp, weight=w)
     close(norm, torch.cat([w[t[t != -100]] for t in ts]).sum(), "normalizer")
+    # group=None with DTensor targets: summed over their Shard(0) dim only, not the tp copies
+    close(global_normalizer(tds, group=None, weight=w), norm, "normalizer from the placements")
+    close(global_normalizer(tds, group=None), sum((t != -100).sum() for t in ts).double(), "count")
     total = sum(vocab_parallel_cross_entropy(xd, td, w, label_smoothing=0.1, normalizer=norm)
                 for xd, td in zip(xds, tds))
     close(total.full_tensor(), ref, "DTensor micro-batches")

@@ -62,7 +62,8 @@ def global_normalizer(target, ignore_index: int = -100, *, group, weight: torch.
             dim 1: each sample counts 1). A DTensor counts its local part.
         ignore_index: targets equal to it are not counted.
         group: the ranks that hold distinct tokens (ProcessGroup or DeviceMesh: DP, or DP x CP;
-            never TP); keyword, required; None: the default group.
+            never TP); keyword, required. None: the mesh dims a DTensor target is sharded on (its
+            Replicate dims, e.g. TP, hold copies), else the default group.
         weight: the full class weight (C,), for the weighted 'mean' (sum of w[t]).
 
     Returns a 0-d float64 tensor (float32 on MPS) on the targets' device, exact for counts up to
@@ -72,6 +73,7 @@ def global_normalizer(target, ignore_index: int = -100, *, group, weight: torch.
     """
     targets = _dchecks.normalizer_targets(_FN, target)
     targets = [_dchecks.normalizer_target(_FN, t) for t in targets]
+    groups = _groups(group) if group is not None or not _dchecks.is_dtensor(targets[0]) else _sharded(targets[0])
     targets = [t.to_local() if _dchecks.is_dtensor(t) else t for t in targets]
     device = targets[0].device
     dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -79,7 +81,7 @@ def global_normalizer(target, ignore_index: int = -100, *, group, weight: torch.
         weight = weight.to_local()
     with torch.no_grad():
         total = sum(_count(t, ignore_index, weight, dtype) for t in targets)
-        for g in _groups(group):
+        for g in groups:
             total = _comm.all_reduce_sum(total.reshape(1), g).reshape(())
     return total
 
@@ -90,3 +92,9 @@ def _groups(group) -> list:
     if mesh_cls is not None and isinstance(group, mesh_cls):
         return [group.get_group(d) for d in range(group.ndim)]
     return [_dchecks.group(_FN, group)]
+
+
+def _sharded(target) -> list:
+    """The groups of the mesh dims a DTensor target is sharded on: the ranks with distinct tokens."""
+    mesh = target.device_mesh
+    return [mesh.get_group(d) for d, p in enumerate(target.placements) if p.is_shard()]
