@@ -137,6 +137,7 @@ def test_model_patched_before_the_trainer_warns_until_the_trainer_is_patched(tmp
     first step; patch(trainer) then takes over (the model's earlier layer goes inert)."""
     model = hf.patch(H.llama())
     trainer, _ = _sft(tmp_path / "a", model)
+    assert not hf.is_patched(model)  # the truth: TRL's wrapper now bypasses crossent
     with pytest.warns(RuntimeWarning, match="wrapped after patch\\(\\) by TRL's fused LM head"):
         trainer.train()
     assert calls["n"] == 0

@@ -80,10 +80,18 @@ def _models(fn: str, obj: Any) -> list[nn.Module]:
 
 
 def is_patched(obj: Any) -> bool:
-    """Whether crossent's patch is in effect: on the model (under PEFT / torch.compile wrappers), or
-    on every model a trainer runs. An unpatched layer left inert under another wrapper is not."""
-    models = _models("is_patched", obj)
-    return all(_layers.active(m) is not None for m in models)
+    """Whether crossent computes the training loss: on the model (under PEFT / torch.compile
+    wrappers), or on every model a trainer runs. Not for an unpatched layer left inert under
+    another wrapper, nor for a patched model that TRL's fused LM head wrapped afterwards (its
+    training calls bypass crossent until the trainer is patched)."""
+    return all(_in_effect(m) for m in _models("is_patched", obj))
+
+
+def _in_effect(model: nn.Module) -> bool:
+    state = _layers.active(model)
+    if state is None:
+        return False
+    return state.trl is not None or not _trl.is_fused_forward(vars(model).get("forward"))
 
 
 def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
