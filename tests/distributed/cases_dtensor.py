@@ -221,6 +221,17 @@ def dtensor_errors(rank, world):
             assert "sharded on its class dim" in str(err), str(err)
         else:
             raise AssertionError(f"placements {xd.placements} accepted")
+    # a replicated DTensor class weight is taken beside a plain local input; a sharded one is refused
+    w = torch.rand(6, dtype=torch.float64)
+    sl = vocab_slice(6, world, rank)
+    close(vocab_parallel_cross_entropy(x[:, sl], t, distribute_tensor(w, mesh, [Replicate()])),
+          crossent.cross_entropy(x, t, w), "DTensor weight")
+    try:
+        vocab_parallel_cross_entropy(x[:, sl], t, distribute_tensor(w, mesh, [Shard(0)]))
+    except InvalidArgument as err:
+        assert "Replicate" in str(err), str(err)
+    else:
+        raise AssertionError("a sharded class weight accepted")
     xd = distribute_tensor(x, mesh, [Shard(1)])
     try:  # class indices must be replicated over the vocabulary mesh dim
         vocab_parallel_cross_entropy(xd, distribute_tensor(t.clamp(min=0), mesh, [Shard(0)]))

@@ -248,3 +248,15 @@ def no_second_derivative(fn: str) -> None:
         f"{fn}: second derivatives (create_graph=True) are not supported by the vocab-parallel "
         f"losses; gather the logits and use crossent.cross_entropy for higher-order gradients"
     )
+
+
+def replicated(fn: str, name: str, t: object) -> object:
+    """A full tensor given as a DTensor (a class weight): its local copy if replicated."""
+    if not is_dtensor(t):
+        return t
+    if not all(p.is_replicate() for p in t.placements):
+        raise InvalidArgument(
+            f"{fn}: {name} is a DTensor placed {tuple(t.placements)}; it must hold every class on "
+            f"every rank (Replicate), or be a plain tensor"
+        )
+    return t.to_local()

@@ -177,6 +177,7 @@ def vocab_parallel_cross_entropy(
     if _dchecks.is_dtensor(input):
         return _dtensor_loss(fn, input, target, weight, deterministic, options)
     comm = _layout.Comm(_dchecks.group(fn, group), (), deterministic)
+    weight = _dchecks.replicated(fn, "weight", weight)
     input = _checks.logits_input(fn, input)
     local_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     vocab = _layout.resolve_vocab(fn, comm.tp, local_classes, vocab_range, num_classes, weight)

@@ -196,6 +196,7 @@ def vocab_parallel_linear_cross_entropy(
     _dchecks.plain_parameter(fn, "linear_weight", linear_weight)
     _dchecks.plain_parameter(fn, "linear_bias", linear_bias)
     _dchecks.plain_input(fn, input)
+    weight = _dchecks.replicated(fn, "weight", weight)
     reduction = _checks.deprecated_reduction(reduction)
     comm = _layout.Comm(_dchecks.group(fn, group), (), _dchecks.deterministic(fn, deterministic))
     _dchecks.sequence_parallel(fn, sequence_parallel, reduce_input_grad)
