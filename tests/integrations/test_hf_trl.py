@@ -104,6 +104,11 @@ def test_sft_trainer_trains_with_crossent_and_equals_trl(tmp_path, calls):
     assert calls["n"] == 4  # 2 steps x 2 micro-batches, once each
     _assert_same_steps(grads, ref_grads)
     _assert_same_logs(_logs(trainer), _logs(ref))
+    # evaluation goes through the fused head too (eval mode, no grad): the same metrics
+    evaluated = [t.evaluate(H.sft_dataset(rows=4, seed=9)) for t in (trainer, ref)]
+    assert calls["n"] > 4
+    for key in ("eval_loss", "eval_entropy", "eval_mean_token_accuracy"):
+        assert evaluated[0][key] == pytest.approx(evaluated[1][key], rel=1e-5), key
 
 
 def test_sft_dft_loss_uses_the_per_token_log_probs(tmp_path, calls):
