@@ -80,6 +80,22 @@ def test_peft_lora_gradients_equal_unpatched(targets, dropout):
     assert not hf.is_patched(ours) and "forward" not in vars(ours.get_base_model())
 
 
+def test_peft_modules_to_save_head_gradients_equal_unpatched():
+    """modules_to_save=["lm_head"] (how new tokens are trained): the trained copy is the head."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                             task_type="CAUSAL_LM", init_lora_weights=False)
+    torch.manual_seed(7)
+    ref = peft.get_peft_model(H.llama(), config)
+    with torch.no_grad():  # the copy differs from the original: reading the wrong one shows
+        ref.get_base_model().lm_head.modules_to_save["default"].weight.mul_(1.5)
+    ours = hf.patch(copy.deepcopy(ref))
+    batch = _batch()
+    want = _step(ref, batch)
+    assert any("modules_to_save" in n for n in want[1])
+    _assert_same(_step(ours, batch), want)
+
+
 def test_patch_before_peft_wraps_the_model_and_its_head():
     """patch(model), then get_peft_model puts LoRA on lm_head: the layer reads the LoRA head."""
     base = H.llama()

@@ -1,10 +1,12 @@
-"""The output head as the fused loss reads it: a plain ``nn.Linear``, or PEFT's LoRA ``Linear``.
+"""The output head as the fused loss reads it: a plain ``nn.Linear``, or PEFT's LoRA ``Linear`` or
+``ModulesToSaveWrapper`` over one.
 
 The loss is computed inside a call of the head module (its hooks fire around it: FSDP's and
 ZeRO-3's gathering, see ``_patch``), with the module's ``forward`` replaced for that call by a
 function of the hidden states. ``operands`` says what that function multiplies:
 
-* plain ``nn.Linear``: ``logits = h W^T + b``, so (h, W, b).
+* plain ``nn.Linear``: ``logits = h W^T + b``, so (h, W, b); PEFT's ``ModulesToSaveWrapper``
+  (``modules_to_save=["lm_head"]``): the same, of the copy it runs (the active adapter's).
 * PEFT ``lora.Linear`` over a plain linear layer (LoRA on ``lm_head``), each active adapter a with
   ``A_a`` (r, D), ``B_a`` (V, r), dropout and scaling ``s_a``::
 
@@ -41,6 +43,25 @@ def is_peft_model(obj: object) -> bool:
     return base is not None and isinstance(obj, base)
 
 
+def _modules_to_save_type() -> type | None:
+    module = sys.modules.get("peft.utils.other")
+    return getattr(module, "ModulesToSaveWrapper", None) if module is not None else None
+
+
+def is_modules_to_save(module: object) -> bool:
+    wrapper = _modules_to_save_type()
+    return wrapper is not None and type(module) is wrapper
+
+
+def _saved_copy(head: nn.Module) -> nn.Module:
+    """The module a ModulesToSaveWrapper (PEFT ``modules_to_save=["lm_head"]``) runs: the trained
+    copy of the active adapter, or the original when adapters are off (its own rule)."""
+    active = list(head.active_adapters)
+    if head.disable_adapters or not active or any(a not in head._adapters for a in active):
+        return head.original_module
+    return head.modules_to_save[active[0]]
+
+
 def is_plain_linear(module: object) -> bool:
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
@@ -74,6 +95,9 @@ def check(fn: str, model: nn.Module, head: object) -> nn.Module:
     if is_lora(head):
         _active_adapters(fn, model, head)
         return head
+    if is_modules_to_save(head):
+        _checks.plain_linear_head(fn, model, _saved_copy(head))
+        return head
     return _checks.plain_linear_head(fn, model, head)
 
 
@@ -81,12 +105,16 @@ def target(module: nn.Module, at_patch: nn.Module) -> nn.Module:
     """The module whose forward becomes the loss: the child itself when it is a head `operands`
     reads (PEFT may wrap or unwrap lm_head after patch), else the head found at patch time, inside
     a wrapper installed since (FSDP1 auto-wrap), which is what gets called."""
-    return module if is_lora(module) or is_plain_linear(module) else at_patch
+    readable = is_lora(module) or is_modules_to_save(module) or is_plain_linear(module)
+    return module if readable else at_patch
 
 
 def operands(model: nn.Module, head: nn.Module, hidden: torch.Tensor):
     """(h (N, D'), W (V, D'), b (V,) or None) with logits = h W^T + b, for hidden (..., D)."""
     h = hidden.reshape(-1, hidden.shape[-1])
+    if is_modules_to_save(head):
+        inner = _checks.plain_linear_head(_checks.PATCHED, model, _saved_copy(head))
+        return h, inner.weight, inner.bias
     if not is_lora(head):
         return h, head.weight, head.bias
     base = head.base_layer
