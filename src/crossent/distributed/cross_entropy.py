@@ -24,7 +24,7 @@ import torch
 from .. import _checks
 from .._checks import distributed as _dchecks
 from ..backends.common import compute_dtype, output_dtype
-from . import _layout, _stats
+from . import _comm, _layout, _stats
 
 # Rows per pass: ~1M elements of float32 temporaries (the single-device kernel's chunk, which
 # stays in a CPU's L3 cache; backends/chunked/kernel.py measured it).
@@ -181,6 +181,12 @@ def vocab_parallel_cross_entropy(
     input = _checks.logits_input(fn, input)
     local_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     vocab = _layout.resolve_vocab(fn, comm.tp, local_classes, vocab_range, num_classes, weight)
+    if _comm.size(comm.tp) == 1 and normalizer is None:
+        # one rank holds every class: the single-device fused loss (cross_entropy has no normalizer)
+        from ..functional import cross_entropy
+
+        return cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
+                             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, dtype=dtype)
     return local_loss(fn, input, target, weight, vocab, comm, **options)
 
 
