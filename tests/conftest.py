@@ -92,3 +92,13 @@ def skip_without_triton():
 
     if not ops.importable():
         pytest.skip("Triton is not installed (pip install 'crossent[triton]')", allow_module_level=True)
+
+
+def skip_without_fsdp2():
+    """At the top of an FSDP2 test module: skip it where torch has no fully_shard or no gloo."""
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no FSDP2 fully_shard", allow_module_level=True)
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)

@@ -167,8 +167,12 @@ def _triton_usable(device) -> bool:
 
 
 def _fused_for(device) -> Backend:
-    """The fused algorithms' kernels for a device: Triton's on an accelerator where it runs,
+    """The fused algorithms' kernels: a forced 'fused' or 'triton' (where triton cannot run, it
+    says so: backends/triton names the remedy); else Triton's on an accelerator where it runs,
     else torch ops (on an accelerator in chunks sized for it: backends/chunked/kernel.py)."""
+    f = forced()
+    if f in (Backend.TRITON, Backend.FUSED):
+        return f
     if device.type != "cpu" and _triton_usable(device):
         return Backend.TRITON
     return Backend.FUSED
@@ -266,8 +270,9 @@ def _traced(tensors) -> bool:
 
 
 def _compiles_fused_linear(tensors, opts: LossOptions) -> bool:
-    """torch.compile traces a scalar-reduction linear loss that no forced 'composite' wants: the fused backends run it as one custom op (backends/chunked/linear_op.py),
-    never the composite formulas' N x V logits."""
+    """torch.compile traces a scalar-reduction linear loss that no forced 'composite' wants: the
+    fused backends run it as one custom op (backends/chunked/linear_op.py), never the composite
+    formulas' N x V logits."""
     return (_compiling is not None and _compiling() and opts.reduction != "none"
             and forced() is not Backend.COMPOSITE)
 
@@ -284,8 +289,6 @@ def _choose(tensors, torch_ok: bool, small: bool, needs_reference: bool) -> Back
         return Backend.REFERENCE
     if _traced(tensors):
         return Backend.COMPOSITE
-    if f in (Backend.TRITON, Backend.FUSED):
-        return f  # (where triton cannot run, it says so: backends/triton names the remedy)
     return _fused_for(tensors[0].device)
 
 
@@ -323,7 +326,7 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     tensors = (input, linear_weight, target, linear_bias, weight)
     b = _choose(tensors, torch_ok, small, False)
     if b is Backend.COMPOSITE and _compiles_fused_linear(tensors, opts):
-        b = forced() if forced() in (Backend.FUSED, Backend.TRITON) else _fused_for(input.device)
+        b = _fused_for(input.device)
     if b in (Backend.FUSED, Backend.TRITON):
         _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
     return backend(b).linear_cross_entropy

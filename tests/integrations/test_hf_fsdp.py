@@ -12,16 +12,11 @@ import sys
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, skip_without_fsdp2
 
 pytest.importorskip("transformers")
 pytest.importorskip("crossent.integrations.transformers")
-fsdp = pytest.importorskip("torch.distributed.fsdp")
-if not hasattr(fsdp, "fully_shard"):
-    pytest.skip("this torch has no FSDP2 fully_shard", allow_module_level=True)
-dist = pytest.importorskip("torch.distributed")
-if not dist.is_available() or not dist.is_gloo_available():
-    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+skip_without_fsdp2()
 
 WORKER = pathlib.Path(__file__).with_name("fsdp_worker.py")
 

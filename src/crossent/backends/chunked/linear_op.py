@@ -104,11 +104,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, *_):
     gx, gw, gb, ps = ctx.saved_tensors
-    factor = grad_loss.to(ps.dtype) * ps
+    factor = grad_loss.to(ps.dtype) * ps  # (in the compute dtype: float64 or float32)
     out = []
     for g, wanted, dtype in zip((gx, gw, gb), ctx.want, ctx.dtypes):
-        out.append((g * factor.to(torch.float64 if g.dtype == torch.float64 else torch.float32)).to(dtype)
-                   if wanted and g.numel() else None)
+        out.append((g * factor).to(dtype) if wanted and g.numel() else None)
     gx, gw, gb = out
     return gx, gw, None, gb, None, None, None
 

@@ -157,9 +157,7 @@ def ce_chunk(x, target, weight, weight_sum, opts: LossOptions, *, grad=None, sca
     its temporaries in registers; a 16-bit gradient is written in its own dtype)."""
     acc = compute_dtype(x.dtype)
     w = weight.to(acc).contiguous() if weight is not None else None
-    w_sum = weight_sum.to(acc).reshape(1) if isinstance(weight_sum, torch.Tensor) else (
-        torch.full((1,), float(weight_sum), dtype=acc, device=x.device) if w is not None else None
-    )
+    w_sum = weight_sum.to(acc).reshape(1) if w is not None else None  # (a device tensor with weights)
     loss, lse = _launch_ce(x, target.index, target.probs, w, w_sum, opts, grad, scale)
     per_sample = x.shape[:1] + x.shape[2:]
     return loss.view(per_sample), lse.view(per_sample)
@@ -182,7 +180,8 @@ def _trailing_broadcast(t, shape):
 
 def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
     """`chunked.binary.bce_forward` on the GPU: the per-element losses (compute dtype, x's shape)
-    for 'none', else their deterministic total (0-d); the gradient into ``grad`` (None: none)."""
+    for 'none', else their deterministic total (0-d); the gradient into ``grad`` (contiguous, as
+    binary.py allocates it; None: none)."""
     acc = compute_dtype(x.dtype)
     dev = x.device
     shape = tuple(x.shape)
@@ -193,8 +192,7 @@ def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
     programs = max(1, -(-numel // BINARY_BLOCK))
     loss = torch.empty(numel if per_element else 1, dtype=acc, device=dev)
     partial = torch.empty(programs if not per_element else 1, dtype=acc, device=dev)
-    gflat = torch.empty(numel, dtype=grad.dtype, device=dev) if grad is not None and not (
-        grad.is_contiguous()) else (grad.view(-1) if grad is not None else None)
+    gflat = grad.view(-1) if grad is not None else None  # (binary.py allocates it contiguous)
     wf, w_mod = _trailing_broadcast(w, shape) if w is not None else (loss, 1)
     pwf, pw_mod = _trailing_broadcast(pw, shape) if pw is not None else (loss, 1)
     if numel:
@@ -204,8 +202,6 @@ def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
             PER_ELEMENT=per_element, WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64,
             num_warps=4,
         )
-    if grad is not None and gflat.data_ptr() != grad.data_ptr():
-        grad.copy_(gflat.view(shape))
     if per_element:
         return loss.view(shape)
     if not numel:
