@@ -221,6 +221,20 @@ def binary_to_torch(input) -> bool:
     return _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
 
 
+def _one_device(first, *others) -> bool:
+    """Every tensor (None skipped) on first's device, and that not meta: torch would compute a
+    meta loss from a meta weight, silently, and meet a mixed-device call with its own message,
+    not crossent's. (Callers test ``is_cpu`` first: torch.device objects, built per ``.device``
+    access, cost ~0.5 us more on the small CPU call.)"""
+    dev = first.device
+    if dev.type == "meta":
+        return False
+    for t in others:
+        if t is not None and t.device != dev:
+            return False
+    return True
+
+
 def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
                     extensions: bool) -> bool:
     """Rules 1-2 for linear_cross_entropy on the raw arguments: the composition F.linear +
@@ -236,13 +250,12 @@ def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_in
         weight is not None and type(weight) is not _Tensor
     ):
         return False
-    # (every tensor on one device, not meta: torch would compute a meta tensor from a meta weight,
-    # silently, and meet a mixed-device call with its own message, not crossent's)
-    dev = input.device
-    if dev.type == "meta" or linear_weight.device != dev or target.device != dev or input.dim() != 2:
+    if input.dim() != 2:
         return False
-    if (linear_bias is not None and linear_bias.device != dev) or (weight is not None and weight.device != dev):
-        return False
+    if not (input.is_cpu and linear_weight.is_cpu and target.is_cpu  # (the small CPU call: ~0.2 us)
+            and (linear_bias is None or linear_bias.is_cpu) and (weight is None or weight.is_cpu)):
+        if not _one_device(input, linear_weight, target, linear_bias, weight):
+            return False
     if ignore_index is not None and target.is_floating_point():
         return False  # torch refuses ignore_index with probabilities: the checks say so
     if _forced is not None or _ENV_BACKEND:
