@@ -6,8 +6,8 @@ function that `_dispatch` returns. Nothing below this module sees the legacy arg
 
 Small CPU calls first try torch's own kernel on the raw arguments (`_dispatch`'s rule 2, before
 the checks, for speed); if torch refuses the arguments (one of `torch_kernels.BAD_INPUT`), the
-checks run and name the problem, or accept what torch refuses (int32 class indices) and dispatch
-again. Errors that say nothing about the arguments (out of memory, a device error, a bug)
+checks run and name the problem (they accept what torch accepts: a call they pass is dispatched
+again). Errors that say nothing about the arguments (out of memory, a device error, a bug)
 propagate.
 """
 
@@ -87,6 +87,8 @@ def cross_entropy(
             target = _checks.class_targets(
                 fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
             )
+        _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                                   target=target if soft else None)
         opts = _checks.loss_options(
             fn,
             ignore_index=ignore_index,
@@ -133,6 +135,7 @@ def nll_loss(
         weight = _checks.class_weight(fn, _autocast.fp32(weight) if dtype else weight, input, num_classes,
                                       dtype=dtype)
         target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
+        _checks.argument_gradients(fn, "class_index", weight=weight)
         return _dispatch.nll_loss(input, target, weight, opts)(input, target, weight, opts)
 
 
@@ -164,6 +167,7 @@ def binary_cross_entropy(
         weight = _checks.broadcast_weight(fn, "weight", weight, input)
         _checks.probabilities_in_unit_interval(fn, input)
         _checks.probabilities_in_unit_interval(fn, target, "target")
+        _checks.argument_gradients(fn, "binary", weight=weight, target=target)
         return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
 
 
@@ -197,6 +201,7 @@ def binary_cross_entropy_with_logits(
         opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
         weight = _checks.broadcast_weight(fn, "weight", weight, input)
         pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
+        _checks.argument_gradients(fn, "binary_logits", weight=weight, target=target, pos_weight=pos_weight)
         loss_fn = _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
         return loss_fn(input, target, weight, pos_weight, opts)
 
@@ -247,6 +252,8 @@ def linear_cross_entropy(
         target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
         dtype = _checks.loss_dtype(fn, dtype, input)
         weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
+        _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                                   target=target if soft else None)
         opts = _checks.loss_options(
             fn,
             ignore_index=ignore_index,

@@ -15,6 +15,7 @@ Modules: `losses` (cross_entropy, nll_loss, the binary losses, shared options, a
 
 from . import integrations
 from ._common import InvalidArgument, InvalidArgumentType, TargetOutOfRange, check_values
+from .gradients import argument_gradients
 from .linear import (
     linear_chunking,
     linear_module,
@@ -44,7 +45,7 @@ from .losses import (
 )
 
 __all__ = [
-    "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight", "deprecated_reduction",
+    "argument_gradients", "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight", "deprecated_reduction",
     "inplace_input", "is_prob_target", "linear_chunking", "linear_module",
     "linear_no_fused_gradient", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
     "loss_options", "prob_targets", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import InvalidArgument, InvalidArgumentType, _tensor
-from .losses import _class_index_range
+from ._common import InvalidArgument, InvalidArgumentType, _tensor, torch_int
+from .losses import _class_index_range, class_index_dtype
 
 
 def is_dtensor(t: object) -> bool:
@@ -193,9 +193,8 @@ def linear_targets(fn: str, rows: int, local_classes: int, out: tuple, num_class
             f"{fn}: target of class indices must have shape {expected} (one per token; under "
             f"sequence parallelism, per token of the gathered sequence), got {tuple(target.shape)}"
         )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise InvalidArgumentType(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
-    target = target.long()
+    ignore_index = torch_int(fn, "ignore_index", ignore_index)
+    target = class_index_dtype(fn, target, k_dim=bool(out))
     _class_index_range(fn, target, num_classes, ignore_index)
     return target, False
 

@@ -7,13 +7,14 @@ import torch
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    _finite_number,
     _floating,
     _same_device,
     _shape,
     _tensor,
+    torch_int,
 )
-from .losses import _class_index_range
+from ._common import label_smoothing as _label_smoothing
+from .losses import _class_index_range, class_index_dtype
 
 # linear_cross_entropy (torch 2.13's semantics): input (N, D) or (D,), linear_weight (C, D) or
 # (C, d1..dk, D), linear_bias (C, d1..dk), target (N, d1..dk) / () or probabilities shaped like
@@ -92,9 +93,7 @@ def linear_targets(
                 f"class probabilities (torch refuses it too); leave ignore_index=None"
             )
         return target, True, -100
-    if isinstance(ignore_index, bool) or (ignore_index is not None and not isinstance(ignore_index, int)):
-        raise InvalidArgumentType(f"{fn}: ignore_index must be an int or None, got {ignore_index!r}")
-    ignore_index = -100 if ignore_index is None else ignore_index
+    ignore_index = -100 if ignore_index is None else torch_int(fn, "ignore_index", ignore_index)
     expected = batch + out_features
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise InvalidArgumentType(
@@ -108,8 +107,7 @@ def linear_targets(
             f"{tuple(input.shape)} and linear_weight of shape {tuple(linear_weight.shape)}, got "
             f"{tuple(target.shape)}"
         )
-    if target.dtype != torch.int64:
-        target = target.long()
+    target = class_index_dtype(fn, target, k_dim=bool(out_features))
     _class_index_range(fn, target, num_classes, ignore_index)
     return target, False, ignore_index
 
@@ -200,6 +198,4 @@ def linear_module(fn: str, in_features, num_classes, out_features, weight, label
                 f"{fn}: weight must be a 1-D tensor with one entry per class ({num_classes}), "
                 f"got shape {tuple(weight.shape)}"
             )
-    smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
-    if not 0.0 <= smoothing <= 1.0:
-        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {smoothing}")
+    _label_smoothing(fn, label_smoothing)

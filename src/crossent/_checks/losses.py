@@ -17,7 +17,9 @@ from ._common import (
     _shape,
     _tensor,
     _values_checked,
+    torch_int,
 )
+from ._common import label_smoothing as _label_smoothing
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -45,12 +47,9 @@ def loss_options(
     """Check the scalar options of the cross-entropy family and pack them (soft, dtype,
     chunk_size and allow_retain_graph come checked by `is_prob_target`/`linear_targets`,
     `loss_dtype` and `linear_chunking`)."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise InvalidArgumentType(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    ignore_index = torch_int(fn, "ignore_index", ignore_index)
     reduction(fn, reduction_)
-    label_smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = _label_smoothing(fn, label_smoothing)
     z_loss = _finite_number(fn, "z_loss", z_loss)
     if z_loss < 0.0:
         raise InvalidArgument(f"{fn}: z_loss must be >= 0, got {z_loss}")
@@ -94,8 +93,7 @@ def class_targets(
 ) -> torch.Tensor:
     """Check class-index targets against input (N, C, d1..dk) or (C,); return them as int64.
 
-    Accepts int64 and uint8 (as torch does) and any other integer dtype (converted). Values must
-    lie in [0, C) or equal ignore_index.
+    The dtypes torch accepts (`class_index_dtype`); values in [0, C) or equal to ignore_index.
     """
     target = _tensor(fn, "target", target)
     _same_device(fn, "target", target, input)
@@ -112,10 +110,27 @@ def class_targets(
             f"{fn}: target of class indices must have shape {tuple(expected_shape)} for input of "
             f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
         )
-    if target.dtype != torch.int64:
-        target = target.long()
+    target = class_index_dtype(fn, target, k_dim=input.dim() > 2)
     _class_index_range(fn, target, class_dim_size, ignore_index)
     return target
+
+
+def class_index_dtype(fn: str, target: torch.Tensor, *, k_dim: bool) -> torch.Tensor:
+    """torch's rule for the dtype of class indices, as int64: int64, or uint8 where torch's
+    nll_loss takes it -- for (C,) and (N, C) inputs, not K-dimensional ones (nll_loss2d and the
+    reshaped K-dim paths want Long: "expected scalar type Long but found Byte"). Other integer
+    dtypes are refused as torch refuses them ("expected target dtype to be Long or Byte"), so
+    that code written against crossent runs on torch."""
+    if target.dtype == torch.int64:
+        return target
+    if target.dtype == torch.uint8 and not k_dim:
+        return target.long()
+    accepted = "int64" if k_dim else "int64 or uint8"
+    where = " for a K-dimensional input, as torch's" if k_dim and target.dtype == torch.uint8 else ", as torch's"
+    raise InvalidArgumentType(
+        f"{fn}: target of class indices must be {accepted}{where}, got {target.dtype}; "
+        f"use target.long()"
+    )
 
 
 def _class_index_range(fn: str, target: torch.Tensor, class_dim_size: int, ignore_index: int) -> None:
@@ -209,6 +224,11 @@ def binary_pair(fn: str, input: object, target: object) -> tuple[torch.Tensor, t
         raise InvalidArgumentType(
             f"{fn}: target must be a floating-point tensor of 0/1 labels or probabilities, "
             f"got {target.dtype}; use target.float()"
+        )
+    if fn == "binary_cross_entropy" and target.dtype != input.dtype:  # torch: "Found dtype ..."
+        raise InvalidArgumentType(
+            f"{fn}: target has dtype {target.dtype} but input has dtype {input.dtype}; torch "
+            f"requires one dtype: pass target.to({input.dtype})"
         )
     return input, target
 

@@ -14,7 +14,7 @@ import torch
 
 from .. import reference
 from .._options import LossOptions
-from .common import output_dtype
+from .common import binary_output_dtype, output_dtype
 
 
 def formulas(precision_of) -> SimpleNamespace:
@@ -37,13 +37,13 @@ def formulas(precision_of) -> SimpleNamespace:
         loss = reference.binary_cross_entropy(
             input, target, weight, opts.reduction, precision=precision_of(input.dtype)
         )
-        return loss.to(opts.dtype or input.dtype)
+        return loss.to(binary_output_dtype(input, target, opts, logits=False))
 
     def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions) -> torch.Tensor:
         loss = reference.binary_cross_entropy_with_logits(
             input, target, weight, opts.reduction, pos_weight, precision=precision_of(input.dtype)
         )
-        return loss.to(opts.dtype or input.dtype)
+        return loss.to(binary_output_dtype(input, target, opts, logits=True))
 
     def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions) -> torch.Tensor:
         loss = reference.linear_cross_entropy(

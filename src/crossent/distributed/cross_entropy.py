@@ -134,6 +134,8 @@ def local_loss(fn, input, target, weight, vocab, comm, *, ignore_index, reductio
     else:
         target = _checks.class_targets(fn, input, target, class_dim_size=vocab.num_classes,
                                        ignore_index=ignore_index)
+    _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                               target=target if soft else None)  # torch's refusals first
     _dchecks.no_grad_through(fn, "target", target)
     _dchecks.no_grad_through(fn, "weight", weight)
     opts = _checks.loss_options(

@@ -308,7 +308,9 @@ def test_options_choose_the_chunk_size_as_torch_does(fields, rows, monkeypatch):
 
 
 def test_reference_backend_computes_the_contract_and_class_weight_gradients():
-    x, w, b, t = make(6, 4, 9)
+    """The reference backend gives the gradients torch gives: the class weight of probability
+    targets; for class indices torch refuses a class weight that requires grad, and so does it."""
+    x, w, b, t = make(6, 4, 9, soft=True)
     cw = torch.rand(9) + 0.5
     kw = dict(label_smoothing=0.1, z_loss=1e-3, normalizer=4.0)
     with crossent.use_backend(crossent.Backend.REFERENCE):
@@ -317,6 +319,9 @@ def test_reference_backend_computes_the_contract_and_class_weight_gradients():
         (gcw,) = torch.autograd.grad(ref, (cwa,))
     assert_close(ref, LCE(x, w, t, linear_bias=b, weight=cw, **kw))
     cwr = cw.double().requires_grad_()
-    expected = unfused(x.double(), w.double(), t, b.double(), weight=cwr, **kw,
+    expected = unfused(x.double(), w.double(), t.double(), b.double(), weight=cwr, **kw,
                        ce=crossent.reference.cross_entropy)
     assert_close(gcw, torch.autograd.grad(expected, (cwr,))[0].float())
+    _, _, _, index = make(6, 4, 9)
+    with crossent.use_backend(crossent.Backend.REFERENCE), pytest.raises(RuntimeError, match="torch does not differentiate"):
+        LCE(x, w, index, linear_bias=b, weight=cw.clone().requires_grad_())

@@ -15,13 +15,14 @@ import torch
 
 from ..._options import LossOptions
 from .. import _memory, autograd, composite
+from ..common import binary_output_dtype
 from .row_kernels import TORCH_OPS, RowKernels
 
 
-def _bce_reduce(total, x, opts):
+def _bce_reduce(total, x, y, opts, logits):
     if opts.reduction == "mean":
         total = total / x.numel() if x.numel() else total * float("nan")
-    return total.to(opts.dtype or x.dtype)  # (float32 under autocast)
+    return total.to(binary_output_dtype(x, y, opts, logits))
 
 
 class _BCEFn(torch.autograd.Function):
@@ -30,7 +31,7 @@ class _BCEFn(torch.autograd.Function):
         grad = _memory.empty(x.shape, x.dtype, x.device)
         total = kernels.bce_forward(x, y, w, pw, logits, opts, grad)
         box.append(grad)  # for setup_context (an output would cost autograd bookkeeping)
-        return _bce_reduce(total, x, opts)
+        return _bce_reduce(total, x, y, opts, logits)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -61,7 +62,7 @@ def _binary(input, target, weight, pos_weight, opts: LossOptions, logits: bool, 
     if torch.is_grad_enabled() and input.requires_grad:
         return _BCEFn.apply(input, target, weight, pos_weight, logits, opts, kernels, [])
     total = kernels.bce_forward(input, target, weight, pos_weight, logits, opts, None)
-    return _bce_reduce(total, input, opts)
+    return _bce_reduce(total, input, target, opts, logits)
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions, *, kernels: RowKernels = TORCH_OPS):

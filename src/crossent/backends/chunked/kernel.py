@@ -181,7 +181,7 @@ def ce_chunk(
 
     m = z.amax(1, keepdim=True)
     index, probs = target.index, target.probs
-    if eps > 0.0:  # sum_c w_c z_c, needed for the smoothing term
+    if eps > 0.0 and index is not None:  # sum_c w_c z_c, needed for the smoothing term
         wz = _row_sum(z * _class_vec(weight, z)) if weight is not None else _row_sum(z)
     if index is not None:
         valid = target.valid if target.valid is not None else index != opts.ignore_index
@@ -194,18 +194,14 @@ def ce_chunk(
         else:
             w_t = torch.where(valid, weight[safe.squeeze(1)], 0.0)
     else:
+        # t' = (1-eps) t + eps/C itself, not its two parts: at a -inf logit t' z is -inf (torch's
+        # inf loss) where (1-eps) t z + eps/C z would be 0 * -inf = nan
         t = probs.to(acc)
-        if weight is not None:
-            wt = t * _class_vec(weight, t)
-            a_soft = _row_sum(wt)
-            b_soft = _row_sum(wt * z)
-        else:
-            wt = t
-            a_soft = _row_sum(t)
-            b_soft = _row_sum(t * z)
         if eps > 0.0:
-            a_soft = (1.0 - eps) * a_soft + (eps / num_classes) * W
-            b_soft = (1.0 - eps) * b_soft + (eps / num_classes) * wz
+            t = t * (1.0 - eps) + eps / num_classes
+        wt = t * _class_vec(weight, t) if weight is not None else t  # w_c t'_ic
+        a_soft = _row_sum(wt)
+        b_soft = _row_sum(wt * z)
 
     if z is e:
         e.sub_(m).exp_()
@@ -244,13 +240,12 @@ def ce_chunk(
     else:
         a = a_soft + (2.0 * zl) * lse if zl else a_soft
         e.mul_(_col(a * scale / s))
-        coef = _col(scale) * (1.0 - eps)
+        coef = _col(scale)
         if isinstance(coef, torch.Tensor):
             e.addcmul_(wt, coef, value=-1.0)
         else:
             e.sub_(wt, alpha=coef)
-        sv = scale
-    if eps > 0.0:  # the uniform part of the smoothed target: - eps/C * w_c * scale_i
+    if eps > 0.0 and index is not None:  # the uniform part of the smoothed target: - eps/C w_c s_i
         u = _col(sv) * (eps / num_classes)
         e.sub_(u * _class_vec(weight, e) if weight is not None else u)
     if th is not None:

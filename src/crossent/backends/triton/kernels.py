@@ -6,13 +6,13 @@ logits; w: class weights, W = sum_c w_c; eps: smoothing; zl: z_loss; v: 1 unless
 
     pass 1 over the row in blocks: m = max_c z_c, s = sum_c exp(z_c - m) (online: s rescaled by
            exp(m_old - m) when the max grows), and the row sums smoothing and soft targets need:
-           wz = sum_c w_c z_c, ta = sum_c w_c t_c, tz = sum_c w_c t_c z_c
+           wz = sum_c w_c z_c (class indices), ta = sum_c w_c t'_c, tz = sum_c w_c t'_c z_c
     lse  = m + log s
     hard l = v ((1-eps) w_t (lse - z_t) + eps/C (W lse - wz)) + v zl lse^2
-    soft l = A lse - B + zl lse^2,  A = (1-eps) ta + eps/C W,  B = (1-eps) tz + eps/C wz
+    soft l = A lse - B + zl lse^2,  A = ta,  B = tz  (over t' = (1-eps) t + eps/C)
     pass 2 (only with a gradient): g_c = k (a p_c - b_c) (dz/dx under a softcap), p_c = exp(z_c - lse)
            hard a = v ((1-eps) w_t + eps/C W + 2 zl lse), b_c = v ((1-eps) w_t [c = t] + eps/C w_c)
-           soft a = A + 2 zl lse,                        b_c = (1-eps) w_c t_c + eps/C w_c
+           soft a = A + 2 zl lse,                        b_c = w_c t'_c
            k: the per-row gradient scale (1/den for 'mean', folded in forward)
 
 A row that fits one block (C <= SINGLE_BLOCK_MAX, see ops.py) is loaded once and its gradient
@@ -67,7 +67,7 @@ def _load_z(x_ptr, offs, mask, cap, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr
         x = x.to(tl.float64)
     else:
         x = x.to(tl.float32)
-    th = x * 0.0
+    th = tl.zeros_like(x)
     if HAS_CAP:
         th = _tanh(x / cap)
         x = th * cap
@@ -78,8 +78,9 @@ def _load_z(x_ptr, offs, mask, cap, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr
 @triton.jit
 def _stats_block(z, zs, w, t, m, s, wz, ta, tz, SOFT: tl.constexpr, SMOOTH: tl.constexpr):
     """Fold one block into the row's running max m, sum of exps s (rescaled when m grows: the
-    online softmax), and the row sums wz, ta, tz."""
-    if SMOOTH:
+    online softmax), and the row sums wz (class indices with smoothing), ta, tz (probabilities:
+    t is the smoothed t' already)."""
+    if SMOOTH and not SOFT:
         wz += tl.sum(w * zs, 0)
     if SOFT:
         ta += tl.sum(w * t, 0)
@@ -91,9 +92,12 @@ def _stats_block(z, zs, w, t, m, s, wz, ta, tz, SOFT: tl.constexpr, SMOOTH: tl.c
 
 
 @triton.jit
-def _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, zero, ACC_F64: tl.constexpr,
-                  HAS_CAP: tl.constexpr, SOFT: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    """One block's z (-inf where masked), z (0 where masked), tanh, class weights, probabilities."""
+def _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, eps, C, zero,
+                  ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr, SOFT: tl.constexpr,
+                  HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """One block's z (-inf where masked), z (0 where masked), tanh, class weights, probabilities
+    (smoothed: t' = (1-eps) t + eps/C itself, so that a -inf logit gives t' z = -inf, torch's inf,
+    where (1-eps) t z + eps/C z would be 0 * -inf = nan)."""
     z, th = _load_z(x_row, c * sx_c, mask, cap, ACC_F64, HAS_CAP)
     zs = tl.where(mask, z, 0.0)
     if HAS_WEIGHT:
@@ -102,8 +106,10 @@ def _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, zero, ACC_
         w = tl.where(mask, 1.0, 0.0) + zero
     if SOFT:
         t = tl.load(p_row + c * sp_c, mask=mask, other=0.0) + zero
+        if SMOOTH:
+            t = tl.where(mask, (1.0 - eps) * t + eps / C, 0.0)
     else:
-        t = zs * 0.0
+        t = tl.zeros_like(zs)
     return z, zs, th, w, t
 
 
@@ -144,14 +150,14 @@ def ce_kernel(
     if SINGLE:
         mask1 = cols < C
         z1, zs1, th1, w1, t1 = _block_inputs(x_row, p_row, weight_ptr, cols, mask1, sx_c, sp_c, cap,
-                                             zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT)
+                                             eps, C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
         m, s, wz, ta, tz = _stats_block(z1, zs1, w1, t1, m, s, wz, ta, tz, SOFT, SMOOTH)
     else:
         for start in range(0, C, BLOCK):
             c = start + cols
             mask = c < C
-            z, zs, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, zero,
-                                            ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT)
+            z, zs, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, eps,
+                                            C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
             m, s, wz, ta, tz = _stats_block(z, zs, w, t, m, s, wz, ta, tz, SOFT, SMOOTH)
     lse = m + tl.log(s)
 
@@ -160,12 +166,9 @@ def ce_kernel(
         W = tl.load(wsum_ptr) + zero
     else:
         W = zero + C
-    if SOFT:
+    if SOFT:  # (t' smoothed already)
         A = ta
         B = tz
-        if SMOOTH:
-            A = (1.0 - eps) * ta + (eps / C) * W
-            B = (1.0 - eps) * tz + (eps / C) * wz
         loss = A * lse - B
         if HAS_ZL:
             loss += zl * lse * lse
@@ -221,7 +224,8 @@ def ce_kernel(
                 c = start + cols
                 mask = c < C
                 z, zs, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap,
-                                                zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT)
+                                                eps, C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT,
+                                                SMOOTH)
                 g = _grad_block(z, th, w, t, c, lse, a, coef_t, t_idx, v, k, eps, C,
                                 SOFT, SMOOTH, HAS_CAP)
                 tl.store(g_row + c * sg_c, g, mask=mask)
@@ -233,11 +237,11 @@ def _grad_block(z, th, w, t, c, lse, a, coef_t, t_idx, v, k, eps, C, SOFT: tl.co
     """k (a p_c - b_c) for one block (times dz/dx = 1 - tanh^2 under a softcap)."""
     g = a * tl.exp(z - lse)
     if SOFT:
-        g -= (1.0 - eps) * w * t
+        g -= w * t  # (t = t', smoothed)
     else:
         g = tl.where(c == t_idx, g - coef_t, g)
-    if SMOOTH:
-        g -= (eps / C) * w * v
+        if SMOOTH:
+            g -= (eps / C) * w * v
     if HAS_CAP:
         g = g * (1.0 - th * th)
     return g * k
@@ -282,20 +286,22 @@ def bce_kernel(
         sp_pos = tl.maximum(x, 0.0) + l1p  # softplus(x)
         sig = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         if HAS_PW:
-            pw = tl.load(pw_ptr + i % pw_mod, mask=mask, other=1.0) + x * 0.0
+            pw = tl.load(pw_ptr + i % pw_mod, mask=mask, other=1.0) + tl.zeros_like(x)
             k = 1.0 + (pw - 1.0) * y
             loss = pw * y * sp_neg + (1.0 - y) * sp_pos
             g = k * sig - pw * y
         else:
             loss = y * sp_neg + (1.0 - y) * sp_pos
             g = sig - y
+        # torch's value at x = -inf: nan for every y (its formula is -inf + inf there)
+        loss = tl.where(x == float("-inf"), float("nan"), loss)
     else:
         logp = tl.maximum(tl.log(x), -100.0)
         log1mp = tl.maximum(_log1p(-x), -100.0)
         loss = -(y * logp + (1.0 - y) * log1mp)
         g = (x - y) / tl.maximum(x * (1.0 - x), 9.999999960041972e-13)
     if HAS_W:
-        w = tl.load(w_ptr + i % w_mod, mask=mask, other=0.0) + x * 0.0
+        w = tl.load(w_ptr + i % w_mod, mask=mask, other=0.0) + tl.zeros_like(x)
         loss = loss * w
         g = g * w
     if PER_ELEMENT:
