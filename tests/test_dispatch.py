@@ -190,27 +190,35 @@ def test_inputs_off_the_cpu_take_torchs_kernel_where_triton_cannot_run(paths):
 
 
 def test_on_an_accelerator_triton_runs_from_its_threshold_and_torch_below(monkeypatch):
-    """(A meta tensor stands in for a GPU where Triton runs.)"""
-    monkeypatch.setattr(_dispatch, "_triton_usable", lambda device: True)
-    monkeypatch.setattr(_dispatch, "TRITON_MIN_NUMEL", 1 << 18)
+    """(A meta tensor stands in for a GPU where Triton runs: its descriptor is told so.)"""
+    from dataclasses import replace
+
+    from crossent.backends import triton
+
+    monkeypatch.setattr(triton, "DESCRIPTOR", replace(triton.DESCRIPTOR, picked_on=lambda device: True))
+    monkeypatch.setattr(triton, "TRITON_MIN_NUMEL", 1 << 18)
+    for b in crossent.Backend:  # record the backend a call reaches instead of running it
+        for name in ("cross_entropy", "linear_cross_entropy"):
+            monkeypatch.setattr(_dispatch.backend(b), name, lambda *a, _b=b: _b)
+    monkeypatch.setattr(triton, "DESCRIPTOR", replace(triton.DESCRIPTOR, picked_on=lambda device: True))
     small = torch.empty(8, 10_000, device="meta", requires_grad=True)  # 80K: under the threshold
     large = torch.empty(8, 10_000 * 8, device="meta", requires_grad=True)  # 640K
     assert _dispatch._to_torch_by_size(small, 4096, 16384)
     assert not _dispatch._to_torch_by_size(large, 4096, 16384)
     opts = crossent._options.LossOptions()
     t = torch.empty(8, dtype=torch.long, device="meta")
-    assert _dispatch.cross_entropy(large, t, None, opts) is _dispatch.backend(crossent.Backend.TRITON).cross_entropy
+    assert _dispatch.cross_entropy(large, t, None, opts, small=False) is crossent.Backend.TRITON
     # options torch lacks go to Triton at any size; a forced 'fused' stays on the torch-op kernels
     zl = crossent._options.LossOptions(z_loss=1e-4)
-    assert _dispatch.cross_entropy(small, t, None, zl) is _dispatch.backend(crossent.Backend.TRITON).cross_entropy
+    assert _dispatch.cross_entropy(small, t, None, zl, small=True) is crossent.Backend.TRITON
     with crossent.use_backend("fused"):
-        assert _dispatch.cross_entropy(large, t, None, opts) is _dispatch.backend(crossent.Backend.FUSED).cross_entropy
+        assert _dispatch.cross_entropy(large, t, None, opts, small=False) is crossent.Backend.FUSED
     # the linear loss: Triton's kernels under the chunk loop (tiny problems on one real device take
     # the composition; a meta tensor never does: torch would compute a meta loss silently)
     w = torch.empty(300, 16, device="meta", requires_grad=True)
     h = torch.empty(4096, 16, device="meta", requires_grad=True)
     tt = torch.empty(4096, dtype=torch.long, device="meta")
-    assert _dispatch.linear_cross_entropy(h, w, tt, None, None, opts) is _dispatch.backend(crossent.Backend.TRITON).linear_cross_entropy
+    assert _dispatch.linear_cross_entropy(h, w, tt, None, None, opts) is crossent.Backend.TRITON
     assert not _dispatch.linear_to_torch(h[:8], w, tt[:8], None, None, None, 0.0, False)
 
 

@@ -142,7 +142,8 @@ def _diff_cases(size):
     x = torch.randn(shape)
     idx = torch.randint(0, c, (n,))
     probs = torch.rand(shape).softmax(1)
-    xb, y, p, bw = torch.randn(binary), torch.rand(binary), torch.rand(binary), torch.rand(binary)
+    xb, y, bw = torch.randn(binary), torch.rand(binary), torch.rand(binary)
+    p = torch.rand(binary) * 0.98 + 0.01  # (at 0 and 1 see test_bce_gradients_at_0_and_1_are_torchs)
     pw = torch.rand(binary[1]) + 0.5
     w = torch.rand(c) + 0.5
     return [
@@ -238,3 +239,22 @@ def test_negative_and_nan_smoothing_are_refused_as_documented():
     for value in (-0.1, float("nan")):
         with pytest.raises(RuntimeError, match=r"label_smoothing must be in \[0, 1\]"):
             crossent.cross_entropy(x, t, label_smoothing=value)
+
+
+@pytest.mark.parametrize("backend", [None, *FORCED], ids=lambda b: b.value if b else "auto")
+def test_bce_gradients_at_0_and_1_are_torchs(backend):
+    """Saturated probabilities (sigmoid is exactly 1.0 in float32 from x = 17): torch's backward
+    formulas -- the input's with its denominator clamped at 1e-12, the target's log(1-p) - log p
+    -- on every path, not the derivative of the floored loss."""
+    p = torch.tensor([0.0, 1e-30, 1e-6, 0.5, 1 - 1e-7, 1.0]).repeat(2)
+    y = torch.tensor([0.3] * 6 + [1.0] * 6)
+    for grad_y in (False, True):
+        pa, ya = p.clone().requires_grad_(), y.clone().requires_grad_(grad_y)
+        pt, yt = p.clone().requires_grad_(), y.clone().requires_grad_(grad_y)
+        with _on(backend):
+            ours = crossent.binary_cross_entropy(pa, ya, reduction="sum")
+        theirs = TF.binary_cross_entropy(pt, yt, reduction="sum")
+        torch.testing.assert_close(ours, theirs)
+        wanted = (pa, ya) if grad_y else (pa,)
+        for go, gt in zip(torch.autograd.grad(ours, wanted), torch.autograd.grad(theirs, (pt, yt) if grad_y else (pt,))):
+            torch.testing.assert_close(go, gt, equal_nan=True)

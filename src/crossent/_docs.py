@@ -153,7 +153,7 @@ LINEAR_CROSS_ENTROPY = f"""Cross-entropy of a linear layer's output, without mat
         accumulation across micro-batches (transformers' ``num_items_in_batch``).
     chunk_size: tokens per chunk; by default chosen from N, D, C, the dtype and the options so that
         one chunk's buffers take at most 7/8 of the bytes of the float32 weight gradient (7D/8
-        rows in float32; at least 16 MiB; see backends/chunked/linear.py).
+        rows in float32; at least 16 MiB; see backends/chunked/__init__.py).
 {_DTYPE}
 
     Memory: O(chunk_size * C) beyond the inputs and their gradients, never O(N * C).

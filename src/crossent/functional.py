@@ -32,6 +32,20 @@ __all__ = [
     "nll_loss",
 ]
 
+_REFUSED = object()
+
+
+def _torch_first(kernel, *args):
+    """torch's own kernel on the raw arguments (rule 2 said it is the faster one), or _REFUSED when
+    torch refuses them as bad input: then crossent's checks run and say what is wrong."""
+    try:
+        return kernel(*args)
+    except _BAD_INPUT as err:
+        if isinstance(err, _NOT_BAD_INPUT):
+            raise
+        return _REFUSED
+
+
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     """torch.nn._reduction.legacy_get_string, with torch's warning text."""
     if size_average is None and reduce is None:
@@ -63,14 +77,12 @@ def cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype):
-        try:
-            return _torch.cross_entropy_unchecked(
-                input, target, weight, ignore_index, reduction, label_smoothing, dtype
-            )
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+    small = _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
+    if small:
+        loss = _torch_first(_torch.cross_entropy_unchecked, input, target, weight, ignore_index,
+                            reduction, label_smoothing, dtype)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     if _autocast.active(input) and isinstance(target, torch.Tensor):
         target, weight, dtype = _autocast.cross_entropy_args(input, target, weight, dtype)
@@ -80,13 +92,8 @@ def cross_entropy(
         num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
         dtype = _checks.loss_dtype(fn, dtype, input)
         weight = _checks.class_weight(fn, weight, input, num_classes, dtype=dtype)
-        soft = _checks.is_prob_target(input, target)
-        if soft:
-            _checks.prob_targets(fn, input, target, ignore_index)
-        else:
-            target = _checks.class_targets(
-                fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
-            )
+        ignore_index = _checks.torch_int(fn, "ignore_index", ignore_index)
+        target, soft = _checks.logits_targets(fn, input, target, num_classes, ignore_index)
         _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
                                    target=target if soft else None)
         opts = _checks.loss_options(
@@ -102,7 +109,7 @@ def cross_entropy(
         )
         if inplace_backward:
             _checks.inplace_input(fn, input)
-        return _dispatch.cross_entropy(input, target, weight, opts)(input, target, weight, opts)
+        return _dispatch.cross_entropy(input, target, weight, opts, small)
 
 
 cross_entropy.__doc__ = _docs.CROSS_ENTROPY
@@ -119,12 +126,11 @@ def nll_loss(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.nll_loss_to_torch(input):
-        try:
-            return _torch.nll_loss_unchecked(input, target, weight, ignore_index, reduction)
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+    small = _dispatch.nll_loss_to_torch(input)
+    if small:
+        loss = _torch_first(_torch.nll_loss_unchecked, input, target, weight, ignore_index, reduction)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     fn = "nll_loss"
     dtype = _autocast.loss_dtype(input)  # float32 under autocast for a 16-bit input, else None
@@ -134,9 +140,9 @@ def nll_loss(
         num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
         weight = _checks.class_weight(fn, _autocast.fp32(weight) if dtype else weight, input, num_classes,
                                       dtype=dtype)
-        target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
+        target = _checks.logits_class_indices(fn, input, target, num_classes, opts.ignore_index)
         _checks.argument_gradients(fn, "class_index", weight=weight)
-        return _dispatch.nll_loss(input, target, weight, opts)(input, target, weight, opts)
+        return _dispatch.nll_loss(input, target, weight, opts, small)
 
 
 nll_loss.__doc__ = _docs.NLL_LOSS
@@ -152,12 +158,11 @@ def binary_cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.binary_to_torch(input):
-        try:
-            return _torch.binary_cross_entropy_unchecked(input, target, weight, reduction)
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+    small = _dispatch.binary_to_torch(input)
+    if small:
+        loss = _torch_first(_torch.binary_cross_entropy_unchecked, input, target, weight, reduction)
+        if loss is not _REFUSED:
+            return loss
     fn = "binary_cross_entropy"
     reduction = _checks.deprecated_reduction(reduction)
     dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
@@ -168,7 +173,7 @@ def binary_cross_entropy(
         _checks.probabilities_in_unit_interval(fn, input)
         _checks.probabilities_in_unit_interval(fn, target, "target")
         _checks.argument_gradients(fn, "binary", weight=weight, target=target)
-        return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
+        return _dispatch.binary_cross_entropy(input, target, weight, opts, small)
 
 
 binary_cross_entropy.__doc__ = _docs.BINARY_CROSS_ENTROPY
@@ -185,14 +190,12 @@ def binary_cross_entropy_with_logits(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.binary_to_torch(input):
-        try:
-            return _torch.binary_cross_entropy_with_logits_unchecked(
-                input, target, weight, reduction, pos_weight
-            )
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+    small = _dispatch.binary_to_torch(input)
+    if small:
+        loss = _torch_first(_torch.binary_cross_entropy_with_logits_unchecked, input, target, weight,
+                            reduction, pos_weight)
+        if loss is not _REFUSED:
+            return loss
     fn = "binary_cross_entropy_with_logits"
     reduction = _checks.deprecated_reduction(reduction)
     dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
@@ -202,8 +205,7 @@ def binary_cross_entropy_with_logits(
         weight = _checks.broadcast_weight(fn, "weight", weight, input)
         pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
         _checks.argument_gradients(fn, "binary_logits", weight=weight, target=target, pos_weight=pos_weight)
-        loss_fn = _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
-        return loss_fn(input, target, weight, pos_weight, opts)
+        return _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts, small)
 
 
 binary_cross_entropy_with_logits.__doc__ = _docs.BINARY_CROSS_ENTROPY_WITH_LOGITS
@@ -233,14 +235,10 @@ def linear_cross_entropy(
     if _dispatch.linear_to_torch(
         input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing, extensions
     ):
-        try:
-            return _torch.linear_cross_entropy_unchecked(
-                input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                label_smoothing,
-            )
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+        loss = _torch_first(_torch.linear_cross_entropy_unchecked, input, linear_weight, target,
+                            linear_bias, weight, reduction, ignore_index, label_smoothing)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     if _autocast.active(input):
         input, linear_weight, linear_bias, weight, dtype = _autocast.linear_args(
@@ -274,9 +272,7 @@ def linear_cross_entropy(
             opts = dataclasses.replace(opts, chunk_size=rows, allow_retain_graph=retain)
         if unbatched:  # (D,) -> (1, D); the loss of 'none' comes back as a scalar, as torch's
             input, target = input.unsqueeze(0), target.unsqueeze(0)
-        loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)(
-            input, linear_weight, target, linear_bias, weight, opts
-        )
+        loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)
         return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
 
 

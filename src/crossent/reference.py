@@ -130,15 +130,45 @@ def binary_cross_entropy(
         'mean' = sum l / numel   (w broadcasts to the input; it does not enter the denominator)
 
     The -100 floor is torch's (Loss.cpp `binary_cross_entropy_out_cpu`): l stays finite at p = 0, 1.
-    Gradients there are the derivative of this formula (the floored log contributes 0), whereas
-    torch's backward uses (p - y) / max(p (1 - p), 1e-12) for the input and unfloored logs for the
-    target; they agree for 0 < p < 1.
+    The gradients are torch's backward formulas, not the floored formula's derivative (they differ
+    where the floor or the clamp acts: p = 0 or 1, p (1 - p) < 1e-12):
+
+        dl/dp = w (p - y) / max(p (1 - p), 1e-12)        dl/dy = w (log(1 - p) - log p)
+
+    (`_BCEGradients` attaches them: the loss's value is the formula's.)
     """
     p, y = input.to(precision), target.to(precision)
     loss = -(y * _floored_log(p) + (1 - y) * _floored_log(1 - p))
+    loss = loss.detach() + _BCEGradients.apply(p, y)  # value: the formula's; gradients: torch's
     if weight is not None:
         loss = loss * weight.to(precision)
     return _reduce(loss, reduction, denominator=loss.numel())
+
+
+# torch's EPSILON in binary_cross_entropy_backward: the float literal 1e-12f, i.e. this value.
+_BCE_EPS = 9.999999960041972e-13
+
+
+class _BCEGradients(torch.autograd.Function):
+    """Zero in value; its gradients are torch's BCE backward formulas (see binary_cross_entropy),
+    written in differentiable ops, so a second derivative differentiates them as torch's does."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p, y):
+        return torch.zeros_like(p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, y = ctx.saved_tensors
+        gp = (p - y) / torch.clamp(p * (1 - p), min=_BCE_EPS)
+        gy = torch.log1p(-p) - torch.log(p)
+        return grad * gp, grad * gy
 
 
 def binary_cross_entropy_with_logits(

@@ -84,6 +84,18 @@ def torch_int(fn: str, name: str, value: object) -> int:
     raise InvalidArgumentType(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
 
 
+def count(fn: str, name: str, value: object, *, minimum: int = 1, what: str = "") -> int | None:
+    """An int option of crossent's that counts something (chunk_size, num_classes): None, or an
+    int >= minimum (a bool or another type is a TypeError, a smaller int a ValueError)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentType(f"{fn}: {name} must be an int{what} or None, got {value!r}")
+    if value < minimum:
+        raise InvalidArgument(f"{fn}: {name} must be >= {minimum}{what}, got {value}")
+    return value
+
+
 def torch_float(fn: str, name: str, value: object, *, allow_bool: bool = True) -> float:
     """A float argument as torch's argument parser takes it: a real number (Python's, a bool
     included, or a numpy scalar) or a 0-d tensor that does not require grad; crossent's own

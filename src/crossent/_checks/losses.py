@@ -10,7 +10,6 @@ from .._options import LossOptions
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    TargetOutOfRange,
     _finite_number,
     _floating,
     _same_device,
@@ -88,92 +87,12 @@ def loss_options(
     )
 
 
-def class_targets(
-    fn: str, input: torch.Tensor, target: object, *, class_dim_size: int, ignore_index: int
-) -> torch.Tensor:
-    """Check class-index targets against input (N, C, d1..dk) or (C,); return them as int64.
-
-    The dtypes torch accepts (`class_index_dtype`); values in [0, C) or equal to ignore_index.
-    """
-    target = _tensor(fn, "target", target)
-    _same_device(fn, "target", target, input)
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        expected = "()" if input.dim() == 1 else _shape(input[:, 0]) if input.dim() > 1 else ""
-        raise InvalidArgumentType(
-            f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
-            f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
-            f"target of the input's shape {_shape(input)}"
-        )
-    expected_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
-    if target.shape != expected_shape:
-        raise InvalidArgument(
-            f"{fn}: target of class indices must have shape {tuple(expected_shape)} for input of "
-            f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-    target = class_index_dtype(fn, target, k_dim=input.dim() > 2)
-    _class_index_range(fn, target, class_dim_size, ignore_index)
-    return target
-
-
-def class_index_dtype(fn: str, target: torch.Tensor, *, k_dim: bool) -> torch.Tensor:
-    """torch's rule for the dtype of class indices, as int64: int64, or uint8 where torch's
-    nll_loss takes it -- for (C,) and (N, C) inputs, not K-dimensional ones (nll_loss2d and the
-    reshaped K-dim paths want Long: "expected scalar type Long but found Byte"). Other integer
-    dtypes are refused as torch refuses them ("expected target dtype to be Long or Byte"), so
-    that code written against crossent runs on torch."""
-    if target.dtype == torch.int64:
-        return target
-    if target.dtype == torch.uint8 and not k_dim:
-        return target.long()
-    accepted = "int64" if k_dim else "int64 or uint8"
-    where = " for a K-dimensional input, as torch's" if k_dim and target.dtype == torch.uint8 else ", as torch's"
-    raise InvalidArgumentType(
-        f"{fn}: target of class indices must be {accepted}{where}, got {target.dtype}; "
-        f"use target.long()"
-    )
-
-
-def _class_index_range(fn: str, target: torch.Tensor, class_dim_size: int, ignore_index: int) -> None:
-    """Every int64 class index lies in [0, C) or equals ignore_index (value check, see above)."""
-    if target.numel() and _values_checked(target):
-        lo, hi = torch.aminmax(target)
-        if lo.item() < 0 or hi.item() >= class_dim_size:
-            bad = (target != ignore_index) & ((target < 0) | (target >= class_dim_size))
-            if bool(bad.any()):
-                where = tuple(int(i) for i in bad.nonzero()[0])
-                value = int(target[where]) if where else int(target)
-                raise TargetOutOfRange(
-                    f"{fn}: target contains {value} at index {where}, outside the classes "
-                    f"[0, {class_dim_size}) and not ignore_index={ignore_index}"
-                )
-
-
 def logits_input(fn: str, input: object) -> torch.Tensor:
     input = _tensor(fn, "input", input)
     _floating(fn, "input", input)
     if input.dim() == 0:
         raise InvalidArgument(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
     return input
-
-
-def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    """Class-probability targets: a floating tensor of the input's shape; nothing to ignore."""
-    _same_device(fn, "target", target, input)
-    if ignore_index >= 0:
-        raise InvalidArgument(
-            f"{fn}: ignore_index={ignore_index} cannot apply to class-probability targets "
-            f"(torch refuses it too); leave ignore_index at its default -100"
-        )
-    if target.shape != input.shape:
-        raise InvalidArgument(
-            f"{fn}: target of class probabilities must have the input's shape "
-            f"{tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-
-
-def is_prob_target(input: torch.Tensor, target: object) -> bool:
-    """torch's rule: a floating target of the input's shape holds class probabilities."""
-    return isinstance(target, torch.Tensor) and target.is_floating_point() and target.shape == input.shape
 
 
 def class_weight(
