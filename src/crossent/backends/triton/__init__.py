@@ -31,7 +31,6 @@ program in a fixed order; totals by `common.deterministic_sum`; no atomics).
 
 from __future__ import annotations
 
-
 import torch
 
 from ... import _checks
