@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CliError
-from .columns import DATE_PARTS, arg, label
+from . import numbers
+from ._cells import arg, label, require_columns, rows_text
+from .columns import DATE_PARTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -88,11 +90,13 @@ class InputReport:
 # columns -> raw values
 
 
-def _numbers(col: pd.Series, tokens: list[str], name: str, source: str) -> np.ndarray:
+def _numbers(
+    col: pd.Series, tokens: list[str], name: str, source: str, fmt: dict[str, str] | None = None
+) -> np.ndarray:
+    """float64 values of a numeric column; text is read as plain numbers, or as `fmt` (a
+    `numbers.TextNumbers` as JSON) says; `tokens` are read as missing."""
     import numpy as np
     import pandas as pd
-
-    from .data import rows_text
 
     if pd.api.types.is_bool_dtype(col):
         col = col.astype(float)
@@ -101,7 +105,10 @@ def _numbers(col: pd.Series, tokens: list[str], name: str, source: str) -> np.nd
     else:
         text = col.astype(str).str.strip().where(col.notna())
         text = text.where(~text.isin(tokens))
-        num = pd.to_numeric(text, errors="coerce")
+        if fmt:
+            num = numbers.parse(text, numbers.TextNumbers(**fmt))
+        else:
+            num = pd.to_numeric(text, errors="coerce")
         bad = num.isna() & text.notna()
         if bad.any():
             raise CliError(
@@ -119,8 +126,10 @@ def _date_parts(col: pd.Series, fmt: str | None, name: str, source: str) -> np.n
     import numpy as np
     import pandas as pd
 
-    from .data import rows_text
-
+    if pd.api.types.is_datetime64_any_dtype(col):  # Excel and Parquet dates: already dates
+        when = col.dt.tz_localize(None) if getattr(col.dt, "tz", None) is not None else col
+        parts = [when.dt.year, when.dt.month, when.dt.day_of_week]
+        return np.stack([p.to_numpy(dtype=np.float64, na_value=np.nan) for p in parts], axis=1)
     text = col.astype(str).str.strip().where(col.notna())
     when = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce")
     bad = when.isna() & text.notna()
@@ -157,7 +166,16 @@ def fit(
     blocks, flat, source_col = [], [], []  # arrays; output names; the column each came from
     for name, kind in plan.kinds.items():
         if kind == "numeric":
-            blocks.append(_numbers(frame[name], plan.missing_tokens.get(name, []), name, source))
+            fmt = plan.number_formats.get(name)
+            blocks.append(
+                _numbers(
+                    frame[name],
+                    plan.missing_tokens.get(name, []),
+                    name,
+                    source,
+                    None if fmt is None else fmt.as_json(),
+                )
+            )
             flat.append(name)
             source_col.append(name)
         elif kind == "date":
@@ -196,6 +214,8 @@ def fit(
                     "missing_tokens": plan.missing_tokens.get(name, []),
                 }
             )
+            if name in plan.number_formats:  # '197,608', '$1.5', '12%': read as written
+                spec_cols[-1]["text_numbers"] = plan.number_formats[name].as_json()
         elif kind == "date":
             parts = []
             for p in DATE_PARTS:
@@ -282,8 +302,6 @@ def transform(
     """(N, len(outputs)) float64 features of `frame` and what had to be filled in."""
     import numpy as np
 
-    from .data import require_columns
-
     require_columns(frame, [c["name"] for c in spec["columns"]], source)
     report = InputReport()
     blocks: list[np.ndarray] = []
@@ -298,7 +316,9 @@ def transform(
     for c in spec["columns"]:
         name, col = c["name"], frame[c["name"]]
         if c["kind"] == "numeric":
-            values = _numbers(col, c.get("missing_tokens", []), name, source)
+            values = _numbers(
+                col, c.get("missing_tokens", []), name, source, c.get("text_numbers")
+            )
             blocks.append(scaled(values, c, name)[:, None])
         elif c["kind"] == "date":
             parts = _date_parts(col, c.get("format"), name, source)
