@@ -95,9 +95,7 @@ def main() -> None:
 
     for name in args.tables.split(","):
         frame, target = TABLES[name]()
-        dev, test = train_test_split(
-            frame, test_size=0.2, random_state=0, stratify=frame[target]
-        )
+        dev, test = train_test_split(frame, test_size=0.2, random_state=0, stratify=frame[target])
         rows = {}
         rows.update(
             [

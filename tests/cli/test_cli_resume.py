@@ -107,7 +107,9 @@ def test_default_budget_resumes_its_stopping_rule_schedule_and_best_weights(
     assert again["kept_epoch"] == cfg["training"]["kept_epoch"]
 
 
-def test_keyboard_interrupt_mid_epoch_then_resume(tmp_path, uninterrupted, monkeypatch, every_epoch):
+def test_keyboard_interrupt_mid_epoch_then_resume(
+    tmp_path, uninterrupted, monkeypatch, every_epoch
+):
     real = training.make_optimizer
 
     def interrupted_after_10_steps(*args, **kwargs):

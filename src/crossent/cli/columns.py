@@ -103,7 +103,9 @@ def numeric_reading(col: pd.Series, decimal: str = ".", forced: bool = False):
     fmt, values = numbers.read(present.astype(str), decimal, MISSING_TOKENS_MAX)
     bad = present[values.isna().to_numpy()].astype(str).str.strip()
     tokens = sorted(set(bad))
-    if len(bad) and (forced or len(bad) > MISSING_SHARE * len(present) or len(tokens) > MISSING_TOKENS_MAX):
+    if len(bad) and (
+        forced or len(bad) > MISSING_SHARE * len(present) or len(tokens) > MISSING_TOKENS_MAX
+    ):
         return None
     full = pd.Series(np.nan, index=col.index, dtype=np.float64)
     full[present.index] = values.to_numpy()
@@ -140,7 +142,9 @@ def date_format(col: pd.Series) -> str | None | bool:
         guesses = [guess_datetime_format(first, dayfirst=d) for d in (False, True)]
         for fmt in dict.fromkeys([*guesses, None]):  # None: any ISO 8601 mix (dates, date-times)
             try:
-                parsed = pd.to_datetime(present.str.strip(), format=fmt or "ISO8601", errors="coerce")
+                parsed = pd.to_datetime(
+                    present.str.strip(), format=fmt or "ISO8601", errors="coerce"
+                )
             except (ValueError, TypeError):
                 continue
             if parsed.notna().all():
@@ -305,7 +309,9 @@ def _plan_column(ctx: _Context, plan: ColumnPlan, name: str) -> None:
             f"column '{name}' of {ctx.source} is {how} the target '{ctx.target}', so it would "
             f"leak the label into the features; leave it out with --drop {arg(name)}"
         )
-    forced = "numeric" if name in opts.numeric else "categorical" if name in opts.categorical else None
+    forced = (
+        "numeric" if name in opts.numeric else "categorical" if name in opts.categorical else None
+    )
     kind = forced or infer_kind(col, ctx.decimal)
     reading = None
     if kind == "numeric" and is_text(col):
@@ -342,7 +348,9 @@ def _note_reading(plan: ColumnPlan, name: str, col: pd.Series, reading: NumericR
         plan.notices.append(f"note: column '{name}': {shown} read as missing values")
     if reading.fmt is not None:
         plan.number_formats[name] = reading.fmt
-        seps = {",": "','", ".": "'.'", " ": "spaces", "'": '"\'"'}.get(reading.fmt.thousands, "spaces")
+        seps = {",": "','", ".": "'.'", " ": "spaces", "'": '"\'"'}.get(
+            reading.fmt.thousands, "spaces"
+        )
         example = numbers.example(col, reading.values)
         plan.notices.append(
             f"note: column '{name}' read as numbers written with thousands separators ({seps}), "

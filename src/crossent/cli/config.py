@@ -123,17 +123,13 @@ def model_config(
         config["scaling"] = scaling
     if preprocessing is not None:
         config["preprocessing"] = preprocessing
-    config.update(
-        {"target": target, "classes": classes, "training": training, "history": history}
-    )
+    config.update({"target": target, "classes": classes, "training": training, "history": history})
     return config
 
 
 def numeric_only(preprocessing: dict[str, Any]) -> bool:
     """Every column plain numbers: a version-1 reader (scaling only) reads the model right."""
-    return all(
-        c["kind"] == "numeric" and "text_numbers" not in c for c in preprocessing["columns"]
-    )
+    return all(c["kind"] == "numeric" and "text_numbers" not in c for c in preprocessing["columns"])
 
 
 def training_section(run: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:

@@ -68,9 +68,14 @@ def model_and_data_options(command):
     """The --model DIR (a folder written by `crossent train`), --data CSV|NAME and --sep options
     that evaluate and predict share; they arrive as model_dir, source and sep."""
     command = sep_option(command)
-    command = click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)(command)
+    command = click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)(
+        command
+    )
     return click.option(
-        "--model", "model_dir", required=True, type=click.Path(),
+        "--model",
+        "model_dir",
+        required=True,
+        type=click.Path(),
         help="Model folder written by `crossent train`.",
     )(command)
 
@@ -266,7 +271,9 @@ def load_for_model(
     if builtin_target is not None:
         target = builtin_target
     X = feature_matrix(frame, list(feature_names), name)
-    return Dataset(name, X, list(feature_names), target, _labels(frame, target, name, need_target), None, frame)
+    return Dataset(
+        name, X, list(feature_names), target, _labels(frame, target, name, need_target), None, frame
+    )
 
 
 def model_source(
@@ -286,7 +293,9 @@ def model_source(
         target = builtin_target
     require_columns(frame, list(config["features"]), name)
     labels = _labels(frame, target, name, need_target)
-    return Dataset(name, np.zeros((len(frame), 0)), list(config["features"]), target, labels, None, frame)
+    return Dataset(
+        name, np.zeros((len(frame), 0)), list(config["features"]), target, labels, None, frame
+    )
 
 
 def model_inputs(

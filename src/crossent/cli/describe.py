@@ -92,7 +92,6 @@ def _csv(frame: Any, name: str, fmt: Any, target: str | None, options: dict[str,
     from . import columns as cols
     from . import data as data_mod
     from ._errors import CliError
-
     from .target import check_classes
 
     click.echo(f"{name}: {len(frame)} rows, {frame.shape[1]} columns ({fmt.describe()})")

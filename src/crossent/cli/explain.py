@@ -58,7 +58,9 @@ def parse_target(
             raise CliError(f"--target {text!r} is not a list of class indices; write e.g. 1 or 1,0")
         if len(flat) == n_rows:
             if not all(v.is_integer() for v in flat):
-                raise CliError(f"--target {text!r} is not a list of class indices; write e.g. 1 or 1,0")
+                raise CliError(
+                    f"--target {text!r} is not a list of class indices; write e.g. 1 or 1,0"
+                )
             return [int(v) for v in flat], None, None
         if len(flat) != n_rows * C:
             raise CliError(
@@ -88,13 +90,21 @@ def _distributions(
     if all(sorted(r)[-1] == 1 and sum(r) == 1 for r in rows):
         indices = [r.index(1) for r in rows]
         shown = ",".join(map(str, indices))
-        return indices, None, (
-            f"--target {text} read as one-hot: class index {shown} "
-            f"(the same as --target {shown})"
+        return (
+            indices,
+            None,
+            (
+                f"--target {text} read as one-hot: class index {shown} "
+                f"(the same as --target {shown})"
+            ),
         )
-    return None, rows, (
-        f"--target {text} read as class probabilities (soft targets, torch's probability "
-        "targets): each row's loss weighs every class by its probability"
+    return (
+        None,
+        rows,
+        (
+            f"--target {text} read as class probabilities (soft targets, torch's probability "
+            "targets): each row's loss weighs every class by its probability"
+        ),
     )
 
 
@@ -223,7 +233,15 @@ def explain(**o) -> None:
                 "--binary takes --p or --logit and --y, not --probs/--logits/--target; "
                 "drop --binary for the multi-class loss"
             )
-        keys = ("p_text", "logit_text", "y_text", "weight", "pos_weight", "label_smoothing", "reduction")
+        keys = (
+            "p_text",
+            "logit_text",
+            "y_text",
+            "weight",
+            "pos_weight",
+            "label_smoothing",
+            "reduction",
+        )
         _binary(*(o[k] for k in keys))
         return
     if o["p_text"] or o["logit_text"] or o["y_text"] or o["pos_weight"] is not None:

@@ -148,7 +148,9 @@ def _multi_header(m: _Multi) -> None:
             click.echo(f"  label smoothing eps = {eps}: q_c becomes (1 - eps) * q_c + eps / C")
 
 
-def _softmax(row: list[float], from_logits: bool) -> tuple[list[float], list[float], list[float], float, float]:
+def _softmax(
+    row: list[float], from_logits: bool
+) -> tuple[list[float], list[float], list[float], float, float]:
     """(p, log p, exp(z - m), m, sum exp(z - m)); for probabilities the last three are unused."""
     if not from_logits:
         return list(row), [_log(v) for v in row], [], 0.0, 0.0
@@ -164,7 +166,11 @@ def _multi_row(m: _Multi, i: int) -> tuple[float, float]:
     p, logp, e, mx, total = _softmax(row, m.from_logits)
     q, w, shown = m.q(i), m.w, bool(m.weight or m.eps or m.dists)
     ignored = t is not None and t == m.ignore_index
-    target = f"target class {t}" if t is not None else "target distribution " + ", ".join(f"{v:g}" for v in m.dists[i])
+    target = (
+        f"target class {t}"
+        if t is not None
+        else "target distribution " + ", ".join(f"{v:g}" for v in m.dists[i])
+    )
     click.echo(f"\nrow {i + 1}, {target}" + (" (= ignore_index: skipped)" if ignored else ""))
     head = "  class" + ("       z  exp(z-m)" if m.from_logits else "") + "       p   -log p"
     head += ("       w" if m.weight else "") + ("       q" if (m.eps or m.dists) else "")
@@ -222,7 +228,9 @@ def _multi_reduce(m: _Multi, losses: list[float], denominator: float) -> list[fl
             f"sum w[t] = {denominator:.4f}, not by the number of rows ({counted})"
         )
         if counted == 1:
-            click.echo("  with a single row the weight cancels; it matters across rows and for 'sum'")
+            click.echo(
+                "  with a single row the weight cancels; it matters across rows and for 'sum'"
+            )
     elif counted != len(m.targets):
         click.echo(f"\n'mean' divides by the {counted} counted row(s), not by all {len(m.targets)}")
     if denominator == 0:
@@ -277,10 +285,6 @@ def explain_binary(
     checked them). Ends with crossent's float64 result beside the arithmetic's, and exits 1 if the
     two disagree.
     """
-    import torch
-
-    import crossent
-
     n = len(values)
     v = weight if weight else [1.0] * n
     if len(v) == 1 and n > 1:
@@ -328,10 +332,28 @@ def explain_binary(
     if reduction == "mean" and n > 1:
         click.echo(f"\n'mean' divides by the number of rows ({n})")
 
+    out, call = _binary_library(values, from_logits, soft, weight and v, pos_weight, pw, reduction)
+    _finish(manual, out, call, reduction)
+
+
+def _binary_library(
+    values: list[float],
+    from_logits: bool,
+    soft: list[float],
+    v: list[float] | None,
+    pos_weight: float | None,
+    pw: float,
+    reduction: str,
+) -> tuple[list[float], str]:
+    """crossent's float64 binary loss for the same inputs, and the call that gave it."""
+    import torch
+
+    import crossent
+
     t_x = torch.tensor(values, dtype=torch.float64)
     t_y = torch.tensor(soft, dtype=torch.float64)
-    t_v = torch.tensor(v, dtype=torch.float64) if weight else None
-    wtxt = ", weight=v" if weight else ""
+    t_v = torch.tensor(v, dtype=torch.float64) if v else None
+    wtxt = ", weight=v" if v else ""
     if from_logits:
         t_pw = torch.tensor([pw], dtype=torch.float64) if pos_weight is not None else None
         out = crossent.binary_cross_entropy_with_logits(
@@ -344,4 +366,4 @@ def explain_binary(
     else:
         out = crossent.binary_cross_entropy(t_x, t_y, weight=t_v, reduction=reduction)
         call = f"crossent.binary_cross_entropy(p, y{wtxt}, reduction='{reduction}')"
-    _finish(manual, out.reshape(-1).tolist(), call, reduction)
+    return out.reshape(-1).tolist(), call

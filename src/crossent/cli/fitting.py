@@ -77,7 +77,9 @@ def prepare(table: Table, opts: FitOptions, quiet: bool) -> Prepared:
     weights = parse_class_weights(opts.class_weight, classes, y)
     train_rows, val_rows, not_stratified = data_mod.split_indices(y, opts.val_split, opts.seed)
     if not_stratified:
-        click.echo(f"note: the validation split is random, not stratified: {not_stratified}", err=True)
+        click.echo(
+            f"note: the validation split is random, not stratified: {not_stratified}", err=True
+        )
     spec = preprocess.fit(table.frame.iloc[train_rows], table.plan, table.name, opts.max_categories)
     X, filled = preprocess.transform(spec, table.frame, table.name)
     if not quiet:
@@ -179,9 +181,15 @@ def begin(loop: training.Loop, folder: Path, resume: bool, overwrite: bool) -> l
 def describe(prep: Prepared, loop: training.Loop, opts: FitOptions, start: int) -> list[str]:
     """The lines train prints before the epochs: data, task, model, budget."""
     res, arch, table = prep.res, prep.res.architecture, prep.table
-    shape = " -> ".join(str(n) for n in [arch["in_features"], *arch["hidden"], arch["out_features"]])
+    shape = " -> ".join(
+        str(n) for n in [arch["in_features"], *arch["hidden"], arch["out_features"]]
+    )
     head = "sigmoid + BCE-with-logits" if res.task == "binary" else "softmax + cross-entropy"
-    encoded = "" if res.columns is None else f"{len(table.plan.features)} columns -> {prep.n_features} features; "
+    encoded = (
+        ""
+        if res.columns is None
+        else f"{len(table.plan.features)} columns -> {prep.n_features} features; "
+    )
     lines = [
         f"{table.name}: {len(prep.train_rows)} training rows, {len(prep.val_rows)} validation "
         f"rows, {len(res.classes)} classes ({res.task}: {head}); {encoded}{opts.kind} {shape}"

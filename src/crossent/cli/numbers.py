@@ -46,9 +46,7 @@ class TextNumbers:
         t, d = re.escape(self.thousands), re.escape(self.decimal)
         cur = f"[{re.escape(CURRENCY)}]"
         number = rf"(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)(?:{d}\d+)?|{d}\d+"
-        return re.compile(
-            rf"^(?:[+-]?\s*{cur}?\s*|{cur}\s*[+-]?\s*)(?:{number})\s*%?\s*{cur}?$"
-        )
+        return re.compile(rf"^(?:[+-]?\s*{cur}?\s*|{cur}\s*[+-]?\s*)(?:{number})\s*%?\s*{cur}?$")
 
 
 def parse(text: pd.Series, fmt: TextNumbers) -> pd.Series:
@@ -69,7 +67,7 @@ def parse(text: pd.Series, fmt: TextNumbers) -> pd.Series:
 
 
 def example(text: pd.Series, values: pd.Series) -> str:
-    """"'197,608' = 197608": the first value whose reading changed the most characters."""
+    """ "'197,608' = 197608": the first value whose reading changed the most characters."""
     for raw, value in zip(text.tolist(), values.tolist()):
         raw = str(raw).strip()
         if value == value and raw != f"{value:g}":
@@ -93,7 +91,11 @@ def read(
     if words.nunique() > max_words:
         return best[0], best[1].astype("float64")
     # the file's own decimal mark first: in a '.'-decimal file '1,234' is a thousand and more
-    pairs = SEPARATORS_COMMA + SEPARATORS_POINT if decimal == "," else SEPARATORS_POINT + SEPARATORS_COMMA
+    pairs = (
+        SEPARATORS_COMMA + SEPARATORS_POINT
+        if decimal == ","
+        else SEPARATORS_POINT + SEPARATORS_COMMA
+    )
     for thousands, dec in pairs:
         if int(best[1].isna().sum()) == 0:
             break

@@ -31,9 +31,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._errors import CliError
 from . import numbers
 from ._cells import arg, label, require_columns, rows_text
+from ._errors import CliError
 from .columns import DATE_PARTS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -157,50 +157,9 @@ def fit(
     frame: pd.DataFrame, plan: Any, source: str, max_categories: int = MAX_CATEGORIES
 ) -> dict[str, Any]:
     """Learn the preprocessing from `frame` (the training rows only) as a JSON-ready dict."""
-    import numpy as np
     import sklearn
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import StandardScaler
 
-    # numeric block: numeric columns and date parts, one imputer + scaler over all of them
-    blocks, flat, source_col = [], [], []  # arrays; output names; the column each came from
-    for name, kind in plan.kinds.items():
-        if kind == "numeric":
-            fmt = plan.number_formats.get(name)
-            blocks.append(
-                _numbers(
-                    frame[name],
-                    plan.missing_tokens.get(name, []),
-                    name,
-                    source,
-                    None if fmt is None else fmt.as_json(),
-                )
-            )
-            flat.append(name)
-            source_col.append(name)
-        elif kind == "date":
-            blocks.append(_date_parts(frame[name], plan.date_formats.get(name), name, source))
-            flat += [f"{name}_{p}" for p in DATE_PARTS]
-            source_col += [name] * len(DATE_PARTS)
-    stats: dict[str, tuple[float, float, float]] = {}
-    if blocks:
-        X = np.column_stack(blocks)
-        empty = np.isnan(X).all(axis=0)
-        if empty.any():
-            col = source_col[int(np.flatnonzero(empty)[0])]
-            raise CliError(
-                f"column '{col}' of {source} has no values in the training rows; "
-                f"leave it out with --drop {arg(col)}, or use more rows"
-            )
-        imputer = SimpleImputer(strategy="median").fit(X)
-        scaler = StandardScaler().fit(imputer.transform(X))
-        for i, n in enumerate(flat):
-            stats[n] = (
-                float(imputer.statistics_[i]),
-                float(scaler.mean_[i]),
-                float(scaler.scale_[i]),
-            )
-
+    stats = _fit_numeric(frame, plan, source)
     spec_cols: list[dict[str, Any]] = []
     for name, kind in plan.kinds.items():
         if kind == "numeric":
@@ -235,6 +194,44 @@ def fit(
     }
     spec["outputs"] = output_names(spec)
     return spec
+
+
+def _fit_numeric(frame: pd.DataFrame, plan: Any, source: str) -> dict[str, tuple]:
+    """Output name -> (median, mean, scale): one SimpleImputer(median) + StandardScaler over
+    the numeric columns and the date parts together."""
+    import numpy as np
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    blocks, flat, source_col = [], [], []  # arrays; output names; the column each came from
+    for name, kind in plan.kinds.items():
+        if kind == "numeric":
+            fmt = plan.number_formats.get(name)
+            tokens = plan.missing_tokens.get(name, [])
+            fmt_json = None if fmt is None else fmt.as_json()
+            blocks.append(_numbers(frame[name], tokens, name, source, fmt_json))
+            flat.append(name)
+            source_col.append(name)
+        elif kind == "date":
+            blocks.append(_date_parts(frame[name], plan.date_formats.get(name), name, source))
+            flat += [f"{name}_{p}" for p in DATE_PARTS]
+            source_col += [name] * len(DATE_PARTS)
+    if not blocks:
+        return {}
+    X = np.column_stack(blocks)
+    empty = np.isnan(X).all(axis=0)
+    if empty.any():
+        col = source_col[int(np.flatnonzero(empty)[0])]
+        raise CliError(
+            f"column '{col}' of {source} has no values in the training rows; "
+            f"leave it out with --drop {arg(col)}, or use more rows"
+        )
+    imputer = SimpleImputer(strategy="median").fit(X)
+    scaler = StandardScaler().fit(imputer.transform(X))
+    return {
+        n: (float(imputer.statistics_[i]), float(scaler.mean_[i]), float(scaler.scale_[i]))
+        for i, n in enumerate(flat)
+    }
 
 
 def _fit_categorical(col: pd.Series, name: str, source: str, cap: int) -> dict[str, Any]:
@@ -316,9 +313,7 @@ def transform(
     for c in spec["columns"]:
         name, col = c["name"], frame[c["name"]]
         if c["kind"] == "numeric":
-            values = _numbers(
-                col, c.get("missing_tokens", []), name, source, c.get("text_numbers")
-            )
+            values = _numbers(col, c.get("missing_tokens", []), name, source, c.get("text_numbers"))
             blocks.append(scaled(values, c, name)[:, None])
         elif c["kind"] == "date":
             parts = _date_parts(col, c.get("format"), name, source)

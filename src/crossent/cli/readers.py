@@ -37,7 +37,10 @@ FOREIGN = (
     (b"\x89PNG", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF8", "a GIF image"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Excel .xls (or other Office 97-2003) file; save it as .xlsx or CSV"),
+    (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "an old Excel .xls (or other Office 97-2003) file; save it as .xlsx or CSV",
+    ),
     (b"SQLite format 3\x00", "an SQLite database; export the table as CSV"),
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file; export the table as CSV or Parquet"),
     (b"ARROW1", "an Arrow/Feather file; save it as Parquet"),
@@ -67,8 +70,12 @@ class SourceFormat:
 
     def describe(self) -> str:
         """'delimiter comma (sniffed), UTF-8, gzip-compressed', 'Parquet', ... for `crossent data`."""
-        text = self.csv.describe() if self.csv else {"json lines": "JSON Lines"}.get(
-            self.kind, self.kind.capitalize() if self.kind != "json" else "JSON"
+        text = (
+            self.csv.describe()
+            if self.csv
+            else {"json lines": "JSON Lines"}.get(
+                self.kind, self.kind.capitalize() if self.kind != "json" else "JSON"
+            )
         )
         return text + (f", {self.compression}-compressed" if self.compression else "")
 
@@ -154,7 +161,9 @@ def _zip(path: Path, sep: str | None) -> tuple[pd.DataFrame, SourceFormat]:
             if any(n.startswith("xl/") for n in names):
                 return _excel(path)
             if "mimetype" in names and b"opendocument" in z.read("mimetype"):
-                raise CliError(f"{READS}; '{path}' looks like an OpenDocument file; save it as .xlsx or CSV")
+                raise CliError(
+                    f"{READS}; '{path}' looks like an OpenDocument file; save it as .xlsx or CSV"
+                )
             if any(n.startswith("word/") for n in names):
                 raise CliError(f"{READS}; '{path}' looks like a Word document")
             if len(names) != 1:

@@ -66,6 +66,23 @@ def _options(command: Any) -> Any:
     return command
 
 
+def _table(source: str, options: dict[str, Any]) -> Any:
+    """The table to train on (its data options popped from `options`), notices on stderr."""
+    from . import data as data_mod
+
+    table = data_mod.load_for_training(
+        source,
+        options.pop("target"),
+        csv_list(options.pop("features")) or None,
+        sep=options.pop("sep"),
+        classification=options.pop("classification"),
+        **{k: options.pop(k) for k in ("drop", "keep", "categorical", "numeric", "dates")},
+    )
+    for line in table.plan.notices + ([table.fmt.note] if table.fmt and table.fmt.note else []):
+        click.echo(line, err=True)
+    return table
+
+
 @click.command(short_help="Train a classifier; save it as safetensors + JSON.")
 @click.option("--data", "source", required=True, metavar="FILE|NAME", help=DATA_HELP)
 @click.option("--target", help="Label column of the table (not needed for built-ins).")
@@ -76,7 +93,9 @@ def _options(command: Any) -> Any:
     help="Treat a numeric target with many values (or one per row) as classes anyway.",
 )
 @click.option(
-    "--out", type=click.Path(file_okay=False), help="Model folder to write (default: runs/<data name>)."
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Model folder to write (default: runs/<data name>).",
 )
 @_options
 @click.option(
@@ -123,21 +142,11 @@ def train(**options: Any) -> None:
       crossent train --data patients.csv.gz --target diagnosis --resume
       crossent train --data penguins.parquet --target species --categorical year --drop sex
     """
-    from . import data as data_mod
     from . import fitting
 
     source, out = options.pop("source"), options.pop("out")
     flags = {k: options.pop(k) for k in ("resume", "overwrite", "quiet")}
-    table = data_mod.load_for_training(
-        source,
-        options.pop("target"),
-        csv_list(options.pop("features")) or None,
-        sep=options.pop("sep"),
-        classification=options.pop("classification"),
-        **{k: options.pop(k) for k in ("drop", "keep", "categorical", "numeric", "dates")},
-    )
-    for line in table.plan.notices + ([table.fmt.note] if table.fmt and table.fmt.note else []):
-        click.echo(line, err=True)
+    table = _table(source, options)
     hidden = options.pop("hidden")
     opts = FitOptions(
         **options, hidden=tuple(parse_hidden(hidden)) if options["kind"] == "mlp" else ()
