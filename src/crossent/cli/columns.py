@@ -16,7 +16,8 @@ Left out, each with a one-line notice (`--keep COL` keeps one):
 
     id           integer or text unique per row, or integer-valued and monotone with the row
                  number with many distinct values (a row counter with gaps); on a file sorted by
-                 the label such a column predicts it perfectly and means nothing on new rows
+                 the label such a column predicts it perfectly and means nothing on new rows.
+                 Numbers written with thousands separators or signs are quantities, never ids
 
 Refused (one sentence, exit code 2): a column with no values at all; a feature identical to the
 target, or the target under other names (a one-to-one relabelling: it leaks the label); --drop,
@@ -319,8 +320,10 @@ def _plan_column(ctx: _Context, plan: ColumnPlan, name: str) -> None:
         if reading is None:
             _not_numeric(col, name, ctx.source, ctx.decimal)
     named = ctx.features_named or name in opts.keep or forced  # the user chose it: no id rule
+    # numbers written with separators or signs are quantities for people to read, not ids
+    written = reading is not None and reading.fmt is not None
     id_col = col if reading is None else _as_id_candidate(reading)
-    reason = None if (named or kind == "date") else id_reason(id_col)
+    reason = None if (named or written or kind == "date") else id_reason(id_col)
     if reason:
         plan.dropped[name] = reason
         plan.notices.append(
@@ -351,7 +354,7 @@ def _note_reading(plan: ColumnPlan, name: str, col: pd.Series, reading: NumericR
         seps = {",": "','", ".": "'.'", " ": "spaces", "'": '"\'"'}.get(
             reading.fmt.thousands, "spaces"
         )
-        example = numbers.example(col, reading.values)
+        example = numbers.example(col, reading.values, reading.fmt)
         plan.notices.append(
             f"note: column '{name}' read as numbers written with thousands separators ({seps}), "
             f"decimal mark '{reading.fmt.decimal}', currency and percent signs (e.g. {example}); "

@@ -64,8 +64,8 @@ def parse_target(
             return [int(v) for v in flat], None, None
         if len(flat) != n_rows * C:
             raise CliError(
-                f"--target has {len(flat)} values for {n_rows} row(s) of {C} classes; give one "
-                f"class index per row (e.g. 1), or {C} probabilities per row (e.g. one-hot 0,1,0)"
+                f"--target has {len(flat)} values for {n_rows} row(s) of {C} classes; give class "
+                f"indices, one per row (e.g. 1,0), or {C} probabilities per row (one-hot 0,1,0)"
             )
         rows = [flat[i * C : (i + 1) * C] for i in range(n_rows)]
     else:

@@ -66,13 +66,20 @@ def parse(text: pd.Series, fmt: TextNumbers) -> pd.Series:
     return values.where(~percent, values / 100).astype(np.float64)
 
 
-def example(text: pd.Series, values: pd.Series) -> str:
-    """ "'197,608' = 197608": the first value whose reading changed the most characters."""
-    for raw, value in zip(text.tolist(), values.tolist()):
-        raw = str(raw).strip()
-        if value == value and raw != f"{value:g}":
-            return f"{raw!r} = {value:.10g}"
-    return ""
+def example(text: pd.Series, values: pd.Series, fmt: TextNumbers) -> str:
+    """ "'197,608' = 197608": a value that needed the format (a separator, a sign), non-zero."""
+    pairs = [(str(r).strip(), v) for r, v in zip(text.tolist(), values.tolist()) if v == v]
+    marks = (fmt.thousands, "%", *CURRENCY)
+    shown = [(r, v) for r, v in pairs if v != 0 and any(m in r for m in marks)] or pairs
+    return f"{shown[0][0]!r} = {shown[0][1]:.10g}" if shown else ""
+
+
+def _proves_decimal(text: pd.Series, dec: str) -> bool:
+    """Some value shows `dec` as a decimal mark: followed by other than exactly three digits
+    ('2,5', '3,14159'). Without one, '1,234' in a '.'-decimal file stays a thousand and more,
+    never silently 1.234."""
+    pattern = rf"{re.escape(dec)}(?:\d{{1,2}}|\d{{4,}})\s*%?\s*[{re.escape(CURRENCY)}]?$"
+    return bool(text.str.contains(pattern, regex=True).fillna(False).any())
 
 
 def read(
@@ -100,6 +107,8 @@ def read(
         if int(best[1].isna().sum()) == 0:
             break
         fmt = TextNumbers(thousands, dec)
+        if dec != decimal and not _proves_decimal(s, dec):
+            continue
         values = parse(s, fmt)
         if int(values.isna().sum()) < int(best[1].isna().sum()):
             best = (fmt, values)

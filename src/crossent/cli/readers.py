@@ -186,7 +186,7 @@ def _excel(path: Path) -> tuple[pd.DataFrame, SourceFormat]:
     try:
         with pd.ExcelFile(path, engine="openpyxl") as book:
             sheets = [str(s) for s in book.sheet_names]
-            frame = book.parse(sheets[0])
+            frame = pd.read_excel(book, sheet_name=sheets[0])
     except ImportError as e:
         raise _missing_reader(e, "Excel files", "openpyxl")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
