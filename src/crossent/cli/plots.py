@@ -26,6 +26,9 @@ def _pyplot():
     return plt
 
 
+INVISIBLE = "\ufe0e\ufe0f\u200d"
+
+
 @functools.cache
 def _charmap() -> frozenset[int]:
     """The code points matplotlib's default font can draw."""
@@ -44,7 +47,9 @@ def drawable(text: str) -> str:
     chars = _charmap()
     if all(ord(c) in chars or c == "\n" for c in text):
         return text
-    kept = re.sub(r"[ \t]+", " ", "".join(c for c in text if ord(c) in chars or c == "\n")).strip()
+    # variation selectors and joiners (U+FE0E, U+FE0F, U+200D) only dress the emoji dropped
+    drawn = "".join(c for c in text if (ord(c) in chars or c == "\n") and c not in INVISIBLE)
+    kept = re.sub(r"[ \t]+", " ", drawn).strip()
     if kept:
         return kept
     names = [unicodedata.name(c, "") for c in text if not c.isspace()]
