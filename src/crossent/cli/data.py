@@ -68,7 +68,7 @@ def model_and_data_options(command):
     """The --model DIR (a folder written by `crossent train`), --data CSV|NAME and --sep options
     that evaluate and predict share; they arrive as model_dir, source and sep."""
     command = sep_option(command)
-    command = click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)(
+    command = click.option("--data", "source", required=True, metavar="FILE|NAME", help=DATA_HELP)(
         command
     )
     return click.option(

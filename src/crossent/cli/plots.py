@@ -92,11 +92,20 @@ def loss_curves(
 def confusion(
     y_true: Any, y_pred: Any, classes: Sequence[str], path: str | Path, title: str
 ) -> Path:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     plt = _pyplot()
     size = min(4.0 + 0.45 * len(classes), 12.0)
     fig, ax = plt.subplots(figsize=(size, size))
+    rotation = 45 if max(len(c) for c in classes) > 6 else "horizontal"
+    _confusion_panel(ax, y_true, y_pred, classes, title, rotation)
+    return _save(fig, path)
+
+
+def _confusion_panel(
+    ax: Any, y_true: Any, y_pred: Any, classes: Sequence[str], title: str, rotation: Any
+) -> None:
+    """scikit-learn's confusion matrix of class indices on `ax`, drawable labels, no colorbar."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     ConfusionMatrixDisplay.from_predictions(
         y_true,
         y_pred,
@@ -104,10 +113,9 @@ def confusion(
         display_labels=[drawable(c) for c in classes],
         ax=ax,
         colorbar=False,
-        xticks_rotation=45 if max(len(c) for c in classes) > 6 else "horizontal",
+        xticks_rotation=rotation,
     )
     ax.set_title(drawable(title))
-    return _save(fig, path)
 
 
 def roc(
@@ -172,22 +180,12 @@ def confusion_pair(
     y_true: Any, predictions: dict[str, Any], classes: Sequence[str], path: str | Path, title: str
 ) -> Path:
     """Confusion matrices of several models on the same rows, side by side."""
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     plt = _pyplot()
     fig, axes = plt.subplots(
         1, len(predictions), figsize=(4.2 * len(predictions), 4.2), constrained_layout=True
     )
     for i, (ax, (name, pred)) in enumerate(zip(axes, predictions.items())):
-        ConfusionMatrixDisplay.from_predictions(
-            y_true,
-            pred,
-            labels=list(range(len(classes))),
-            display_labels=[drawable(c) for c in classes],
-            ax=ax,
-            colorbar=False,
-        )
-        ax.set_title(drawable(name))
+        _confusion_panel(ax, y_true, pred, classes, name, "horizontal")
         if i:
             ax.set_ylabel("")  # shared with the first panel
     fig.suptitle(drawable(title))
