@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._csv import SAMPLE_BYTES, CsvFormat, read_csv
+from ._csv import BOMS, SAMPLE_BYTES, CsvFormat, read_csv
 from ._errors import CliError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,7 +117,7 @@ def _text(
     if start in (b"{", b"[") or Path(stem).suffix in JSON_SUFFIXES:
         frame, kind = _json(path, start == b"[", compression)
         return normalised(frame), SourceFormat(kind, compression=compression)
-    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if b"\x00" in head and not head.startswith(tuple(bom for bom, _ in BOMS)):  # UTF-16/32
         offset = head.index(b"\x00")
         raise CliError(f"{READS}; '{path}' looks like binary data (a 0x00 byte at offset {offset})")
     frame, fmt = read_csv(path, sep, head, truncated, compression)

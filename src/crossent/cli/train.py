@@ -131,8 +131,8 @@ def train(**options: Any) -> None:
 
     The folder gets model.safetensors, config.json (architecture, input columns and their
     fitted preprocessing, classes, options, history), loss_curve.png and checkpoint.safetensors
-    (rewritten atomically after every epoch). If a run is interrupted, run the same command again
-    with --resume.
+    (rewritten atomically every few seconds and at the end). If a run is interrupted, run the
+    same command again with --resume.
 
     \b
     Examples:
