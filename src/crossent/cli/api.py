@@ -70,13 +70,16 @@ def _inputs(model: str | Path, data: Any, need_target: bool) -> tuple[Any, dict,
 
 def predict(model: str | Path, data: pd.DataFrame | str | Path) -> pd.DataFrame:
     """Per row of `data`: the predicted class and one prob_<class> column per class."""
-    import pandas as pd
-
     from . import models
 
     net, config, _, X = _inputs(model, data, need_target=False)
-    probs = models.probabilities(net, X, config["task"])
-    classes = config["classes"]
+    return prediction_table(models.probabilities(net, X, config["task"]), config["classes"])
+
+
+def prediction_table(probs: Any, classes: Sequence[str]) -> pd.DataFrame:
+    """(N, K) probabilities -> predicted (the most probable class) and prob_<class> columns."""
+    import pandas as pd
+
     table = pd.DataFrame({"predicted": [classes[i] for i in probs.argmax(axis=1)]})
     for i, c in enumerate(classes):
         table[f"prob_{c}"] = probs[:, i]

@@ -178,7 +178,7 @@ def begin(loop: training.Loop, folder: Path, resume: bool, overwrite: bool) -> l
     return []
 
 
-def describe(prep: Prepared, loop: training.Loop, opts: FitOptions, start: int) -> list[str]:
+def header_lines(prep: Prepared, loop: training.Loop, opts: FitOptions, start: int) -> list[str]:
     """The lines train prints before the epochs: data, task, model, budget."""
     res, arch, table = prep.res, prep.res.architecture, prep.table
     shape = " -> ".join(
@@ -223,7 +223,7 @@ def fit(
     loop = build(prep, opts, folder, quiet)
     history = begin(loop, folder, resume, overwrite)
     if not quiet:
-        for line in describe(prep, loop, opts, len(history)):
+        for line in header_lines(prep, loop, opts, len(history)):
             click.echo(line)
     with models.torch_threads(opts.threads):
         reason = training.run_epochs(loop, len(history), history)
