@@ -56,8 +56,9 @@ SMALL = 4096  # classes: 16 rows stay under the no-grad threshold, 64 rows excee
         # large inputs: fused
         (lambda: crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,))), "fused"),
         (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 128), torch.rand(64, 128)), "fused"),
-        # large, with a gradient the fused kernel does not give (probability target): reference
-        (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "reference"),
+        # large, with a gradient the fused kernel does not give (probability target): composite
+        (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "composite"),
+        (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 128), torch.rand(64, 128).requires_grad_()), "composite"),
         # invalid scalar options never reach torch (torch would accept some of them silently)
         (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)), label_smoothing=-0.1), None),
     ],
@@ -81,15 +82,34 @@ def test_no_grad_has_its_own_threshold(paths):
     assert paths == ["fused", "torch", "fused"] and loss.grad_fn is None
 
 
-def test_probability_targets_and_binary_losses_on_torch_reduce_in_a_fixed_order(paths):
-    x = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
-    t = torch.rand(8, 5, dtype=torch.float64).softmax(1)
-    ours = crossent.cross_entropy(x, t)
-    assert paths == ["torch"]
-    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(x, t), rtol=1e-12, atol=1e-12)
-    y = torch.rand(8, 5, dtype=torch.float64)
-    ours = crossent.binary_cross_entropy_with_logits(x, y, reduction="sum")
-    torch.testing.assert_close(ours, torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="sum"))
+def test_probability_targets_and_binary_losses_on_torch_reduce_in_a_fixed_order(paths, monkeypatch):
+    """Above torch's grain size (SERIAL_REDUCTION elements) torch's probability-target and binary
+    losses end in a full sum whose order follows the thread count; on the torch route crossent
+    takes their per-sample losses and reduces them in a fixed order: the same bits at any thread
+    count."""
+    from crossent.backends import common
+
+    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL", 1 << 20)
+    monkeypatch.setattr(_dispatch, "BINARY_TORCH_MAX_NUMEL", 1 << 20)
+    n, c = 400, 100  # 40000 elements: above SERIAL_REDUCTION (32768), on the torch route
+    assert n * c > common.SERIAL_REDUCTION
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, generator=gen, requires_grad=True)
+    t = torch.rand(n, c, generator=gen).softmax(1)
+    y = torch.rand(n, c, generator=gen)
+    F = torch.nn.functional
+    expected = (common.fixed_order_reduce(F.cross_entropy(x, t, reduction="none"), "mean"),
+                common.fixed_order_reduce(F.binary_cross_entropy_with_logits(x, y, reduction="none"), "sum"))
+    threads = torch.get_num_threads()
+    try:
+        for k in (1, 2, 3):
+            torch.set_num_threads(k)
+            got = (crossent.cross_entropy(x, t), crossent.binary_cross_entropy_with_logits(x, y, reduction="sum"))
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), k
+    finally:
+        torch.set_num_threads(threads)
+    assert set(paths) == {"torch"}
+    torch.testing.assert_close(got[0], F.cross_entropy(x, t))
 
 
 def test_forced_backend_wins(paths):

@@ -186,15 +186,12 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
         return False
     if dtype is not None and not (dtype is torch.float32 and isinstance(input, _Tensor) and input.dtype in _HALF):
         return False
-    if _forced is not None or _ENV_BACKEND:
-        return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor):
-        return False
-    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return nll_loss_to_torch(input)
 
 
 def nll_loss_to_torch(input) -> bool:
-    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option)."""
+    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option); the tail of
+    cross_entropy's."""
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
     if not isinstance(input, _Tensor):
@@ -206,9 +203,8 @@ def binary_to_torch(input) -> bool:
     """Rules 1-2 for the binary losses on the raw arguments."""
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor):
-        return False
-    return _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL, "binary")
+    return isinstance(input, _Tensor) and _to_torch_by_size(
+        input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL, "binary")
 
 
 def _one_device(first, *others) -> bool:

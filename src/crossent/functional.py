@@ -158,22 +158,7 @@ def binary_cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    small = _dispatch.binary_to_torch(input)
-    if small:
-        loss = _torch_first(_torch.binary_cross_entropy_unchecked, input, target, weight, reduction)
-        if loss is not _REFUSED:
-            return loss
-    fn = "binary_cross_entropy"
-    reduction = _checks.deprecated_reduction(reduction)
-    dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
-    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
-        input, target = _checks.binary_pair(fn, input, target)
-        opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
-        weight = _checks.broadcast_weight(fn, "weight", weight, input)
-        _checks.probabilities_in_unit_interval(fn, input)
-        _checks.probabilities_in_unit_interval(fn, target, "target")
-        _checks.argument_gradients(fn, "binary", weight=weight, target=target)
-        return _dispatch.binary_cross_entropy(input, target, weight, opts, small)
+    return _binary("binary_cross_entropy", input, target, weight, reduction, None)
 
 
 binary_cross_entropy.__doc__ = _docs.BINARY_CROSS_ENTROPY
@@ -190,22 +175,35 @@ def binary_cross_entropy_with_logits(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
+    return _binary("binary_cross_entropy_with_logits", input, target, weight, reduction, pos_weight)
+
+
+def _binary(fn, input, target, weight, reduction, pos_weight):
+    """Both binary losses after their legacy arguments: the torch-first try, the checks, dispatch."""
+    logits = fn == "binary_cross_entropy_with_logits"
     small = _dispatch.binary_to_torch(input)
     if small:
-        loss = _torch_first(_torch.binary_cross_entropy_with_logits_unchecked, input, target, weight,
-                            reduction, pos_weight)
+        if logits:
+            loss = _torch_first(_torch.binary_cross_entropy_with_logits_unchecked, input, target,
+                                weight, reduction, pos_weight)
+        else:
+            loss = _torch_first(_torch.binary_cross_entropy_unchecked, input, target, weight, reduction)
         if loss is not _REFUSED:
             return loss
-    fn = "binary_cross_entropy_with_logits"
     reduction = _checks.deprecated_reduction(reduction)
     dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
     with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
         input, target = _checks.binary_pair(fn, input, target)
         opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
         weight = _checks.broadcast_weight(fn, "weight", weight, input)
-        pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
-        _checks.argument_gradients(fn, "binary_logits", weight=weight, target=target, pos_weight=pos_weight)
-        return _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts, small)
+        if logits:
+            pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
+            _checks.argument_gradients(fn, "binary_logits", weight=weight, target=target, pos_weight=pos_weight)
+            return _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts, small)
+        _checks.probabilities_in_unit_interval(fn, input)
+        _checks.probabilities_in_unit_interval(fn, target, "target")
+        _checks.argument_gradients(fn, "binary", weight=weight, target=target)
+        return _dispatch.binary_cross_entropy(input, target, weight, opts, small)
 
 
 binary_cross_entropy_with_logits.__doc__ = _docs.BINARY_CROSS_ENTROPY_WITH_LOGITS

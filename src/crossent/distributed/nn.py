@@ -16,6 +16,7 @@ import math
 import torch
 
 from .. import _checks
+from ..nn import keep_options
 from .._checks import distributed as _dchecks
 from . import _layout
 from .cross_entropy import vocab_parallel_cross_entropy
@@ -119,17 +120,11 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
         self.linear_bias = torch.nn.Parameter(torch.empty(stop - start, **factory)) if bias else None
         self.register_buffer("weight", weight)
         self.weight: torch.Tensor | None
-        self.ignore_index = ignore_index
-        self.reduction = _checks.reduction(_NAME, reduction)
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
-        self.softcap = softcap
-        self.normalizer = normalizer
-        self.chunk_size = chunk_size
-        self.sequence_parallel = sequence_parallel
-        self.reduce_input_grad = reduce_input_grad
-        self.deterministic = deterministic
-        self.loss_dtype = loss_dtype
+        keep_options(self, ignore_index=ignore_index, reduction=_checks.reduction(_NAME, reduction),
+                     label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                     normalizer=normalizer, chunk_size=chunk_size,
+                     sequence_parallel=sequence_parallel, reduce_input_grad=reduce_input_grad,
+                     deterministic=deterministic, loss_dtype=loss_dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
