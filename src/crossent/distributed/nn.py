@@ -16,8 +16,8 @@ import math
 import torch
 
 from .. import _checks
-from ..nn import keep_options
 from .._checks import distributed as _dchecks
+from ..nn import keep_options
 from . import _layout
 from .cross_entropy import vocab_parallel_cross_entropy
 from .linear import vocab_parallel_linear_cross_entropy
