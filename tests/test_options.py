@@ -13,7 +13,7 @@ from crossent._options import LossOptions
 NON_DEFAULT = dict(
     ignore_index=7, reduction="sum", label_smoothing=0.125, z_loss=1e-4, softcap=30.0,
     normalizer=2.5, inplace_backward=True, soft=True, dtype=torch.float32, chunk_size=64,
-    allow_retain_graph=True,
+    allow_retain_graph=True, temperature=0.7,
 )
 
 

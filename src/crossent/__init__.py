@@ -22,6 +22,8 @@ _EXPORTS = {
     "binary_cross_entropy_with_logits": ".functional",
     "cross_entropy": ".functional",
     "linear_cross_entropy": ".functional",
+    "linear_log_probs": ".functional",
+    "log_probs": ".functional",
     "nll_loss": ".functional",
 }
 _SUBMODULES = {"nn", "functional", "reference", "integrations", "distributed"}
@@ -33,6 +35,8 @@ __all__ = [
     "check_values",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_log_probs",
+    "log_probs",
     "nll_loss",
     "nn",
     "use_backend",
@@ -63,5 +67,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         binary_cross_entropy_with_logits,
         cross_entropy,
         linear_cross_entropy,
+        linear_log_probs,
+        log_probs,
         nll_loss,
     )

@@ -325,3 +325,30 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
         _checks.linear_no_fused_gradient(
             "linear_cross_entropy", weight=weight, target=target if opts.soft else None)
     return fn(input, linear_weight, target, linear_bias, weight, opts)
+
+
+# ---------------------------------------------------------------- log-probabilities and entropy
+#
+# The same rule, without the torch-first try (the checks run first: these calls are RL-sized,
+# not classifier-sized). Rule 2's torch is torch's own composition (log_softmax + gather + the
+# entropy from it, backends/torch_kernels.py), at the crossovers measured for cross_entropy
+# (the same log_softmax-sized work against the same chunk loop) and for linear_cross_entropy
+# (N * V logits). No gradient is refused anywhere (targets are class indices).
+
+
+def log_probs(input, target, opts: LossOptions, entropy: bool):
+    small = _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    b = _choose((input, target), True, small, False)
+    return backend(b).log_probs(input, target, opts, entropy)
+
+
+def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
+    """input (N, D), linear_weight (V, D), target (N,): checked."""
+    logits = input.shape[0] * linear_weight.shape[0]
+    if input.is_cpu:
+        small = logits <= LINEAR_TORCH_MAX_LOGITS
+    else:
+        small = logits <= descriptor(fused_for(input.device)).torch_below("linear", True, input.device)
+    tensors = (input, linear_weight, target, linear_bias)
+    b = _choose(tensors, opts.chunk_size is None, small, False)
+    return backend(b).linear_log_probs(input, linear_weight, target, linear_bias, opts, entropy)

@@ -172,3 +172,79 @@ LINEAR_CROSS_ENTROPY = f"""Cross-entropy of a linear layer's output, without mat
     torch.func, torch.compile, autocast (the product in the autocast dtype, the loss in float32,
     as torch).
     """
+
+_LOG_PROB_MATH = """\
+    With z the logits, softcapped (``softcap * tanh(z / softcap)``, if given) and then divided by
+    ``temperature``, and p = softmax(z) over the last dim, per position i:
+        log_probs[i] = log p[i, target[i]] = z[i, t] - logsumexp(z[i])
+        entropy[i]   = -sum_c p[i, c] log p[i, c]        (0 log 0 = 0: a -inf logit adds nothing)
+    Both are exactly 0 where target == ignore_index, and no gradient flows from those positions.
+    Returned in float32 (float64 for float64 inputs), computed relative to each row's max (a
+    large common logit offset costs no precision).
+
+    Gradients flow exactly through BOTH outputs, in any combination (a policy-gradient term on
+    log_probs plus an entropy bonus; a KL penalty; a masked entropy): for upstream gradients g
+    (of log_probs) and h (of entropy) the logits' gradient is
+        g [c = t] - p_c (g + h (log p_c + H)),   times (1 - tanh^2) / temperature,
+    accumulated in float32. An output whose gradient nobody asks for (an entropy for logging)
+    costs nothing in backward."""
+
+_LOG_PROB_AUTOGRAD = """\
+    Autograd: repeated backward (retain_graph=True) recomputes the same bits; second derivatives
+    (create_graph=True) differentiate the composite formulas (which build the logits then);
+    torch.func and torch.compile trace the composite formulas; under torch.autocast the product
+    runs in the autocast dtype and the softmax math in float32, as torch's would. Results are
+    deterministic run to run and for any number of threads."""
+
+LOG_PROBS = f"""Per-token log-probability of the target class, and optionally the entropy, of logits.
+
+    TRL's ``selective_log_softmax(logits, index)`` and ``entropy_from_logits(logits)`` in one
+    memory-lean pass, differentiable through both.
+
+    input: logits (*, C) -- the class dim is the LAST one, as a language model's (B, T, V)
+        logits have it (unlike cross_entropy's (N, C, d1..dk)); float64/32/16 or bfloat16; any
+        strides (a ``logits[:, :-1]`` slice is read in place, not copied).
+    target: class indices (*), int64 (or uint8), each in [0, C) or ignore_index.
+    Returns log_probs (*), or (log_probs, entropy) with ``return_entropy=True``.
+
+{_LOG_PROB_MATH}
+
+    Memory: forward reads the logits once and keeps 3 numbers per row (the row max, log of the
+    sum of exps, the entropy); backward reads them again and writes their gradient once. Beyond
+    the logits and their gradient, one chunk of work buffers (~1M elements on the CPU), never an
+    N x C temporary; torch's composition log_softmax + gather + entropy keeps log_softmax's
+    N x C output and builds more for the entropy. Small inputs (up to ~0.8M logits on the CPU)
+    run that composition: there its fused C++ kernels are faster.
+{_LOG_PROB_AUTOGRAD}
+    Equivalent to ``crossent.reference.log_probs`` (the formulas, in float64).
+    """
+
+LINEAR_LOG_PROBS = f"""Per-token log-probability of the target, and optionally the entropy, of a linear layer's
+    output, without materialising the logits: the log-probs of RL post-training (GRPO, RLOO,
+    PPO, KTO, DPO) from the hidden states and the LM head.
+
+    input: (*, D) hidden states; linear_weight: (V, D); linear_bias: None or (V,); all three of
+        one floating dtype and device. target: class indices (*), each in [0, V) or ignore_index.
+    Returns log_probs (*), or (log_probs, entropy) with ``return_entropy=True``.
+
+    Equivalent to (values, and gradients w.r.t. input, linear_weight and linear_bias)::
+
+        logits = F.linear(input, linear_weight, linear_bias)     # (*, V), never built
+        crossent.log_probs(logits, target, temperature=temperature, softcap=softcap,
+                           ignore_index=ignore_index, return_entropy=return_entropy)
+
+{_LOG_PROB_MATH}
+
+    chunk_size: tokens per chunk (default: the fused backend's memory rule, at most 7/8 of the
+        bytes of the float32 weight gradient on the CPU).
+    Memory: O(chunk_size * V) beyond the inputs and their gradients, never O(N * V); saved for
+        backward: the input (N D) and 3 numbers per token.
+    FLOPs: 2 N D V forward; 6 N D V backward, which computes the logits again: the gradient
+        depends on per-token upstream gradients known only in backward, and the alternative,
+        keeping the logits, is the N x V tensor this function exists to avoid (see
+        backends/loops/linear_log_probs.py). 8 N D V in all; 2 N D V without a gradient.
+    16-bit inputs: products in the input dtype (as F.linear), softmax math and the weight and
+        bias gradients' accumulation in float32; gradients come back in the inputs' dtypes.
+{_LOG_PROB_AUTOGRAD}
+    Equivalent to ``crossent.reference.linear_log_probs`` (the formulas, in float64).
+    """

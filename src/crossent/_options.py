@@ -35,6 +35,7 @@ class LossOptions:
     chunk_size       linear_cross_entropy: tokens per chunk, or None for the backend's own rule
     allow_retain_graph  linear_cross_entropy: keep the gradients computed in forward so that a
                      second backward through the same loss works (one gradient-sized copy)
+    temperature      log_probs / linear_log_probs: the (softcapped) logits are divided by it
     """
 
     ignore_index: int = -100
@@ -48,6 +49,7 @@ class LossOptions:
     dtype: torch.dtype | None = None
     chunk_size: int | None = None
     allow_retain_graph: bool = False
+    temperature: float = 1.0
 
     def encode(self) -> str:
         """The options as one string, for the custom ops of torch.compile (which take tensors,

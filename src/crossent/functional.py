@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from . import _autocast, _checks, _dispatch, _docs
+from ._functional_log_probs import linear_log_probs, log_probs  # noqa: F401  (re-exported)
 from .backends import torch_kernels as _torch
 
 # torch's refusals of bad arguments, and the errors among them that say nothing about arguments.
@@ -29,6 +30,8 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_log_probs",
+    "log_probs",
     "nll_loss",
 ]
 

@@ -307,3 +307,71 @@ def linear_cross_entropy(
     total = cross_entropy(logits, target, weight, ignore_index, "sum", label_smoothing,
                           z_loss=z_loss, softcap=softcap, precision=precision)
     return total / normalizer
+
+
+def log_probs(
+    input: Tensor,
+    target: Tensor,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    return_entropy: bool = False,
+    *,
+    precision: torch.dtype = torch.float64,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-token log-probability of the target class, and the entropy, of logits (*, C) -- the
+    class dim is the last one, as a language model's (B, T, V) logits have it.
+
+        z = softcap * tanh(x / softcap)   (if softcap is given), then  z = z / temperature
+        log p_ic = z_ic - lse_i,   lse_i = log sum_c exp(z_ic)
+        log_probs_i = log p_{i, t_i}
+        entropy_i   = -sum_c p_ic log p_ic     (0 log 0 = 0: a -inf logit adds nothing, as
+                                                torch.special.entr; -(softmax * log_softmax).sum()
+                                                would give nan there)
+        both 0 where t_i == ignore_index (and no gradient flows from them)
+
+    target (*) class indices. Returns log_probs (*) and, with ``return_entropy``, (log_probs,
+    entropy). Differentiable in ``input`` (autograd through these formulas is the reference
+    gradient: dH/dz_c = -p_c (log p_c + H), d log p_t / dz_c = [c = t] - p_c).
+    """
+    x = input.to(precision)
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    z = x / temperature
+    log_p, _ = _log_softmax(z, z.dim() - 1)  # (*, C)
+    t = target.long()
+    counted = t != ignore_index
+    safe = torch.where(counted, t, 0)
+    picked = log_p.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    lp = torch.where(counted, picked, 0.0)
+    if not return_entropy:
+        return lp
+    p = torch.exp(log_p)
+    # where twice: the product's gradient at p = 0 would otherwise be 0 * log 0 = nan
+    finite_log_p = torch.where(p > 0, log_p, 0.0)
+    entropy = -(p * finite_log_p).sum(-1)
+    return lp, torch.where(counted, entropy, 0.0)
+
+
+def linear_log_probs(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    linear_bias: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    return_entropy: bool = False,
+    *,
+    precision: torch.dtype = torch.float64,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """`log_probs` of a linear layer's output: input (*, D), linear_weight (V, D), linear_bias
+    (V,), target (*)::
+
+        logits = input @ linear_weight.T + linear_bias      (*, V)
+        log_probs(logits, target, ignore_index, temperature, softcap, return_entropy)
+    """
+    logits = input.to(precision) @ linear_weight.to(precision).T
+    if linear_bias is not None:
+        logits = logits + linear_bias.to(precision)
+    return log_probs(logits, target, ignore_index, temperature, softcap, return_entropy, precision=precision)

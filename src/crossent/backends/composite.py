@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as _torch_F
 
 from .._options import LossOptions
-from . import Descriptor, rows
+from . import Descriptor, rows, rows_log_probs
 from .common import binary_output_dtype, compute_dtype, mean_denominator, output_dtype
 
 
@@ -103,6 +103,30 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
                              linear_bias.reshape(-1) if linear_bias is not None else None)
     logits = logits.reshape(*input.shape[:-1], v, *out)
     return cross_entropy(logits, target, weight, opts)  # ('mean' divides by a normalizer there)
+
+
+def log_probs(input, target, opts: LossOptions, entropy: bool):
+    """backends/rows_log_probs.py's steps through autograd: input (*, C) logits, target (*)
+    class indices -> log_probs (*) [, entropy (*)], in the compute dtype. Builds N x C
+    temporaries (exp, the entropy's product), as torch's composition does."""
+    acc = compute_dtype(input.dtype)
+    c = input.shape[-1]
+    x = input.reshape(-1, c)
+    tg = rows.targets(target.reshape(-1), None, None, opts, acc, num_classes=c)
+    z, _ = rows_log_probs.tempered(x, opts, acc)
+    m = z.detach().amax(1, keepdim=True)  # (the shift cancels in every output's value and gradient)
+    r = z - m
+    e = torch.exp(r)
+    s = rows.row_sum(e)
+    er = rows_log_probs.entropy_sum(e, r) if entropy else None
+    lp, h = rows_log_probs.outputs(torch.log(s), rows_log_probs.target_relative(r, tg), s, er, tg)
+    shape = input.shape[:-1]
+    return (lp.view(shape), h.view(shape)) if entropy else lp.view(shape)
+
+
+def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
+    """F.linear, then `log_probs` (it builds the N x V logits)."""
+    return log_probs(_torch_F.linear(input, linear_weight, linear_bias), target, opts, entropy)
 
 
 DESCRIPTOR = Descriptor(runs_on=lambda device: True)

@@ -10,7 +10,7 @@ import torch
 from .. import reference
 from .._options import LossOptions
 from . import Descriptor
-from .common import binary_output_dtype, output_dtype
+from .common import binary_output_dtype, compute_dtype, output_dtype
 
 _F64 = torch.float64
 
@@ -42,6 +42,23 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
         opts.label_smoothing, z_loss=opts.z_loss, softcap=opts.softcap, normalizer=opts.normalizer,
     )
     return loss.to(output_dtype(input, target, opts))
+
+
+def log_probs(input, target, opts: LossOptions, entropy: bool):
+    out = reference.log_probs(input, target, opts.ignore_index, opts.temperature, opts.softcap, entropy)
+    return _to_compute(out, input.dtype)
+
+
+def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
+    out = reference.linear_log_probs(input, linear_weight, target, linear_bias, opts.ignore_index,
+                                     opts.temperature, opts.softcap, entropy)
+    return _to_compute(out, input.dtype)
+
+
+def _to_compute(out, dtype):
+    """The float64 outputs in the dtype the fused backends return (float32; float64 for float64)."""
+    acc = compute_dtype(dtype)
+    return tuple(t.to(acc) for t in out) if isinstance(out, tuple) else out.to(acc)
 
 
 DESCRIPTOR = Descriptor(runs_on=lambda device: True)

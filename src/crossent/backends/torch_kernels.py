@@ -149,4 +149,30 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     return loss / opts.normalizer if opts.normalizer is not None else loss
 
 
+def log_probs(input, target, opts: LossOptions, entropy: bool):
+    """torch's own composition, as TRL writes it (``selective_log_softmax`` +
+    ``entropy_from_logits``): log_softmax, gather, and the entropy from the same log_softmax, in
+    the compute dtype (float32; float64 for float64), 0 log 0 taken as 0. For small inputs, where
+    torch's fused log_softmax beats any Python-level chunk loop."""
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    z = input.to(acc)
+    if opts.softcap is not None:
+        z = torch.tanh(z / opts.softcap) * opts.softcap
+    if opts.temperature != 1.0:
+        z = z / opts.temperature
+    log_p = _torch_F.log_softmax(z, -1)
+    valid = target != opts.ignore_index
+    picked = log_p.gather(-1, torch.where(valid, target, 0).unsqueeze(-1)).squeeze(-1)
+    lp = torch.where(valid, picked, 0.0)
+    if not entropy:
+        return lp
+    p = log_p.exp()
+    h = -(p * torch.where(p > 0, log_p, 0.0)).sum(-1)
+    return lp, torch.where(valid, h, 0.0)
+
+
+def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
+    return log_probs(_torch_F.linear(input, linear_weight, linear_bias), target, opts, entropy)
+
+
 DESCRIPTOR = Descriptor(runs_on=lambda device: True)

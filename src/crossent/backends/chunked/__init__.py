@@ -13,7 +13,7 @@ import torch
 from ..._options import LossOptions
 from .. import Descriptor, loops
 from ..common import compute_dtype
-from . import binary_kernel, kernel
+from . import binary_kernel, kernel, log_prob_kernel
 
 # Crossovers (elements of the input) below which torch's own kernel beats this backend on the CPU,
 # measured with benchmarks/bench_shapes.py. 2 threads, float32, fused/torch time (2026-11-23):
@@ -54,18 +54,20 @@ def _torch_below(family: str, needs_grad: bool, device) -> int:
 
 
 def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions,
-               *, soft: bool = False, class_weight: bool = False, budget_bytes: int | None = None) -> int:
+               *, soft: bool = False, class_weight: bool = False, budget_bytes: int | None = None,
+               extra_buffers: int = 0) -> int:
     """Tokens per chunk of the linear loss: as many as fit in the budget, balanced.
 
     budget_bytes defaults to max(MIN_BUDGET_BYTES, 7/8 * V * D * 4) (float32; 8 for float64).
     Bytes per row: V times the logits (input dtype), the float32 gradient of 16-bit inputs, the tanh
     buffer of softcap, and the row math's chunk-sized temporaries (soft targets: t'*w and t'*w*z,
-    the float32 copy of 16-bit probabilities; label smoothing with class weights: z*w).
+    the float32 copy of 16-bit probabilities; label smoothing with class weights: z*w), and
+    ``extra_buffers`` more compute-dtype buffers (the entropy's exp, for log-probabilities).
     """
     a = torch.empty((), dtype=compute_dtype(dtype)).element_size()
     if budget_bytes is None:
         budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a * 7 // 8)
-    per_elem = torch.empty((), dtype=dtype).element_size()
+    per_elem = torch.empty((), dtype=dtype).element_size() + extra_buffers * a
     if dtype != compute_dtype(dtype):
         per_elem += a
     if opts.softcap is not None:
@@ -103,10 +105,48 @@ def _ce_chunk(x, tg, opts, *, grad=None, scale=1.0, buffers=None, x_is_scratch=F
                            x_is_scratch=x_is_scratch)
 
 
+class _LogProbBuffers:
+    """log_prob_kernel's reused buffers beside a chunk of logits: the compute-dtype work buffer
+    (r, then log p and the gradient; not needed for float32 chunks the caller gives up:
+    ``scratch``), the entropy's exp, the softcap's tanh."""
+
+    def __init__(self, numel, dtype, opts, entropy, device, *, scratch):
+        acc = compute_dtype(dtype)
+        need_work = dtype != acc or not scratch
+        self.work = torch.empty(numel, dtype=acc, device=device) if need_work else None
+        self.exp = torch.empty(numel, dtype=acc, device=device) if entropy else None
+        self.tanh = torch.empty(numel, dtype=acc, device=device) if opts.softcap is not None else None
+
+    def views(self, like):
+        return {k: _chunk_view(getattr(self, k), like) for k in ("work", "exp", "tanh")}
+
+
+def _lp_forward(x, tg, opts, *, entropy, buffers, x_is_scratch=False):
+    return log_prob_kernel.forward(x, tg, opts, entropy=entropy, x_is_scratch=x_is_scratch, **buffers.views(x))
+
+
+def _lp_backward(x, tg, opts, m, log_s, entropy, g, h, *, grad, buffers):
+    return log_prob_kernel.backward(x, tg, opts, m, log_s, entropy, g, h, grad=grad, **buffers.views(x))
+
+
+def _lp_linear_rows(n, d, v, dtype, opts, entropy):
+    """The linear loss's rule, with the entropy's exp buffer counted."""
+    return chunk_rows(n, d, v, dtype, opts, extra_buffers=1 if entropy else 0)
+
+
+def _lp_logits_rows(n, c, device):
+    return max(1, min(n, kernel.chunk_elements(device) // max(c, 1)))
+
+
+LOG_PROB_KERNELS = loops.LogProbKernels(
+    forward=_lp_forward, backward=_lp_backward, buffers=_LogProbBuffers, linear_rows=_lp_linear_rows,
+    logits_rows=_lp_logits_rows,
+)
+
 KERNELS = loops.RowKernels(
     ce_forward=kernel.ce_forward, ce_chunk=_ce_chunk, chunk_buffers=_Buffers,
     bce_forward=binary_kernel.bce_forward, chunk_rows=chunk_rows, row_major_logits=False,
-    weight_grad_slice=0, name="fused",
+    weight_grad_slice=0, name="fused", log_probs=LOG_PROB_KERNELS,
 )
 
 
@@ -127,6 +167,14 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: Lo
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
     return loops.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts, kernels=KERNELS)
+
+
+def log_probs(input, target, opts: LossOptions, entropy: bool):
+    return loops.log_probs(input, target, opts, entropy, kernels=KERNELS)
+
+
+def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
+    return loops.linear_log_probs(input, linear_weight, target, linear_bias, opts, entropy, kernels=KERNELS)
 
 
 DESCRIPTOR = Descriptor(

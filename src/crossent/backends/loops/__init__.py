@@ -6,12 +6,15 @@ backend: backends import it; it imports no backend."""
 
 from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .cross_entropy import cross_entropy, nll_loss
-from .kernels import RowKernels
+from .kernels import LogProbKernels, RowKernels
 from .linear import linear_cross_entropy
+from .linear_log_probs import linear_log_probs
 from .linear_chunks import balanced_rows
 from .linear_op import make_op
+from .log_probs import log_probs
 
 __all__ = [
-    "RowKernels", "balanced_rows", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-    "cross_entropy", "linear_cross_entropy", "make_op", "nll_loss",
+    "LogProbKernels", "RowKernels", "balanced_rows", "binary_cross_entropy",
+    "binary_cross_entropy_with_logits", "cross_entropy", "linear_cross_entropy", "linear_log_probs",
+    "log_probs", "make_op", "nll_loss",
 ]

@@ -28,6 +28,7 @@ class RowKernels:
     weight_grad_slice  vocabulary rows per slice of a 16-bit weight-gradient product (its rounded
         copy is the one (slice, D) buffer beside the float32 accumulator); 0: all V rows at once
     name  the backend's name (its custom op is crossent::linear_cross_entropy_<name>)
+    log_probs  its kernels of per-token log-probabilities and entropy (`LogProbKernels`)
     """
 
     ce_forward: Callable
@@ -38,3 +39,29 @@ class RowKernels:
     row_major_logits: bool
     weight_grad_slice: int
     name: str
+    log_probs: LogProbKernels | None = None
+
+
+@dataclass(frozen=True)
+class LogProbKernels:
+    """One fused backend's kernels of log-probabilities and entropy (the math:
+    backends/rows_log_probs.py), for loops/log_probs.py and loops/linear_log_probs.py.
+
+    forward(x (n, V), tg, opts, *, entropy, buffers, x_is_scratch=False)
+        -> (log_probs, entropy or None, m, log_s), each (n,) in the compute dtype: the outputs
+        and the row statistics backward needs (the row max and the log of the sum of exps)
+    backward(x (n, V), tg, opts, m, log_s, entropy, g, h, *, grad, buffers)
+        writes d(sum_i g_i log_probs_i + h_i entropy_i)/dx into ``grad`` (like x; may be x
+        itself); g, h (n,) with 0 on ignored rows, either None when not differentiated
+    buffers(numel, dtype, opts, entropy, device, *, scratch) -> what both need beside a chunk
+        of that many logits (allocated once per call, reused by every chunk); ``scratch``: the
+        chunks are the caller's scratch (the linear loop's logits), written over by both
+    linear_rows(n, d, v, dtype, opts, entropy) -> tokens per chunk of linear_log_probs
+    logits_rows(n, c, device) -> rows per chunk of log_probs on existing logits
+    """
+
+    forward: Callable
+    backward: Callable
+    buffers: Callable
+    linear_rows: Callable
+    logits_rows: Callable

@@ -52,15 +52,16 @@ def balanced_rows(n: int, rows_max: int) -> int:
     return min(rows_max, -(-balanced // ROW_MULTIPLE) * ROW_MULTIPLE)
 
 
-class _Chunk:
+class Chunk:
     """The reused buffers of one pass: the logits (or their gradient) of a chunk, in its layout,
     and whatever the backend's ce_chunk needs beside them."""
 
-    def __init__(self, rows_max, v, d, x, opts, kernels: RowKernels, row_major, want_w):
+    def __init__(self, rows_max, v, d, x, opts, kernels: RowKernels, row_major, want_w, buffers=None):
         self.v, self.row_major = v, row_major
         size = rows_max * v
         self.z = _memory.empty(size, x.dtype, x.device)  # logits, then the gradient in x's dtype
-        self.buffers = kernels.chunk_buffers(size, x.dtype, opts, x.device)
+        # (``buffers``: the row kernel's own, made by the caller for another objective's kernels)
+        self.buffers = buffers(size) if buffers is not None else kernels.chunk_buffers(size, x.dtype, opts, x.device)
         self.slice_rows = min(v, kernels.weight_grad_slice) if kernels.weight_grad_slice else v
         sixteen_bit = x.dtype != compute_dtype(x.dtype)
         self.w_part = _memory.empty((self.slice_rows, d), x.dtype, x.device) if want_w and sixteen_bit else None
@@ -120,7 +121,7 @@ def chunk_loop(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, kernels: Ro
         return losses
     want_grad = any(t is not None for t in grads)
     row_major = tg.probs is not None or kernels.row_major_logits
-    chunk = _Chunk(min(chunk_rows_, n), v, d, x, opts, kernels, row_major, gw is not None)
+    chunk = Chunk(min(chunk_rows_, n), v, d, x, opts, kernels, row_major, gw is not None)
     per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
     for i in range(0, n, chunk_rows_):
         j = min(i + chunk_rows_, n)
@@ -130,20 +131,27 @@ def chunk_loop(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, kernels: Ro
             z, tg.rows(slice(i, j)), opts, grad=z if want_grad else None,
             scale=scale[i:j] if per_token else scale, buffers=chunk.buffers, x_is_scratch=True,
         )
-        first = i == 0
-        if gb is not None:
-            if first:
-                torch.sum(z, 0, dtype=gb.dtype, out=gb)
-            else:
-                gb.add_(z.sum(0, dtype=gb.dtype))
-        if gx is not None:
-            if add_x:
-                gx[i:j].addmm_(z, weight)
-            else:
-                torch.mm(z, weight, out=gx[i:j])
-        if gw is not None:
-            _accumulate_weight_grad(gw, z, xc, chunk, first)
+        chunk_gradients(z, xc, weight, slice(i, j), grads, chunk, first=i == 0, add_x=add_x)
     return losses
+
+
+def chunk_gradients(g, xc, weight, rows, grads, chunk, *, first, add_x=False):
+    """The three gradients' share of one chunk whose logits' gradient is g (r, V): grad_b (+)=
+    g.sum(0), grad_x[rows] (+)= g @ W, grad_W (+)= g.T @ x_c (the first chunk writes, later ones
+    add; ``add_x``: add to grad_x's rows too)."""
+    gx, gw, gb = grads
+    if gb is not None:
+        if first:
+            torch.sum(g, 0, dtype=gb.dtype, out=gb)
+        else:
+            gb.add_(g.sum(0, dtype=gb.dtype))
+    if gx is not None:
+        if add_x:
+            gx[rows].addmm_(g, weight)
+        else:
+            torch.mm(g, weight, out=gx[rows])
+    if gw is not None:
+        _accumulate_weight_grad(gw, g, xc, chunk, first)
 
 
 class Problem:
