@@ -31,12 +31,14 @@ program in a fixed order; totals by `common.deterministic_sum`; no atomics).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ... import _checks
 from ..._options import LossOptions
 from .. import Descriptor, loops
-from . import ops
+from . import ops, ops_log_probs
 
 # Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
 # the call is bound by host overhead (an autograd.Function and a Triton launch cost tens of us of
@@ -75,7 +77,12 @@ def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, 
     return loops.balanced_rows(n, budget // max(1, size * num_classes))
 
 
-KERNELS = ops.row_kernels(chunk_rows)
+def _lp_linear_rows(n, d, v, dtype, opts, entropy):
+    return chunk_rows(n, d, v, dtype, opts)
+
+
+KERNELS = dataclasses.replace(ops.row_kernels(chunk_rows),
+                              log_probs=ops_log_probs.log_prob_kernels(_lp_linear_rows))
 
 
 def _require(t):
@@ -104,6 +111,16 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: Lo
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
     _require(input)
     return loops.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts, kernels=KERNELS)
+
+
+def log_probs(input, target, opts: LossOptions, entropy: bool):
+    _require(input)
+    return loops.log_probs(input, target, opts, entropy, kernels=KERNELS)
+
+
+def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
+    _require(input)
+    return loops.linear_log_probs(input, linear_weight, target, linear_bias, opts, entropy, kernels=KERNELS)
 
 
 _compiled_linear = loops.make_op(KERNELS)
