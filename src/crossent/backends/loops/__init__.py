@@ -8,8 +8,8 @@ from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .cross_entropy import cross_entropy, nll_loss
 from .kernels import LogProbKernels, RowKernels
 from .linear import linear_cross_entropy
-from .linear_log_probs import linear_log_probs
 from .linear_chunks import balanced_rows
+from .linear_log_probs import linear_log_probs
 from .linear_op import make_op
 from .log_probs import log_probs
 

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from .kernels import _tanh
 
-LOG_FLOOR = -1e4  # rows_log_probs.LOG_FLOOR (tests check that they agree)
+LOG_FLOOR = tl.constexpr(-1e4)  # rows_log_probs.LOG_FLOOR (tests check that they agree)
 
 
 @triton.jit
