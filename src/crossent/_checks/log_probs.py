@@ -73,7 +73,9 @@ def logits(fn: str, input: object, target: object, ignore_index: int):
 def linear(fn: str, input: object, linear_weight: object, linear_bias: object, target: object,
            ignore_index: int, *, num_classes: int | None = None):
     """(input, int64 target) of linear_log_probs: input (*, D), linear_weight (V, D), linear_bias
-    (V,), one dtype and device; target (*) in [0, num_classes) (default V) or ignore_index."""
+    (V,), one dtype and device; target (*) in [0, num_classes) (default V) or ignore_index.
+    ``num_classes`` may be a callable of nothing, called once the operands are checked (the
+    vocab-parallel call learns the global C from the ranks' shapes)."""
     input = _batched(fn, "input", input, "in_features")
     linear_weight = _tensor(fn, "linear_weight", linear_weight)
     d = input.shape[-1]
@@ -99,6 +101,7 @@ def linear(fn: str, input: object, linear_weight: object, linear_bias: object, t
                 f"in one dtype: cast {name} or input"
             )
     classes = linear_weight.shape[0] if num_classes is None else num_classes
+    classes = classes() if callable(classes) else classes
     batch = tuple(input.shape[:-1])
     if classes == 0 and batch and torch.Size(batch).numel() > 0:
         raise InvalidArgument(f"{fn}: linear_weight has no rows (V = 0): there is no log-probability to take")

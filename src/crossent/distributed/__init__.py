@@ -7,6 +7,7 @@ global token count for data-parallel 'mean' losses.
     vocab_parallel_linear_cross_entropy   the output layer's weight split by rows; no logits
     VocabParallelLinearCrossEntropyLoss   that layer as a module owning its shard (FSDP2 / ZeRO-3)
     VocabParallelCrossEntropyLoss         the logits loss as a module
+    vocab_parallel_linear_log_probs       per-token log-probs (and entropy) of that weight split
     global_normalizer                     the step's counted tokens over the data-parallel ranks
 
 Every value and gradient equals the single-process crossent loss on the concatenated logits /
@@ -16,6 +17,7 @@ backward none. Modules: `_stats` (math), `_comm` (collectives), `_layout` (who h
 
 from .cross_entropy import vocab_parallel_cross_entropy
 from .linear import vocab_parallel_linear_cross_entropy
+from .log_probs import vocab_parallel_linear_log_probs
 from .nn import VocabParallelCrossEntropyLoss, VocabParallelLinearCrossEntropyLoss
 from .normalizer import global_normalizer
 
@@ -25,4 +27,5 @@ __all__ = [
     "global_normalizer",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_log_probs",
 ]
