@@ -34,7 +34,7 @@ from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
 from ..._checks import integrations as _checks
-from . import _forward, _layers, _stats
+from . import _forward, _layers, _stats, _trl_rl
 from ._common import IGNORE_INDEX
 
 MIN_VERSION = (1, 15)  # trl.trainer.utils.add_fused_lm_head first appears in TRL 1.15.0
@@ -47,6 +47,9 @@ _CLOSURE = ("temperature", "cast_lm_head_to_fp32", "outputs")
 class FusedHead:
     outputs: tuple[str, ...]  # the per-token fields the trainer asked TRL for
     output_type: type  # trl.trainer.utils.FusedCausalLMOutput
+    temperature: float = 1.0  # the wrapper's (GRPO's and RLOO's sampling temperature)
+    fp32_head: bool = False  # its cast_lm_head_to_fp32
+    rl: bool = False  # a model of GRPO/RLOO/KTO: its calls are answered by _trl_rl
 
 
 def version() -> tuple[int, ...] | None:
@@ -82,11 +85,15 @@ def fused_head(fn: str, model: nn.Module, forward: Any) -> FusedHead:
     if any(name not in cells for name in _CLOSURE) or output_type is None:
         _checks.trl_unsupported(fn, version(), MIN_VERSION, "its fused LM head is not the one crossent knows")
     temperature = cells["temperature"].cell_contents
+    outputs = tuple(cells["outputs"].cell_contents)
+    rl = _trl_rl.fused_head(fn, model, FusedHead(outputs, output_type), temperature,
+                            cells["cast_lm_head_to_fp32"].cell_contents)
+    if rl is not None:
+        return rl
     if temperature != 1.0:
         _checks.trl_option_unsupported(fn, model, f"temperature={temperature}")
     if cells["cast_lm_head_to_fp32"].cell_contents:
         _checks.trl_option_unsupported(fn, model, "cast_lm_head_to_fp32=True")
-    outputs = tuple(cells["outputs"].cell_contents)
     return FusedHead(outputs, output_type)
 
 
@@ -95,9 +102,11 @@ def check_trainer(fn: str, trainer: Any) -> list[nn.Module]:
     got = version()
     if got is None or got[:2] < MIN_VERSION:
         _checks.trl_unsupported(fn, got, MIN_VERSION, "it has no fused LM head API")
+    if _trl_rl.trainer_name(trainer) is not None:
+        return _trl_rl.check_trainer(fn, trainer)
     name = next((c.__name__ for c in type(trainer).__mro__ if c.__name__ in TRAINERS), None)
     if name is None:
-        _checks.trl_trainer_unsupported(fn, trainer, TRAINERS)
+        _checks.trl_trainer_unsupported(fn, trainer, TRAINERS + _trl_rl.TRAINERS)
     # Where SFTTrainer computes its loss from the full logits instead (the fused outputs then only
     # feed the metrics), crossent would not compute the loss: say so instead of a silent no-op.
     if getattr(trainer, "compute_loss_func", None) is not None:
@@ -114,13 +123,26 @@ def trainer_models(trainer: Any) -> list[nn.Module]:
     return models
 
 
-def fused_forward(model: nn.Module, state: _forward.PatchState, args: tuple, kwargs: dict) -> Any:
-    """``model(..., labels=..., fused_lm_head=True)`` as TRL's wrapper answers it, by crossent."""
-    trl: FusedHead = state.trl
-    below = _layers.below(model, state)  # TRL's wrapper: without fused_lm_head, the model's forward
+@dataclasses.dataclass
+class FusedCall:
+    """One ``fused_lm_head=True`` call after the backbone ran: the hidden states the head sees
+    (B, T', D), the shifted targets and their mask (B, T'), and what TRL's output needs besides."""
+
+    hidden: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    module: nn.Module  # the head module (or a wrapper of it) the loss runs inside
+    out: Any  # the model's own output (its aux_loss)
+    router_logits: bool
+    num_items_in_batch: Any
+    text_config: Any
+
+
+def fused_call(model: nn.Module, state: _forward.PatchState, args: tuple, kwargs: dict) -> FusedCall | None:
+    """The backbone run as TRL's wrapper runs it (None: not a call crossent answers)."""
     arguments = _forward.by_name(state, args, kwargs)
     if arguments is None:
-        return below(*args, **kwargs)
+        return None
     arguments.pop("fused_lm_head")
     labels = arguments.pop("labels", None)
     shift_labels = arguments.pop("shift_labels", None)
@@ -131,13 +153,37 @@ def fused_forward(model: nn.Module, state: _forward.PatchState, args: tuple, kwa
     if getattr(text_config, "output_router_logits", False):  # as TRL: the MoE aux loss
         arguments.setdefault("output_router_logits", True)
 
-    hidden, out, module = _forward.capture(model, state, below, arguments)  # (B, T, D)
+    hidden, out, module = _forward.capture(model, state, _layers.below(model, state), arguments)  # (B, T, D)
     if shift_labels is None:  # position t predicts token t+1; TRL's per-token fields are (B, T-1)
         hidden, target = hidden[:, :-1], labels[:, 1:]
     else:
         target = shift_labels
     target = _checks.trl_targets(model, target.to(hidden.device), hidden)
-    mask = target != IGNORE_INDEX  # (B, T')
+    return FusedCall(hidden, target, target != IGNORE_INDEX, module, out,
+                     bool(arguments.get("output_router_logits")), num_items_in_batch, text_config)
+
+
+def fused_output(trl: FusedHead, call: FusedCall, log_probs: torch.Tensor, fields: dict) -> Any:
+    """TRL's FusedCausalLMOutput: its loss (-sum log_probs / num_items, + the MoE aux loss)."""
+    mask = call.mask
+    den = mask.sum().clamp(min=1) if call.num_items_in_batch is None else call.num_items_in_batch
+    loss = -log_probs.sum() / den
+    out = call.out
+    aux = out.get("aux_loss") if isinstance(out, ModelOutput) and call.router_logits else None
+    if aux is not None:
+        loss = loss + getattr(call.text_config, "router_aux_loss_coef", 0.0) * aux.to(loss.device)
+    return trl.output_type(loss=loss, log_probs=log_probs, label_mask=mask, aux_loss=aux, **fields)
+
+
+def fused_forward(model: nn.Module, state: _forward.PatchState, args: tuple, kwargs: dict) -> Any:
+    """``model(..., labels=..., fused_lm_head=True)`` as TRL's wrapper answers it, by crossent."""
+    trl: FusedHead = state.trl
+    call = fused_call(model, state, args, kwargs)
+    if call is None:  # TRL's wrapper: without fused_lm_head, the model's forward
+        return _layers.below(model, state)(*args, **kwargs)
+    if trl.rl:
+        return fused_output(trl, call, *_trl_rl.per_token(model, state, call))
+    hidden, target, mask = call.hidden, call.target, call.mask
 
     wanted = tuple(n for n in _stats.NAMES if n in trl.outputs)
     stats: dict[str, torch.Tensor] = {}
@@ -149,16 +195,11 @@ def fused_forward(model: nn.Module, state: _forward.PatchState, args: tuple, kwa
                                       scale=1.0, softcap=state.softcap,  # x, bias: already scaled
                                       chunk_size=state.chunk_size))
 
-    losses = _forward.head_loss(model, state, module, hidden, target, reduction="none",
+    losses = _forward.head_loss(model, state, call.module, hidden, target, reduction="none",
                                 after=after)  # (B*T',)
     log_probs = -losses.reshape(mask.shape)  # crossent's 'none' is 0 on ignored positions
     fields = {n: stats[n].view(mask.shape).masked_fill(~mask, 0) for n in wanted}
-    den = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    loss = -log_probs.sum() / den
-    aux = out.get("aux_loss") if isinstance(out, ModelOutput) and arguments.get("output_router_logits") else None
-    if aux is not None:
-        loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux.to(loss.device)
-    return trl.output_type(loss=loss, log_probs=log_probs, label_mask=mask, aux_loss=aux, **fields)
+    return fused_output(trl, call, log_probs, fields)
 
 
 def bypass_message(model: nn.Module) -> str:
