@@ -22,7 +22,7 @@ except Exception as exc:  # (RuntimeError from transformers' lazy import, Import
     pytest.skip(f"TRL {trl.__version__} has no GRPO/RLOO/KTO trainers usable here: {exc}", allow_module_level=True)
 hf = pytest.importorskip("crossent.integrations.transformers")
 import trl_helpers as H  # noqa: E402
-from test_hf_trl import _assert_same_steps, _Grads  # noqa: E402
+from test_hf_trl import _assert_same_steps, _fused_path, _Grads  # noqa: E402, F401  (autouse fixture)
 
 import crossent  # noqa: E402
 import crossent.functional  # noqa: E402
@@ -30,12 +30,6 @@ from crossent.integrations.transformers import _trl, _trl_rl  # noqa: E402
 
 if _trl.version()[:2] < (1, 16):
     pytest.skip("GRPO/RLOO/KTO call TRL's fused LM head from TRL 1.16 on (checked there)", allow_module_level=True)
-
-
-@pytest.fixture(autouse=True)
-def _fused_path():
-    with crossent.use_backend("fused"):
-        yield
 
 
 @pytest.fixture
