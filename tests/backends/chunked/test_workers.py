@@ -164,3 +164,43 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 """
     done = subprocess.run([sys.executable, "-c", code], timeout=120, env=os.environ)
     assert done.returncode == 0
+
+
+def test_inference_mode_reaches_the_workers(two_threads):
+    x = torch.randn(3000, 1000)
+    t = torch.randint(0, 1000, (3000,))
+    with torch.inference_mode():
+        out = torch.zeros(10)
+
+        def fill(i, scratch):
+            out[i] = float(i)  # an in-place update of an inference tensor: only in inference mode
+
+        workers.map_chunks(fill, list(range(10)), CPU)
+        with crossent.use_backend("fused"):
+            got = crossent.cross_entropy(x, t, reduction="none")
+    assert torch.equal(out, torch.arange(10.0))
+    with crossent.use_backend("fused"):
+        assert torch.equal(got, crossent.cross_entropy(x, t, reduction="none"))
+
+
+def test_a_dispatch_mode_sees_every_op_of_the_loss(two_threads):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(3000, 1000)
+    t = torch.randint(0, 1000, (3000,))
+    names = []
+    with Count() as mode:
+        names = workers.map_chunks(lambda i, s: threading.current_thread().name, [0, 1], CPU)
+        with crossent.use_backend("fused"):
+            crossent.cross_entropy(x, t)
+    assert set(names) == {threading.current_thread().name}
+    assert mode.ops > 3 * 5  # the chunks' ops ran where the mode is (3 chunks, ~5 ops each)

@@ -21,6 +21,7 @@ chunks run in the calling thread as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -113,10 +114,13 @@ def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.dev
     """[fn(item, scratch) for item in items], the items spread over single-threaded workers, one per
     intra-op thread of the caller; ``scratch`` is a dict private to one worker for this call (for
     its reusable buffers). Runs in the calling thread where workers cannot help: one item, one
-    thread, a non-CPU device, no OpenMP runtime found, or a call from a worker itself."""
+    thread, a non-CPU device, no OpenMP runtime found, a call from a worker itself, or a torch
+    function/dispatch mode active in the caller (modes are per thread: a FlopCounterMode or a
+    debugging mode must see every op). Workers run in the caller's inference mode."""
     threads = torch.get_num_threads()
     pool = None
-    if device.type == "cpu" and len(items) > 1 and threads > 1 and not _is_worker():
+    if (device.type == "cpu" and len(items) > 1 and threads > 1 and not _is_worker()
+            and not _modes_active()):
         pool = _workers(threads)
     if pool is None:
         scratch: dict = {}
@@ -126,14 +130,17 @@ def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.dev
     for i in range(len(items)):
         todo.put(i)
 
+    inference = torch.is_inference_mode_enabled()  # (inference_mode(False) would enable grad)
+
     def drain() -> None:
         scratch: dict = {}
-        while True:
-            try:
-                i = todo.get_nowait()
-            except queue.Empty:
-                return
-            results[i] = fn(items[i], scratch)
+        with torch.inference_mode() if inference else contextlib.nullcontext():
+            while True:
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[i] = fn(items[i], scratch)
 
     futures = [pool.submit(drain) for _ in range(min(threads, len(items)))]
     errors = [f.exception() for f in futures]  # waits for all: no worker still writes after return
@@ -141,6 +148,10 @@ def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.dev
         if e is not None:
             raise e
     return results
+
+
+def _modes_active() -> bool:
+    return torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0
 
 
 def _is_worker() -> bool:
