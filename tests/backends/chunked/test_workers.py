@@ -82,6 +82,23 @@ def test_one_thread_one_item_and_nested_calls_run_in_the_calling_thread(two_thre
     assert inner == [{True}, {True}]
 
 
+def _on_one_and_two_threads(loss_fn, x):
+    """(loss, gradient) of loss_fn(x) on the fused backend with 1 and with 2 intra-op threads."""
+    out = {}
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_()
+            with crossent.use_backend("fused"):
+                loss = loss_fn(xx)
+            loss.sum().backward()
+            out[threads] = (loss.detach(), xx.grad)
+    finally:
+        torch.set_num_threads(old)
+    return out[1], out[2]
+
+
 @pytest.mark.parametrize("shape,reduction,extra", [
     ((3000, 1000), "mean", {}),
     ((2000, 1500), "none", {"label_smoothing": 0.1}),
@@ -92,38 +109,16 @@ def test_cross_entropy_is_bitwise_the_same_on_one_thread_and_on_the_workers(shap
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen) * 3
     t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen)
-    out = {}
-    old = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            xx = x.clone().requires_grad_()
-            with crossent.use_backend("fused"):
-                loss = crossent.cross_entropy(xx, t, reduction=reduction, **extra)
-            loss.sum().backward()
-            out[threads] = (loss.detach(), xx.grad)
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
+    one, two = _on_one_and_two_threads(lambda xx: crossent.cross_entropy(xx, t, reduction=reduction, **extra), x)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
 def test_binary_losses_are_bitwise_the_same_on_one_thread_and_on_the_workers():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3000, 1500, generator=gen)
     y = torch.rand(3000, 1500, generator=gen)
-    out = {}
-    old = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            xx = x.clone().requires_grad_()
-            with crossent.use_backend("fused"):
-                loss = crossent.binary_cross_entropy_with_logits(xx, y)
-            loss.backward()
-            out[threads] = (loss.detach(), xx.grad)
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
+    one, two = _on_one_and_two_threads(lambda xx: crossent.binary_cross_entropy_with_logits(xx, y), x)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
 def test_concurrent_callers_each_get_their_own_result(two_threads):
