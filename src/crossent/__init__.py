@@ -22,6 +22,8 @@ _EXPORTS = {
     "binary_cross_entropy_with_logits": ".functional",
     "cross_entropy": ".functional",
     "linear_cross_entropy": ".functional",
+    "linear_distillation_loss": "._distillation",
+    "linear_topk_distillation_loss": "._distillation",
     "nll_loss": ".functional",
 }
 _SUBMODULES = {"nn", "functional", "reference", "integrations", "distributed"}
@@ -33,6 +35,8 @@ __all__ = [
     "check_values",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_distillation_loss",
+    "linear_topk_distillation_loss",
     "nll_loss",
     "nn",
     "use_backend",
@@ -58,6 +62,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from . import nn
     from ._checks import check_values
     from ._dispatch import Backend, use_backend
+    from ._distillation import linear_distillation_loss, linear_topk_distillation_loss
     from .functional import (
         binary_cross_entropy,
         binary_cross_entropy_with_logits,

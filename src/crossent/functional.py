@@ -29,6 +29,8 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_distillation_loss",
+    "linear_topk_distillation_loss",
     "nll_loss",
 ]
 
@@ -275,3 +277,7 @@ def linear_cross_entropy(
 
 
 linear_cross_entropy.__doc__ = _docs.LINEAR_CROSS_ENTROPY
+
+
+# The distillation losses live in _distillation.py (their own checks and dispatch).
+from ._distillation import linear_distillation_loss, linear_topk_distillation_loss  # noqa: E402

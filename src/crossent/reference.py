@@ -307,3 +307,11 @@ def linear_cross_entropy(
     total = cross_entropy(logits, target, weight, ignore_index, "sum", label_smoothing,
                           z_loss=z_loss, softcap=softcap, precision=precision)
     return total / normalizer
+
+
+# The distillation losses (their formulas and conventions are in _reference_distillation.py).
+from ._reference_distillation import (  # noqa: E402, F401
+    generalized_jsd,
+    linear_distillation_loss,
+    linear_topk_distillation_loss,
+)

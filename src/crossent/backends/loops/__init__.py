@@ -6,6 +6,7 @@ backend: backends import it; it imports no backend."""
 
 from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .cross_entropy import cross_entropy, nll_loss
+from .distill import linear_distillation_loss, linear_topk_distillation_loss
 from .kernels import RowKernels
 from .linear import linear_cross_entropy
 from .linear_chunks import balanced_rows
@@ -13,5 +14,6 @@ from .linear_op import make_op
 
 __all__ = [
     "RowKernels", "balanced_rows", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-    "cross_entropy", "linear_cross_entropy", "make_op", "nll_loss",
+    "cross_entropy", "linear_cross_entropy", "linear_distillation_loss", "linear_topk_distillation_loss",
+    "make_op", "nll_loss",
 ]

@@ -56,11 +56,11 @@ class _Chunk:
     """The reused buffers of one pass: the logits (or their gradient) of a chunk, in its layout,
     and whatever the backend's ce_chunk needs beside them."""
 
-    def __init__(self, rows_max, v, d, x, opts, kernels: RowKernels, row_major, want_w):
+    def __init__(self, rows_max, v, d, x, opts, kernels: RowKernels, row_major, want_w, *, ce_buffers=True):
         self.v, self.row_major = v, row_major
         size = rows_max * v
         self.z = _memory.empty(size, x.dtype, x.device)  # logits, then the gradient in x's dtype
-        self.buffers = kernels.chunk_buffers(size, x.dtype, opts, x.device)
+        self.buffers = kernels.chunk_buffers(size, x.dtype, opts, x.device) if ce_buffers else None
         self.slice_rows = min(v, kernels.weight_grad_slice) if kernels.weight_grad_slice else v
         sixteen_bit = x.dtype != compute_dtype(x.dtype)
         self.w_part = _memory.empty((self.slice_rows, d), x.dtype, x.device) if want_w and sixteen_bit else None
@@ -130,20 +130,28 @@ def chunk_loop(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, kernels: Ro
             z, tg.rows(slice(i, j)), opts, grad=z if want_grad else None,
             scale=scale[i:j] if per_token else scale, buffers=chunk.buffers, x_is_scratch=True,
         )
-        first = i == 0
-        if gb is not None:
-            if first:
-                torch.sum(z, 0, dtype=gb.dtype, out=gb)
-            else:
-                gb.add_(z.sum(0, dtype=gb.dtype))
-        if gx is not None:
-            if add_x:
-                gx[i:j].addmm_(z, weight)
-            else:
-                torch.mm(z, weight, out=gx[i:j])
-        if gw is not None:
-            _accumulate_weight_grad(gw, z, xc, chunk, first)
+        gradient_products(z, xc, weight, grads, chunk, slice(i, j), add_x=add_x)
     return losses
+
+
+def gradient_products(g, xc, weight, grads, chunk, rows_: slice, *, add_x=False):
+    """A chunk's share of the three gradients from G = dl/dZ (r, V): grad_b (+)= G.sum(0),
+    grad_x[rows] = G @ W (added with ``add_x``), grad_W (+)= G.T @ x_c; the first chunk
+    (rows_.start == 0) writes grad_W and grad_b, later ones add."""
+    gx, gw, gb = grads
+    first = rows_.start == 0
+    if gb is not None:
+        if first:
+            torch.sum(g, 0, dtype=gb.dtype, out=gb)
+        else:
+            gb.add_(g.sum(0, dtype=gb.dtype))
+    if gx is not None:
+        if add_x:
+            gx[rows_].addmm_(g, weight)
+        else:
+            torch.mm(g, weight, out=gx[rows_])
+    if gw is not None:
+        _accumulate_weight_grad(gw, g, xc, chunk, first)
 
 
 class Problem:
