@@ -31,12 +31,14 @@ program in a fixed order; totals by `common.deterministic_sum`; no atomics).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ... import _checks
 from ..._options import LossOptions
 from .. import Descriptor, loops
-from . import ops
+from . import ops, ops_distill
 
 # Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
 # the call is bound by host overhead (an autograd.Function and a Triton launch cost tens of us of
@@ -75,7 +77,11 @@ def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, 
     return loops.balanced_rows(n, budget // max(1, size * num_classes))
 
 
-KERNELS = ops.row_kernels(chunk_rows)
+# (the distillation kernels: kernels_distill.py, launched by ops_distill.py)
+KERNELS = dataclasses.replace(
+    ops.row_kernels(chunk_rows), distill_chunk=ops_distill.distill_chunk, topk_chunk=ops_distill.topk_chunk,
+    distill_buffers=ops_distill.Buffers, distill_rows=ops_distill.distill_rows,
+)
 
 
 def _require(t):
@@ -104,6 +110,19 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: Lo
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
     _require(input)
     return loops.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts, kernels=KERNELS)
+
+
+def linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight, linear_bias,
+                             teacher_linear_bias, target, opts):
+    _require(input)
+    return loops.linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight,
+                                          linear_bias, teacher_linear_bias, target, opts, kernels=KERNELS)
+
+
+def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs, linear_bias, opts):
+    _require(input)
+    return loops.linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs,
+                                               linear_bias, opts, kernels=KERNELS)
 
 
 _compiled_linear = loops.make_op(KERNELS)
