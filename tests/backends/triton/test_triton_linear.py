@@ -80,3 +80,19 @@ def test_chunk_rows_with_lean_kernels():
         assert triton.chunk_rows(8192, 4096, 128256, torch.bfloat16, opts) == 1024
     rows = triton.chunk_rows(8192, 2304, 256000, torch.bfloat16, LossOptions(softcap=30.0))
     assert rows * 256000 * 2 <= 256000 * 2304 * 2 // 4 and rows % linear_chunks.ROW_MULTIPLE == 0
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_neg_inf_bias_masks_a_class_as_torch(eps):
+    """A -inf bias forbids a class: torch's values and gradients (inf under smoothing) on the
+    Triton chunk loop too."""
+    x, w, b, t = make(12, 5, 9, seed=11)
+    b[3] = float("-inf")
+    t[t == 3] = 4
+    xa, wa, ba = leaves(x, w, b)
+    xt, wt, bt = leaves(x, w, b)
+    ours = crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, label_smoothing=eps, chunk_size=5)
+    theirs = torch.nn.functional.cross_entropy(torch.nn.functional.linear(xt, wt, bt), t, label_smoothing=eps)
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+    for u, v in zip(torch.autograd.grad(ours, (xa, wa, ba)), torch.autograd.grad(theirs, (xt, wt, bt))):
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-5, equal_nan=True)
