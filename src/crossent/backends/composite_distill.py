@@ -97,7 +97,13 @@ def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log
     if opts.temperature != 1.0:
         z = z / opts.temperature
     valid = teacher_ids != opts.ignore_index
+    counted = valid.any(1)
     safe = dv.support_index(teacher_ids, valid)
+    # A row with no id is computed as if its first entry were class 0 with probability 1, then
+    # masked: its -inf sums would otherwise meet autograd's second derivatives (nan * 0 = nan).
+    first = torch.arange(valid.shape[1], device=valid.device) == 0
+    valid = valid | (~counted.unsqueeze(1) & first)
+    lq = torch.where(counted.unsqueeze(1), teacher_log_probs.detach().to(acc), 0.0)
     a = z - dv.reference_of(z.detach().amax(1, keepdim=True))  # (N, V), <= 0
     a_s = a.gather(1, safe)
     rest = None
@@ -105,7 +111,6 @@ def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log
         inside = torch.zeros(a.shape, dtype=torch.int32, device=a.device).scatter_add_(
             1, safe, valid.to(torch.int32)) > 0
         rest = rest_log_sum_exp(a, inside)
-    loss = dv.topk_row_terms(a_s, rest, teacher_log_probs.detach().to(acc), valid, opts.tail)[0]
-    counted = valid.any(1)
+    loss = dv.topk_row_terms(a_s, rest, lq, valid, opts.tail)[0]
     loss = torch.where(counted, loss, 0.0)
     return _reduce(loss, counted, opts, out_dtype(input, opts))
