@@ -7,7 +7,7 @@ import torch
 
 from .. import rows
 from ..common import compute_dtype, deterministic_sum
-from . import kernel
+from . import kernel, workers
 
 
 def _row_chunks(x: torch.Tensor):
@@ -38,7 +38,8 @@ def _bce_chunk(x, y, w, pw, logits: bool, grad):
 
 
 def bce_forward(x, y, w, pw, logits, opts, grad):
-    """Per-element losses (compute dtype) for 'none', else the deterministic total."""
+    """Per-element losses (compute dtype) for 'none', else the deterministic total; the chunks
+    spread over single-threaded workers (`workers.map_chunks`)."""
     acc = compute_dtype(x.dtype)
     if x.dim() == 0:
         loss = _bce_chunk(x, y, w, pw, logits, grad)
@@ -46,16 +47,18 @@ def bce_forward(x, y, w, pw, logits, opts, grad):
     wb = w.expand(x.shape) if w is not None else None
     pwb = pw.expand(x.shape) if pw is not None else None
     out = torch.empty(x.shape, dtype=acc, device=x.device) if opts.reduction == "none" else None
-    partial = []
-    for r in _row_chunks(x):
+
+    def one_chunk(r, _scratch):
         loss = _bce_chunk(
             x[r], y[r], wb[r] if wb is not None else None, pwb[r] if pwb is not None else None,
             logits, grad[r] if grad is not None else None,
         )
-        if out is not None:
-            out[r] = loss
-        else:
-            partial.append(deterministic_sum(loss))
+        if out is None:
+            return deterministic_sum(loss)
+        out[r] = loss
+        return None
+
+    partial = workers.map_chunks(one_chunk, list(_row_chunks(x)), x.device)
     if out is not None:
         return out
     return deterministic_sum(torch.stack(partial)) if partial else torch.zeros((), dtype=acc, device=x.device)

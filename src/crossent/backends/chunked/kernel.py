@@ -22,6 +22,7 @@ import torch
 from ..._options import LossOptions
 from .. import rows
 from ..common import compute_dtype
+from . import workers
 
 # ~1M elements (4 MB of float32) per chunk. Each chunk costs ~15 Python-level torch ops (~5 us each
 # here), so small chunks drown in dispatch; measured at 4096 x 32000 (2 threads), forward+backward
@@ -113,21 +114,27 @@ def _take(buf: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype, devic
 
 
 def ce_forward(x: torch.Tensor, tg: rows.Targets, opts: LossOptions, *, grad, scale) -> torch.Tensor:
-    """Run ce_chunk over all chunks of x (N, C) or (N, C, D); return per-row losses (N[, D])."""
+    """Run ce_chunk over all chunks of x (N, C) or (N, C, D), spread over single-threaded workers
+    (`workers.map_chunks`); return per-row losses (N[, D])."""
     acc = compute_dtype(x.dtype)
     per_sample = x.shape[:1] + x.shape[2:]
     losses = torch.empty(per_sample, dtype=acc, device=x.device)
     need_work = x.dtype != acc or grad is None or grad.dtype != acc
     size = min(chunk_elements(x.device), x.numel()) + x.shape[1]
-    work = torch.empty(size, dtype=acc, device=x.device) if need_work else None
-    tanh_work = torch.empty(size, dtype=acc, device=x.device) if opts.softcap is not None else None
     per_row_scale = isinstance(scale, torch.Tensor) and scale.dim() > 0
     if tg.index is not None and tg.z_t is None and x.numel():
         tg = target_logits(x, tg, opts, acc)
-    for idx, r, d in _chunks(x):
+
+    def one_chunk(chunk, scratch):
+        idx, r, d = chunk
+        if not scratch:  # this worker's reused buffers
+            scratch["work"] = torch.empty(size, dtype=acc, device=x.device) if need_work else None
+            scratch["tanh"] = torch.empty(size, dtype=acc, device=x.device) if opts.softcap is not None else None
         sample = (r,) if d is None else (r, d)
         losses[sample], _ = ce_chunk(
             x[idx], tg.rows(r, d), opts, grad=grad[idx] if grad is not None else None,
-            scale=scale[sample] if per_row_scale else scale, work=work, tanh_work=tanh_work,
+            scale=scale[sample] if per_row_scale else scale, work=scratch["work"], tanh_work=scratch["tanh"],
         )
+
+    workers.map_chunks(one_chunk, list(_chunks(x)), x.device)
     return losses

@@ -1,0 +1,147 @@
+"""Chunks of rows spread over single-threaded workers: one long parallel region per call.
+
+Why: the torch-op kernel runs ~5 full-chunk ops per chunk of ~1M elements, and each op is one
+OpenMP parallel region that ends at a barrier where every thread waits for the slowest. At
+4096 x 32000 that is ~600 regions per call. On a quiet machine the barriers cost little; on a busy
+one (a data loader, a second job: other runnable threads than ours) one descheduled thread stalls
+the others at every barrier, and the loss took 1.5-4.4x torch's time, whose kernel runs a few long
+regions (issue 25; benchmarks/bench_training_loop.py measures it). Here each of the caller's
+intra-op threads becomes a worker that takes whole chunks from a shared queue and runs their ops
+with one thread: nothing waits until the last chunk, and a descheduled worker only takes fewer
+chunks. Results are bitwise those of the serial loop: every chunk's reductions already run in a
+fixed, thread-independent order (`rows.row_sum`, `common.deterministic_sum`).
+
+How a worker runs its ops with one thread without touching the caller's setting: OpenMP's thread
+count is a per-thread setting (`omp_set_num_threads` from a thread other than the one that set the
+process default changes that thread only), so each worker sets its own to 1 after torch's own
+per-thread initialisation. torch.set_num_threads is not used: it also changes the default that new
+threads start from. Where the OpenMP runtime cannot be found, or the caller runs one thread, the
+chunks run in the calling thread as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_omp_set_num_threads = None
+_omp_checked = False
+
+
+def _openmp_runtime_paths() -> list[str]:
+    """The OpenMP runtimes loaded in this process (torch's libgomp/libomp/libiomp5)."""
+    names = ("libgomp", "libomp", "libiomp5")
+    found: list[str] = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(" ", 1)[-1].strip()
+                if any(n in os.path.basename(path) for n in names) and path not in found:
+                    found.append(path)
+    except OSError:  # not Linux: torch's own folder holds its runtime
+        lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+        if os.path.isdir(lib):
+            found = [os.path.join(lib, f) for f in sorted(os.listdir(lib)) if any(f.startswith(n) for n in names)]
+    return found
+
+
+def _resolve_omp():
+    global _omp_set_num_threads, _omp_checked
+    _omp_checked = True
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return
+    for path in _openmp_runtime_paths():
+        try:
+            fn = ctypes.CDLL(path).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = None
+        _omp_set_num_threads = fn
+        return
+
+
+def _become_single_threaded() -> None:
+    """Pool initializer: torch's per-thread setup first (it would reset the count later), then
+    one OpenMP thread for this worker, and no autograd graph (the kernels compute gradients
+    explicitly; grad mode is per thread and on by default)."""
+    torch.get_num_threads()
+    _omp_set_num_threads(1)
+    torch.set_grad_enabled(False)
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child has none of the parent's threads: a new pool is made on first use.
+    global _pool, _pool_size, _lock
+    _pool, _pool_size, _lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _workers(threads: int) -> ThreadPoolExecutor | None:
+    global _pool, _pool_size
+    with _lock:
+        if not _omp_checked:
+            _resolve_omp()
+        if _omp_set_num_threads is None:
+            return None
+        if _pool is None or _pool_size != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="crossent-chunks",
+                                       initializer=_become_single_threaded)
+            _pool_size = threads
+        return _pool
+
+
+def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.device) -> list[R]:
+    """[fn(item, scratch) for item in items], the items spread over single-threaded workers, one per
+    intra-op thread of the caller; ``scratch`` is a dict private to one worker for this call (for
+    its reusable buffers). Runs in the calling thread where workers cannot help: one item, one
+    thread, a non-CPU device, no OpenMP runtime found, or a call from a worker itself."""
+    threads = torch.get_num_threads()
+    pool = None
+    if device.type == "cpu" and len(items) > 1 and threads > 1 and not _is_worker():
+        pool = _workers(threads)
+    if pool is None:
+        scratch: dict = {}
+        return [fn(item, scratch) for item in items]
+    results: list = [None] * len(items)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for i in range(len(items)):
+        todo.put(i)
+
+    def drain() -> None:
+        scratch: dict = {}
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            results[i] = fn(items[i], scratch)
+
+    futures = [pool.submit(drain) for _ in range(min(threads, len(items)))]
+    errors = [f.exception() for f in futures]  # waits for all: no worker still writes after return
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+def _is_worker() -> bool:
+    return threading.current_thread().name.startswith("crossent-chunks")

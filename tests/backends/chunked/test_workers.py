@@ -1,0 +1,166 @@
+"""backends/chunked/workers.py: chunks on single-threaded workers give the serial loop's results
+bitwise, leave the caller's thread settings alone, and survive errors, nesting, concurrent callers
+and fork."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+import crossent
+from crossent.backends.chunked import workers
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _pool_in_use() -> bool:
+    seen = workers.map_chunks(lambda i, s: threading.current_thread().name, [0, 1], CPU)
+    return all(name.startswith("crossent-chunks") for name in seen)
+
+
+def test_results_come_in_item_order_with_one_scratch_per_worker(two_threads):
+    items = list(range(50))
+    scratches = []
+
+    def fn(i, scratch):
+        scratch.setdefault("id", object())
+        scratches.append(scratch["id"])
+        return i * i
+
+    assert workers.map_chunks(fn, items, CPU) == [i * i for i in items]
+    assert 1 <= len(set(map(id, scratches))) <= 2
+
+
+def test_workers_run_one_thread_without_autograd_and_the_caller_keeps_its_settings(two_threads):
+    if not _pool_in_use():
+        pytest.skip("no OpenMP runtime found: the chunks run in the calling thread")
+    seen = workers.map_chunks(lambda i, s: (torch.get_num_threads(), torch.is_grad_enabled()), list(range(8)), CPU)
+    assert set(seen) == {(1, False)}
+    assert torch.get_num_threads() == 2 and torch.is_grad_enabled()
+    # a thread started now still gets the process default, not the workers' 1
+    fresh = []
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh == [2]
+
+
+def test_an_error_in_a_chunk_reaches_the_caller(two_threads):
+    def fn(i, scratch):
+        if i == 5:
+            raise ValueError("chunk 5")
+        return i
+
+    with pytest.raises(ValueError, match="chunk 5"):
+        workers.map_chunks(fn, list(range(10)), CPU)
+    assert workers.map_chunks(lambda i, s: i, [1, 2, 3], CPU) == [1, 2, 3]  # the pool still works
+
+
+def test_one_thread_one_item_and_nested_calls_run_in_the_calling_thread(two_threads):
+    me = threading.current_thread().name
+    assert workers.map_chunks(lambda i, s: threading.current_thread().name, [0], CPU) == [me]
+    torch.set_num_threads(1)
+    assert workers.map_chunks(lambda i, s: threading.current_thread().name, [0, 1], CPU) == [me, me]
+    torch.set_num_threads(2)
+    inner = workers.map_chunks(
+        lambda i, s: {threading.current_thread().name == n
+                      for n in workers.map_chunks(lambda j, s2: threading.current_thread().name, [0, 1], CPU)},
+        [0, 1], CPU)
+    assert inner == [{True}, {True}]
+
+
+@pytest.mark.parametrize("shape,reduction,extra", [
+    ((3000, 1000), "mean", {}),
+    ((2000, 1500), "none", {"label_smoothing": 0.1}),
+    ((6, 7, 100, 600), "sum", {}),
+    ((1500, 2000), "mean", {"ignore_index": 3}),
+])
+def test_cross_entropy_is_bitwise_the_same_on_one_thread_and_on_the_workers(shape, reduction, extra):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen) * 3
+    t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen)
+    out = {}
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_()
+            with crossent.use_backend("fused"):
+                loss = crossent.cross_entropy(xx, t, reduction=reduction, **extra)
+            loss.sum().backward()
+            out[threads] = (loss.detach(), xx.grad)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
+
+
+def test_binary_losses_are_bitwise_the_same_on_one_thread_and_on_the_workers():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, 1500, generator=gen)
+    y = torch.rand(3000, 1500, generator=gen)
+    out = {}
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_()
+            with crossent.use_backend("fused"):
+                loss = crossent.binary_cross_entropy_with_logits(xx, y)
+            loss.backward()
+            out[threads] = (loss.detach(), xx.grad)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
+
+
+def test_concurrent_callers_each_get_their_own_result(two_threads):
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(2000, 1000, generator=gen) for _ in range(4)]
+    t = torch.randint(0, 1000, (2000,), generator=gen)
+    with crossent.use_backend("fused"):
+        expected = [crossent.cross_entropy(x, t) for x in xs]
+    got = [None] * 4
+
+    def call(i):
+        with crossent.use_backend("fused"):
+            got[i] = crossent.cross_entropy(xs[i], t)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_computes_after_the_parent_used_the_workers():
+    code = """
+import os, torch, crossent
+torch.set_num_threads(2)
+x = torch.randn(3000, 1000); t = torch.randint(0, 1000, (3000,))
+with crossent.use_backend("fused"):
+    a = crossent.cross_entropy(x, t)
+pid = os.fork()
+if pid == 0:
+    with crossent.use_backend("fused"):
+        b = crossent.cross_entropy(x, t)
+    os._exit(0 if torch.equal(a, b) else 3)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, env=os.environ)
+    assert done.returncode == 0
