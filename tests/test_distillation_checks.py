@@ -133,3 +133,20 @@ def test_nothing_of_the_callers_is_modified():
     assert torch.equal(ids, IDS) and torch.equal(lq, LQ)
     assert torch.equal(xs.detach(), XK) and torch.equal(ws.detach(), WK) and torch.equal(bs.detach(), BK)
     assert versions == [a._version for a in (xs, ws, bs, ids, lq)]
+
+
+def test_the_options_survive_their_encoding():
+    """DistillationOptions.encode/decode (for a custom op): every field, each alone and all."""
+    import dataclasses
+
+    from crossent._options import DistillationOptions
+
+    non_default = dict(beta=0.25, temperature=1.5, softcap=30.0, teacher_softcap=20.0, hard_weight=0.5,
+                       soft_weight=2.0, tail=False, topk=True, ignore_index=7, reduction="sum", normalizer=2.5,
+                       chunk_size=64, dtype=torch.float32)
+    assert {f.name for f in dataclasses.fields(DistillationOptions)} == set(non_default)
+    for name, value in non_default.items():
+        opts = DistillationOptions(**{name: value})
+        assert opts.encode() != DistillationOptions().encode()
+        assert DistillationOptions.decode(opts.encode()) == opts
+    assert DistillationOptions.decode(DistillationOptions(**non_default).encode()) == DistillationOptions(**non_default)
