@@ -35,7 +35,14 @@ import torch.nn.functional as F
 
 import crossent
 
-from ._harness import interleaved_seconds, machine, measure_here, paired_median_ratio, peak_extra_bytes, report_measure
+from ._harness import (
+    interleaved_seconds,
+    machine,
+    measure_here,
+    paired_median_ratio,
+    peak_extra_bytes,
+    report_measure,
+)
 
 MODULE = "benchmarks.bench_distillation"
 TEMPERATURE = 2.0

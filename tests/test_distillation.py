@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distill_helpers import check_dense, check_topk, dense_problem, leaves, topk_problem
 
 import crossent
 from conftest import assert_close
-from distill_helpers import check_dense, check_topk, dense_problem, leaves, topk_problem
 
 BACKENDS = ["auto", "fused", "composite", "reference"]
 

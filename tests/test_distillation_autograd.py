@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distill_helpers import dense_problem, leaves, topk_problem
 
 import crossent
 from conftest import assert_close
-from distill_helpers import dense_problem, leaves, topk_problem
 
 X, W, B, XT, WT, BT, T = dense_problem(6, 3, 4, 9, dtype=torch.float64, seed=20)
 T = torch.tensor([3, -100, 0, 8, -100, 5])  # (ignored rows among counted ones)

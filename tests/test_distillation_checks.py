@@ -8,9 +8,9 @@ import re
 
 import pytest
 import torch
+from distill_helpers import dense_problem, leaves, topk_problem
 
 import crossent
-from distill_helpers import dense_problem, leaves, topk_problem
 
 X, W, B, XT, WT, BT, T = dense_problem()
 XK, WK, BK, IDS, LQ = (a.float() if a.is_floating_point() else a for a in topk_problem(k=4))

@@ -12,10 +12,10 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from distill_helpers import dense_problem, grad_out, leaves, topk_problem
 
 import crossent
 from conftest import assert_close, assert_no_worse_than_torch
-from distill_helpers import dense_problem, grad_out, leaves, topk_problem
 
 pytest.importorskip("trl")
 distillation_trainer = pytest.importorskip("trl.trainer.distillation_trainer")

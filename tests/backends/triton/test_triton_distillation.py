@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distill_helpers import check_dense, check_topk, dense_problem, topk_problem
 
 import crossent
 from conftest import skip_without_triton
-from distill_helpers import check_dense, check_topk, dense_problem, topk_problem
 
 skip_without_triton()
 

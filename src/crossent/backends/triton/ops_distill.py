@@ -103,8 +103,8 @@ def distill_rows(n, num_features, teacher_features, num_classes, dtype, teacher_
                  budget_bytes=None):
     """Tokens per chunk: the chunk's logits of both models take a quarter of the student's
     16-bit weight gradient's bytes (at least MIN_BUDGET_BYTES), as the linear loss's rule."""
-    from . import MIN_BUDGET_BYTES
     from ..loops import balanced_rows
+    from . import MIN_BUDGET_BYTES
 
     size = torch.empty((), dtype=dtype).element_size()
     per_class = size + (torch.empty((), dtype=teacher_dtype).element_size()
