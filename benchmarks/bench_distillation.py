@@ -127,7 +127,12 @@ def _table(title, cases, base, times, mem):
     print("|---|---|---|---|---|")
     for name in cases:
         print(f"| {name} | {best[name]:.2f} | {paired_median_ratio(times, name, base):.2f}x "
-              f"| {mem[name] / 2**20:.0f} | {mem[name] / max(mem[base], 1):.2f}x |")
+              f"| {mem[name] / 2**20:.0f} | {_ratio(mem[name], mem[base])} |")
+
+
+def _ratio(a: int, b: int) -> str:
+    """a / b, or '-' where b is below 1 MiB (the fused loss's peak can be ~0: a ratio to it says nothing)."""
+    return f"{a / b:.2f}x" if b >= 2**20 else "-"
 
 
 def main() -> None:
