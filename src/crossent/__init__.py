@@ -24,6 +24,8 @@ _EXPORTS = {
     "linear_cross_entropy": ".functional",
     "linear_log_probs": ".functional",
     "log_probs": ".functional",
+    "linear_distillation_loss": "._distillation",
+    "linear_topk_distillation_loss": "._distillation",
     "nll_loss": ".functional",
 }
 _SUBMODULES = {"nn", "functional", "reference", "integrations", "distributed"}
@@ -37,6 +39,8 @@ __all__ = [
     "linear_cross_entropy",
     "linear_log_probs",
     "log_probs",
+    "linear_distillation_loss",
+    "linear_topk_distillation_loss",
     "nll_loss",
     "nn",
     "use_backend",
@@ -62,6 +66,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from . import nn
     from ._checks import check_values
     from ._dispatch import Backend, use_backend
+    from ._distillation import linear_distillation_loss, linear_topk_distillation_loss
     from .functional import (
         binary_cross_entropy,
         binary_cross_entropy_with_logits,

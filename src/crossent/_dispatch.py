@@ -352,3 +352,22 @@ def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOption
     tensors = (input, linear_weight, target, linear_bias)
     b = _choose(tensors, opts.chunk_size is None, small, False)
     return backend(b).linear_log_probs(input, linear_weight, target, linear_bias, opts, entropy)
+# ---------------------------------------------------------------- the distillation losses
+#
+# torch has no such loss (rule 2 never applies) and the fused kernels give every gradient the
+# losses define -- the student's input, weight and bias; the teacher is a constant -- so rule 3
+# never applies either: rules 1 and 4 (torch.func and torch.compile tracing: composite).
+
+
+def linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight, linear_bias,
+                             teacher_linear_bias, target, opts):
+    tensors = (input, linear_weight, linear_bias, teacher_input, teacher_linear_weight, teacher_linear_bias, target)
+    b = _choose(tensors, False, False, False)
+    return backend(b).linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight,
+                                               linear_bias, teacher_linear_bias, target, opts)
+
+
+def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs, linear_bias, opts):
+    b = _choose((input, linear_weight, linear_bias, teacher_ids, teacher_log_probs), False, False, False)
+    return backend(b).linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs,
+                                                    linear_bias, opts)

@@ -248,3 +248,76 @@ LINEAR_LOG_PROBS = f"""Per-token log-probability of the target, and optionally t
 {_LOG_PROB_AUTOGRAD}
     Equivalent to ``crossent.reference.linear_log_probs`` (the formulas, in float64).
     """
+_DISTILL_COMMON = """\
+    ignore_index, reduction: 'mean' divides the summed row losses by the number of counted rows
+        (nan when none is counted, as torch's 'mean' over nothing; the gradient is then 0), 'sum',
+        or 'none' (N,). normalizer (reduction='mean' only; a number or a one-element tensor): the
+        sum is divided by it instead, for gradient accumulation (transformers'
+        ``num_items_in_batch``), as in crossent.linear_cross_entropy.
+    chunk_size: tokens per chunk (default: crossent's rule, see backends/chunked).
+
+    Gradients: w.r.t. the student's input, linear_weight and linear_bias only; the teacher's
+    tensors are constants (read as if detached, as TRL's trainers hold them) and nothing of the
+    teacher is kept beyond one chunk. Memory: one chunk of logits (of each model) beyond the
+    inputs and the gradients, never O(N V); 16-bit products run in the inputs' dtypes, the
+    softmax math in float32 (float64 for float64 inputs). Deterministic on every path (the
+    fused kernels bitwise, for any thread count). torch.func and torch.compile run the composite
+    formulas (which build the (N, V) logits); second derivatives recompute through them; under
+    torch.autocast each head's product runs in the autocast dtype and the loss is float32.
+    (``crossent.reference`` has the contract in float64, executable.)"""
+
+LINEAR_DISTILLATION_LOSS = f"""Distillation of a linear head from a teacher's linear head, without either model's logits.
+
+    input (N, D) and linear_weight (V, D), linear_bias (V,): the student's head; teacher_input
+    (N, D_t), teacher_linear_weight (V, D_t), teacher_linear_bias (V,): the teacher's (its hidden
+    width may differ from the student's, its vocabulary may not). target: None, or (N,) int64
+    class indices (in [0, V) or ignore_index).
+
+    Per row i, with z = softcap(input W^T + b) (s tanh(./s) where ``softcap`` is given), the
+    teacher's u = teacher_softcap(teacher_input W_t^T + b_t), temperature T, the student's
+    p = softmax(z / T) and the teacher's q = softmax(u / T), and TRL's convention (TRL 1.16,
+    ``DistillationTrainer``'s chunked divergence and GKD's ``generalized_jsd_loss``, whose
+    temperature also divides both models' capped logits and whose loss is not multiplied by
+    T^2)::
+
+        beta = 0        D = KL(q || p) = sum_c q_c (log q_c - log p_c)        forward KL
+        beta = 1        D = KL(p || q) = sum_c p_c (log p_c - log q_c)        reverse KL
+        0 < beta < 1    D = beta KL(q || m) + (1 - beta) KL(p || m),  m = (1 - beta) p + beta q
+        l = soft_weight D + hard_weight CE,  CE = -log softmax(z)[target]  (temperature 1)
+
+    Terms of weight 0 count 0 (0 log 0 = 0: a class masked with a -inf logit adds nothing, where
+    torch's F.kl_div gives nan). Each term is computed only when its weight is not 0;
+    hard_weight needs target. Rows whose target is ignore_index count in neither term (loss 0,
+    not counted by 'mean'); without target every row counts. For Hinton's T^2 scaling pass
+    ``soft_weight=temperature**2``.
+{_DISTILL_COMMON}
+    FLOPs: 6 N D V + 2 N D_t V ('none': 8 N D V + 4 N D_t V; no teacher product when
+    soft_weight is 0).
+"""
+
+LINEAR_TOPK_DISTILLATION_LOSS = f"""Forward KL from a teacher known only by its top-k tokens, without the student's logits.
+
+    input (N, D), linear_weight (V, D), linear_bias (V,): the student's head. teacher_ids (N, k)
+    int64: per row, the teacher's k ids (k <= V, distinct; pad with ignore_index), and
+    teacher_log_probs (N, k): their log-probabilities under the teacher (log_softmax of its
+    logits at the temperature you distil at: they are used as given), e.g. what a served
+    teacher returns (vLLM's ``logprobs``). The student's full softmax p = softmax(z / T), z =
+    softcap(input W^T + b), is computed fused. Per row, S = the ids that are not ignore_index,
+    q_j = exp(teacher_log_probs)::
+
+        tail=True   l = sum_(j in S) q_j (log q_j - log p_j) + q_tail (log q_tail - log p_tail)
+                    q_tail = 1 - sum_S q_j (clamped at 0),  p_tail = sum_(c not in S) p_c
+        tail=False  l = sum_(j in S) q'_j (log q'_j - log p'_j),  both renormalised over S:
+                    q' = q / sum_S q,  p' = p / sum_S p
+
+    (TRL's ServerDistillationTrainer's ``loss_add_tail`` on and off, at beta = 0.) p_tail is
+    summed over the classes outside S -- exact when S holds nearly all of the student's mass,
+    where 1 - sum p cancels -- and q_tail is computed as -expm1(logsumexp(log q)). Rows whose ids
+    are all ignore_index count 0 and are not counted by 'mean'.
+
+    Checked (on the CPU always, on accelerators with crossent.check_values(True)): ids in range
+    and not repeated, log-probs not nan, <= 0 and their probabilities summing to at most 1 per
+    row (up to the rounding of their dtype), and with tail=False some mass in every counted row.
+{_DISTILL_COMMON}
+    FLOPs: 6 N D V (the student's three products; the teacher costs nothing here).
+"""

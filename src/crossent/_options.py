@@ -88,3 +88,50 @@ def _value(token: str, normalizer):
     if token.startswith("'"):
         return token[1:-1]
     return int(token) if token.lstrip("-").isdigit() else float(token)
+
+
+@dataclass(frozen=True)
+class DistillationOptions:
+    """Options of the distillation losses (`crossent.linear_distillation_loss`,
+    `crossent.linear_topk_distillation_loss`), frozen, from the public API to a backend.
+
+    beta             the generalized Jensen-Shannon divergence's mixture weight, TRL's convention:
+                     0 forward KL(teacher || student), 1 reverse KL(student || teacher)
+    temperature      both models' (capped) logits are divided by it before their softmaxes
+                     (top-k: the student's; the teacher's log-probs come as given)
+    softcap          the student's logits -> softcap * tanh(logits / softcap) before anything
+    teacher_softcap  the same for the teacher's logits (dense loss)
+    hard_weight      weight of the student's cross-entropy on the targets (at temperature 1)
+    soft_weight      weight of the divergence
+    tail             top-k: one bucket for the mass outside the k ids on both sides (else both
+                     renormalised over the k ids)
+    topk             the top-k loss (the teacher as (ids, log-probs)), else the dense one
+    ignore_index, reduction, normalizer, chunk_size  as in LossOptions
+    dtype            the loss's dtype: None, the student input's; float32 under autocast
+    """
+
+    beta: float = 0.5
+    temperature: float = 1.0
+    softcap: float | None = None
+    teacher_softcap: float | None = None
+    hard_weight: float = 0.0
+    soft_weight: float = 1.0
+    tail: bool = True
+    topk: bool = False
+    ignore_index: int = -100
+    reduction: Reduction = "mean"
+    normalizer: float | torch.Tensor | None = None
+    chunk_size: int | None = None
+    dtype: torch.dtype | None = None
+
+    def encode(self) -> str:
+        """Every field in order (as `LossOptions.encode`), for a custom op."""
+        return ";".join([_token(getattr(self, name)) for name in _DISTILL_FIELDS])
+
+    @staticmethod
+    def decode(text: str, normalizer: torch.Tensor | None = None) -> DistillationOptions:
+        values = [_value(token, normalizer) for token in text.split(";")]
+        return DistillationOptions(**dict(zip(_DISTILL_FIELDS, values, strict=True)))
+
+
+_DISTILL_FIELDS = tuple(f.name for f in dataclasses.fields(DistillationOptions))

@@ -32,6 +32,8 @@ __all__ = [
     "linear_cross_entropy",
     "linear_log_probs",
     "log_probs",
+    "linear_distillation_loss",
+    "linear_topk_distillation_loss",
     "nll_loss",
 ]
 
@@ -278,3 +280,7 @@ def linear_cross_entropy(
 
 
 linear_cross_entropy.__doc__ = _docs.LINEAR_CROSS_ENTROPY
+
+
+# The distillation losses live in _distillation.py (their own checks and dispatch).
+from ._distillation import linear_distillation_loss, linear_topk_distillation_loss  # noqa: E402

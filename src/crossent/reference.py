@@ -375,3 +375,9 @@ def linear_log_probs(
     if linear_bias is not None:
         logits = logits + linear_bias.to(precision)
     return log_probs(logits, target, ignore_index, temperature, softcap, return_entropy, precision=precision)
+# The distillation losses (their formulas and conventions are in _reference_distillation.py).
+from ._reference_distillation import (  # noqa: E402, F401
+    generalized_jsd,
+    linear_distillation_loss,
+    linear_topk_distillation_loss,
+)

@@ -13,7 +13,7 @@ Modules: `losses` (cross_entropy, nll_loss, the binary losses, shared options, a
 `_common` holds the pieces of the message pattern. Callers use the names re-exported here.
 """
 
-from . import integrations
+from . import distillation, integrations
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
@@ -50,7 +50,7 @@ from .losses import (
 from .targets import logits_class_indices, logits_targets
 
 __all__ = [
-    "argument_gradients", "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_weight", "deprecated_reduction",
+    "argument_gradients", "distillation", "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_weight", "deprecated_reduction",
     "inplace_input", "logits_class_indices", "logits_targets", "count", "torch_int", "linear_chunking", "linear_module",
     "linear_no_fused_gradient", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
     "loss_options", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",

@@ -20,6 +20,7 @@ import torch.nn.functional as _torch_F
 from .._options import LossOptions
 from . import Descriptor, rows, rows_log_probs
 from .common import binary_output_dtype, compute_dtype, mean_denominator, output_dtype
+from .composite_distill import linear_distillation_loss, linear_topk_distillation_loss  # noqa: F401
 
 
 def _as_nc(x):

@@ -62,3 +62,20 @@ def _to_compute(out, dtype):
 
 
 DESCRIPTOR = Descriptor(runs_on=lambda device: True)
+
+
+def linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight, linear_bias,
+                             teacher_linear_bias, target, opts) -> torch.Tensor:
+    loss = reference.linear_distillation_loss(
+        input, linear_weight, teacher_input, teacher_linear_weight, linear_bias, teacher_linear_bias, target,
+        opts.beta, opts.temperature, opts.softcap, opts.teacher_softcap, opts.hard_weight, opts.soft_weight,
+        opts.ignore_index, opts.reduction, opts.normalizer)
+    return loss.to(input.dtype if opts.dtype is None else torch.promote_types(input.dtype, opts.dtype))
+
+
+def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs, linear_bias,
+                                  opts) -> torch.Tensor:
+    loss = reference.linear_topk_distillation_loss(
+        input, linear_weight, teacher_ids, teacher_log_probs, linear_bias, opts.temperature, opts.softcap,
+        opts.tail, opts.ignore_index, opts.reduction, opts.normalizer)
+    return loss.to(input.dtype if opts.dtype is None else torch.promote_types(input.dtype, opts.dtype))

@@ -13,7 +13,7 @@ import torch
 from ..._options import LossOptions
 from .. import Descriptor, loops
 from ..common import compute_dtype
-from . import binary_kernel, kernel, log_prob_kernel
+from . import binary_kernel, distill_kernel, kernel, log_prob_kernel
 
 # Crossovers (elements of the input) below which torch's own kernel beats this backend on the CPU,
 # measured with benchmarks/bench_shapes.py. 2 threads, float32, fused/torch time (2026-11-23):
@@ -76,6 +76,20 @@ def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, 
         per_elem += 2 * a + (a if class_weight or opts.label_smoothing > 0.0 else 0)
     elif class_weight and opts.label_smoothing > 0.0:
         per_elem += a
+    return loops.balanced_rows(n, budget_bytes // max(1, per_elem * num_classes))
+
+
+def distill_rows(n: int, num_features: int, teacher_features: int, num_classes: int, dtype: torch.dtype,
+                 teacher_dtype: torch.dtype, opts, *, budget_bytes: int | None = None) -> int:
+    """Tokens per chunk of the distillation losses: the budget of `chunk_rows` (7/8 of the
+    student's float32 weight gradient, at least MIN_BUDGET_BYTES) over the bytes per class of a
+    row: the student's logits, the teacher's, the row kernel's buffers and temporaries
+    (`distill_kernel.bytes_per_logit`: about 16-28 bytes in float32 beside the 4 of each
+    model's logits)."""
+    a = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    if budget_bytes is None:
+        budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a * 7 // 8)
+    per_elem = torch.empty((), dtype=dtype).element_size() + distill_kernel.bytes_per_logit(dtype, teacher_dtype, opts)
     return loops.balanced_rows(n, budget_bytes // max(1, per_elem * num_classes))
 
 
@@ -147,6 +161,8 @@ KERNELS = loops.RowKernels(
     ce_forward=kernel.ce_forward, ce_chunk=_ce_chunk, chunk_buffers=_Buffers,
     bce_forward=binary_kernel.bce_forward, chunk_rows=chunk_rows, row_major_logits=False,
     weight_grad_slice=0, name="fused", log_probs=LOG_PROB_KERNELS,
+    distill_chunk=distill_kernel.distill_chunk, topk_chunk=distill_kernel.topk_chunk,
+    distill_buffers=distill_kernel.Buffers, distill_rows=distill_rows,
 )
 
 
@@ -175,6 +191,15 @@ def log_probs(input, target, opts: LossOptions, entropy: bool):
 
 def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
     return loops.linear_log_probs(input, linear_weight, target, linear_bias, opts, entropy, kernels=KERNELS)
+def linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight, linear_bias,
+                             teacher_linear_bias, target, opts):
+    return loops.linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight,
+                                          linear_bias, teacher_linear_bias, target, opts, kernels=KERNELS)
+
+
+def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs, linear_bias, opts):
+    return loops.linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs,
+                                               linear_bias, opts, kernels=KERNELS)
 
 
 DESCRIPTOR = Descriptor(

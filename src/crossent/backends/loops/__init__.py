@@ -6,6 +6,7 @@ backend: backends import it; it imports no backend."""
 
 from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from .cross_entropy import cross_entropy, nll_loss
+from .distill import linear_distillation_loss, linear_topk_distillation_loss
 from .kernels import LogProbKernels, RowKernels
 from .linear import linear_cross_entropy
 from .linear_chunks import balanced_rows
@@ -15,6 +16,7 @@ from .log_probs import log_probs
 
 __all__ = [
     "LogProbKernels", "RowKernels", "balanced_rows", "binary_cross_entropy",
-    "binary_cross_entropy_with_logits", "cross_entropy", "linear_cross_entropy", "linear_log_probs",
+    "binary_cross_entropy_with_logits", "cross_entropy", "linear_cross_entropy",
+    "linear_distillation_loss", "linear_log_probs", "linear_topk_distillation_loss",
     "log_probs", "make_op", "nll_loss",
 ]

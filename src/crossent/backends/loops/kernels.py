@@ -29,6 +29,15 @@ class RowKernels:
         copy is the one (slice, D) buffer beside the float32 accumulator); 0: all V rows at once
     name  the backend's name (its custom op is crossent::linear_cross_entropy_<name>)
     log_probs  its kernels of per-token log-probabilities and entropy (`LogProbKernels`)
+
+    Distillation (backends/loops/distill.py; None where a backend has none):
+    distill_chunk(zs, zt, target, counted, opts, *, grad, scale, buffers) -> per-row losses
+        one chunk of the student's (n, V) and the teacher's logits; the gradient over zs
+    topk_chunk(zs, ids, log_q, opts, *, grad, scale, buffers) -> per-row losses
+        one chunk of the student's logits against the teacher's top-k (ids, log-probs) (n, k)
+    distill_buffers(numel, dtype, teacher_dtype, opts, device) -> what those need beside the
+        chunk's logits (allocated once per call)
+    distill_rows(n, d, d_teacher, v, dtype, teacher_dtype, opts) -> tokens per chunk
     """
 
     ce_forward: Callable
@@ -40,6 +49,10 @@ class RowKernels:
     weight_grad_slice: int
     name: str
     log_probs: LogProbKernels | None = None
+    distill_chunk: Callable | None = None
+    topk_chunk: Callable | None = None
+    distill_buffers: Callable | None = None
+    distill_rows: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import torch
 from ... import _checks
 from ..._options import LossOptions
 from .. import Descriptor, loops
-from . import ops, ops_log_probs
+from . import ops, ops_distill, ops_log_probs
 
 # Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
 # the call is bound by host overhead (an autograd.Function and a Triton launch cost tens of us of
@@ -81,8 +81,13 @@ def _lp_linear_rows(n, d, v, dtype, opts, entropy):
     return chunk_rows(n, d, v, dtype, opts)
 
 
-KERNELS = dataclasses.replace(ops.row_kernels(chunk_rows),
-                              log_probs=ops_log_probs.log_prob_kernels(_lp_linear_rows))
+# (the log-prob kernels: kernels_log_probs.py, launched by ops_log_probs.py; the distillation
+# kernels: kernels_distill.py, launched by ops_distill.py)
+KERNELS = dataclasses.replace(
+    ops.row_kernels(chunk_rows), log_probs=ops_log_probs.log_prob_kernels(_lp_linear_rows),
+    distill_chunk=ops_distill.distill_chunk, topk_chunk=ops_distill.topk_chunk,
+    distill_buffers=ops_distill.Buffers, distill_rows=ops_distill.distill_rows,
+)
 
 
 def _require(t):
@@ -121,6 +126,17 @@ def log_probs(input, target, opts: LossOptions, entropy: bool):
 def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOptions, entropy: bool):
     _require(input)
     return loops.linear_log_probs(input, linear_weight, target, linear_bias, opts, entropy, kernels=KERNELS)
+def linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight, linear_bias,
+                             teacher_linear_bias, target, opts):
+    _require(input)
+    return loops.linear_distillation_loss(input, linear_weight, teacher_input, teacher_linear_weight,
+                                          linear_bias, teacher_linear_bias, target, opts, kernels=KERNELS)
+
+
+def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs, linear_bias, opts):
+    _require(input)
+    return loops.linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log_probs,
+                                               linear_bias, opts, kernels=KERNELS)
 
 
 _compiled_linear = loops.make_op(KERNELS)
