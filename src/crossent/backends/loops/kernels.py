@@ -28,6 +28,10 @@ class RowKernels:
     weight_grad_slice  vocabulary rows per slice of a 16-bit weight-gradient product (its rounded
         copy is the one (slice, D) buffer beside the float32 accumulator); 0: all V rows at once
     name  the backend's name (its custom op is crossent::linear_cross_entropy_<name>)
+    scale_grad(g, factor) -> g  backward's g *= factor (one element, on g's device) in place, for a
+        gradient forward finished: the backend's kernel, which reads the factor on the device and
+        does nothing when it is 1 (no host sync); None: torch's multiply, skipped only for a factor
+        on the CPU that is 1 (reading it there costs no sync)
     """
 
     ce_forward: Callable
@@ -38,3 +42,4 @@ class RowKernels:
     row_major_logits: bool
     weight_grad_slice: int
     name: str
+    scale_grad: Callable | None = None
