@@ -25,16 +25,14 @@ import subprocess
 import sys
 import tempfile
 
-os.environ.pop("TRITON_INTERPRET", None)
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import jit as triton_jit
+from triton.runtime.driver import driver
 
-import torch  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import jit as triton_jit  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
-
-from crossent._options import LossOptions  # noqa: E402
-from crossent.backends import rows  # noqa: E402
-from crossent.backends.triton import ops  # noqa: E402
+from crossent._options import LossOptions
+from crossent.backends import rows
+from crossent.backends.triton import ops
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -187,6 +185,9 @@ def sweep() -> dict:
 
 
 def main(argv) -> int:
+    # (before the first launch defines the kernels: under TRITON_INTERPRET they would be
+    # interpreted functions, which compile nothing; importing this module changes nothing)
+    os.environ.pop("TRITON_INTERPRET", None)
     _install()
     variants = sweep() if "--sweep" in argv else launched()
     for name, launch in variants.items():
