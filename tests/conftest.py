@@ -106,11 +106,13 @@ def on_backend(request):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """The Triton kernel's two-pass loop (rows over SINGLE_BLOCK_MAX classes) at interpreter-sized
-    shapes: rows longer than 32 classes take it."""
-    from crossent.backends.triton import ops
+    shapes: rows longer than 32 classes take it, in blocks of 16 (16-bit) to 4 (float64) classes,
+    on a persistent grid of 2 programs that stream several rows each."""
+    from crossent.backends.triton import ops, schedule
 
     monkeypatch.setattr(ops, "SINGLE_BLOCK_MAX", 32)
     monkeypatch.setattr(ops, "LOOP_BLOCK", 16)
+    monkeypatch.setattr(schedule, "MAX_PROGRAMS", 2)
 
 
 def skip_without_triton():

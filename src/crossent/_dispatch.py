@@ -44,7 +44,9 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below run it and ca
      (a forced 'fused' or 'triton' included: Inductor then generates its own fused kernels from the
      composite ops); and that torch.compile of a 'mean'/'sum' linear_cross_entropy runs the fused
      backend's custom op (its descriptor's ``compiled_linear``), because the composite formulas
-     would build the N x V logits. Second derivatives and repeated backward on the fused paths
+     would build the N x V logits; and cross_entropy (no gradient for weight or probabilities, no
+     inplace_backward) runs the fused backend's ``compiled_cross_entropy`` custom op where it has
+     one (Triton: the graph keeps its kernel; the CPU backend has none). Second derivatives and repeated backward on the fused paths
      recompute through composite (backends/autograd.py). A forced 'triton' runs CPU tensors only
      under TRITON_INTERPRET=1 (else a clear error).
 Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
@@ -291,6 +293,11 @@ def _torch_has(opts: LossOptions) -> bool:
 def cross_entropy(input, target, weight, opts: LossOptions, small: bool):
     needs = _needs_grad(weight, target if opts.soft else None)
     b = _choose((input, target, weight), _torch_has(opts), small, needs)
+    if (b is Backend.COMPOSITE and not needs and not opts.inplace_backward and _compiling is not None
+            and _compiling() and forced() is not Backend.COMPOSITE):
+        compiled = descriptor(fused_for(input.device)).compiled_cross_entropy
+        if compiled is not None:  # torch.compile: the fused kernel as one custom op (Triton)
+            return compiled(input, target, weight, opts)
     return backend(b).cross_entropy(input, target, weight, opts)
 
 

@@ -41,6 +41,8 @@ class Descriptor:
                            where torch has the options (its measured crossover on that device)
     kernels                its row kernels (fused backends), else None
     compiled_linear        the linear loss as one custom op, for torch.compile (fused backends)
+    compiled_cross_entropy cross-entropy as one custom op, for torch.compile, or None (then the
+                           composite formulas are traced)
     """
 
     runs_on: Callable[[torch.device], bool]
@@ -48,3 +50,4 @@ class Descriptor:
     torch_below: Callable[[str, bool, torch.device], int] = lambda family, grad, device: 0
     kernels: object | None = None
     compiled_linear: Callable | None = None
+    compiled_cross_entropy: Callable | None = None

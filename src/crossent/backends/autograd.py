@@ -39,12 +39,15 @@ class Handover:
         return value
 
 
-def stash(ctx, grads: tuple, *, post_scale: torch.Tensor | None = None, keep: bool = False) -> None:
+def stash(ctx, grads: tuple, *, post_scale: torch.Tensor | None = None, keep: bool = False,
+          scale_grad=None) -> None:
     """Store forward's gradients (None entries for inputs that need none) for `release`.
-    post_scale: a factor backward applies besides grad_output (1/den for 16-bit 'mean')."""
+    post_scale: a factor backward applies besides grad_output (1/den for 16-bit 'mean');
+    scale_grad: the backend's in-place scaling (`RowKernels.scale_grad`; None: torch's)."""
     ctx.grads = grads
     ctx.post_scale = post_scale
     ctx.keep = keep
+    ctx.scale_grad = scale_grad
 
 
 def _is_one(factor: torch.Tensor) -> bool:
@@ -56,7 +59,9 @@ def release(ctx, factor: torch.Tensor) -> tuple:
     """The stored gradients times ``factor`` (grad_output, shaped to broadcast; times post_scale).
 
     They are handed over (a later call refills them, `refill`) unless stashed with ``keep``.
-    Each gradient is multiplied in its own dtype, by the factor in float32 (or float64).
+    Each gradient is multiplied in its own dtype, by the factor in float32 (or float64). A
+    backend's ``scale_grad`` scales a handed-over gradient by a one-element factor in place,
+    reading it on the device (nothing is written when it is 1: the usual backward is free).
     """
     refill(ctx)
     grads = ctx.grads
@@ -64,6 +69,8 @@ def release(ctx, factor: torch.Tensor) -> tuple:
         factor = factor * ctx.post_scale
     if not ctx.keep:
         ctx.grads = None  # the tensors now belong to autograd
+        if ctx.scale_grad is not None and factor.numel() == 1:
+            return tuple(None if g is None else ctx.scale_grad(g, factor) for g in grads)
     one = _is_one(factor)
     out = []
     for g in grads:

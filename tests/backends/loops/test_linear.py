@@ -326,3 +326,35 @@ def test_reference_backend_computes_the_contract_and_class_weight_gradients():
     _, _, _, index = make(6, 4, 9)
     with crossent.use_backend(crossent.Backend.REFERENCE), pytest.raises(RuntimeError, match="torch does not differentiate"):
         LCE(x, w, index, linear_bias=b, weight=cw.clone().requires_grad_())
+
+
+@pytest.mark.parametrize("heads", [(), (3,)])
+def test_16bit_weight_gradient_accumulated_inside_the_product(monkeypatch, heads):
+    """Where torch multiplies 16-bit operands into a float32 result (CUDA: addmm's out_dtype),
+    grad_W accumulates inside that product: written by the first chunk's, added to by the later
+    ones', no 16-bit slice in between. torch's op runs on CUDA only, so it is emulated here by
+    the same arithmetic (16-bit operands, float32 result); the gradients are no worse than the
+    unfused bfloat16 composition's."""
+    calls = []
+
+    def product(gw, g_t, xc, first):
+        calls.append(first)
+        p = g_t.float() @ xc.float()
+        gw.copy_(p) if first else gw.add_(p)
+
+    monkeypatch.setattr(linear_chunks, "float32_products", lambda device, dtype: True)
+    monkeypatch.setattr(linear_chunks, "weight_grad_product", product)
+    dtype = torch.bfloat16
+    x64, w64, b64, t = make(13, 8, 37, torch.float64, heads=heads, seed=3)
+    xa, wa, ba = leaves(x64.to(dtype), w64.to(dtype), b64.to(dtype))
+    ours = LCE(xa, wa, t, linear_bias=ba, chunk_size=4)
+    assert calls == [True, False, False, False] * max(1, len(heads) and heads[0])
+    xt, wt, bt = leaves(x64.to(dtype), w64.to(dtype), b64.to(dtype))
+    theirs = unfused(xt, wt, t, bt, ce=F.cross_entropy)
+    xr, wr, br = leaves(xa.detach().double(), wa.detach().double(), ba.detach().double())
+    ref = unfused(xr, wr, t, br)
+    go = torch.tensor(0.7, dtype=torch.float64)
+    for a, th, r in zip(grads(ours, (xa, wa, ba), go.to(dtype)), grads(theirs, (xt, wt, bt), go.to(dtype)),
+                        grads(ref, (xr, wr, br), go)):
+        assert a.dtype == dtype
+        assert_no_worse_than_torch(a, th, r, dtype)

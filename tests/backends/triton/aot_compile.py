@@ -1,40 +1,79 @@
-"""Compile the Triton kernels for an H100/H200 (sm_90) ahead of time, without a GPU: Triton's own
-compiler and the ptxas it ships. Catches what the interpreter cannot (types of loop-carried values,
-constexpr branches, register spills). Run in a process without TRITON_INTERPRET.
+"""Compile the Triton kernels for an H100/H200 (sm_90) without a GPU, through Triton's own launch
+path: crossent's launchers (backends/triton/ops.py) run on CPU tensors of the real shapes and
+dtypes, Triton's JIT binds and specializes their arguments exactly as on a GPU (int32 where a value
+fits, the constant 1, 16-divisibility and pointer alignment), and compiles with its own ptxas; the
+launch itself is skipped (``warmup``). A stand-in driver names the target (sm_90) and device 0.
+Catches what the interpreter cannot: types of loop-carried values, constexpr branches, register
+spills. Run in a process without TRITON_INTERPRET (which would swap the JIT for the interpreter).
 
-    python tests/backends/triton/aot_compile.py   -> one JSON line per variant: registers, spill bytes
+    python tests/backends/triton/aot_compile.py           the variants the tests and the GPU bench
+                                                           launch (the suite's check, ~30 kernels)
+    python tests/backends/triton/aot_compile.py --sweep   every option combination of the CE kernel
+                                                           in every dtype, one block and loop (slow)
+
+One JSON line per compiled kernel: the variant, the kernel, registers and spill bytes per ptxas,
+and the argument types Triton bound.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
-import triton
+import torch
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.runtime import jit as triton_jit
+from triton.runtime.driver import driver
 
-from crossent.backends.triton import kernels, ops
+from crossent._options import LossOptions
+from crossent.backends import rows
+from crossent.backends.triton import ops
 
 TARGET = GPUTarget("cuda", 90, 32)
 
+
+class _Sm90Driver:
+    """What Triton's launch path asks of its driver before compiling: the target, the device and
+    its stream (nothing is launched)."""
+
+    def get_current_target(self):
+        return TARGET
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+_COMPILED: list = []
+
+
+def _install() -> None:
+    """Route every kernel launch to a compile-only warm-up for sm_90, recording the result."""
+    driver.set_active(_Sm90Driver())
+    run = triton_jit.JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        _COMPILED.append(kernel)
+        return kernel
+
+    triton_jit.JITFunction.run = compile_only
+
+
 def _ptxas() -> str:
-    """The ptxas Triton itself uses for sm_90 (its compiler picks it per architecture)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     return get_ptxas(90).path
 
 
-def _compile(fn, signature, constexprs, num_warps):
-    sig = dict(signature, **{k: "constexpr" for k in constexprs})
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
-
-
-def _ptxas_info(compiled) -> tuple[int, int]:
+def ptxas_info(compiled) -> tuple[int, int]:
     """(registers per thread, spill-store bytes) as ptxas reports them for sm_90."""
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
@@ -48,44 +87,119 @@ def _ptxas_info(compiled) -> tuple[int, int]:
     return int(regs[0]), sum(int(m) for m in spills)
 
 
-def ce(xdt, acc, *, single, **flags):
-    p = "*" + acc
-    sig = {"x_ptr": f"*{xdt}", "grad_ptr": f"*{xdt}", "target_ptr": "*i64", "probs_ptr": f"*{xdt}",
-           "weight_ptr": p, "wsum_ptr": p, "scale_ptr": p, "loss_ptr": p, "lse_ptr": p}
-    for name in ("C", "D", "sx_n", "sx_c", "sx_d", "sg_n", "sg_c", "sg_d", "sp_n", "sp_c", "sp_d",
-                 "scale_stride", "ignore_index"):
-        sig[name] = "i64"
-    sig["params_ptr"] = p
-    block, _ = ops.block_for(ops.SINGLE_BLOCK_MAX if single else 10**6, flags["SOFT"], acc == "fp64")
-    consts = dict(BLOCK=block, SINGLE=single, ACC_F64=acc == "fp64", **flags)
-    return _compile(kernels.ce_kernel, sig, consts, ops._warps(block))
+# ---------------------------------------------------------------- the launches
+
+DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, "f64": torch.float64}
+OPTION_FLAGS = ("weight", "smoothing", "z_loss", "softcap", "soft")
 
 
-def bce(xdt, acc, **flags):
-    p = "*" + acc
-    sig = {"x_ptr": f"*{xdt}", "y_ptr": f"*{xdt}", "w_ptr": f"*{xdt}", "pw_ptr": f"*{xdt}",
-           "loss_ptr": p, "partial_ptr": p, "grad_ptr": f"*{xdt}", "numel": "i64", "w_mod": "i64",
-           "pw_mod": "i64"}
-    consts = dict(BLOCK=ops.BINARY_BLOCK, ACC_F64=acc == "fp64", **flags)
-    return _compile(kernels.bce_kernel, sig, consts, 4)
+def _ce_inputs(dtype, n, c, d, flags):
+    shape = (n, c) if d == 1 else (n, c, d)
+    x = torch.randn(shape, dtype=dtype)
+    opts = LossOptions(label_smoothing=0.1 if "smoothing" in flags else 0.0,
+                       z_loss=1e-4 if "z_loss" in flags else 0.0,
+                       softcap=30.0 if "softcap" in flags else None, soft="soft" in flags)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = torch.rand(c) + 0.5 if "weight" in flags else None
+    index = None if "soft" in flags else torch.randint(0, c, (n,) if d == 1 else (n, d))
+    probs = torch.rand(shape, dtype=dtype) if "soft" in flags else None
+    tg = rows.targets(index, probs, weight, opts, acc, num_classes=c)
+    return x, tg, opts, acc
 
 
-ALL = dict(SOFT=False, HAS_WEIGHT=True, SMOOTH=True, HAS_ZL=True, HAS_CAP=True, WRITE_GRAD=True)
-NONE = dict(SOFT=False, HAS_WEIGHT=False, SMOOTH=False, HAS_ZL=False, HAS_CAP=False, WRITE_GRAD=False)
-VARIANTS = {
-    "ce bf16 one-block everything": lambda: ce("bf16", "fp32", single=True, **ALL),
-    "ce bf16 loop everything": lambda: ce("bf16", "fp32", single=False, **ALL),
-    "ce bf16 one-block soft everything": lambda: ce("bf16", "fp32", single=True, **dict(ALL, SOFT=True)),
-    "ce fp32 loop loss only": lambda: ce("fp32", "fp32", single=False, **NONE),
-    "ce fp64 one-block soft": lambda: ce("fp64", "fp64", single=True, **dict(ALL, SOFT=True)),
-    "ce fp64 loop soft": lambda: ce("fp64", "fp64", single=False, **dict(ALL, SOFT=True)),
-    "bce logits pos_weight": lambda: bce("bf16", "fp32", LOGITS=True, HAS_W=True, HAS_PW=True,
-                                         PER_ELEMENT=False, WRITE_GRAD=True),
-    "bce probabilities none": lambda: bce("fp32", "fp32", LOGITS=False, HAS_W=False, HAS_PW=False,
-                                          PER_ELEMENT=True, WRITE_GRAD=True),
-}
+def ce(dtype, c, flags=(), *, grad=True, n=16, d=1, backward_only=False):
+    """ops.launch_ce (or launch_ce_grad) on (n, c[, d]) logits of ``dtype`` with the options
+    ``flags``, a per-call 'mean' scale (a device tensor, as the fused loss passes it)."""
+    x, tg, opts, acc = _ce_inputs(DTYPES[dtype], n, c, d, flags)
+    scale = torch.full((), 1.0 / n, dtype=acc)
+    if backward_only:
+        stats = torch.zeros((n * d, 3), dtype=acc)
+        ops.launch_ce_grad(x, tg, opts, stats, grad=torch.empty_like(x), scale=scale)
+    else:
+        ops.launch_ce(x, tg, opts, grad=torch.empty_like(x) if grad else None, scale=scale)
+
+
+def bce(dtype, *, logits, weight, pos_weight, reduction, grad=True, numel=4096 + 100):
+    x = torch.rand(numel // 100, 100, dtype=DTYPES[dtype])
+    y = torch.rand_like(x)
+    w = torch.rand(100, dtype=x.dtype) if weight else None
+    pw = torch.rand(100, dtype=x.dtype) if pos_weight else None
+    ops.bce_forward(x, y, w, pw, logits, LossOptions(reduction=reduction),
+                    torch.empty_like(x) if grad else None)
+
+
+def scale(dtype, numel=3 * ops.SCALE_BLOCK + 17):
+    ops.scale_grad_(torch.randn(numel, dtype=DTYPES[dtype]), torch.full((1,), 0.5))
+
+
+ALL = ("weight", "smoothing", "z_loss", "softcap")
+SOFT_ALL = ALL + ("soft",)
+
+
+def launched() -> dict:
+    """The variants the tests (tests/backends/triton, on a GPU test_triton_gpu.py) and the GPU
+    bench (benchmarks/bench_gpu.py) launch: per dtype the one-block and the loop kernel with the
+    most state (every option; probability targets with every option), the bench's plain rows,
+    the vocabulary sizes whose rows are not 16-byte aligned, K-dim logits, the gradient-only
+    kernel, the binary losses and the scale kernel."""
+    v = {}
+    for dt in DTYPES:
+        for c in (1000, 50257):
+            v[f"ce {dt} C={c} every option"] = lambda dt=dt, c=c: ce(dt, c, ALL)
+            v[f"ce {dt} C={c} soft, every option"] = lambda dt=dt, c=c: ce(dt, c, SOFT_ALL)
+    for dt, c in (("bf16", 128256), ("f32", 128256), ("bf16", 32000), ("f16", 32000), ("bf16", 256000),
+                  ("bf16", 8192), ("f32", 2048), ("f32", 10)):
+        v[f"ce {dt} C={c} plain"] = lambda dt=dt, c=c: ce(dt, c)
+    v["ce bf16 C=128256 loss only"] = lambda: ce("bf16", 128256, grad=False)
+    v["ce f32 C=1000 loss only, every option"] = lambda: ce("f32", 1000, ALL, grad=False)
+    v["ce bf16 K-dim (16, 1000, 5) every option"] = lambda: ce("bf16", 1000, ALL, d=5)
+    v["ce bf16 C=128256 softcap (linear chunk)"] = lambda: ce("bf16", 128256, ("softcap",), n=1024)
+    v["ce_grad bf16 C=50257 every option"] = lambda: ce("bf16", 50257, ALL, backward_only=True)
+    v["ce_grad f64 C=50257 soft, every option"] = lambda: ce("f64", 50257, SOFT_ALL, backward_only=True)
+    v["ce_grad f32 C=1000 plain"] = lambda: ce("f32", 1000, backward_only=True)
+    for dt in ("bf16", "f32", "f64"):
+        v[f"bce {dt} logits weight pos_weight mean"] = lambda dt=dt: bce(dt, logits=True, weight=True,
+                                                                         pos_weight=True, reduction="mean")
+        v[f"bce {dt} probabilities none"] = lambda dt=dt: bce(dt, logits=False, weight=False, pos_weight=False,
+                                                              reduction="none")
+    v["bce f32 logits none, loss only"] = lambda: bce("f32", logits=True, weight=True, pos_weight=False,
+                                                      reduction="none", grad=False)
+    for dt in DTYPES:
+        v[f"scale {dt}"] = lambda dt=dt: scale(dt)
+    return v
+
+
+def sweep() -> dict:
+    """Every option combination of the CE kernel (2^5), with and without a gradient, in every
+    dtype, one-block (C = the largest one-block row) and loop (C = 50257)."""
+    v = {}
+    for dt, grad in itertools.product(DTYPES, (True, False)):
+        for k in range(len(OPTION_FLAGS) + 1):
+            for flags in itertools.combinations(OPTION_FLAGS, k):
+                soft = "soft" in flags
+                single_c = ops.SINGLE_BLOCK_MAX >> int(soft) >> int(dt == "f64")
+                for c in (single_c, 50257):
+                    name = f"ce {dt} C={c} {'+'.join(flags) or 'plain'}{'' if grad else ' loss only'}"
+                    v[name] = lambda dt=dt, c=c, flags=flags, grad=grad: ce(dt, c, flags, grad=grad)
+    return v
+
+
+def main(argv) -> int:
+    # (before the first launch defines the kernels: under TRITON_INTERPRET they would be
+    # interpreted functions, which compile nothing; importing this module changes nothing)
+    os.environ.pop("TRITON_INTERPRET", None)
+    _install()
+    variants = sweep() if "--sweep" in argv else launched()
+    for name, launch in variants.items():
+        start = len(_COMPILED)
+        launch()
+        for kernel in _COMPILED[start:]:
+            regs, spills = ptxas_info(kernel)
+            types = {k: t for k, t in kernel.src.signature.items() if t != "constexpr"}
+            print(json.dumps({"variant": name, "kernel": kernel.name, "registers": regs, "spill_bytes": spills,
+                              "num_warps": kernel.metadata.num_warps, "types": types}), flush=True)
+    return 0
+
 
 if __name__ == "__main__":
-    for name, build in VARIANTS.items():
-        regs, spills = _ptxas_info(build())
-        print(json.dumps({"variant": name, "registers": regs, "spill_bytes": spills}), flush=True)
+    sys.exit(main(sys.argv[1:]))

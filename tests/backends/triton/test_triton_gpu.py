@@ -150,7 +150,7 @@ def test_dispatch_on_cuda(gpu):
 
 
 def test_torch_compile_fullgraph(gpu):
-    x, t = _logits(gpu, 512, 32000, torch.bfloat16)
+    x, t = _logits(gpu, 1024, 32000, torch.bfloat16)  # 32.8M logits: above TRITON_MIN_NUMEL
     f = torch.compile(lambda x, t: crossent.cross_entropy(x, t, z_loss=1e-4), fullgraph=True)
     xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     got = f(xa, t)
@@ -159,3 +159,37 @@ def test_torch_compile_fullgraph(gpu):
     got.backward()
     want.backward()
     torch.testing.assert_close(xa.grad, xr.grad, **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_unaligned_vocabulary_50257(gpu, dtype):
+    """GPT-2's vocabulary: rows not 16-byte aligned (the kernel's aligned body and edges), the
+    loop kernel, a grad_output other than 1 (backward's scale kernel)."""
+    x, t = _logits(gpu, 512, 50257, dtype)
+    xa, xt, xr = (x.clone().requires_grad_() for _ in range(3))
+    kw = {"label_smoothing": 0.1}
+    with crossent.use_backend("triton"):
+        ours = crossent.cross_entropy(xa, t, **kw)
+    theirs = F.cross_entropy(xt, t, **kw)
+    ref = F.cross_entropy(xr.double(), t, **kw)
+    assert_no_worse_than_torch(ours, theirs, ref, dtype)
+    go = torch.tensor(1.7, device=gpu)
+    g, gt, gr = (torch.autograd.grad(loss, inp, go.to(loss.dtype))[0]
+                 for loss, inp in ((ours, xa), (theirs, xt), (ref, xr)))
+    assert_no_worse_than_torch(g, gt, gr, dtype)
+
+
+def test_linear_cross_entropy_compiled_equals_eager(gpu):
+    gen = torch.Generator(device=gpu).manual_seed(2)
+    x = (torch.randn(2048, 1024, device=gpu, generator=gen) * 0.5).to(torch.bfloat16)
+    w = (torch.randn(32000, 1024, device=gpu, generator=gen) / 32).to(torch.bfloat16)
+    t = torch.randint(0, 32000, (2048,), device=gpu, generator=gen)
+    f = torch.compile(lambda x, w, t: crossent.linear_cross_entropy(x, w, t, z_loss=1e-4), fullgraph=True)
+    xa, wa, xe, we = (v.clone().requires_grad_() for v in (x, w, x, w))
+    got = f(xa, wa, t)
+    want = crossent.linear_cross_entropy(xe, we, t, z_loss=1e-4)
+    torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(xa.grad, xe.grad, **TOL[torch.bfloat16])
+    torch.testing.assert_close(wa.grad, we.grad, **TOL[torch.bfloat16])

@@ -72,14 +72,18 @@ def test_16bit_no_worse_than_unfused(dtype, reduction, monkeypatch):
 
 def test_chunk_rows_with_lean_kernels():
     """Triton's CE keeps its temporaries in registers: a chunk is its logits alone, budgeted at a
-    quarter of the 16-bit weight gradient (Llama-3 head: 1024 rows, 256 MiB), options or not."""
+    quarter of the 16-bit weight gradient (Llama-3 head: 1024 rows, 256 MiB), options or not; a
+    16-bit chunk has at least MIN_FUSED_ROWS rows (grad_W's float32 accumulation inside the
+    product stays compute-bound: Gemma-2's head gets 1024 rows, not the budget's 576)."""
     from crossent._options import LossOptions
     from crossent.backends import triton
 
     for opts in (LossOptions(), LossOptions(softcap=30.0, label_smoothing=0.1)):
         assert triton.chunk_rows(8192, 4096, 128256, torch.bfloat16, opts) == 1024
-    rows = triton.chunk_rows(8192, 2304, 256000, torch.bfloat16, LossOptions(softcap=30.0))
-    assert rows * 256000 * 2 <= 256000 * 2304 * 2 // 4 and rows % linear_chunks.ROW_MULTIPLE == 0
+    assert triton.chunk_rows(8192, 2304, 256000, torch.bfloat16, LossOptions(softcap=30.0)) == 1024
+    assert triton.chunk_rows(500, 2304, 256000, torch.bfloat16, LossOptions()) == 500
+    rows = triton.chunk_rows(8192, 2304, 256000, torch.float32, LossOptions())
+    assert rows * 256000 * 4 <= 256000 * 2304 * 4 // 4 and rows % linear_chunks.ROW_MULTIPLE == 0
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])

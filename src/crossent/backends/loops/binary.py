@@ -48,7 +48,7 @@ class _BCEFn(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         call, x, y, w, pw = inputs
-        autograd.stash(ctx, (call.handover.take(),))
+        autograd.stash(ctx, (call.handover.take(),), scale_grad=call.kernels.scale_grad)
         opts = call.opts
         if call.logits:
             loss = lambda x: composite.binary_cross_entropy_with_logits(x, y, w, pw, opts)

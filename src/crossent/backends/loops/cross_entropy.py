@@ -95,7 +95,7 @@ class _CrossEntropyFn(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         call, x, index, probs, weight = inputs
         grad, post_scale = call.handover.take()
-        autograd.stash(ctx, (grad,), post_scale=post_scale)
+        autograd.stash(ctx, (grad,), post_scale=post_scale, scale_grad=call.kernels.scale_grad)
         opts = call.opts
         # the caller's target: class indices have the loss's per-sample shape, probabilities x's
         target = probs.reshape(x.shape) if probs is not None else index.reshape(call.out_shape)

@@ -38,6 +38,10 @@ class RowKernels:
     distill_buffers(numel, dtype, teacher_dtype, opts, device) -> what those need beside the
         chunk's logits (allocated once per call)
     distill_rows(n, d, d_teacher, v, dtype, teacher_dtype, opts) -> tokens per chunk
+    scale_grad(g, factor) -> g  backward's g *= factor (one element, on g's device) in place, for a
+        gradient forward finished: the backend's kernel, which reads the factor on the device and
+        does nothing when it is 1 (no host sync); None: torch's multiply, skipped only for a factor
+        on the CPU that is 1 (reading it there costs no sync)
     """
 
     ce_forward: Callable
@@ -53,6 +57,7 @@ class RowKernels:
     topk_chunk: Callable | None = None
     distill_buffers: Callable | None = None
     distill_rows: Callable | None = None
+    scale_grad: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             ctx.grads = None
         else:
             grads, post_scale = call.handover.take()
-            autograd.stash(ctx, grads, post_scale=post_scale, keep=opts.allow_retain_graph)
+            autograd.stash(ctx, grads, post_scale=post_scale, keep=opts.allow_retain_graph,
+                           scale_grad=call.kernels.scale_grad)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -21,7 +21,12 @@ fresh per call and advised to use huge pages (backends/_memory.py); grad_W is wr
 chunk's product, not zero-filled. 16-bit: the products run in the input dtype (as F.linear); the
 weight and bias gradients accumulate in float32 across chunks, each chunk's G.T @ x_c rounded into
 a reused (slice, D) buffer of the input dtype before it is added (no mixed-dtype addmm on every
-device).
+device). Where torch multiplies 16-bit operands into a float32 result (``torch.addmm(...,
+out_dtype=torch.float32)``, `float32_products`: CUDA, torch >= 2.9), grad_W accumulates inside
+that product instead: no slice buffer, no separate add (per chunk at the Llama-3 head, V=128256,
+D=4096, bfloat16: the 16-bit slices written and read back, 2 x 1.05 GB, and the float32 add,
+2 x 2.1 GB, become the product's own read and write of the float32 accumulator, 2 x 2.1 GB, which
+stay behind its 2 n V D FLOPs when n >= MIN_FUSED_ROWS).
 """
 
 from __future__ import annotations
@@ -37,6 +42,41 @@ from .kernels import RowKernels
 # Chunks of a multiple of 8 rows: the transposed product W @ x_c.T ran at full-size speed for
 # r = 384, 408, ..., 512 and ~40% slower for r = 410 or 500 (MKL, AVX2).
 ROW_MULTIPLE = 8
+# Chunk rows at least, where grad_W accumulates inside the product: the product reads and writes
+# the float32 accumulator (8 bytes per element of grad_W) against 2 n FLOPs per element, n/4
+# FLOP/byte, which must exceed the device's FLOP/byte ridge to stay compute-bound (an H200:
+# ~990 TFLOP/s bf16 / 4.8 TB/s = 206, so n >= 824; 1024 leaves a margin). Arithmetic, NOT
+# measured: no GPU has been lent yet.
+MIN_FUSED_ROWS = 1024
+
+_FLOAT32_PRODUCTS: dict = {}
+
+
+def float32_products(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch multiplies ``dtype`` operands on ``device`` into a float32 result in place
+    (``torch.addmm(c, a, b, out_dtype=torch.float32, out=c)``): asked once per (device type,
+    dtype) by a 2 x 2 product, whose failure is raised when it is dispatched (no sync)."""
+    key = (device.type, dtype)
+    if key not in _FLOAT32_PRODUCTS:
+        ok = device.type != "cpu" and dtype in (torch.bfloat16, torch.float16)
+        if ok:
+            try:
+                a = torch.zeros((2, 2), dtype=dtype, device=device)
+                c = torch.zeros((2, 2), dtype=torch.float32, device=device)
+                torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
+                torch.mm(a, a, out_dtype=torch.float32, out=c)
+            except (RuntimeError, TypeError, NotImplementedError):
+                ok = False
+        _FLOAT32_PRODUCTS[key] = ok
+    return _FLOAT32_PRODUCTS[key]
+
+
+def weight_grad_product(gw, g_t, xc, first):
+    """grad_W (float32) = or += g_t @ xc (16-bit operands) inside one product."""
+    if first:
+        torch.mm(g_t, xc, out_dtype=torch.float32, out=gw)
+    else:
+        torch.addmm(gw, g_t, xc, out_dtype=torch.float32, out=gw)
 
 
 def balanced_rows(n: int, rows_max: int) -> int:
@@ -64,7 +104,9 @@ class Chunk:
         self.buffers = buffers(size) if buffers is not None else kernels.chunk_buffers(size, x.dtype, opts, x.device)
         self.slice_rows = min(v, kernels.weight_grad_slice) if kernels.weight_grad_slice else v
         sixteen_bit = x.dtype != compute_dtype(x.dtype)
-        self.w_part = _memory.empty((self.slice_rows, d), x.dtype, x.device) if want_w and sixteen_bit else None
+        self.fused_w = want_w and sixteen_bit and float32_products(x.device, x.dtype)
+        split = want_w and sixteen_bit and not self.fused_w
+        self.w_part = _memory.empty((self.slice_rows, d), x.dtype, x.device) if split else None
 
     def logits(self, xc, weight, bias):
         """Z = xc @ weight.T (+ bias) (r, V), into the buffer, in its layout."""
@@ -81,7 +123,11 @@ class Chunk:
 
 
 def _accumulate_weight_grad(gw, g, xc, chunk, first):
-    """grad_W (+)= G.T @ x_c, in float32 for 16-bit inputs (through the rounded slice buffer)."""
+    """grad_W (+)= G.T @ x_c, in float32 for 16-bit inputs (inside the product where torch can,
+    else through the rounded slice buffer)."""
+    if chunk.fused_w:
+        weight_grad_product(gw, g.t(), xc, first)
+        return
     if chunk.w_part is None:
         if first:
             torch.mm(g.t(), xc, out=gw)

@@ -14,10 +14,14 @@ matrix products); the row kernels under them are Triton's (kernels.py, launched 
   linear          per token chunk: logits Z = x_c W.T by cuBLAS (torch.mm), the Triton CE kernel
                   turning Z into its gradient in place (16-bit: computed in float32, written once in
                   the input dtype), then grad_x = G W and grad_W += G.T x_c by cuBLAS, grad_W
-                  accumulated in float32. FLOPs 6 N D V ('none': 8 N D V). Extra memory beyond the
-                  returned gradients: one (n, V) chunk in the input dtype, n V <= V D / 4 (a
-                  quarter of the 16-bit weight gradient: n = 1024 at the Llama-3 head), the
-                  float32 grad_W (V D) and a (8192, D) slice buffer for 16-bit inputs; never N x V.
+                  accumulated in float32 -- inside the product where torch has addmm's
+                  out_dtype (CUDA), else through a (8192, D) 16-bit slice buffer
+                  (loops/linear_chunks.py). FLOPs 6 N D V ('none': 8 N D V). Extra memory beyond
+                  the returned gradients: one (n, V) chunk in the input dtype, n V <= V D / 4 (a
+                  quarter of the 16-bit weight gradient: n = 1024 at the Llama-3 head; 16-bit
+                  chunks at least 1024 rows) and the float32 grad_W (V D); never N x V.
+  torch.compile   cross_entropy and the linear loss ('mean'/'sum') as custom ops
+                  (loops/cross_entropy_op.py, loops/linear_op.py): the graph keeps these kernels.
                   Why cuBLAS and not tl.dot tiles with the softmax in the epilogue: the products are
                   ~95% of the work and cuBLAS runs them near the measured peak at these sizes
                   without tuning; the logits chunk costs ~5 passes of n V 16-bit values per chunk
@@ -38,6 +42,8 @@ import torch
 from ... import _checks
 from ..._options import LossOptions
 from .. import Descriptor, loops
+from ..loops.cross_entropy_op import make_ce_op
+from ..loops.linear_chunks import MIN_FUSED_ROWS
 from . import ops, ops_distill, ops_log_probs
 
 # Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
@@ -71,10 +77,15 @@ def _torch_below(family: str, needs_grad: bool, device) -> int:
 def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions,
                *, soft: bool = False, class_weight: bool = False) -> int:
     """Tokens per chunk of the linear loss: the chunk's logits take a quarter of the weight
-    gradient's bytes in the input dtype (the kernel makes no chunk-sized temporaries)."""
+    gradient's bytes in the input dtype (the kernel makes no chunk-sized temporaries); 16-bit
+    chunks at least MIN_FUSED_ROWS tokens, so that the float32 accumulation of grad_W inside the
+    product stays behind its FLOPs (loops/linear_chunks.py)."""
     size = torch.empty((), dtype=dtype).element_size()
     budget = max(MIN_BUDGET_BYTES, num_classes * num_features * size // 4)
-    return loops.balanced_rows(n, budget // max(1, size * num_classes))
+    rows = budget // max(1, size * num_classes)
+    if size == 2:
+        rows = max(rows, MIN_FUSED_ROWS)
+    return loops.balanced_rows(n, rows)
 
 
 def _lp_linear_rows(n, d, v, dtype, opts, entropy):
@@ -140,6 +151,12 @@ def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log
 
 
 _compiled_linear = loops.make_op(KERNELS)
+_compiled_ce = make_ce_op(KERNELS)
+
+
+def _ce_op(input, target, weight, opts: LossOptions):
+    _require(input)
+    return _compiled_ce(input, target, weight, opts)
 
 
 def _linear_op(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
@@ -153,4 +170,5 @@ DESCRIPTOR = Descriptor(
     torch_below=_torch_below,
     kernels=KERNELS,
     compiled_linear=_linear_op,
+    compiled_cross_entropy=_ce_op,
 )

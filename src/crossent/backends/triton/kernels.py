@@ -1,10 +1,9 @@
-"""The Triton kernels (imported only when Triton is; `ops.py` launches them).
+"""The Triton cross-entropy kernels (imported only when Triton is; `ops.py` launches them).
 
-Cross-entropy, one program per sample row r (a row of (N, C), or the (n, d) row of a K-dim
-(N, C, D) input, through strides). The steps of `backends/rows.py`, mirrored line for line
-(Triton cannot call those torch functions; tests/backends/test_rows.py checks that both agree on
-extreme inputs). z: the softcapped logits; w: class weights, W = sum_c w_c; eps: smoothing; zl:
-z_loss; v: 1 unless ignored::
+One sample row r at a time (a row of (N, C), or the (n, d) row of a K-dim (N, C, D) input, through
+strides). The steps of `backends/rows.py`, mirrored line for line (Triton cannot call those torch
+functions; tests/backends/test_rows.py checks that both agree on extreme inputs). z: the softcapped
+logits; w: class weights, W = sum_c w_c; eps: smoothing; zl: z_loss; v: 1 unless ignored::
 
     pass 1 over the row in blocks: m = max_c z_c, s = sum_c exp(z_c - m) (online: s rescaled by
            exp(m_old - m) when the max grows), and the row sums smoothing and soft targets need,
@@ -18,17 +17,33 @@ z_loss; v: 1 unless ignored::
            soft a = A + 2 zl lse,                        b_c = w_c t'_c
            k: the per-row gradient scale (1/den for 'mean', folded in forward)
 
-A row that fits one block (C <= SINGLE_BLOCK_MAX, see ops.py) is loaded once and its gradient
-written from registers: one read and one write of the logits, the two-pass floor. Longer rows are
-read twice; the second read of a row follows the first within the same program, so on a GPU it is
-served mostly from L2 (132 SMs x a 128K-class bfloat16 row = 34 MB < H200's 60 MB L2) -- a design
-expectation to be checked with benchmarks/bench_gpu.py, not a measurement.
+Passes over the logits (HBM traffic, the floor is one read and one write):
+  ce_kernel, SINGLE (C <= ops.SINGLE_BLOCK_MAX): one program per row; the row is loaded once,
+      held in registers, its gradient written from them: 1 read + 1 write.
+  ce_kernel, loop (longer rows): a persistent grid (schedule.py: about one program per SM), each
+      program streaming whole rows, pass 2 right after pass 1 of the same row; pass-1 loads are
+      marked evict_last and the gradient's stores evict_first, so that while at most
+      programs x row-bytes are in flight (34 MB for 132 Llama-3 bfloat16 rows) the second read
+      is an L2 hit: 1 read + 1 write from HBM when that fits the L2, at most 2 reads + 1 write.
+  ce_grad_kernel: the gradient alone from forward's saved row statistics (m, log s, A): 1 read +
+      1 write, after a loss-only ce_kernel (1 read). Meant for a torch.compile custom op whose
+      backward is a separate op (not wired yet: issue 26); tested under the interpreter and
+      compiled for sm_90 by the suite.
+The block loops are software-pipelined (tl.range num_stages: STAGES blocks in flight per program).
+
+Vector accesses for every class count: a row's first element is 16-byte aligned only when the row
+stride is a multiple of VEC = 16 / element size (not for 1000, 30522 or 50257 classes). So each
+row is cut into an aligned body [head, head + L) of whole VEC-element vectors -- its masks are
+constant over each vector, so loads and stores compile to 16-byte accesses -- and the edges: the
+< VEC classes before it and after it, one small (2 VEC,) masked block. VEC = 1 (strided class dim,
+operands of different alignment): no edges, the body is the row. Reductions then run in an order
+that depends on the row's alignment in memory: deterministic for a given tensor layout.
 
 The gradient may be written over the logits (``grad`` aliasing ``x``: in-place backward, and the
 linear loss's chunk buffer): every block is read before the same block is written.
 
-Interpreter limits (Triton 3.9 CPU, docs GPU-NOTES): no libdevice, so tanh and log1p are built
-from tl.exp / tl.log below; scalar arguments are used as they come (no ``.to()`` on them).
+Interpreter limits (Triton CPU, docs GPU-NOTES): no libdevice, so tanh and log1p are built from
+tl.exp / tl.log below; scalar arguments are used as they come (no ``.to()`` on them).
 Everything is computed in float32 (float64 for float64 inputs: ACC_F64).
 """
 
@@ -62,10 +77,42 @@ def _log1p(y):
 
 
 @triton.jit
-def _load_z(x_ptr, offs, mask, cap, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr):
-    """The (softcapped) logits of one block in the compute dtype; -inf where masked. Also returns
-    th = tanh(x / cap) (or 0) for the softcap's derivative."""
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+def _ref(m):
+    """The reference the relative sums are kept against: the running max, 0 while it is -inf."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _layout(o, C, VEC: tl.constexpr):
+    """(head, L) of a row whose first element is at element offset o: the body [head, head + L)
+    starts at a multiple of VEC and holds whole vectors; classes [0, head) and [head + L, C) are
+    the edges (fewer than VEC each)."""
+    if VEC == 1:
+        head = o * 0
+        L = C + head
+    else:
+        head = tl.minimum((VEC - o % VEC) % VEC, C)
+        L = ((C - head) // VEC) * VEC
+    return head, tl.multiple_of(L, VEC)
+
+
+@triton.jit
+def _edges(head, L, C, VEC: tl.constexpr):
+    """The edge classes as one (2 VEC,) block: (class index, mask)."""
+    e = tl.arange(0, 2 * VEC)
+    c = tl.where(e < VEC, e, head + L + e - VEC)
+    return c, tl.where(e < VEC, e < head, c < C)
+
+
+@triton.jit
+def _block_inputs(xb, pb, weight_ptr, c, offs, mask, sx_c, sp_c, cap, eps, C, zero, evict,
+                  ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr, SOFT: tl.constexpr,
+                  HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """One block of classes c (logits at xb + offs * sx_c): z (-inf where masked), th = tanh(x /
+    cap) (0 without a softcap, for its derivative), class weights w, probabilities t (smoothed:
+    t' = (1-eps) t + eps/C itself, so that a -inf logit gives t' z = -inf, torch's inf, where
+    (1-eps) t z + eps/C z would be 0 * -inf = nan)."""
+    x = tl.load(xb + offs * sx_c, mask=mask, other=0.0, eviction_policy=evict)
     if ACC_F64:
         x = x.to(tl.float64)
     else:
@@ -75,13 +122,17 @@ def _load_z(x_ptr, offs, mask, cap, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr
         th = _tanh(x / cap)
         x = th * cap
     z = tl.where(mask, x, float("-inf"))
-    return z, th
-
-
-@triton.jit
-def _ref(m):
-    """The reference the relative sums are kept against: the running max, 0 while it is -inf."""
-    return tl.where(m == float("-inf"), 0.0, m)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + c, mask=mask, other=0.0) + zero
+    else:
+        w = tl.where(mask, 1.0, 0.0) + zero
+    if SOFT:
+        t = tl.load(pb + offs * sp_c, mask=mask, other=0.0, eviction_policy=evict) + zero
+        if SMOOTH:
+            t = tl.where(mask, (1.0 - eps) * t + eps / C, 0.0)
+    else:
+        t = tl.zeros_like(w)
+    return z, th, w, t
 
 
 @triton.jit
@@ -107,123 +158,10 @@ def _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT: tl.constexpr, SMOOTH
 
 
 @triton.jit
-def _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, eps, C, zero,
-                  ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr, SOFT: tl.constexpr,
-                  HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
-    """One block's z (-inf where masked), tanh, class weights, probabilities (smoothed: t' =
-    (1-eps) t + eps/C itself, so that a -inf logit gives t' z = -inf, torch's inf, where
-    (1-eps) t z + eps/C z would be 0 * -inf = nan)."""
-    z, th = _load_z(x_row, c * sx_c, mask, cap, ACC_F64, HAS_CAP)
-    if HAS_WEIGHT:
-        w = tl.load(weight_ptr + c, mask=mask, other=0.0) + zero
-    else:
-        w = tl.where(mask, 1.0, 0.0) + zero
-    if SOFT:
-        t = tl.load(p_row + c * sp_c, mask=mask, other=0.0) + zero
-        if SMOOTH:
-            t = tl.where(mask, (1.0 - eps) * t + eps / C, 0.0)
-    else:
-        t = tl.zeros_like(w)
-    return z, th, w, t
-
-
-@triton.jit
-def ce_kernel(
-    x_ptr, grad_ptr, target_ptr, probs_ptr, weight_ptr, wsum_ptr, scale_ptr, loss_ptr, lse_ptr,
-    C, D, sx_n, sx_c, sx_d, sg_n, sg_c, sg_d, sp_n, sp_c, sp_d, scale_stride,
-    ignore_index, params_ptr,
-    BLOCK: tl.constexpr, SINGLE: tl.constexpr, SOFT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    SMOOTH: tl.constexpr, HAS_ZL: tl.constexpr, HAS_CAP: tl.constexpr, WRITE_GRAD: tl.constexpr,
-    ACC_F64: tl.constexpr,
-):
-    """Loss (and gradient) of one sample row; the module docstring has the math. Rows index
-    (n, d) = (r // D, r % D); strides in elements (sx_*: logits, sg_*: gradient, sp_*: probs).
-    SINGLE: the whole row is one block (C <= BLOCK), kept in registers for the gradient.
-    params_ptr: (eps, zl, cap) in the compute dtype (a float argument would be float32)."""
-    r = tl.program_id(0).to(tl.int64)
-    n = r // D
-    d = r % D
-    x_row = x_ptr + n * sx_n + d * sx_d
-    g_row = grad_ptr + n * sg_n + d * sg_d
-    p_row = probs_ptr + n * sp_n + d * sp_d
-    cols = tl.arange(0, BLOCK)
-    if ACC_F64:
-        zero = tl.full([], 0.0, tl.float64)
-    else:
-        zero = tl.full([], 0.0, tl.float32)
-    eps = tl.load(params_ptr)
-    zl = tl.load(params_ptr + 1)
-    cap = tl.load(params_ptr + 2)
-
-    # ---- pass 1 (step 1): max, sum of exps, the relative row sums
-    m = zero + float("-inf")
-    s = zero
-    wr = zero  # sum_c w_c (z_c - ref)
-    ws = zero  # sum_c w_c over the blocks so far
-    ta = zero  # sum_c w_c t'_c
-    tr = zero  # sum_c w_c t'_c (z_c - ref)
-    if SINGLE:
-        mask1 = cols < C
-        z1, th1, w1, t1 = _block_inputs(x_row, p_row, weight_ptr, cols, mask1, sx_c, sp_c, cap,
-                                        eps, C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
-        m, s, wr, ws, ta, tr = _stats_block(z1, mask1, w1, t1, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
-    else:
-        for start in range(0, C, BLOCK):
-            c = start + cols
-            mask = c < C
-            z, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, eps,
-                                        C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
-            m, s, wr, ws, ta, tr = _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
-    log_s = tl.log(s)
-    lse = m + log_s
-
-    # ---- step 3: the loss, and the gradient's row coefficients a (of p) and coef_t (at the target)
-    if HAS_WEIGHT:
-        W = tl.load(wsum_ptr) + zero
-    else:
-        W = zero + C
-    if SOFT:  # (t' smoothed already)
-        A = ta
-        loss = A * log_s - tr
-        if HAS_ZL:
-            loss += zl * lse * lse
-        v = zero + 1.0
-        a = A
-        coef_t = zero
-        t_idx = -1
-    else:
-        t_idx = tl.load(target_ptr + r)
-        loss, a, coef_t, v = _hard_row_loss(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s,
-                                            lse, W, wr, eps, zl, cap, C, zero, ACC_F64, HAS_WEIGHT,
-                                            SMOOTH, HAS_ZL, HAS_CAP)
-    tl.store(loss_ptr + r, loss)
-    tl.store(lse_ptr + r, lse)
-
-    # ---- pass 2: the gradient, k (a p_c - b_c) [* (1 - th_c^2) under a softcap]
-    if WRITE_GRAD:
-        k = tl.load(scale_ptr + r * scale_stride) + zero
-        if HAS_ZL:
-            a += 2.0 * zl * lse * v
-        if SINGLE:
-            g1 = _grad_block(z1, th1, w1, t1, cols, m, log_s, a, coef_t, t_idx, v, k, eps, C,
-                             SOFT, SMOOTH, HAS_CAP)
-            tl.store(g_row + cols * sg_c, g1, mask=mask1)
-        else:
-            for start in range(0, C, BLOCK):
-                c = start + cols
-                mask = c < C
-                z, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap,
-                                            eps, C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
-                g = _grad_block(z, th, w, t, c, m, log_s, a, coef_t, t_idx, v, k, eps, C,
-                                SOFT, SMOOTH, HAS_CAP)
-                tl.store(g_row + c * sg_c, g, mask=mask)
-
-
-@triton.jit
-def _hard_row_loss(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr, eps, zl, cap,
-                   C, zero, ACC_F64: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-                   HAS_ZL: tl.constexpr, HAS_CAP: tl.constexpr):
-    """Step 3 of rows.py for a class-index row: (loss, a without z_loss, (1-eps) w_t v, v)."""
+def _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr, eps, zl, cap, C,
+              zero, ACC_F64: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+              HAS_CAP: tl.constexpr):
+    """Step 3 of rows.py for a class-index row: (loss, a, (1-eps) w_t v, v)."""
     valid = t_idx != ignore_index
     # An out-of-range class (unchecked on a GPU, as in torch: a host check would sync) reads
     # nothing out of bounds and makes its row's loss and gradient nan: loud, never a number.
@@ -243,14 +181,16 @@ def _hard_row_loss(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, 
     ce = (log_s - (z_t - _ref(m))) * w_t
     if SMOOTH:
         ce = (1.0 - eps) * ce + (eps / C) * (W * log_s - wr)
-    if HAS_ZL:
-        ce += zl * lse * lse
+    # z_loss: a runtime coefficient; lse is replaced by 0 where it is off (0 * inf would be nan)
+    lse_z = tl.where(zl != 0.0, lse, 0.0)
+    ce += zl * lse_z * lse_z
     ce = tl.where(bad, float("nan"), ce)
     v = tl.where(bad, float("nan"), tl.where(valid, 1.0, 0.0) + zero)
     coef_t = (1.0 - eps) * w_t * v
     a = coef_t
     if SMOOTH:
         a += (eps / C) * W * v
+    a += 2.0 * zl * lse_z * v
     return tl.where(valid, ce, 0.0), a, coef_t, v
 
 
@@ -272,65 +212,170 @@ def _grad_block(z, th, w, t, c, m, log_s, a, coef_t, t_idx, v, k, eps, C, SOFT: 
 
 
 @triton.jit
-def bce_kernel(
-    x_ptr, y_ptr, w_ptr, pw_ptr, loss_ptr, partial_ptr, grad_ptr, numel, w_mod, pw_mod,
-    BLOCK: tl.constexpr, LOGITS: tl.constexpr, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
-    PER_ELEMENT: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_F64: tl.constexpr,
+def _grad_pass(xb, gb, pb, x_row, g_row, p_row, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m, log_s,
+               a, coef_t, t_idx, v, k, eps, cap, zero, BLOCK: tl.constexpr, VEC: tl.constexpr,
+               STAGES: tl.constexpr, SOFT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+               SMOOTH: tl.constexpr, HAS_CAP: tl.constexpr, ACC_F64: tl.constexpr):
+    """The gradient of one row streamed from memory: the body in pipelined blocks, then the
+    edges. Loads are the logits' last use (evict_first), and so are the stores."""
+    cols = tl.arange(0, BLOCK)
+    for start in tl.range(0, L, BLOCK, num_stages=STAGES):
+        offs = start + cols
+        mask = offs < L
+        c = head + offs
+        z, th, w, t = _block_inputs(xb, pb, weight_ptr, c, offs, mask, sx_c, sp_c, cap, eps, C, zero,
+                                    "evict_first", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+        g = _grad_block(z, th, w, t, c, m, log_s, a, coef_t, t_idx, v, k, eps, C, SOFT, SMOOTH, HAS_CAP)
+        tl.store(gb + offs * sg_c, g, mask=mask, eviction_policy="evict_first")
+    if VEC > 1:
+        c, mask = _edges(head, L, C, VEC)
+        z, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, c, mask, sx_c, sp_c, cap, eps, C,
+                                    zero, "evict_first", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+        g = _grad_block(z, th, w, t, c, m, log_s, a, coef_t, t_idx, v, k, eps, C, SOFT, SMOOTH, HAS_CAP)
+        tl.store(g_row + c * sg_c, g, mask=mask)
+
+
+@triton.jit
+def ce_kernel(
+    x_ptr, grad_ptr, target_ptr, probs_ptr, weight_ptr, wsum_ptr, scale_ptr, params_ptr, loss_ptr,
+    stats_ptr, rows, C, D, sx_n, sx_c, sx_d, sg_n, sg_c, sg_d, sp_n, sp_c, sp_d, scale_stride,
+    ignore_index,
+    BLOCK: tl.constexpr, SINGLE: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    SOFT: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr, HAS_CAP: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, ACC_F64: tl.constexpr,
 ):
-    """Elementwise binary cross-entropy, loss and gradient in one pass (flat contiguous tensors;
-    w / pw indexed modulo w_mod / pw_mod: a trailing-dims broadcast, e.g. pos_weight (C,)).
-
-        on logits          l = w (pw y softplus(-x) + (1-y) softplus(x))
-                             = w ((1-y) x + k softplus(-x)),  k = 1 + (pw-1) y
-                           dl/dx = w (k sigmoid(x) - pw y)
-        on probabilities   l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100))
-                           dl/dp = w (p - y) / max(p (1-p), 1e-12)     (torch's clamps)
-
-    softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) is stable for any x; the first form of l
-    has no cancellation (torch's, the second, loses the tiny losses of confident logits). PER_ELEMENT: the losses
-    are stored (reduction 'none'); else each program stores the sum of its block (a fixed-order
-    tree within the block), summed by the caller in a fixed order: deterministic.
-    """
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < numel
-    x = tl.load(x_ptr + i, mask=mask, other=0.5)
-    y = tl.load(y_ptr + i, mask=mask, other=0.0)
+    """Loss (and gradient) of rows pid, pid + programs, ...; the module docstring has the math.
+    Rows index (n, d) = (r // D, r % D); strides in elements (sx_*: logits, sg_*: gradient, sp_*:
+    probs). SINGLE: the whole row is one block (C <= BLOCK), kept in registers for the gradient.
+    params_ptr: (eps, zl, cap) in the compute dtype (a float argument would be float32).
+    stats_ptr: (rows, 3) m, log s and A (probabilities; 0 for class indices), for ce_grad_kernel."""
     if ACC_F64:
-        x = x.to(tl.float64)
-        y = y.to(tl.float64)
+        zero = tl.full([], 0.0, tl.float64)
     else:
-        x = x.to(tl.float32)
-        y = y.to(tl.float32)
-    if LOGITS:
-        # l = pw y softplus(-x) + (1-y) softplus(x): two non-negative terms, where the textbook
-        # (1-y) x + k softplus(-x) cancels (x = -30, y = 0: -30 + 30.0000...01 = 0 in float32)
-        e = tl.exp(-tl.abs(x))
-        l1p = _log1p(e)
-        sp_neg = tl.maximum(-x, 0.0) + l1p  # softplus(-x)
-        sp_pos = tl.maximum(x, 0.0) + l1p  # softplus(x)
-        sig = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        if HAS_PW:
-            pw = tl.load(pw_ptr + i % pw_mod, mask=mask, other=1.0) + tl.zeros_like(x)
-            k = 1.0 + (pw - 1.0) * y
-            loss = pw * y * sp_neg + (1.0 - y) * sp_pos
-            g = k * sig - pw * y
+        zero = tl.full([], 0.0, tl.float32)
+    eps = tl.load(params_ptr)
+    zl = tl.load(params_ptr + 1)
+    cap = tl.load(params_ptr + 2)
+    if HAS_WEIGHT:
+        W = tl.load(wsum_ptr) + zero
+    else:
+        W = zero + C
+    cols = tl.arange(0, BLOCK)
+    for r in range(tl.program_id(0).to(tl.int64), rows, tl.num_programs(0)):
+        n = r // D
+        d = r % D
+        ox, og, op = n * sx_n + d * sx_d, n * sg_n + d * sg_d, n * sp_n + d * sp_d
+        x_row, g_row, p_row = x_ptr + ox, grad_ptr + og, probs_ptr + op
+        head, L = _layout(ox, C, VEC)
+        xb = x_ptr + tl.multiple_of(ox + head * sx_c, VEC)  # the aligned body (as are gb, pb)
+        gb = grad_ptr + tl.multiple_of(og + head * sg_c, VEC)
+        pb = probs_ptr + tl.multiple_of(op + head * sp_c, VEC)
+
+        # ---- pass 1 (step 1): max, sum of exps, the relative row sums
+        m = zero + float("-inf")
+        s = zero
+        wr = zero  # sum_c w_c (z_c - ref)
+        ws = zero  # sum_c w_c over the blocks so far
+        ta = zero  # sum_c w_c t'_c
+        tr = zero  # sum_c w_c t'_c (z_c - ref)
+        if SINGLE:
+            mask1 = cols < L
+            c1 = head + cols
+            z1, th1, w1, t1 = _block_inputs(xb, pb, weight_ptr, c1, cols, mask1, sx_c, sp_c, cap, eps, C,
+                                            zero, "evict_first", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+            m, s, wr, ws, ta, tr = _stats_block(z1, mask1, w1, t1, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
         else:
-            loss = y * sp_neg + (1.0 - y) * sp_pos
-            g = sig - y
-        # torch's value at x = -inf: nan for every y (its formula is -inf + inf there)
-        loss = tl.where(x == float("-inf"), float("nan"), loss)
+            for start in tl.range(0, L, BLOCK, num_stages=STAGES):
+                offs = start + cols
+                mask = offs < L
+                z, th, w, t = _block_inputs(xb, pb, weight_ptr, head + offs, offs, mask, sx_c, sp_c, cap,
+                                            eps, C, zero, "evict_last", ACC_F64, HAS_CAP, SOFT,
+                                            HAS_WEIGHT, SMOOTH)
+                m, s, wr, ws, ta, tr = _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
+        if VEC > 1:
+            ce, me = _edges(head, L, C, VEC)
+            ze, the, we, te = _block_inputs(x_row, p_row, weight_ptr, ce, ce, me, sx_c, sp_c, cap, eps,
+                                            C, zero, "evict_last", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT,
+                                            SMOOTH)
+            m, s, wr, ws, ta, tr = _stats_block(ze, me, we, te, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
+        log_s = tl.log(s)
+        lse = m + log_s
+
+        # ---- steps 2-3: the loss, and the gradient's row coefficients a (of p) and coef_t
+        if SOFT:  # (t' smoothed already)
+            lse_z = tl.where(zl != 0.0, lse, 0.0)  # (z_loss off: no 0 * inf)
+            loss = ta * log_s - tr + zl * lse_z * lse_z
+            a = ta + 2.0 * zl * lse_z
+            coef_t = zero
+            v = zero + 1.0
+            t_idx = -1
+        else:
+            t_idx = tl.load(target_ptr + r)
+            loss, a, coef_t, v = _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W,
+                                           wr, eps, zl, cap, C, zero, ACC_F64, HAS_WEIGHT, SMOOTH, HAS_CAP)
+        tl.store(loss_ptr + r, loss)
+        tl.store(stats_ptr + 3 * r, m)
+        tl.store(stats_ptr + 3 * r + 1, log_s)
+        tl.store(stats_ptr + 3 * r + 2, ta)
+
+        # ---- pass 2 (step 4): the gradient, k (a p_c - b_c) [* (1 - th_c^2) under a softcap]
+        if WRITE_GRAD:
+            k = tl.load(scale_ptr + r * scale_stride) + zero
+            if SINGLE:
+                g1 = _grad_block(z1, th1, w1, t1, c1, m, log_s, a, coef_t, t_idx, v, k, eps, C,
+                                 SOFT, SMOOTH, HAS_CAP)
+                tl.store(gb + cols * sg_c, g1, mask=mask1, eviction_policy="evict_first")
+                if VEC > 1:
+                    ge = _grad_block(ze, the, we, te, ce, m, log_s, a, coef_t, t_idx, v, k, eps, C,
+                                     SOFT, SMOOTH, HAS_CAP)
+                    tl.store(g_row + ce * sg_c, ge, mask=me)
+            else:
+                _grad_pass(xb, gb, pb, x_row, g_row, p_row, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m,
+                           log_s, a, coef_t, t_idx, v, k, eps, cap, zero, BLOCK, VEC, STAGES, SOFT,
+                           HAS_WEIGHT, SMOOTH, HAS_CAP, ACC_F64)
+
+
+@triton.jit
+def ce_grad_kernel(
+    x_ptr, grad_ptr, target_ptr, probs_ptr, weight_ptr, wsum_ptr, scale_ptr, params_ptr, stats_ptr,
+    rows, C, D, sx_n, sx_c, sx_d, sg_n, sg_c, sg_d, sp_n, sp_c, sp_d, scale_stride, ignore_index,
+    BLOCK: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOFT: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr, HAS_CAP: tl.constexpr, ACC_F64: tl.constexpr,
+):
+    """Step 4 alone, one pass per row (read the logits, write the gradient), from ce_kernel's row
+    statistics (m, log s, A) (see the module docstring). Arguments as ce_kernel's."""
+    if ACC_F64:
+        zero = tl.full([], 0.0, tl.float64)
     else:
-        logp = tl.maximum(tl.log(x), -100.0)
-        log1mp = tl.maximum(_log1p(-x), -100.0)
-        loss = -(y * logp + (1.0 - y) * log1mp)
-        g = (x - y) / tl.maximum(x * (1.0 - x), 9.999999960041972e-13)
-    if HAS_W:
-        w = tl.load(w_ptr + i % w_mod, mask=mask, other=0.0) + tl.zeros_like(x)
-        loss = loss * w
-        g = g * w
-    if PER_ELEMENT:
-        tl.store(loss_ptr + i, loss, mask=mask)
+        zero = tl.full([], 0.0, tl.float32)
+    eps = tl.load(params_ptr)
+    zl = tl.load(params_ptr + 1)
+    cap = tl.load(params_ptr + 2)
+    if HAS_WEIGHT:
+        W = tl.load(wsum_ptr) + zero
     else:
-        tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.where(mask, loss, 0.0), 0))
-    if WRITE_GRAD:
-        tl.store(grad_ptr + i, g, mask=mask)
+        W = zero + C
+    for r in range(tl.program_id(0).to(tl.int64), rows, tl.num_programs(0)):
+        n = r // D
+        d = r % D
+        ox, og, op = n * sx_n + d * sx_d, n * sg_n + d * sg_d, n * sp_n + d * sp_d
+        head, L = _layout(ox, C, VEC)
+        m = tl.load(stats_ptr + 3 * r) + zero
+        log_s = tl.load(stats_ptr + 3 * r + 1) + zero
+        lse = m + log_s
+        if SOFT:
+            A = tl.load(stats_ptr + 3 * r + 2) + zero
+            a = A + 2.0 * zl * tl.where(zl != 0.0, lse, 0.0)
+            coef_t = zero
+            v = zero + 1.0
+            t_idx = -1
+        else:
+            t_idx = tl.load(target_ptr + r)
+            _, a, coef_t, v = _hard_row(x_ptr + ox, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse,
+                                        W, zero, eps, zl, cap, C, zero, ACC_F64, HAS_WEIGHT, SMOOTH,
+                                        HAS_CAP)
+        k = tl.load(scale_ptr + r * scale_stride) + zero
+        _grad_pass(x_ptr + tl.multiple_of(ox + head * sx_c, VEC), grad_ptr + tl.multiple_of(og + head * sg_c, VEC),
+                   probs_ptr + tl.multiple_of(op + head * sp_c, VEC), x_ptr + ox, grad_ptr + og,
+                   probs_ptr + op, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m, log_s, a, coef_t, t_idx,
+                   v, k, eps, cap, zero, BLOCK, VEC, STAGES, SOFT, HAS_WEIGHT, SMOOTH, HAS_CAP, ACC_F64)
