@@ -131,6 +131,26 @@ def operands(model: nn.Module, head: nn.Module, hidden: torch.Tensor):
     return torch.cat(hs, dim=-1), torch.cat(ws, dim=-1), base.bias
 
 
+_LINEAR_ATTRIBUTES = ("weight", "bias", "in_features", "out_features")
+
+
+def expose(stand_in: nn.Module, head: nn.Module) -> None:
+    """Give a stand-in for the head what an nn.Linear exposes, as the head has it (a LoRA layer's
+    ``weight`` is its base layer's): forwards that read ``lm_head.weight.dtype`` (Mamba, xLSTM)
+    see the head's. In the instance dict, so the stand-in registers no parameter."""
+    for name in _LINEAR_ATTRIBUTES:
+        value = getattr(head, name, expose)  # (expose: a sentinel no head holds)
+        if value is not expose:
+            vars(stand_in)[name] = value
+
+
+def out_features(head: nn.Module) -> int:
+    """The vocabulary size V of a head `check` accepted (the global one under FSDP / ZeRO-3)."""
+    if is_modules_to_save(head):
+        head = _saved_copy(head)
+    return int(head.base_layer.out_features if is_lora(head) else head.out_features)
+
+
 def call_inside(head: nn.Module, module: nn.Module, fused, hidden: torch.Tensor) -> Any:
     """module(hidden) with head's forward replaced by fused for the call (head is module or
     inside it): the module's hooks run around the fused loss."""

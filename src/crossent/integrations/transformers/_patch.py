@@ -45,7 +45,7 @@ import transformers
 from torch import nn
 
 from ..._checks import integrations as _checks
-from . import _forward, _head, _layers, _trl
+from . import _contract, _forward, _head, _layers, _trl
 
 
 def _unwrap(obj: Any) -> Any:
@@ -166,17 +166,32 @@ def _is_decoder_vlm(model: nn.Module) -> bool:
     return getattr(model, "loss_function", None) is ForCausalLMLoss
 
 
-def _logit_transform(fn: str, config: Any) -> tuple[float, float | None]:
-    """(scale, softcap) from the config: logits = softcap * tanh(scale * (hW^T + b) / softcap)."""
-    scale = 1.0
-    logit_scale = _checks.config_number(fn, config, "logit_scale")  # Cohere: logits * logit_scale
-    if logit_scale is not None:
-        scale *= logit_scale
-    logits_scaling = _checks.config_number(fn, config, "logits_scaling")  # Granite: logits / it
-    if logits_scaling is not None:
-        scale /= logits_scaling
-    softcap = _checks.config_number(fn, config, "final_logit_softcapping")  # Gemma 2 and 3
-    return scale, softcap
+# Config fields that may post-process the logits: (name, logits = logits * value or / value).
+_FACTORS = (("logit_scale", False), ("logits_scaling", True), ("lm_head_multiplier", False))
+_SOFTCAPS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+
+
+def _logit_candidates(fn: str, config: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """The logit factors and softcaps the config (or its text config) names, by name: Cohere's
+    ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's ``lm_head_multiplier``; Gemma's
+    ``final_logit_softcapping``, RecurrentGemma's ``logits_soft_cap``, xLSTM's
+    ``output_logit_soft_cap``. The probe keeps those the forward really applies (Gemma 3's VLM
+    does not apply its text config's softcap; MiniCPM3 divides the hidden states instead)."""
+    configs = {"config": config}
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is not config:
+        configs["text_config"] = text
+    factors, softcaps = {}, {}
+    for label, cfg in configs.items():
+        for name, divides in _FACTORS:
+            value = _checks.config_number(fn, cfg, name)
+            if value is not None:
+                factors[f"{label}.{name}"] = 1.0 / value if divides else value
+        for name in _SOFTCAPS:
+            value = _checks.config_number(fn, cfg, name)
+            if value is not None:
+                softcaps[f"{label}.{name}"] = value
+    return factors, softcaps
 
 
 def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool) -> _forward.PatchState:
@@ -193,17 +208,17 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
     head_name = _checks.head_name(
         fn, model, next((n for n, m in model.named_children() if m is head), None)
     )
-    # The model's own config, not its text config: Gemma 3's VLM does not apply the softcap its
-    # text config holds (its *ForCausalLM does). The probe checks what the forward really does.
-    scale, softcap = _logit_transform(fn, model.config)
+    factors, softcaps = _logit_candidates(fn, model.config)
     # The class's forward: a wrapper's own signature may be (*args, **kwargs).
     signature = inspect.signature(type(model).forward.__get__(model))
     _checks.forward_takes_labels(fn, model, signature)
     params = signature.parameters.values()
     positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    return _forward.PatchState(head_name, head, positional, takes_kwargs, scale, softcap, chunk_size,
-                               trl=trl)
+    # Last, once everything cheap has passed: what the model's own loss does (a tiny forward).
+    contract = _contract.learn(fn, model, head_name, head, factors, softcaps, takes_kwargs)
+    return _forward.PatchState(head_name, head, positional, takes_kwargs, contract.scale,
+                               contract.softcap, chunk_size, contract=contract, trl=trl)
 
 
 def _call(model: nn.Module, state: _forward.PatchState, args: tuple, kwargs: dict) -> Any:

@@ -1,0 +1,136 @@
+"""The sweep: every causal-LM class of the installed transformers (``hf_zoo``), patched or refused.
+
+For each class: a tiny random model and its twin (a deep copy: the same weights), one training
+forward with labels and one backward each, the twin patched, every RNG reseeded before each
+forward (dropout draws the same masks). The class is
+
+* ``supported`` -- ``patch`` accepted it and the loss and every parameter's gradient equal the
+  unpatched model's (float32, ``_close``);
+* ``refused`` -- ``patch`` raised crossent's ``Unsupported`` (the reason is kept);
+* ``not built`` -- no tiny model of it could be made, or (patch having accepted it) the unpatched
+  model itself fails on the sweep's plain input (the reason is kept);
+* ``wrong`` -- anything else: an error at the first patched step, another error from ``patch``,
+  or a different number. The sweep test requires none.
+
+``sweep()`` runs once per process (cached), in this process, on one thread: these tiny ops take
+~0.02 s a step on one thread and 0.5 s on two when the machine's cores are busy (measured here,
+load 8 on 2 cores: OpenMP's workers wait for each other).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import inspect
+import time
+import warnings
+
+import hf_zoo
+import torch
+
+ATOL, RTOL = 1e-6, 2e-5
+BATCH, TIME = 2, 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    name: str
+    outcome: str  # "supported", "refused", "not built" or "wrong"
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def batch(model) -> dict:
+    """input_ids (2, 8) and labels with a masked prompt in row 0 and masked padding in row 1;
+    use_cache=False where the forward takes it (a training step builds no cache)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, hf_zoo.VOCAB, (BATCH, TIME), generator=g)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, -2:] = -100
+    inputs = dict(input_ids=ids, labels=labels)
+    if "use_cache" in inspect.signature(type(model).forward).parameters:
+        inputs["use_cache"] = False
+    return inputs
+
+
+def _step(model, inputs):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(2)
+    loss = model(**inputs).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """|got - want| <= ATOL + RTOL * max|want| elementwise: float32 rounding of the tensor's own
+    scale (an elementwise rtol fails on the near-zero entries of a large-scale gradient, e.g.
+    RWKV's embedding gradient of scale 477), yet a missed softcap of 30 (~1e-4) shows."""
+    return bool((got - want).abs().max() <= ATOL + RTOL * want.abs().max())
+
+
+def _compare(loss, grads, want_loss, want_grads) -> str:
+    """'' if equal, else what differs."""
+    if not _close(loss, want_loss):
+        return f"loss {loss.item():.7g} patched vs {want_loss.item():.7g} unpatched"
+    if grads.keys() != want_grads.keys():
+        return f"gradients of {sorted(set(grads) ^ set(want_grads))[:3]} only on one side"
+    for name in want_grads:
+        if not _close(grads[name], want_grads[name]):
+            diff = (grads[name] - want_grads[name]).abs().max().item()
+            return f"gradient of {name} differs by {diff:.3g} (max |g| {want_grads[name].abs().max():.3g})"
+    return ""
+
+
+def run_class(name: str) -> Result:
+    from crossent._checks.integrations import Unsupported
+    from crossent.integrations import transformers as hf
+
+    start = time.perf_counter()
+
+    def result(outcome: str, reason: str = "") -> Result:
+        return Result(name, outcome, reason, time.perf_counter() - start)
+
+    try:
+        model = hf_zoo.build(name)
+    except hf_zoo.NotBuilt as exc:
+        return result("not built", str(exc))
+    twin = copy.deepcopy(model)
+    try:
+        hf.patch(twin)
+    except Unsupported as exc:
+        return result("refused", str(exc))
+    except Exception as exc:  # noqa: BLE001 - patch must refuse with Unsupported, nothing else
+        return result("wrong", f"patch raised {type(exc).__name__}: {exc}")
+    inputs = batch(model)
+    try:
+        want_loss, want_grads = _step(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - the model's own failure on this input
+        return result("not built", f"unpatched forward: {type(exc).__name__}: {str(exc)[:160]}")
+    try:
+        loss, grads = _step(twin, inputs)
+    except Exception as exc:  # noqa: BLE001 - never an error at the first step
+        return result("wrong", f"first patched step raised {type(exc).__name__}: {exc}")
+    diff = _compare(loss, grads, want_loss, want_grads)
+    return result("wrong", diff) if diff else result("supported")
+
+
+@functools.lru_cache(maxsize=1)
+def sweep() -> tuple[Result, ...]:
+    """Every class of hf_zoo.classes(), on crossent's fused path (forced: these problems are
+    small enough for its composed route, which would test torch's kernel instead)."""
+    import crossent
+
+    results = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings(), crossent.use_backend("fused"):
+            warnings.simplefilter("ignore")  # transformers' deprecation and init notices
+            for name in hf_zoo.classes():
+                results.append(run_class(name))
+    finally:
+        torch.set_num_threads(threads)
+    return tuple(results)
