@@ -211,7 +211,15 @@ def probe_tokens(fn: str, model: nn.Module, tokens: list[int], n: int) -> torch.
     return torch.tensor([tokens[middle:middle + n]])
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+
+
 def probe_failed(fn: str, model: nn.Module, exc: Exception) -> NoReturn:
+    """The model's forward raised on the probe input: refused, the error chained (out of memory
+    is not a property of the model: raised as it is)."""
+    if out_of_memory(exc):
+        raise exc
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     raise Unsupported(
         _refused(fn, model, f"failed on {_PROBE} ({type(exc).__name__}: {first}), so crossent "

@@ -149,11 +149,9 @@ def run(fn: str, model: nn.Module, head_name: str, head: nn.Module, vocab: int,
             for kind, index in _rng_devices(model).items():
                 stack.enter_context(torch.random.fork_rng(devices=index, device_type=kind))
             out = model(**arguments)
-    except (torch.OutOfMemoryError, MemoryError):
-        raise
     except Exception as exc:  # the model's own error, chained: crossent cannot learn its loss
-        if strict:
-            _checks.probe_failed(fn, model, exc)
+        if strict or _checks.out_of_memory(exc):
+            _checks.probe_failed(fn, model, exc)  # (out of memory: raised as it is)
         return None
     finally:
         model._modules[head_name] = module
