@@ -1,8 +1,10 @@
 """The sweep: every causal-LM class of the installed transformers (``hf_zoo``), patched or refused.
 
 For each class: a tiny random model and its twin (a deep copy: the same weights), one training
-forward with labels and one backward each, the twin patched, every RNG reseeded before each
-forward (dropout draws the same masks). The class is
+forward with labels and one backward each, the twin patched (and stepped twice: on crossent's
+fused kernels, forced, and as the dispatch sends these small problems, to torch's composition,
+each on a deep copy of the patched twin: BigBird switches its attention at its first forward),
+every RNG reseeded before each forward (dropout draws the same masks). The class is
 
 * ``supported`` -- ``patch`` accepted it and the loss and every parameter's gradient equal the
   unpatched model's (float32, ``_close``);
@@ -19,17 +21,22 @@ load 8 on 2 cores: OpenMP's workers wait for each other).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import inspect
+import random
 import time
 import warnings
 
+import crossent
 import hf_zoo
+import numpy
 import torch
 
 ATOL, RTOL = 1e-6, 2e-5
+BACKENDS = ("fused", None)  # crossent's fused kernels (forced), then the dispatch's own choice
 BATCH, TIME = 2, 8
 
 
@@ -57,7 +64,9 @@ def batch(model) -> dict:
 
 def _step(model, inputs):
     model.zero_grad(set_to_none=True)
-    torch.manual_seed(2)
+    torch.manual_seed(2)  # and NumPy's (BigBird's random attention blocks), Python's
+    numpy.random.seed(2)
+    random.seed(2)
     loss = model(**inputs).loss
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -109,25 +118,28 @@ def run_class(name: str) -> Result:
         want_loss, want_grads = _step(model, inputs)
     except Exception as exc:  # noqa: BLE001 - the model's own failure on this input
         return result("not built", f"unpatched forward: {type(exc).__name__}: {str(exc)[:160]}")
-    try:
-        loss, grads = _step(twin, inputs)
-    except Exception as exc:  # noqa: BLE001 - never an error at the first step
-        return result("wrong", f"first patched step raised {type(exc).__name__}: {exc}")
-    diff = _compare(loss, grads, want_loss, want_grads)
-    return result("wrong", diff) if diff else result("supported")
+    for backend in BACKENDS:
+        patched = copy.deepcopy(twin)  # each step on a fresh copy: forwards may change state
+        try:
+            with crossent.use_backend(backend) if backend else contextlib.nullcontext():
+                loss, grads = _step(patched, inputs)
+        except Exception as exc:  # noqa: BLE001 - never an error at the first step
+            return result("wrong", f"patched step ({backend or 'dispatch'}) raised {type(exc).__name__}: {exc}")
+        diff = _compare(loss, grads, want_loss, want_grads)
+        if diff:
+            return result("wrong", f"{diff} ({backend or 'dispatch'})")
+    return result("supported")
 
 
 @functools.lru_cache(maxsize=1)
 def sweep() -> tuple[Result, ...]:
-    """Every class of hf_zoo.classes(), on crossent's fused path (forced: these problems are
-    small enough for its composed route, which would test torch's kernel instead)."""
-    import crossent
-
+    """Every class of hf_zoo.classes(), each patched step run twice: on crossent's fused kernels
+    (forced) and as dispatch sends these small problems (torch's F.linear + cross_entropy)."""
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings(), crossent.use_backend("fused"):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # transformers' deprecation and init notices
             for name in hf_zoo.classes():
                 results.append(run_class(name))

@@ -13,6 +13,7 @@ with transformers' reason.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import torch
 import transformers
@@ -86,10 +87,17 @@ OVERRIDES: dict[str, dict] = {
     "qwen4_exp_text": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8,
                            indexer_budget=8, indexer_compress_ratio=2),
     "blt": dict(encoder_hash_byte_group_vocab=64),  # else a 500002-row hash embedding
-    # Reformer: a decoder of two local-attention layers, plain position embeddings
+    # Reformer: a decoder of two local-attention layers, plain position embeddings; no dropout
+    # (its reversible layers seed their dropout from torch.seed(), the OS, not the seeded RNG)
     "reformer": dict(is_decoder=True, attn_layers=["local", "local"], axial_pos_embds=False,
-                     local_attn_chunk_length=4, attention_head_size=8, feed_forward_size=64),
+                     local_attn_chunk_length=4, attention_head_size=8, feed_forward_size=64,
+                     hidden_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0,
+                     lsh_attention_probs_dropout_prob=0.0),
 }
+
+
+# model_type -> what a model needs before its first forward
+SETUP = {"xmod": lambda model: model.set_default_language("en_XX")}
 
 
 class NotBuilt(Exception):
@@ -106,10 +114,11 @@ def classes() -> list[str]:
 
 
 def _fields(config_class: type) -> set[str]:
+    """The config's fields: dataclass fields (transformers 5), else its __init__'s parameters."""
     try:
         return {f.name for f in dataclasses.fields(config_class)}
-    except TypeError:  # not a dataclass
-        return set()
+    except TypeError:  # not a dataclass (transformers 4)
+        return set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
 
 
 def _spec_class(spec) -> type | None:
@@ -162,11 +171,15 @@ def build(name: str, *, seed: int = 0) -> torch.nn.Module:
     config_class = model_class.config_class
     try:
         config = config_class(**tiny_kwargs(config_class))
+        with torch.device("meta"):  # its size first, without memory or time
+            size = sum(p.numel() for p in model_class(config).parameters())
+        if size > MAX_PARAMETERS:  # a config field the sizes above missed: too slow for the sweep
+            raise NotBuilt(f"{size} parameters, above the sweep's {MAX_PARAMETERS}")
         torch.manual_seed(seed)
         model = model_class(config)
+    except NotBuilt:
+        raise
     except Exception as exc:  # noqa: BLE001 - any reason: reported per class
         raise NotBuilt(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}") from exc
-    size = sum(p.numel() for p in model.parameters())
-    if size > MAX_PARAMETERS:  # a config field the sizes above missed: too slow for the sweep
-        raise NotBuilt(f"{size} parameters, above the sweep's {MAX_PARAMETERS}")
+    SETUP.get(config.model_type, lambda model: None)(model)
     return model.float().train()

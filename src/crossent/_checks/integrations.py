@@ -144,13 +144,14 @@ def plain_linear_head(fn: str, model: nn.Module, head: object) -> nn.Linear:
     return head
 
 
-def head_name(fn: str, model: nn.Module, name: str | None) -> str:
-    """The output embedding's attribute name among the model's children (None: not a child)."""
-    if name is None:
+def head_path(fn: str, model: nn.Module, path: str | None) -> str:
+    """The output embedding's dotted name among the model's submodules (None: not one of them)."""
+    if path is None:
         raise Unsupported(
-            f"{fn}: {type(model).__name__}'s output embedding is not a direct child of the model"
+            f"{fn}: {type(model).__name__}'s output embedding (get_output_embeddings()) is not one "
+            "of the model's submodules"
         )
-    return name
+    return path
 
 
 def chunk_size(fn: str, value: object) -> int | None:
@@ -187,7 +188,7 @@ def forward_takes_labels(fn: str, model: nn.Module, signature: inspect.Signature
 
 # ---------------------------------------------------------------- the loss probe (patch time)
 
-_PROBE = "a probe input (input_ids and labels of 6 tokens)"
+_PROBE = "a probe input (input_ids and labels of 8 tokens)"
 
 
 def _refused(fn: str, model: nn.Module, what: str) -> str:

@@ -8,7 +8,7 @@ Whisper and CPM-Ant apply ``CrossEntropyLoss`` to the labels as given, MoE model
 config names that are sometimes applied elsewhere (MiniCPM3's ``logits_scaling`` divides the
 hidden states), and some compute what crossent does not (MusicGen's per-codebook mean,
 ProphetNet's n-gram streams). Neither the class name nor the forward's source says reliably
-which, so ``patch`` asks the model (``_probe``: its forward on 6 tokens, designed logits ``L``
+which, so ``patch`` asks the model (``_probe``: its forward on 8 tokens, designed logits ``L``
 from a stand-in head, labels ``y`` with one -100; ``L'`` the logits it returns)::
 
     scale, softcap  L' = softcap * tanh(scale * L / softcap), scale the product of a subset of
@@ -57,7 +57,7 @@ class LossContract:
     softcap: float | None = None
 
 
-def learn(fn: str, model: nn.Module, head_name: str, head: nn.Module, factors: dict[str, float],
+def learn(fn: str, model: nn.Module, slot: _head.Slot, head: nn.Module, factors: dict[str, float],
           softcaps: dict[str, float], takes_kwargs: bool) -> LossContract:
     """The contract of the model's loss, from probe runs; refuses what crossent cannot reproduce.
     factors / softcaps: the config's candidate logit factors and softcaps, by name."""
@@ -70,7 +70,7 @@ def learn(fn: str, model: nn.Module, head_name: str, head: nn.Module, factors: d
         base["use_cache"] = False
 
     def run(strict: bool = True, **change: Any) -> _probe.Run | None:
-        return _probe.run(fn, model, head_name, head, vocab, labels, {**base, **change}, strict=strict)
+        return _probe.run(fn, model, slot, head, vocab, labels, {**base, **change}, strict=strict)
 
     with _probe.probing(model):
         first = None

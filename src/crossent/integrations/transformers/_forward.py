@@ -33,7 +33,7 @@ _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: F
 
 @dataclasses.dataclass
 class PatchState:
-    head_name: str  # the output head's attribute name on the model, e.g. "lm_head"
+    slot: _head.Slot  # where the output head hangs, e.g. model.lm_head
     head: nn.Module  # the head found at patch time (nn.Linear or PEFT's lora.Linear)
     positional: tuple[str, ...]  # the forward's parameters a positional argument can fill
     takes_kwargs: bool  # it has **kwargs (where the loss-only arguments arrive)
@@ -122,14 +122,14 @@ def labels_forward(model: nn.Module, state: PatchState, args: tuple, kwargs: dic
 
 def capture(model: nn.Module, state: PatchState, original, arguments: dict):
     """original(**arguments) with the head captured: (hidden (B, T', D), outputs, head module)."""
-    module = model._modules[state.head_name]  # the head, or a wrapper installed since patch
+    module = state.slot.parent._modules[state.slot.name]  # the head, or a wrapper since patch
     stand_in = _Capture(module)
-    model._modules[state.head_name] = stand_in
+    state.slot.swap(stand_in)
     try:
         out = original(**arguments)
     finally:
-        model._modules[state.head_name] = module
-    hidden = _checks.captured_hidden(model, state.head_name, stand_in.hidden)
+        state.slot.swap(module)
+    hidden = _checks.captured_hidden(model, state.slot.path, stand_in.hidden)
     logits = out.get("logits") if isinstance(out, ModelOutput) else out[0]
     _check_probe(model, state, logits)
     return hidden, out, module

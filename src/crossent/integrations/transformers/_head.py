@@ -22,6 +22,7 @@ function of the hidden states. ``operands`` says what that function multiplies:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -29,6 +30,31 @@ import torch
 from torch import nn
 
 from ..._checks import integrations as _checks
+
+
+@dataclasses.dataclass
+class Slot:
+    """Where the output head hangs: ``parent._modules[name]``; ``path`` its dotted name in the model
+    (``lm_head``; ``cls.predictions.decoder`` in BERT-style LM heads). The parent is kept, not the
+    path, so that a wrapper installed since patch (FSDP1 around the parent or the head, PEFT's
+    LoRA on the head) is still found."""
+
+    parent: nn.Module
+    name: str
+    path: str
+
+    def swap(self, module: nn.Module) -> nn.Module:
+        """Hang module in the slot; return what hung there."""
+        previous = self.parent._modules[self.name]
+        self.parent._modules[self.name] = module
+        return previous
+
+
+def slot(fn: str, model: nn.Module, head: nn.Module) -> Slot:
+    """The slot of the head among the model's submodules (refused if it is not one)."""
+    path = _checks.head_path(fn, model, next((n for n, m in model.named_modules() if m is head and n), None))
+    parent, _, name = path.rpartition(".")
+    return Slot(model.get_submodule(parent) if parent else model, name, path)
 
 
 def _lora_linear_type() -> type | None:

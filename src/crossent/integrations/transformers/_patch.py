@@ -205,9 +205,7 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
     if _layers.active(model) is not None and trl is None:
         _checks.already_patched(fn, model)
     head = _head.check(fn, model, model.get_output_embeddings())
-    head_name = _checks.head_name(
-        fn, model, next((n for n, m in model.named_children() if m is head), None)
-    )
+    slot = _head.slot(fn, model, head)
     factors, softcaps = _logit_candidates(fn, model.config)
     # The class's forward: a wrapper's own signature may be (*args, **kwargs).
     signature = inspect.signature(type(model).forward.__get__(model))
@@ -216,8 +214,8 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
     positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
     # Last, once everything cheap has passed: what the model's own loss does (a tiny forward).
-    contract = _contract.learn(fn, model, head_name, head, factors, softcaps, takes_kwargs)
-    return _forward.PatchState(head_name, head, positional, takes_kwargs, contract.scale,
+    contract = _contract.learn(fn, model, slot, head, factors, softcaps, takes_kwargs)
+    return _forward.PatchState(slot, head, positional, takes_kwargs, contract.scale,
                                contract.softcap, chunk_size, contract=contract, trl=trl)
 
 

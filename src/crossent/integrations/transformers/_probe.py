@@ -7,8 +7,9 @@ ZeRO-3's parameter gathering), with the output head swapped for ``_Designed``: i
 logits ``designed_logits`` makes instead of computing any -- the head's weight is never read --
 and exposes the head's attributes. Around all runs (``probing``): training mode (the patched
 path runs only in training), no gradient, warnings silenced, crossent's own layers of the model
-made pass-throughs; afterwards every module's training flag is as it was. Each run forks the RNG
-of every device the model is on, so each starts from, and leaves, the caller's RNG state.
+made pass-throughs; afterwards the model's state is as it was (``_Snapshot``). Each run forks the RNG
+of every device the model is on, and Python's and NumPy's global RNGs (BigBird draws its random
+attention blocks from NumPy's), so each starts from, and leaves, the caller's RNG state.
 Cost: one backbone pass over ``TOKENS`` tokens and one (1, T, V) tensor per run.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
+import sys
 import warnings
 from typing import Any
 
@@ -27,7 +30,8 @@ from ..._checks import integrations as _checks
 from . import _head, _layers
 from ._common import IGNORE_INDEX
 
-TOKENS = 6  # probe length: next-token targets on both sides of the -100 (at index 2)
+TOKENS = 8  # probe length: a multiple of the chunk lengths some models require in training
+# (Reformer: 4), with next-token targets on both sides of the -100 (at index 2)
 BIG = 24.0  # designed logits of -BIG and -BIG/2 in columns 0 and 1: a softcap up to ~100 bends
 # them visibly even in bfloat16 (30 tanh(24/30) = 19.9; 100 tanh(0.24) = 23.5, a bf16 step 0.125);
 # negative, so that they do not dominate the softmax (the losses stay ~log V, their float32
@@ -105,9 +109,9 @@ def _embeddings(model: nn.Module) -> Any:
 
 @contextlib.contextmanager
 def probing(model: nn.Module):
-    """Training mode, no gradient, warnings off, crossent's layers of the model pass-throughs;
-    every module's training flag and every layer as before afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
+    """Training mode, no gradient, warnings off, crossent's layers of the model pass-throughs; the
+    model's state as before afterwards (``_Snapshot``)."""
+    snapshot = _Snapshot(model)
     active = [s for s in _layers.layers(model).values() if s.active]
     for state in active:
         state.active = False
@@ -117,50 +121,94 @@ def probing(model: nn.Module):
             model.train()
             yield
     finally:
-        for module, mode in modes:
-            module.training = mode
+        snapshot.restore()
         for state in active:
             state.active = True
 
 
-def _rng_devices(model: nn.Module) -> dict[str, list[int]]:
+class _Snapshot:
+    """What a forward may change in a model, put back by ``restore``: every module's attributes
+    that existed before (its training flag; BigBird switches a short input's block-sparse attention
+    to full attention for good, ``attention_type`` and the attention submodule), its tables of
+    submodules, parameters and buffers, and the values of buffers changed in place (running
+    statistics; detected by their version counters, copies taken before). Attributes a forward
+    adds are kept, as after any first forward: lazy initialisation such as transformers'
+    output-capturing hooks, whose flag and hooks must stay together. Cost: one dict copy per
+    module and one copy of the buffers (position tables, a few MiB at most in transformers' LMs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [(m, dict(vars(m)), dict(m._modules), dict(m._parameters), dict(m._buffers))
+                        for m in model.modules()]
+        buffers = {id(b): b for _, _, _, _, table in self.modules for b in table.values() if b is not None}
+        self.buffers = [(b, b._version, b.detach().clone()) for b in buffers.values()]
+
+    def restore(self) -> None:
+        for module, attributes, modules, parameters, buffers in self.modules:
+            now = vars(module)
+            for name, value in attributes.items():
+                if now.get(name) is not value:
+                    now[name] = value
+            for table, saved in ((module._modules, modules), (module._parameters, parameters),
+                                 (module._buffers, buffers)):
+                if table != saved:
+                    table.clear()
+                    table.update(saved)
+        with torch.no_grad():
+            for buffer, version, copy in self.buffers:
+                if buffer._version != version:
+                    buffer.copy_(copy)
+
+
+@contextlib.contextmanager
+def _forked_rngs(model: nn.Module):
+    """Every RNG a forward may draw from, as it was afterwards: torch's on the CPU and on each
+    device of the model's parameters, Python's, and NumPy's (if imported)."""
     devices: dict[str, set[int]] = {}
     for p in model.parameters():
         if p.device.type != "cpu":
             devices.setdefault(p.device.type, set()).add(p.device.index or 0)
-    return {kind: sorted(index) for kind, index in devices.items()}
+    numpy = sys.modules.get("numpy")
+    python_state = random.getstate()
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            for kind, index in devices.items():
+                stack.enter_context(torch.random.fork_rng(devices=sorted(index), device_type=kind))
+            yield
+    finally:
+        random.setstate(python_state)
+        if numpy_state is not None:
+            numpy.random.set_state(numpy_state)
 
 
-def run(fn: str, model: nn.Module, head_name: str, head: nn.Module, vocab: int,
+def run(fn: str, model: nn.Module, slot: _head.Slot, head: nn.Module, vocab: int,
         labels: torch.Tensor, arguments: dict, *, strict: bool = True) -> Run | None:
     """model(**arguments) through its hooks, the forward below crossent's layer, the head swapped
     for the designed logits. If the model's forward raises: refused (strict), or None."""
     stand_in = _Designed(head, vocab, labels)
     below = vars(model).get("forward") or type(model).forward.__get__(model)
-    module, previous = model._modules[head_name], vars(model).get("forward")
+    previous = vars(model).get("forward")
     weight = getattr(_embeddings(model), "weight", None)
     device = weight.device if torch.is_tensor(weight) else next(model.parameters()).device
     arguments = {k: v.to(device) if torch.is_tensor(v) else v for k, v in arguments.items()}
     vars(model)["forward"] = lambda *args, **kwargs: below(*args, **kwargs)
-    model._modules[head_name] = stand_in
+    module = slot.swap(stand_in)
     try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.random.fork_rng(devices=[]))
-            for kind, index in _rng_devices(model).items():
-                stack.enter_context(torch.random.fork_rng(devices=index, device_type=kind))
+        with _forked_rngs(model):
             out = model(**arguments)
     except Exception as exc:  # the model's own error, chained: crossent cannot learn its loss
         if strict or _checks.out_of_memory(exc):
             _checks.probe_failed(fn, model, exc)  # (out of memory: raised as it is)
         return None
     finally:
-        model._modules[head_name] = module
+        slot.swap(module)
         if previous is None:
             del vars(model)["forward"]
         else:
             vars(model)["forward"] = previous
     if stand_in.calls != 1 or stand_in.lead != tuple(labels.shape):
-        _checks.probe_head_calls(fn, model, head_name, stand_in.calls, stand_in.lead, tuple(labels.shape))
+        _checks.probe_head_calls(fn, model, slot.path, stand_in.calls, stand_in.lead, tuple(labels.shape))
     if isinstance(out, ModelOutput):
         loss, logits, aux = out.get("loss"), out.get("logits"), out.get("aux_loss")
     else:  # return_dict=False: (loss, logits, ...) with a loss, (logits, ...) without
