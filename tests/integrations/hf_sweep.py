@@ -1,10 +1,10 @@
 """The sweep: every causal-LM class of the installed transformers (``hf_zoo``), patched or refused.
 
-For each class: a tiny random model and its twin (a deep copy: the same weights), one training
-forward with labels and one backward each, the twin patched (and stepped twice: on crossent's
-fused kernels, forced, and as the dispatch sends these small problems, to torch's composition,
-each on a deep copy of the patched twin: BigBird switches its attention at its first forward),
-every RNG reseeded before each forward (dropout draws the same masks). The class is
+For each class: a tiny random model and its twin (a deep copy: the same weights), the twin
+patched, then two training steps (a forward with labels and a backward) of each: the first on
+crossent's fused kernels (forced), the second as the dispatch sends these small problems (to
+torch's composition), every RNG reseeded before each forward (dropout draws the same masks). The
+class is
 
 * ``supported`` -- ``patch`` accepted it and the loss and every parameter's gradient equal the
   unpatched model's (float32, ``_close``);
@@ -114,15 +114,16 @@ def run_class(name: str) -> Result:
     except Exception as exc:  # noqa: BLE001 - patch must refuse with Unsupported, nothing else
         return result("wrong", f"patch raised {type(exc).__name__}: {exc}")
     inputs = batch(model)
-    try:
-        want_loss, want_grads = _step(model, inputs)
-    except Exception as exc:  # noqa: BLE001 - the model's own failure on this input
-        return result("not built", f"unpatched forward: {type(exc).__name__}: {str(exc)[:160]}")
+    # Step k of the patched twin against step k of the model: forwards may change a model's state
+    # (BigBird switches its attention at its first forward).
     for backend in BACKENDS:
-        patched = copy.deepcopy(twin)  # each step on a fresh copy: forwards may change state
+        try:
+            want_loss, want_grads = _step(model, inputs)
+        except Exception as exc:  # noqa: BLE001 - the model's own failure on this input
+            return result("not built", f"unpatched forward: {type(exc).__name__}: {str(exc)[:160]}")
         try:
             with crossent.use_backend(backend) if backend else contextlib.nullcontext():
-                loss, grads = _step(patched, inputs)
+                loss, grads = _step(twin, inputs)
         except Exception as exc:  # noqa: BLE001 - never an error at the first step
             return result("wrong", f"patched step ({backend or 'dispatch'}) raised {type(exc).__name__}: {exc}")
         diff = _compare(loss, grads, want_loss, want_grads)
@@ -133,8 +134,7 @@ def run_class(name: str) -> Result:
 
 @functools.lru_cache(maxsize=1)
 def sweep() -> tuple[Result, ...]:
-    """Every class of hf_zoo.classes(), each patched step run twice: on crossent's fused kernels
-    (forced) and as dispatch sends these small problems (torch's F.linear + cross_entropy)."""
+    """run_class of every class of hf_zoo.classes(), in order."""
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -171,15 +171,12 @@ def build(name: str, *, seed: int = 0) -> torch.nn.Module:
     config_class = model_class.config_class
     try:
         config = config_class(**tiny_kwargs(config_class))
-        with torch.device("meta"):  # its size first, without memory or time
-            size = sum(p.numel() for p in model_class(config).parameters())
-        if size > MAX_PARAMETERS:  # a config field the sizes above missed: too slow for the sweep
-            raise NotBuilt(f"{size} parameters, above the sweep's {MAX_PARAMETERS}")
         torch.manual_seed(seed)
         model = model_class(config)
-    except NotBuilt:
-        raise
     except Exception as exc:  # noqa: BLE001 - any reason: reported per class
         raise NotBuilt(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}") from exc
+    size = sum(p.numel() for p in model.parameters())
+    if size > MAX_PARAMETERS:  # a config field the sizes above missed: too slow for the sweep
+        raise NotBuilt(f"{size} parameters, above the sweep's {MAX_PARAMETERS}")
     SETUP.get(config.model_type, lambda model: None)(model)
     return model.float().train()

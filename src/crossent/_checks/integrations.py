@@ -135,6 +135,11 @@ def not_patched(fn: str, model: nn.Module) -> NoReturn:
 def plain_linear_head(fn: str, model: nn.Module, head: object) -> nn.Linear:
     """A subclass with its own forward (quantised, LoRA, scaled) would be bypassed by the fused
     loss."""
+    if head is None:
+        raise Unsupported(
+            f"{fn}: {type(model).__name__} has no output embedding (get_output_embeddings() is "
+            "None), whose call crossent's fused loss would replace"
+        )
     if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
         raise Unsupported(
             f"{fn}: {type(model).__name__}'s output embedding must be a plain nn.Linear (or PEFT's "
