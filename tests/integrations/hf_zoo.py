@@ -79,6 +79,7 @@ OVERRIDES: dict[str, dict] = {
     "kolibri1_1": dict(head_dim=16, kv_source_layers=[0, 1], index_num_heads=2, index_topk=8,
                        index_pool_size=64),  # NVFP4 K/V rounding: blocks of 16
     "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
+    "recurrent_gemma": dict(block_types=["recurrent", "attention"]),  # (its cache needs one)
     "zaya": dict(num_experts_per_tok=1),  # "currently supports num_experts_per_tok=1 only"
     # multi-head latent attention with an indexer: as many key/value heads as query heads
     **dict.fromkeys(("axk2", "deepseek_v32", "glm_moe_dsa"), dict(num_key_value_heads=4)),
@@ -130,11 +131,17 @@ def _spec_class(spec) -> type | None:
     return spec.get_config_class(model_type) if model_type else None
 
 
-def tiny_kwargs(config_class: type, default: PreTrainedConfig | None = None) -> dict:
+def tiny_kwargs(config_class: type, default: PreTrainedConfig | None = None, *,
+                vocab: int = VOCAB, top: bool = True) -> dict:
     """The config fields to set: sizes, token ids, sub-configs, per-layer lists, overrides."""
     fields = _fields(config_class)
     kwargs = {k: v for k, v in SIZES.items() if k in fields}
+    for name in ("vocab_size", "vocab_size_per_layer_input"):
+        if name in fields:
+            kwargs[name] = vocab
     kwargs.update({k: TOKENS.get(k, 3) for k in fields if k.endswith("_token_id") and k in TOKENS})
+    if "is_decoder" in fields and top:  # BERT-style LM heads: causal attention
+        kwargs["is_decoder"] = True
     if default is None:
         try:
             default = config_class()
@@ -150,7 +157,8 @@ def tiny_kwargs(config_class: type, default: PreTrainedConfig | None = None) -> 
         value = values.get(name)
         sub_class = type(value) if isinstance(value, PreTrainedConfig) else _spec_class(specs.get(name))
         if sub_class is not None:  # a sub-config: tiny too, of its default type
-            kwargs[name] = tiny_kwargs(sub_class, value if isinstance(value, PreTrainedConfig) else None)
+            kwargs[name] = tiny_kwargs(sub_class, value if isinstance(value, PreTrainedConfig) else None,
+                                       vocab=vocab, top=False)
             spec_class = getattr(specs.get(name), "config_class", None)
             if not (isinstance(spec_class, type) and issubclass(spec_class, PreTrainedConfig)):
                 kwargs[name]["model_type"] = sub_class.model_type  # an AutoConfig spec resolves it
@@ -165,12 +173,12 @@ def tiny_kwargs(config_class: type, default: PreTrainedConfig | None = None) -> 
     return kwargs
 
 
-def build(name: str, *, seed: int = 0) -> torch.nn.Module:
-    """A tiny random float32 model of the named class, in training mode."""
+def build(name: str, *, seed: int = 0, vocab: int = VOCAB, **config) -> torch.nn.Module:
+    """A tiny random float32 model of the named class, in training mode (config: more fields)."""
     model_class = getattr(transformers, name)
     config_class = model_class.config_class
     try:
-        config = config_class(**tiny_kwargs(config_class))
+        config = config_class(**{**tiny_kwargs(config_class, vocab=vocab), **config})
         torch.manual_seed(seed)
         model = model_class(config)
     except Exception as exc:  # noqa: BLE001 - any reason: reported per class
