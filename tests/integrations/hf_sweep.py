@@ -30,10 +30,11 @@ import random
 import time
 import warnings
 
-import crossent
 import hf_zoo
 import numpy
 import torch
+
+import crossent
 
 ATOL, RTOL = 1e-6, 2e-5
 BACKENDS = ("fused", None)  # crossent's fused kernels (forced), then the dispatch's own choice

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("crossent.integrations.transformers")
 
 import hf_zoo  # noqa: E402
+
 from crossent._checks.integrations import Unsupported  # noqa: E402
 
 

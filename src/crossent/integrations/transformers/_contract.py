@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import integrations as _checks
+from ..._checks import integrations_probe as _checks
 from . import _head, _probe
 from ._common import IGNORE_INDEX
 

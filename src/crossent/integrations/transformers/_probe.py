@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
-from ..._checks import integrations as _checks
+from ..._checks import integrations_probe as _checks
 from . import _head, _layers
 from ._common import IGNORE_INDEX
 
