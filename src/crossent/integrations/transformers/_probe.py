@@ -129,30 +129,30 @@ def probing(model: nn.Module):
 class _Snapshot:
     """What a forward may change in a model, put back by ``restore``: every module's attributes
     that existed before (its training flag; BigBird switches a short input's block-sparse attention
-    to full attention for good, ``attention_type`` and the attention submodule), its tables of
-    submodules, parameters and buffers, and the values of buffers changed in place (running
-    statistics; detected by their version counters, copies taken before). Attributes a forward
-    adds are kept, as after any first forward: lazy initialisation such as transformers'
-    output-capturing hooks, whose flag and hooks must stay together. Cost: one dict copy per
-    module and one copy of the buffers (position tables, a few MiB at most in transformers' LMs)."""
+    to full attention for good: ``attention_type``), its submodules (BigBird's attention module),
+    and the values of buffers changed in place (running statistics; found by their version
+    counters, from copies taken before). Not the tables of parameters and buffers: FSDP2 swaps
+    sharded and unsharded parameters there and keeps its own account of which is in place.
+    Attributes a forward adds are kept, as after any first forward: lazy initialisation such as
+    transformers' output-capturing hooks, whose flag and hooks must stay together. Cost: one dict
+    copy per module and one copy of the buffers (position tables, a few MiB at most in
+    transformers' LMs)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.modules = [(m, dict(vars(m)), dict(m._modules), dict(m._parameters), dict(m._buffers))
-                        for m in model.modules()]
-        buffers = {id(b): b for _, _, _, _, table in self.modules for b in table.values() if b is not None}
+        self.modules = [(m, dict(vars(m)), dict(m._modules)) for m in model.modules()]
+        buffers = {id(b): b for m in model.modules() for b in m._buffers.values() if b is not None}
         self.buffers = [(b, b._version, b.detach().clone()) for b in buffers.values()]
 
     def restore(self) -> None:
-        for module, attributes, modules, parameters, buffers in self.modules:
+        for module, attributes, submodules in self.modules:
             now = vars(module)
             for name, value in attributes.items():
-                if now.get(name) is not value:
+                if name not in ("_parameters", "_buffers") and now.get(name) is not value:
                     now[name] = value
-            for table, saved in ((module._modules, modules), (module._parameters, parameters),
-                                 (module._buffers, buffers)):
-                if table != saved:
-                    table.clear()
-                    table.update(saved)
+            table = module._modules
+            if table.keys() != submodules.keys() or any(table[k] is not v for k, v in submodules.items()):
+                table.clear()
+                table.update(submodules)
         with torch.no_grad():
             for buffer, version, copy in self.buffers:
                 if buffer._version != version:

@@ -1,0 +1,82 @@
+"""What ``patch``'s probe costs, beside a training step and beside reading the forward's source.
+
+``python tests/integrations/probe_cost.py [threads]`` prints one JSON line per Llama size: the
+wall time of ``patch(model)`` (the probe's forwards of 8 tokens, without gradient, and the
+snapshot of the model's state), of one training step (forward with labels and backward, 4 x 512
+tokens, unpatched), and of the alternative the probe replaces -- reading the class's forward
+source and parsing it (``inspect.getsource`` + ``ast.parse``) -- and the peak RSS the patch adds.
+Median of 3 runs each; one process, float32, CPU. Not a test: timings are measured, not asserted.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import transformers
+
+from crossent.integrations import transformers as hf
+
+SIZES = [  # (hidden, layers, heads, vocabulary)
+    (256, 4, 4, 32000),
+    (1024, 8, 16, 32000),
+    (2048, 16, 16, 128256),
+]
+
+
+def _median_seconds(fn, runs=3):
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def measure(hidden, layers, heads, vocab):
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads // 4 or 1, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).train()
+    ids = torch.randint(3, vocab, (4, 512))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+
+    def patch():
+        twin = copy.copy(model)  # shallow: patch installs its layer on the copy's own __dict__
+        vars(twin).pop("forward", None)
+        hf.patch(twin)
+
+    def read_source():
+        ast.parse(inspect.getsource(type(model).forward).strip().replace("\n    ", "\n"))
+
+    rss = _rss_kb()
+    patch_s = _median_seconds(patch)
+    return dict(hidden=hidden, layers=layers, vocab=vocab,
+                parameters=sum(p.numel() for p in model.parameters()),
+                patch_s=round(patch_s, 4), train_step_s=round(_median_seconds(step, runs=2), 3),
+                read_source_s=round(_median_seconds(read_source), 5),
+                patch_rss_mb=round((_rss_kb() - rss) / 1024, 1))
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")
+    if len(sys.argv) > 1:
+        torch.set_num_threads(int(sys.argv[1]))
+    for size in SIZES:
+        print(json.dumps(measure(*size)), flush=True)
