@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib.metadata as md
 
 import pytest
-from lockfile import LOCK, locked_versions, unlocked
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from lockfile import LOCK, locked_versions, unlocked
 
 
 def _installed() -> dict[str, str]:
