@@ -2,7 +2,7 @@
 
 ``python tests/integrations/probe_cost.py [threads]`` prints one JSON line per Llama size: the
 wall time of ``patch(model)`` (the probe's forwards of 8 tokens, without gradient, and the
-snapshot of the model's state), of one training step (forward with labels and backward, 4 x 512
+snapshot of the model's state), of one training step (forward with labels and backward, 2 x 256
 tokens, unpatched), and of the alternative the probe replaces -- reading the class's forward
 source and parsing it (``inspect.getsource`` + ``ast.parse``) -- and the peak RSS the patch adds.
 Median of 3 runs each; one process, float32, CPU. Not a test: timings are measured, not asserted.
@@ -27,7 +27,7 @@ from crossent.integrations import transformers as hf
 SIZES = [  # (hidden, layers, heads, vocabulary)
     (256, 4, 4, 32000),
     (1024, 8, 16, 32000),
-    (2048, 16, 16, 128256),
+    (2048, 8, 16, 32000),
 ]
 
 
@@ -51,7 +51,7 @@ def measure(hidden, layers, heads, vocab):
         num_attention_heads=heads, num_key_value_heads=heads // 4 or 1, max_position_embeddings=1024)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).train()
-    ids = torch.randint(3, vocab, (4, 512))
+    ids = torch.randint(3, vocab, (2, 256))
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -67,11 +67,12 @@ def measure(hidden, layers, heads, vocab):
 
     rss = _rss_kb()
     patch_s = _median_seconds(patch)
+    patch_rss_mb = round((_rss_kb() - rss) / 1024, 1)  # (before any step allocates gradients)
     return dict(hidden=hidden, layers=layers, vocab=vocab,
                 parameters=sum(p.numel() for p in model.parameters()),
                 patch_s=round(patch_s, 4), train_step_s=round(_median_seconds(step, runs=2), 3),
-                read_source_s=round(_median_seconds(read_source), 5),
-                patch_rss_mb=round((_rss_kb() - rss) / 1024, 1))
+                read_source_s=round(_median_seconds(read_source), 5), patch_rss_mb=patch_rss_mb,
+                threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

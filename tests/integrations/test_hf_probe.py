@@ -192,3 +192,16 @@ def test_an_aux_loss_whose_coefficient_was_not_learnt_raises_instead_of_being_dr
     ids = torch.randint(3, hf_zoo.VOCAB, (2, 8))
     with pytest.raises(Unsupported, match="returned an aux_loss whose coefficient in its loss patch"):
         model(input_ids=ids, labels=ids)
+
+
+def test_gradient_checkpointing():
+    """The probe runs in training mode without gradient: checkpointed layers are probed as they
+    run (their warnings about it silenced), and train patched as unpatched."""
+    import copy
+
+    model = _model()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(3, hf_zoo.VOCAB, (2, 8))
+    ref = model(input_ids=ids, labels=ids, use_cache=False).loss
+    twin = hf.patch(copy.deepcopy(model))
+    torch.testing.assert_close(twin(input_ids=ids, labels=ids, use_cache=False).loss, ref)

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from ._common import InvalidArgument, InvalidArgumentType
+from ._common import InvalidArgument, InvalidArgumentType, count
 
 PATCHED = "crossent patch"  # the `fn` of errors raised inside a patched forward
 
@@ -162,14 +162,8 @@ def head_path(fn: str, model: nn.Module, path: str | None) -> str:
 
 
 def chunk_size(fn: str, value: object) -> int | None:
-    """linear_cross_entropy's chunk_size, checked here (at patch time) as it checks it."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentType(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {value!r}")
-    if value < 1:
-        raise InvalidArgument(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {value}")
-    return value
+    """linear_cross_entropy's chunk_size, checked at patch time by the same checker."""
+    return count(fn, "chunk_size", value, what=" (rows per chunk)")
 
 
 def config_number(fn: str, config: Any, name: str) -> float | None:
