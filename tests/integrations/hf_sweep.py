@@ -6,15 +6,16 @@ crossent's fused kernels (forced), the second as the dispatch sends these small 
 torch's composition), every RNG reseeded before each forward (dropout draws the same masks). The
 class is
 
-* ``supported`` -- ``patch`` accepted it and the loss and every parameter's gradient equal the
-  unpatched model's (float32, ``_close``);
-* ``refused`` -- ``patch`` raised crossent's ``Unsupported`` (the reason is kept);
+* ``supported`` -- ``patch`` accepted it, ``is_patched`` says so, and the loss and every
+  parameter's gradient equal the unpatched model's (float32, ``_close``);
+* ``refused`` -- ``patch`` raised crossent's ``Unsupported`` (the reason is kept) and left the
+  model unpatched (``is_patched`` False, no forward installed);
 * ``not built`` -- no tiny model of it could be made, or (patch having accepted it) the unpatched
   model itself fails on the sweep's plain input (the reason is kept);
 * ``wrong`` -- anything else: an error at the first patched step, another error from ``patch``,
   or a different number. The sweep test requires none.
 
-``sweep()`` runs once per process (cached), in this process, on one thread: these tiny ops take
+``sweep()`` runs once per process and selection (cached), in this process, on one thread: these tiny ops take
 ~0.02 s a step on one thread and 0.5 s on two when the machine's cores are busy (measured here,
 load 8 on 2 cores: OpenMP's workers wait for each other).
 """
@@ -111,9 +112,13 @@ def run_class(name: str) -> Result:
     try:
         hf.patch(twin)
     except Unsupported as exc:
+        if hf.is_patched(twin) or "forward" in vars(twin):
+            return result("wrong", f"refused, yet left patched: {exc}")
         return result("refused", str(exc))
     except Exception as exc:  # noqa: BLE001 - patch must refuse with Unsupported, nothing else
         return result("wrong", f"patch raised {type(exc).__name__}: {exc}")
+    if not hf.is_patched(twin):
+        return result("wrong", "patch accepted it, yet is_patched is False")
     inputs = batch(model)
     # Step k of the patched twin against step k of the model: forwards may change a model's state
     # (BigBird switches its attention at its first forward).
@@ -133,16 +138,16 @@ def run_class(name: str) -> Result:
     return result("supported")
 
 
-@functools.lru_cache(maxsize=1)
-def sweep() -> tuple[Result, ...]:
-    """run_class of every class of hf_zoo.classes(), in order."""
+@functools.lru_cache(maxsize=2)
+def sweep(names: tuple[str, ...] | None = None) -> tuple[Result, ...]:
+    """run_class of each of ``names`` (default: every class of hf_zoo.classes()), in order."""
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # transformers' deprecation and init notices
-            for name in hf_zoo.classes():
+            for name in hf_zoo.classes() if names is None else names:
                 results.append(run_class(name))
     finally:
         torch.set_num_threads(threads)
