@@ -131,7 +131,8 @@ def run_class(name: str) -> Result:
             with crossent.use_backend(backend) if backend else contextlib.nullcontext():
                 loss, grads = _step(twin, inputs)
         except Exception as exc:  # noqa: BLE001 - never an error at the first step
-            return result("wrong", f"patched step ({backend or 'dispatch'}) raised {type(exc).__name__}: {exc}")
+            route = backend or "dispatch"
+            return result("wrong", f"patched step ({route}) raised {type(exc).__name__}: {exc}")
         diff = _compare(loss, grads, want_loss, want_grads)
         if diff:
             return result("wrong", f"{diff} ({backend or 'dispatch'})")

@@ -82,7 +82,8 @@ def measure(hidden, layers, heads, vocab):
     patch_s = statistics.median(patch() for _ in range(3))
     return dict(hidden=hidden, layers=layers, vocab=vocab,
                 parameters=sum(p.numel() for p in model.parameters()),
-                first_patch_s=round(first[0], 4), patch_s=round(patch_s, 4), train_step_s=round(_median_seconds(step, runs=2), 3),
+                first_patch_s=round(first[0], 4), patch_s=round(patch_s, 4),
+                train_step_s=round(_median_seconds(step, runs=2), 3),
                 read_source_s=round(_median_seconds(read_source), 5), patch_rss_mb=patch_rss_mb,
                 threads=torch.get_num_threads())
 
