@@ -64,9 +64,10 @@ def test_the_families_listed_are_the_ones_tested():
     import test_hf_transformers
     import vlm_helpers
 
-    causal, vlm = [r for r in _rows() if r["library"] == "transformers"]
+    causal, vlm, sweep = [r for r in _rows() if r["library"] == "transformers"]
     assert causal["families"] == {DISPLAY[m] for m in test_hf_transformers.MODELS}
     assert vlm["families"] == {DISPLAY[m] for m in vlm_helpers.FAMILIES}
+    assert "(sweep)" in sweep["entry"]  # its counts: test_hf_sweep.py
     for row in _rows():
         if row["library"] != "transformers":
             assert row["families"] <= set(DISPLAY.values()), row

@@ -207,18 +207,27 @@ def test_causal_lm_loss_of_16bit_logits_is_transformers_float32_loss(dtype, num_
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        (dict(vocab_size=49), "vocab_size=49"),
-        (dict(labels=None), "labels and shift_labels are both None"),
-        (dict(num_items_in_batch="3"), "num_items_in_batch must be a number"),
-        (dict(num_items_in_batch=torch.ones(2)), "num_items_in_batch must be a number"),
+        pytest.param(dict(vocab_size=49), ValueError, "vocab_size=49", id="vocab-size-mismatch"),
+        pytest.param(dict(labels=None), ValueError, "labels and shift_labels are both None",
+                     id="no-labels"),
+        pytest.param(dict(num_items_in_batch="3"), TypeError, "num_items_in_batch must be a number",
+                     id="num-items-a-string"),
+        pytest.param(dict(num_items_in_batch=torch.ones(2)), ValueError,
+                     "num_items_in_batch must be a number", id="num-items-two-elements"),
+        pytest.param(dict(logits=[1.0]), TypeError, "logits must be a tensor", id="logits-a-list"),
     ],
 )
-def test_causal_lm_loss_errors(kwargs, match):
+def test_causal_lm_loss_errors(kwargs, error, match):
+    """crossent's exception types (also RuntimeErrors, as torch's argument errors are)."""
+    from crossent._checks import InvalidArgument, InvalidArgumentType
+
     args = dict(logits=torch.randn(2, 3, 50), labels=torch.zeros(2, 3, dtype=torch.long), vocab_size=50)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match) as info:
         hf.causal_lm_loss(**{**args, **kwargs})
+    assert isinstance(info.value, InvalidArgumentType if error is TypeError else InvalidArgument)
+    assert isinstance(info.value, RuntimeError)
 
 
 # ------------------------------------------------------------------ patch / unpatch
@@ -367,8 +376,10 @@ def test_patch_errors():
     model = _tiny("llama")
     with pytest.raises(TypeError, match="PreTrainedModel, got Linear"):
         hf.patch(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="chunk_size must be a positive int or None, got 0"):
+    with pytest.raises(ValueError, match=r"chunk_size must be >= 1 \(rows per chunk\), got 0"):
         hf.patch(model, chunk_size=0)
+    with pytest.raises(TypeError, match=r"chunk_size must be an int \(rows per chunk\) or None, got 2.0"):
+        hf.patch(model, chunk_size=2.0)
     hf.patch(model)
     with pytest.raises(ValueError, match="already patched"):
         hf.patch(model)
@@ -393,10 +404,42 @@ def test_patch_refuses_a_non_causal_model():
         hf.patch(transformers.BertForMaskedLM(config))
 
 
-def test_unknown_logit_post_processing_raises_instead_of_being_dropped():
+def test_a_config_scale_the_forward_does_not_apply_is_not_applied():
+    """The probe keeps the factors the forward really applies: Llama never reads logit_scale."""
     model = _tiny("llama")
-    model.config.logit_scale = 3.0  # the config claims a scale that Llama's forward never applies
+    model.config.logit_scale = 3.0
+    batch = _batch()
+    ref, ref_grads = _loss_and_grads(model, **batch)
     hf.patch(model)
+    out, grads = _loss_and_grads(model, **batch)
+    torch.testing.assert_close(out.loss, ref.loss, **TOL32)
+    _assert_same_grads(grads, ref_grads)
+
+
+class ScaledLlamaForCausalLM(transformers.LlamaForCausalLM):
+    """A forward that scales its logits by a factor no config field names."""
+
+    def forward(self, *args, labels=None, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits * 1.5
+        if labels is not None:
+            out.loss = self.loss_function(out.logits, labels, self.config.vocab_size)
+        return out
+
+
+def test_unknown_logit_post_processing_is_refused_at_patch():
+    torch.manual_seed(0)
+    model = ScaledLlamaForCausalLM(_tiny("llama").config)
+    with pytest.raises(ValueError, match="transforms its logits in a way patch does not know"):
+        hf.patch(model)
+    assert not hf.is_patched(model) and "forward" not in vars(model)
+
+
+def test_post_processing_changed_after_patch_raises_at_the_next_step():
+    """The check at the first patched call stays, as a backstop: a softcap switched on after patch
+    (Gemma 2 reads it from its config on each call) is not silently dropped."""
+    model = hf.patch(_tiny("gemma2", final_logit_softcapping=None))
+    model.config.final_logit_softcapping = 0.5
     with pytest.raises(RuntimeError, match="transforms its logits in a way patch does not know"):
         model(**_batch())
 

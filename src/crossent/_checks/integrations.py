@@ -3,6 +3,15 @@
 Nothing here imports transformers (crossent itself does not need it): where a check needs one of
 its classes, the integration passes it in. ``fn`` names the public function the user called;
 errors found while a patched forward runs name ``"crossent patch"``.
+
+The patch-time probe's refusals are in ``integrations_probe``.
+
+Exception types, one per kind of mistake (as the rest of crossent): ``InvalidArgumentType`` (an
+argument of the wrong type), ``InvalidArgument`` (a wrong value, shape or state: patched twice, not
+patched), and ``Unsupported`` -- a model, head, trainer, option or library version whose loss
+crossent cannot compute exactly, refused rather than computed differently. All three are also
+``RuntimeError``s; the first two are a ``TypeError`` / ``ValueError``, ``Unsupported`` a
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -14,7 +23,15 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+from ._common import InvalidArgument, InvalidArgumentType, count
+
 PATCHED = "crossent patch"  # the `fn` of errors raised inside a patched forward
+
+
+class Unsupported(InvalidArgument):
+    """What crossent's transformers integration cannot compute exactly (a model whose loss it does
+    not reproduce, a head it would bypass, a trainer option, a library version): refused, with the
+    remedy, instead of a different number."""
 
 
 def transformers_missing(exc: ImportError) -> NoReturn:
@@ -30,7 +47,7 @@ def transformers_missing(exc: ImportError) -> NoReturn:
 
 def logits_tensor(fn: str, logits: object) -> torch.Tensor:
     if not torch.is_tensor(logits):
-        raise TypeError(f"{fn}: logits must be a tensor, got {type(logits).__name__}")
+        raise InvalidArgumentType(f"{fn}: logits must be a tensor, got {type(logits).__name__}")
     return logits
 
 
@@ -38,7 +55,7 @@ def vocab_size(fn: str, vocab_size: int | None, logits: torch.Tensor) -> int:
     """The logits' last dimension V, which a given vocab_size must equal."""
     vocab = logits.shape[-1] if logits.dim() else 0
     if vocab_size is not None and vocab_size != vocab:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: vocab_size={vocab_size} does not match the logits' last dimension "
             f"{vocab} (logits of shape {tuple(logits.shape)})"
         )
@@ -47,7 +64,7 @@ def vocab_size(fn: str, vocab_size: int | None, logits: torch.Tensor) -> int:
 
 def labels_given(fn: str, labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> None:
     if labels is None and shift_labels is None:
-        raise ValueError(f"{fn}: labels and shift_labels are both None; give one")
+        raise InvalidArgument(f"{fn}: labels and shift_labels are both None; give one")
 
 
 def token_counts(
@@ -55,7 +72,7 @@ def token_counts(
 ) -> None:
     """One target per row of the flattened (B*T, V) logits."""
     if rows != targets:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: logits of shape {tuple(logits.shape)} and labels of shape "
             f"{tuple(shift_labels.shape)} hold different numbers of tokens"
         )
@@ -67,13 +84,13 @@ def num_items_in_batch(fn: str, value: Any) -> torch.Tensor | int | float | None
         return None
     if torch.is_tensor(value):
         if value.numel() != 1:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{fn}: num_items_in_batch must be a number or a one-element tensor, "
                 f"got a tensor of shape {tuple(value.shape)}"
             )
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
+        raise InvalidArgumentType(
             f"{fn}: num_items_in_batch must be a number or a one-element tensor, got {value!r}"
         )
     return value
@@ -82,7 +99,7 @@ def num_items_in_batch(fn: str, value: Any) -> torch.Tensor | int | float | None
 def outputs_logits(fn: str, outputs: Any, logits: torch.Tensor | None) -> torch.Tensor:
     """The logits read from a model's outputs; a patched model in training returns none."""
     if logits is None:
-        raise ValueError(
+        raise InvalidArgument(
             f"{fn}: the model's outputs have no logits (got "
             f"{type(outputs).__name__}); a patched model returns none in training: use "
             "patch() or compute_loss_func, not both"
@@ -96,13 +113,13 @@ def outputs_logits(fn: str, outputs: Any, logits: torch.Tensor | None) -> torch.
 def pretrained_model(fn: str, model: object, base: type) -> None:
     """base: transformers.PreTrainedModel (passed in: this module does not import transformers)."""
     if not isinstance(model, base):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"{fn}: model must be a transformers PreTrainedModel, got {type(model).__name__}"
         )
 
 
 def not_a_causal_lm(fn: str, model: nn.Module) -> NoReturn:
-    raise ValueError(
+    raise Unsupported(
         f"{fn}: model must be a causal language model (a *ForCausalLM class) or a decoder-only "
         f"vision-language model whose loss is the causal-LM loss (a *ForConditionalGeneration "
         f"class such as Qwen2VLForConditionalGeneration), got {type(model).__name__}"
@@ -110,18 +127,23 @@ def not_a_causal_lm(fn: str, model: nn.Module) -> NoReturn:
 
 
 def already_patched(fn: str, model: nn.Module) -> NoReturn:
-    raise ValueError(f"{fn}: {type(model).__name__} is already patched")
+    raise InvalidArgument(f"{fn}: {type(model).__name__} is already patched")
 
 
 def not_patched(fn: str, model: nn.Module) -> NoReturn:
-    raise ValueError(f"{fn}: {type(model).__name__} is not patched")
+    raise InvalidArgument(f"{fn}: {type(model).__name__} is not patched")
 
 
 def plain_linear_head(fn: str, model: nn.Module, head: object) -> nn.Linear:
     """A subclass with its own forward (quantised, LoRA, scaled) would be bypassed by the fused
     loss."""
+    if head is None:
+        raise Unsupported(
+            f"{fn}: {type(model).__name__} has no output embedding (get_output_embeddings() is "
+            "None), whose call crossent's fused loss would replace"
+        )
     if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
-        raise ValueError(
+        raise Unsupported(
             f"{fn}: {type(model).__name__}'s output embedding must be a plain nn.Linear (or PEFT's "
             f"LoRA Linear over one), got {type(head).__name__}; crossent's fused loss would bypass "
             "its forward"
@@ -129,19 +151,19 @@ def plain_linear_head(fn: str, model: nn.Module, head: object) -> nn.Linear:
     return head
 
 
-def head_name(fn: str, model: nn.Module, name: str | None) -> str:
-    """The output embedding's attribute name among the model's children (None: not a child)."""
-    if name is None:
-        raise ValueError(
-            f"{fn}: {type(model).__name__}'s output embedding is not a direct child of the model"
+def head_path(fn: str, model: nn.Module, path: str | None) -> str:
+    """The output embedding's dotted name among the model's submodules (None: not one of them)."""
+    if path is None:
+        raise Unsupported(
+            f"{fn}: {type(model).__name__}'s output embedding (get_output_embeddings()) is not one "
+            "of the model's submodules"
         )
-    return name
+    return path
 
 
 def chunk_size(fn: str, value: object) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {value!r}")
-    return value
+    """linear_cross_entropy's chunk_size, checked at patch time by the same checker."""
+    return count(fn, "chunk_size", value, what=" (rows per chunk)")
 
 
 def config_number(fn: str, config: Any, name: str) -> float | None:
@@ -149,11 +171,12 @@ def config_number(fn: str, config: Any, name: str) -> float | None:
     value = getattr(config, name, None)
     if value is None:
         return None
-    if (
-        isinstance(value, bool) or not isinstance(value, (int, float))
-        or not math.isfinite(value) or value <= 0
-    ):
-        raise ValueError(
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentType(
+            f"{fn}: config.{name} must be a positive finite number or None, got {value!r}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgument(
             f"{fn}: config.{name} must be a positive finite number or None, got {value!r}"
         )
     return float(value)
@@ -161,7 +184,7 @@ def config_number(fn: str, config: Any, name: str) -> float | None:
 
 def forward_takes_labels(fn: str, model: nn.Module, signature: inspect.Signature) -> None:
     if "labels" not in signature.parameters:
-        raise ValueError(f"{fn}: {type(model).__name__}.forward takes no labels argument")
+        raise Unsupported(f"{fn}: {type(model).__name__}.forward takes no labels argument")
 
 
 # ---------------------------------------------------------------- inside a patched forward
@@ -170,7 +193,7 @@ def forward_takes_labels(fn: str, model: nn.Module, signature: inspect.Signature
 def captured_hidden(model: nn.Module, name: str, hidden: torch.Tensor | None) -> torch.Tensor:
     """The hidden states the stand-in head recorded: None if the forward never called the head."""
     if hidden is None:
-        raise RuntimeError(
+        raise Unsupported(
             f"{PATCHED}: {type(model).__name__}'s forward did not call its output "
             f"embedding {name!r}; unpatch the model"
         )
@@ -184,7 +207,7 @@ def logit_probe(
     """The probe logits as the model's forward returned them (None: no such tensor came back) must
     equal ``expected``, the probe after the (scale, softcap) that patch read from the config."""
     if got is None or not torch.allclose(got, expected, rtol=1e-2, atol=1e-2):
-        raise RuntimeError(
+        raise Unsupported(
             f"{PATCHED}: {type(model).__name__} transforms its logits in a way patch does "
             f"not know (probe {list(probe)} came back as "
             f"{None if got is None else got.tolist()}, expected {expected.tolist()} from "
@@ -199,7 +222,7 @@ def logit_probe_traced(model: nn.Module, logits: torch.Tensor | None, expected: 
         f"(checked under torch.compile); unpatch the model"
     )
     if logits is None:
-        raise RuntimeError(message)
+        raise Unsupported(message)
     got = logits.reshape(-1, expected.numel())[0].to(torch.float32)
     want = expected.to(device=got.device, dtype=torch.float32)
     torch._assert_async(((got - want).abs() <= 1e-2 + 1e-2 * want.abs()).all(), message)
@@ -210,20 +233,20 @@ def kept_targets(
 ) -> torch.Tensor:
     """The shifted labels at the positions whose logits the model computes (logits_to_keep)."""
     if sliced.shape != kept:
-        raise ValueError(
+        raise InvalidArgument(
             f"{PATCHED}: labels of shape {tuple(shift_labels.shape)} (shifted) do not match "
             f"the {tuple(kept)} positions whose logits {type(model).__name__} computes"
         )
     return sliced
 
 
-def router_aux_loss_coef(model: nn.Module) -> float:
-    """transformers adds coef * aux_loss to a mixture-of-experts model's loss when given labels."""
-    coef = getattr(model.config, "router_aux_loss_coef", None)
+def aux_loss_coefficient(model: nn.Module, coef: float | None) -> float:
+    """The coefficient the probe found for the aux_loss a model returned (None: none was seen)."""
     if coef is None:
-        raise RuntimeError(
-            f"{PATCHED}: {type(model).__name__} returned aux_loss but its config has no "
-            "router_aux_loss_coef; unpatch the model"
+        raise Unsupported(
+            f"{PATCHED}: {type(model).__name__} returned an aux_loss whose coefficient in its loss "
+            "patch() could not learn (no aux_loss, or one too small to tell, when it probed the "
+            "model, with output_router_logits=True where the forward takes it); unpatch the model"
         )
     return coef
 
@@ -232,14 +255,14 @@ def router_aux_loss_coef(model: nn.Module) -> float:
 
 
 def lora_head_unsupported(fn: str, model: nn.Module, why: str) -> NoReturn:
-    raise ValueError(
+    raise Unsupported(
         f"{fn}: {type(model).__name__}'s output embedding is a PEFT LoRA layer crossent cannot "
         f"fuse: {why}; leave lm_head out of target_modules, or unpatch the model"
     )
 
 
 def head_call_arguments(head: nn.Module, args: tuple, kwargs: dict) -> NoReturn:
-    raise RuntimeError(
+    raise Unsupported(
         f"{PATCHED}: the output head ({type(head).__name__}) was called with extra arguments "
         f"{sorted(kwargs) or len(args)} (PEFT mixed-adapter batches?), which the fused loss cannot "
         "honour; unpatch the model"
@@ -249,7 +272,7 @@ def head_call_arguments(head: nn.Module, args: tuple, kwargs: dict) -> NoReturn:
 def peft_prompt_learning(model: nn.Module) -> None:
     config = getattr(model, "active_peft_config", None)
     if getattr(config, "is_prompt_learning", False):
-        raise ValueError(
+        raise Unsupported(
             f"patch: {type(model).__name__} uses a prompt-learning adapter "
             f"({type(config).__name__}), which crossent does not support (LoRA and other "
             "weight adapters are)"
@@ -257,7 +280,7 @@ def peft_prompt_learning(model: nn.Module) -> None:
 
 
 def trainer_compute_loss_func(fn: str) -> NoReturn:
-    raise ValueError(
+    raise InvalidArgument(
         f"{fn}: this Trainer has a compute_loss_func, so it takes the labels out and computes the "
         "loss from the logits: crossent's patch would never run; use patch() or "
         "compute_loss_func, not both"
@@ -269,7 +292,7 @@ def _version(v: tuple[int, ...] | None) -> str:
 
 
 def trl_unsupported(fn: str, version: tuple[int, ...] | None, minimum: tuple[int, ...], why: str) -> NoReturn:
-    raise RuntimeError(
+    raise Unsupported(
         f"{fn}: TRL {_version(version)} is not supported ({why}): crossent patches TRL's trainers "
         f"from TRL {_version(minimum)} on (tested: see the README's table); "
         f"pip install 'trl>={_version(minimum)}'"
@@ -277,14 +300,14 @@ def trl_unsupported(fn: str, version: tuple[int, ...] | None, minimum: tuple[int
 
 
 def trl_trainer_unsupported(fn: str, trainer: object, names: tuple[str, ...]) -> NoReturn:
-    raise ValueError(
+    raise Unsupported(
         f"{fn}: {type(trainer).__name__} is not supported: crossent patches {', '.join(names)} "
         "(whose use of the fused LM head's outputs it matches)"
     )
 
 
 def trl_option_unsupported(fn: str, obj: object, option: str) -> NoReturn:
-    raise ValueError(
+    raise Unsupported(
         f"{fn}: {type(obj).__name__} with {option} is not supported: crossent's fused loss would "
         "not compute the training loss"
     )
@@ -292,7 +315,7 @@ def trl_option_unsupported(fn: str, obj: object, option: str) -> NoReturn:
 
 def trl_forward_missing(fn: str, model: nn.Module, outer: object) -> NoReturn:
     by = "none" if outer is None else getattr(getattr(outer, "__func__", outer), "__qualname__", repr(outer))
-    raise RuntimeError(
+    raise InvalidArgument(
         f"{fn}: {type(model).__name__}'s outermost forward is not TRL's fused LM head (got {by}); "
         "patch the trainer after building it and before trainer.train()"
     )
@@ -300,7 +323,7 @@ def trl_forward_missing(fn: str, model: nn.Module, outer: object) -> NoReturn:
 
 def trl_labels(model: nn.Module, labels: object, shift_labels: object) -> None:
     if labels is None and shift_labels is None:
-        raise ValueError(
+        raise InvalidArgument(
             f"{PATCHED}: {type(model).__name__} was called with fused_lm_head=True but without "
             "labels or shift_labels; TRL's fused LM head needs one"
         )
@@ -308,7 +331,7 @@ def trl_labels(model: nn.Module, labels: object, shift_labels: object) -> None:
 
 def trl_targets(model: nn.Module, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     if target.shape != hidden.shape[:-1]:
-        raise ValueError(
+        raise InvalidArgument(
             f"{PATCHED}: labels of shape {tuple(target.shape)} (shifted) do not match the "
             f"{tuple(hidden.shape[:-1])} positions {type(model).__name__}'s head sees"
         )

@@ -13,12 +13,14 @@ Two ways in (extra ``crossent[hf]``, transformers>=4.46):
   wrapper of it, a ``Trainer``, or TRL's ``SFTTrainer`` / ``DPOTrainer`` (TRL >= 1.15, optional).
 
 Modules: ``_loss`` (the two drop-ins), ``_patch`` (the public calls; its docstring says how the
-patch works and why FSDP's and ZeRO-3's parameter gathering keeps working), ``_layers`` (crossent's
-layer on the forward chain: composition with other wrappers, unpatch, the bypass warning),
-``_forward`` (the patched forward: head capture, probe, loss), ``_head`` (plain and LoRA heads),
-``_trl`` (TRL's fused LM head answered by crossent), ``_stats`` (TRL's per-token metrics without
-logits), ``_common`` (label shifting, the loss dtype, ``num_items_in_batch``). Their error
-messages live in ``crossent._checks.integrations``. TRL and PEFT are never imported here: they are
+patch works and why FSDP's and ZeRO-3's parameter gathering keeps working), ``_contract`` (what
+loss a model computes, learnt at patch time), ``_probe`` (running its forward on designed logits
+for that, side-effect free), ``_layers`` (crossent's layer on the forward chain: composition with
+other wrappers, unpatch, the bypass warning), ``_forward`` (the patched forward: head capture,
+probe, loss), ``_head`` (plain and LoRA heads, where the head hangs), ``_trl`` (TRL's fused LM
+head answered by crossent), ``_stats`` (TRL's per-token metrics without logits), ``_common``
+(label shifting, the loss dtype, ``num_items_in_batch``). Their error messages live in
+``crossent._checks.integrations`` and ``integrations_probe``. TRL and PEFT are never imported here: they are
 recognised only when the caller has imported them.
 """
 

@@ -6,7 +6,10 @@
 unchanged forward runs with ``labels=None`` while the output head is swapped, for that call only,
 for a parameter-free module recording the hidden states it is given (after the model's own
 ``logits_to_keep`` slicing) and returning a tiny probe; the probe as the forward returns it tells
-whether the model post-processes its logits only as patch knows (scale, softcap).
+whether the model post-processes its logits only as patch knows (scale, softcap). The loss then
+follows the model's ``LossContract`` (``_contract``, learnt at patch time): labels shifted or as
+given, ``shift_labels`` / ``num_items_in_batch`` used by the loss or passed on to the forward, the
+aux-loss coefficient.
 """
 
 from __future__ import annotations
@@ -23,19 +26,21 @@ from ... import functional as _functional
 from ..._checks import integrations as _checks
 from . import _head, _layers
 from ._common import IGNORE_INDEX, loss_dtype, normalizer, shifted_labels
+from ._contract import LossContract
 
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 @dataclasses.dataclass
 class PatchState:
-    head_name: str  # the output head's attribute name on the model, e.g. "lm_head"
+    slot: _head.Slot  # where the output head hangs, e.g. model.lm_head
     head: nn.Module  # the head found at patch time (nn.Linear or PEFT's lora.Linear)
     positional: tuple[str, ...]  # the forward's parameters a positional argument can fill
     takes_kwargs: bool  # it has **kwargs (where the loss-only arguments arrive)
     scale: float  # logits = scale * (h @ W.T + b) before the softcap
     softcap: float | None
     chunk_size: int | None
+    contract: LossContract = LossContract()  # what the model's own loss does (_contract)
     trl: Any = None  # _trl.FusedHead: TRL's fused LM head is below this layer
     backbone: nn.Module | None = None  # where the bypass probe hangs
     probe: Any = None  # _layers.BypassProbe
@@ -48,13 +53,15 @@ class PatchState:
 
 
 class _Capture(nn.Module):
-    """Stands in for the head during the decoder's forward: records h, returns a probe."""
+    """Stands in for the head during the decoder's forward: records h, returns a probe; exposes
+    the head's weight, bias and sizes (Mamba's forward reads ``lm_head.weight.dtype``)."""
 
     # Two logits per position, distinct enough that a missed scale or softcap shows.
     PROBE = (0.75, -3.0)
 
-    def __init__(self) -> None:
+    def __init__(self, head: nn.Module) -> None:
         super().__init__()
+        _head.expose(self, head)
         self.hidden: torch.Tensor | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T', D) -> (B, T', 2)
@@ -87,23 +94,26 @@ def labels_forward(model: nn.Module, state: PatchState, args: tuple, kwargs: dic
             warnings.warn(_checks.no_labels_message(model), RuntimeWarning, stacklevel=2)
         return original(*args, **kwargs)
 
-    # Loss-only keyword arguments (the model would pass them on to its loss_function).
-    loss_only = state.takes_kwargs
+    # Loss-only keyword arguments: taken out where the model's loss uses them (its loss_function),
+    # else passed on to its forward as it passes them on without crossent (BART's decoders).
+    contract = state.contract
+    loss_only = state.takes_kwargs and contract.loss_kwargs
     shift_labels = arguments.pop("shift_labels", None) if loss_only else None
     num_items_in_batch = arguments.pop("num_items_in_batch", None) if loss_only else None
     arguments["labels"] = None
 
     hidden, out, module = capture(model, state, original, arguments)  # (B, T', D)
     if shift_labels is None:
-        shift_labels = shifted_labels(labels, IGNORE_INDEX)
+        shift_labels = shifted_labels(labels, IGNORE_INDEX) if contract.shift else labels
     target = _kept_targets(model, arguments, shift_labels.to(hidden.device), hidden)  # (B, T')
     norm = normalizer(_checks.PATCHED, num_items_in_batch, hidden.device)
     loss = head_loss(model, state, module, hidden, target, reduction="mean", normalizer=norm)
 
     is_output = isinstance(out, ModelOutput)
     aux = out.get("aux_loss") if is_output else None
-    if aux is not None:  # mixture of experts: transformers adds coef * aux_loss when labels given
-        loss = loss + _checks.router_aux_loss_coef(model) * aux.to(loss.device)
+    if aux is not None:  # mixture of experts: the model adds coef * aux_loss when given labels
+        coef = _checks.aux_loss_coefficient(model, contract.aux_coef)
+        loss = loss + coef * aux.to(loss.device) if coef else loss
     if is_output:
         fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
         return type(out)(loss=loss, **fields)
@@ -112,14 +122,14 @@ def labels_forward(model: nn.Module, state: PatchState, args: tuple, kwargs: dic
 
 def capture(model: nn.Module, state: PatchState, original, arguments: dict):
     """original(**arguments) with the head captured: (hidden (B, T', D), outputs, head module)."""
-    module = model._modules[state.head_name]  # the head, or a wrapper installed since patch
-    stand_in = _Capture()
-    model._modules[state.head_name] = stand_in
+    module = state.slot.parent._modules[state.slot.name]  # the head, or a wrapper since patch
+    stand_in = _Capture(module)
+    state.slot.swap(stand_in)
     try:
         out = original(**arguments)
     finally:
-        model._modules[state.head_name] = module
-    hidden = _checks.captured_hidden(model, state.head_name, stand_in.hidden)
+        state.slot.swap(module)
+    hidden = _checks.captured_hidden(model, state.slot.path, stand_in.hidden)
     logits = out.get("logits") if isinstance(out, ModelOutput) else out[0]
     _check_probe(model, state, logits)
     return hidden, out, module

@@ -22,6 +22,7 @@ function of the hidden states. ``operands`` says what that function multiplies:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -29,6 +30,31 @@ import torch
 from torch import nn
 
 from ..._checks import integrations as _checks
+
+
+@dataclasses.dataclass
+class Slot:
+    """Where the output head hangs: ``parent._modules[name]``; ``path`` its dotted name in the model
+    (``lm_head``; ``cls.predictions.decoder`` in BERT-style LM heads). The parent is kept, not the
+    path, so that a wrapper installed since patch (FSDP1 around the parent or the head, PEFT's
+    LoRA on the head) is still found."""
+
+    parent: nn.Module
+    name: str
+    path: str
+
+    def swap(self, module: nn.Module) -> nn.Module:
+        """Hang module in the slot; return what hung there."""
+        previous = self.parent._modules[self.name]
+        self.parent._modules[self.name] = module
+        return previous
+
+
+def slot(fn: str, model: nn.Module, head: nn.Module) -> Slot:
+    """The slot of the head among the model's submodules (refused if it is not one)."""
+    path = _checks.head_path(fn, model, next((n for n, m in model.named_modules() if m is head and n), None))
+    parent, _, name = path.rpartition(".")
+    return Slot(model.get_submodule(parent) if parent else model, name, path)
 
 
 def _lora_linear_type() -> type | None:
@@ -129,6 +155,26 @@ def operands(model: nn.Module, head: nn.Module, hidden: torch.Tensor):
         hs.append((lora_a(x) * head.scaling[a]).to(h.dtype))  # (N, r)
         ws.append(lora_b.weight.to(base.weight.dtype))  # (V, r)
     return torch.cat(hs, dim=-1), torch.cat(ws, dim=-1), base.bias
+
+
+_LINEAR_ATTRIBUTES = ("weight", "bias", "in_features", "out_features")
+
+
+def expose(stand_in: nn.Module, head: nn.Module) -> None:
+    """Give a stand-in for the head what an nn.Linear exposes, as the head has it (a LoRA layer's
+    ``weight`` is its base layer's): forwards that read ``lm_head.weight.dtype`` (Mamba, xLSTM)
+    see the head's. In the instance dict, so the stand-in registers no parameter."""
+    for name in _LINEAR_ATTRIBUTES:
+        value = getattr(head, name, expose)  # (expose: a sentinel no head holds)
+        if value is not expose:
+            vars(stand_in)[name] = value
+
+
+def out_features(head: nn.Module) -> int:
+    """The vocabulary size V of a head `check` accepted (the global one under FSDP / ZeRO-3)."""
+    if is_modules_to_save(head):
+        head = _saved_copy(head)
+    return int(head.base_layer.out_features if is_lora(head) else head.out_features)
 
 
 def call_inside(head: nn.Module, module: nn.Module, fused, hidden: torch.Tensor) -> Any:

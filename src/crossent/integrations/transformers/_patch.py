@@ -3,15 +3,21 @@ never built; for a model, a PEFT model, a compiled model, a ``Trainer`` or a TRL
 
 How ``patch`` works (and why it keeps distributed parameter gathering working)
 ------------------------------------------------------------------------------
+At patch time, ``_contract`` learns what loss the model's own forward computes, by running it on
+8 tokens with a stand-in head returning designed logits (``_probe``; the model is left as it was
+found): labels shifted or as given, loss keyword arguments used or passed on, the MoE aux-loss
+coefficient, the logit factors and softcap it applies. What it cannot reproduce is refused there.
+
 The patched forward (``_forward``) calls the model's own, unchanged forward with ``labels=None``,
-while the output head (``model.get_output_embeddings()``, a direct child such as ``lm_head``) is
-swapped, for the duration of that call only, for a parameter-free module that records the hidden
-states it is given -- after the model's own ``logits_to_keep`` slicing -- and returns a tiny probe
-tensor. Whatever the model does to its logits afterwards (Gemma 2's softcap, Cohere's scale) is
-applied to the probe, and the result is checked against what the config says
-(``final_logit_softcapping``, ``logit_scale``, ``logits_scaling``): an unknown post-processing
-raises instead of being silently dropped. Vision-language models go the same way: their forward
-merges the image features into the text sequence, and the head sees the merged hidden states.
+while the output head (``model.get_output_embeddings()``, wherever it hangs: ``lm_head``,
+``cls.predictions.decoder``) is swapped, for the duration of that call only, for a
+parameter-free module that records the hidden states it is given -- after the model's own
+``logits_to_keep`` slicing -- and returns a tiny probe tensor. Whatever the model does to its
+logits afterwards (Gemma 2's softcap, Cohere's scale) is applied to the probe, and the result is
+checked against the contract once more at the first patched call (a backstop: a config changed
+after patch raises instead of being silently dropped). Vision-language models go the same way:
+their forward merges the image features into the text sequence, and the head sees the merged
+hidden states.
 
 The loss is then computed *inside a call of the real head module* (``_head``): ``model.lm_head``
 is called with its ``forward`` temporarily replaced by the fused loss, which reads the weight and
@@ -20,8 +26,8 @@ around the ordinary ``F.linear``: FSDP's and DeepSpeed ZeRO-3's pre-forward hook
 sharded weight before it is read, their post-forward hooks release it, and the backward hooks they
 attach to the module's output attach to the loss, so the weight is gathered again before the
 loss's backward reads it. The head is called once per step, as without crossent. Because
-``patch`` stores only the child's name, wrapping the head after patching (FSDP1 auto-wrap, PEFT's
-LoRA on ``lm_head``) is fine too.
+``patch`` stores only where the head hangs (its parent and name), wrapping the head after patching
+(FSDP1 auto-wrap, PEFT's LoRA on ``lm_head``) is fine too.
 
 Composition (``_layers``): the patch is one layer on the model's forward chain. Wrappers installed
 later (accelerate's autocast, TRL's fused LM head) wrap it; ``unpatch`` removes only crossent's
@@ -45,7 +51,7 @@ import transformers
 from torch import nn
 
 from ..._checks import integrations as _checks
-from . import _forward, _head, _layers, _trl
+from . import _contract, _forward, _head, _layers, _trl
 
 
 def _unwrap(obj: Any) -> Any:
@@ -101,25 +107,30 @@ def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
       * a transformers causal LM (``*ForCausalLM``, ``GPT2LMHeadModel``, ...) or a decoder-only
         vision-language model (``*ForConditionalGeneration`` whose loss is transformers' causal-LM
         loss: Qwen2-VL, Qwen2.5-VL, Gemma 3, LLaVA, PaliGemma, Mllama, ...) whose output head is a
-        direct child and a plain ``nn.Linear`` (tied input embeddings included) or PEFT's LoRA
-        ``Linear`` over one;
+        plain ``nn.Linear`` (tied input embeddings included) or PEFT's LoRA ``Linear`` over one,
+        and whose loss the probe can learn (see below);
       * such a model under PEFT (``PeftModel``: patched through its base model) or
         ``torch.compile`` (``OptimizedModule``: its original module);
       * a ``transformers.Trainer`` (its model; not with ``compute_loss_func``);
       * a TRL ``SFTTrainer`` or ``DPOTrainer`` (TRL >= 1.15), after it is built and before
         ``train()``: its model and reference model, whose fused-LM-head calls crossent then answers
         (the loss, TRL's ``log_probs`` and the metrics it logs: entropy, token accuracy).
-    Anything else raises here, at patch time (a head crossent would bypass, an encoder-decoder
-    model, an unsupported TRL version or trainer option), never a silent no-op.
+    Anything else raises here, at patch time, never a silent no-op or another loss: a head
+    crossent would bypass, an encoder-decoder model, a loss the probe does not recognise, an
+    unsupported TRL version or trainer option (``Unsupported``, a ValueError).
     chunk_size: passed to ``linear_cross_entropy`` (tokens per chunk; default: its own choice).
+
+    Cost: 1-3 forwards of the model on 8 tokens, without gradient (the probe: the patched model's
+    loss contract, ``_contract``); the model is left as it was found (training flags, RNG states,
+    state its forward changes).
 
     In training mode with ``labels`` the patched forward returns the model's own output class with
     ``loss`` set and ``logits=None``; the logits are never built. The loss is, to float rounding,
-    the unpatched model's: labels shifted (or ``shift_labels`` used as given), -100 ignored, the
-    mean over counted tokens or the sum divided by ``num_items_in_batch`` when given (Trainer's
-    gradient accumulation), ``config.final_logit_softcapping`` applied as ``softcap``, a logit
-    scale from ``config.logit_scale`` / ``config.logits_scaling``, and a mixture-of-experts
-    model's ``aux_loss`` added with ``router_aux_loss_coef`` as transformers adds it. With
+    the unpatched model's, as the probe learnt it: labels shifted (transformers' causal-LM loss)
+    or as given (BART-family decoders), -100 ignored, ``shift_labels`` / ``num_items_in_batch``
+    used as the model's loss uses them (the sum divided by ``num_items_in_batch``: Trainer's
+    gradient accumulation) or passed on to its forward, its softcap and logit factors, and a
+    mixture-of-experts model's ``aux_loss`` times the coefficient it adds it with. With
     ``logits_to_keep`` the loss covers the kept positions only. ``model.loss_function`` is not used.
     ``unpatch(obj)`` removes the patch again.
     """
@@ -166,17 +177,32 @@ def _is_decoder_vlm(model: nn.Module) -> bool:
     return getattr(model, "loss_function", None) is ForCausalLMLoss
 
 
-def _logit_transform(fn: str, config: Any) -> tuple[float, float | None]:
-    """(scale, softcap) from the config: logits = softcap * tanh(scale * (hW^T + b) / softcap)."""
-    scale = 1.0
-    logit_scale = _checks.config_number(fn, config, "logit_scale")  # Cohere: logits * logit_scale
-    if logit_scale is not None:
-        scale *= logit_scale
-    logits_scaling = _checks.config_number(fn, config, "logits_scaling")  # Granite: logits / it
-    if logits_scaling is not None:
-        scale /= logits_scaling
-    softcap = _checks.config_number(fn, config, "final_logit_softcapping")  # Gemma 2 and 3
-    return scale, softcap
+# Config fields that may post-process the logits: (name, logits = logits * value or / value).
+_FACTORS = (("logit_scale", False), ("logits_scaling", True), ("lm_head_multiplier", False))
+_SOFTCAPS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+
+
+def _logit_candidates(fn: str, config: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """The logit factors and softcaps the config (or its text config) names, by name: Cohere's
+    ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's ``lm_head_multiplier``; Gemma's
+    ``final_logit_softcapping``, RecurrentGemma's ``logits_soft_cap``, xLSTM's
+    ``output_logit_soft_cap``. The probe keeps those the forward really applies (Gemma 3's VLM
+    does not apply its text config's softcap; MiniCPM3 divides the hidden states instead)."""
+    configs = {"config": config}
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is not config:
+        configs["text_config"] = text
+    factors, softcaps = {}, {}
+    for label, cfg in configs.items():
+        for name, divides in _FACTORS:
+            value = _checks.config_number(fn, cfg, name)
+            if value is not None:
+                factors[f"{label}.{name}"] = 1.0 / value if divides else value
+        for name in _SOFTCAPS:
+            value = _checks.config_number(fn, cfg, name)
+            if value is not None:
+                softcaps[f"{label}.{name}"] = value
+    return factors, softcaps
 
 
 def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool) -> _forward.PatchState:
@@ -190,20 +216,18 @@ def _check_model(fn: str, model: Any, chunk_size: int | None, trl_trainer: bool)
     if _layers.active(model) is not None and trl is None:
         _checks.already_patched(fn, model)
     head = _head.check(fn, model, model.get_output_embeddings())
-    head_name = _checks.head_name(
-        fn, model, next((n for n, m in model.named_children() if m is head), None)
-    )
-    # The model's own config, not its text config: Gemma 3's VLM does not apply the softcap its
-    # text config holds (its *ForCausalLM does). The probe checks what the forward really does.
-    scale, softcap = _logit_transform(fn, model.config)
+    slot = _head.slot(fn, model, head)
+    factors, softcaps = _logit_candidates(fn, model.config)
     # The class's forward: a wrapper's own signature may be (*args, **kwargs).
     signature = inspect.signature(type(model).forward.__get__(model))
     _checks.forward_takes_labels(fn, model, signature)
     params = signature.parameters.values()
     positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    return _forward.PatchState(head_name, head, positional, takes_kwargs, scale, softcap, chunk_size,
-                               trl=trl)
+    # Last, once everything cheap has passed: what the model's own loss does (a tiny forward).
+    contract = _contract.learn(fn, model, slot, head, factors, softcaps, takes_kwargs)
+    return _forward.PatchState(slot, head, positional, takes_kwargs, contract.scale,
+                               contract.softcap, chunk_size, contract=contract, trl=trl)
 
 
 def _call(model: nn.Module, state: _forward.PatchState, args: tuple, kwargs: dict) -> Any:
