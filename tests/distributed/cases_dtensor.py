@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from cases import case, close, gen, grid, probabilities, targets, vocab_slice
+from cases import case, close, dtensor, fully_shard, gen, grid, probabilities, targets, vocab_slice
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.debug import CommDebugMode
 
 import crossent
 from crossent.distributed import (
@@ -16,6 +14,10 @@ from crossent.distributed import (
     global_normalizer,
     vocab_parallel_cross_entropy,
 )
+
+_api = dtensor()  # (torch.distributed.tensor, or where torch 2.4 keeps it)
+DTensor, Replicate, Shard, distribute_tensor = _api.DTensor, _api.Replicate, _api.Shard, _api.distribute_tensor
+CommDebugMode = _api.CommDebugMode
 
 
 def _full(x):
@@ -157,9 +159,9 @@ def fsdp2_head_module_dp_tp(rank, world):
     """VocabParallelLinearCrossEntropyLoss fully_shard-ed over dp, vocab-parallel over tp, unequal
     counts per dp rank, global_normalizer + set_gradient_divide_factor(1.0): every parameter's
     gradient equals the single-process model's; a functional call on the FSDP2 weight refuses."""
-    from torch.distributed.fsdp import fully_shard
-
     from crossent._checks import InvalidArgumentType
+
+    fully_shard_ = fully_shard()
     from crossent.distributed import vocab_parallel_linear_cross_entropy
 
     mesh = _mesh_2d(world)
@@ -179,8 +181,8 @@ def fsdp2_head_module_dp_tp(rank, world):
     ref.backward()
     head = VocabParallelLinearCrossEntropyLoss.from_linear(full_head, group=mesh.get_group("tp"), **opts)
     net = _Net(body, head)
-    fully_shard(net.head, mesh=mesh["dp"])
-    fully_shard(net, mesh=mesh["dp"])
+    fully_shard_(net.head, mesh=mesh["dp"])
+    fully_shard_(net, mesh=mesh["dp"])
     for module in (net, net.head):
         module.set_gradient_divide_factor(1.0)  # the loss is already divided by the global count
     dp_rank = mesh.get_local_rank(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _torch_version
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
@@ -114,16 +115,13 @@ def linear_targets(
     return target, False, ignore_index
 
 
-_OPTION_FIELDS = ("allow_retain_graph", "batch_chunk_size", "chunking_method", "acc_policy", "acc_dtype")
-
-
 def linear_chunking(
     fn: str, opts_reduction: str, normalizer: float | None, chunk_size: object, options: object,
     num_tokens: int, in_features: int, num_classes: int,
 ) -> tuple[int | None, bool]:
     """(rows per chunk or None for crossent's rule, allow_retain_graph) from crossent's
     ``chunk_size`` and torch's ``options`` (a LinearCrossEntropyOptions, or any object with its
-    fields). normalizer needs reduction='mean'."""
+    fields, checked by the installed torch's rules). normalizer needs reduction='mean'."""
     if normalizer is not None and opts_reduction != "mean":
         raise InvalidArgument(
             f"{fn}: normalizer={normalizer} replaces the denominator of reduction='mean', "
@@ -136,12 +134,8 @@ def linear_chunking(
             raise InvalidArgument(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {chunk_size}")
     if options is None:
         return chunk_size, False
-    missing = [f for f in _OPTION_FIELDS if not hasattr(options, f)]
-    if missing:
-        raise InvalidArgumentType(
-            f"{fn}: options must be a torch.nn.LinearCrossEntropyOptions or None, got "
-            f"{type(options).__name__} (no {', '.join(missing)})"
-        )
+    # (validated as the installed torch validates its own options class: _torch_version)
+    options = _torch_version.linear_options(fn, options, InvalidArgument, InvalidArgumentType)
     rows = options.batch_chunk_size
     method = options.chunking_method
     if method is None or method == "auto":

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from .. import _torch_version
 from .._checks import distributed as _dchecks
 
 
@@ -102,7 +103,8 @@ class DTensorCall:
     def output_placements(self, reduction: str, ndim: int) -> tuple:
         """'none': the batch stays sharded where the input's was (Shard(0)), the rest Replicate;
         a scalar loss is the global one on every rank (Replicate)."""
-        from torch.distributed.tensor import Replicate, Shard
+        api = _torch_version.dtensor_api()
+        Replicate, Shard = api.Replicate, api.Shard
 
         return tuple(
             Shard(0) if reduction == "none" and ndim > 0 and i in self.dp_dims else Replicate()
@@ -131,7 +133,7 @@ def local_companion(fn: str, name: str, t, call: DTensorCall, like_input: bool):
     indices); a class weight replicated everywhere. Plain tensors are taken as this rank's part."""
     if t is None or not _dchecks.is_dtensor(t):
         return t
-    from torch.distributed.tensor import Replicate
+    Replicate = _torch_version.dtensor_api().Replicate
 
     if like_input:
         expected = call.placements

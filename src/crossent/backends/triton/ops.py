@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from ... import _torch_version
 from ..._options import LossOptions
 from ..common import compute_dtype, deterministic_sum
 
@@ -36,14 +37,14 @@ def interpreting() -> bool:
 
 
 def importable() -> bool:
-    """Whether Triton imports (asked once; a plain global, not functools.cache: torch.compile
-    traces the dispatch that asks)."""
+    """Whether a Triton that runs these kernels imports (>= _torch_version.TRITON_MIN; asked
+    once; a plain global, not functools.cache: torch.compile traces the dispatch that asks)."""
     global _IMPORTABLE
     if _IMPORTABLE is None:
         try:
-            import triton  # noqa: F401
+            import triton
 
-            _IMPORTABLE = True
+            _IMPORTABLE = _torch_version.triton_supported(triton.__version__)
         except ImportError:
             _IMPORTABLE = False
     return _IMPORTABLE

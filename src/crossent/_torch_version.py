@@ -1,0 +1,144 @@
+"""What differs between the torch versions crossent runs on, asked of the installed torch itself.
+
+crossent mirrors torch's API, and torch's API moves: ``F.linear_cross_entropy``,
+``nn.LinearCrossEntropyLoss`` and ``nn.LinearCrossEntropyOptions`` exist from torch 2.13 on, and
+the options' accepted values changed in 2.14 (``acc_policy="balanced"`` was removed: pytorch PR
+#187838 and its follow-up). A drop-in follows the torch it runs on, so nothing here is a table of
+version numbers: where torch has the options class, crossent validates every ``options`` object
+by building torch's own class from its fields (torch's checks, torch's accepted values, torch's
+``ValueError``); where torch has none (torch < 2.13), crossent's equivalent below stands in for it
+with the fields and checks of the newest torch crossent was tested on (2.14).
+
+What each torch resolves "auto" to (2.13: a per-(device, dtype) table, ``aspect_ratio:2`` for
+float32; 2.14: ``aspect_ratio`` capped at torch's reference peak, pytorch PR #187838) does not reach
+crossent: crossent's own measured chunk rule replaces "auto" on every version (``_checks.linear``,
+``_docs.LINEAR_CROSS_ENTROPY``), and ``acc_policy`` / ``acc_dtype`` have no effect (crossent always
+accumulates in float32, or float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+
+
+def parse(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a torch version string: "2.14.1+cu130" -> (2, 14, 1),
+    "2.6.0a0+git12ab" -> (2, 6, 0)."""
+    numbers = [int(p) for p in re.findall(r"\d+", re.split(r"[+a-z]", version, maxsplit=1)[0])[:3]]
+    return tuple(numbers + [0] * (3 - len(numbers)))
+
+
+TORCH = parse(torch.__version__)  # the installed torch
+
+HAS_LINEAR_CROSS_ENTROPY = hasattr(torch.nn.functional, "linear_cross_entropy")
+_TORCH_OPTIONS = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+
+# The oldest Triton whose language crossent's kernels use (pyproject's [triton] extra). torch < 2.6
+# pins Triton 3.0 / 3.1: there the Triton backend counts as absent and the fused backend runs.
+TRITON_MIN = (3, 2)
+
+
+def triton_supported(version: str) -> bool:
+    """Whether a Triton of this version runs crossent's kernels."""
+    return parse(version)[:2] >= TRITON_MIN
+
+
+def dtensor_api():
+    """The module holding DTensor, Shard, Replicate and distribute_tensor: torch.distributed.tensor
+    (public from torch 2.5), or torch.distributed._tensor, where torch 2.4 keeps the same classes."""
+    import torch.distributed.tensor as api
+
+    if not hasattr(api, "DTensor"):
+        import torch.distributed._tensor as api
+    return api
+
+
+# The fields crossent reads from an ``options`` object (torch 2.13's and 2.14's, the same five).
+OPTION_FIELDS = ("allow_retain_graph", "batch_chunk_size", "chunking_method", "acc_policy", "acc_dtype")
+
+_ACC_POLICIES = ("auto", "accurate", "compact")  # torch 2.14's (2.13 also took "balanced")
+_ACC_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LinearCrossEntropyOptions:
+    """crossent's stand-in for ``torch.nn.LinearCrossEntropyOptions`` on torch < 2.13, which has
+    none: the same fields, defaults and checks as torch 2.14's (exported as
+    ``crossent.nn.LinearCrossEntropyOptions``; on torch >= 2.13 that name is torch's own class).
+
+    allow_retain_graph  keep the gradients computed in forward, so a second backward works
+    batch_chunk_size    rows per chunk (None: one chunk, unless chunking_method chooses)
+    chunking_method     "auto" (crossent's measured rule), "aspect_ratio[:k]" (torch's formula:
+                        next_pow2(ceil(N / ceil(C / D))) // k rows), or None (batch_chunk_size)
+    acc_policy          "auto", "accurate" or "compact": accepted, no effect in crossent
+    acc_dtype           None or a floating dtype: accepted, no effect in crossent
+    """
+
+    allow_retain_graph: bool = False
+    batch_chunk_size: int | None = None
+    chunking_method: str | None = "auto"
+    acc_policy: str = "auto"
+    acc_dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        name = "LinearCrossEntropyOptions"
+        if self.acc_policy not in _ACC_POLICIES:
+            raise ValueError(
+                f"{name}: acc_policy must be one of {', '.join(map(repr, _ACC_POLICIES))} "
+                f"(torch 2.14's values), got {self.acc_policy!r}"
+            )
+        method = self.chunking_method
+        if method is not None and method != "auto":
+            base, sep, factor = method.partition(":") if isinstance(method, str) else ("", "", "")
+            if not (base == "aspect_ratio" and (not sep or (factor.isdigit() and int(factor) > 0))):
+                raise ValueError(
+                    f"{name}: chunking_method must be 'auto', 'aspect_ratio', 'aspect_ratio:N' "
+                    f"(N >= 1) or None, got {method!r}"
+                )
+        size = self.batch_chunk_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"{name}: batch_chunk_size must be a positive int or None, got {size!r}")
+        if self.acc_dtype is not None and self.acc_dtype not in _ACC_DTYPES:
+            raise ValueError(
+                f"{name}: acc_dtype must be None, torch.float16, torch.bfloat16, torch.float32 or "
+                f"torch.float64, got {self.acc_dtype!r}"
+            )
+
+
+# torch's class where it exists, else crossent's equivalent (named, printed and pickled as
+# crossent.nn.LinearCrossEntropyOptions, where it is exported).
+if _TORCH_OPTIONS is not None:
+    LinearCrossEntropyOptions = _TORCH_OPTIONS
+else:
+    LinearCrossEntropyOptions = _LinearCrossEntropyOptions
+    LinearCrossEntropyOptions.__name__ = LinearCrossEntropyOptions.__qualname__ = "LinearCrossEntropyOptions"
+    LinearCrossEntropyOptions.__module__ = "crossent.nn"
+
+
+def linear_options(fn: str, options: object, invalid: type[Exception], wrong_type: type[Exception]):
+    """``options`` as an instance of this torch's LinearCrossEntropyOptions (crossent's on torch <
+    2.13), built from its fields so that the installed torch's checks decide what is accepted --
+    also for an object made elsewhere: one of another torch version (unpickled), crossent's own,
+    or any object with the five fields. Raises ``wrong_type`` when a field is missing and
+    ``invalid`` (a ValueError, torch's type) when this torch refuses a value."""
+    missing = [f for f in OPTION_FIELDS if not hasattr(options, f)]
+    if missing:
+        raise wrong_type(
+            f"{fn}: options must be a torch.nn.LinearCrossEntropyOptions or None, got "
+            f"{type(options).__name__} (no {', '.join(missing)}); on any torch, "
+            f"crossent.nn.LinearCrossEntropyOptions is that class (crossent's own before torch 2.13)"
+        )
+    fields = {f: getattr(options, f) for f in OPTION_FIELDS}
+    try:
+        return LinearCrossEntropyOptions(**fields)
+    except (ValueError, TypeError) as err:
+        raise invalid(
+            f"{fn}: options {_describe(fields)} are not valid on torch {torch.__version__}: {err}"
+        ) from None
+
+
+def _describe(fields: dict) -> str:
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
