@@ -58,12 +58,7 @@ def _decode(config: str, normalizer):
     return opts, row_kernels.by_name(kernels), tuple(c == "1" for c in want)
 
 
-# The schema is spelled out: torch < 2.5 cannot infer it from this module's string annotations.
-_SCHEMA = ("(Tensor input, Tensor linear_weight, Tensor target, Tensor? linear_bias, Tensor? weight, "
-           "Tensor? normalizer, str config) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-
-
-@torch.library.custom_op("crossent::linear_cross_entropy", mutates_args=(), schema=_SCHEMA)
+@torch.library.custom_op("crossent::linear_cross_entropy", mutates_args=())
 def _op(
     input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
     linear_bias: torch.Tensor | None, weight: torch.Tensor | None, normalizer: torch.Tensor | None,
