@@ -204,19 +204,3 @@ def test_auto_chunking_is_crossents_measured_rule_on_every_torch():
     assert _checks.linear_chunking("f", "mean", None, None, OURS(allow_retain_graph=True), 8, 4, 10) == (
         None, True)
 
-
-def test_triton_older_than_the_extras_floor_counts_as_absent():
-    """torch < 2.6 pins Triton 3.0 / 3.1, whose language crossent's kernels outgrow: the Triton
-    backend is then unavailable (the fused backend runs), as without Triton."""
-    assert not _torch_version.triton_supported("3.0.0")
-    assert not _torch_version.triton_supported("3.1.0")
-    assert _torch_version.triton_supported("3.2.0")
-    assert _torch_version.triton_supported("3.7.1+git1234")
-    from crossent.backends.triton import ops
-
-    try:
-        import triton
-    except ImportError:
-        assert not ops.importable()
-    else:
-        assert ops.importable() == _torch_version.triton_supported(triton.__version__)

@@ -1,19 +1,23 @@
-"""What differs between the torch versions crossent runs on, asked of the installed torch itself.
+"""What differs between the torch versions crossent runs on (2.6 and newer), asked of the installed
+torch itself: feature detection, not a table of version numbers.
 
-crossent mirrors torch's API, and torch's API moves: ``F.linear_cross_entropy``,
-``nn.LinearCrossEntropyLoss`` and ``nn.LinearCrossEntropyOptions`` exist from torch 2.13 on, and
-the options' accepted values changed in 2.14 (``acc_policy="balanced"`` was removed: pytorch PR
-#187838 and its follow-up). A drop-in follows the torch it runs on, so nothing here is a table of
-version numbers: where torch has the options class, crossent validates every ``options`` object
-by building torch's own class from its fields (torch's checks, torch's accepted values, torch's
-``ValueError``); where torch has none (torch < 2.13), crossent's equivalent below stands in for it
-with the fields and checks of the newest torch crossent was tested on (2.14).
+The linear loss's API. ``F.linear_cross_entropy``, ``nn.LinearCrossEntropyLoss`` and
+``nn.LinearCrossEntropyOptions`` exist from torch 2.13 on, and the options' accepted values
+changed in 2.14 (``acc_policy="balanced"`` removed; pytorch PR #187838 and its follow-up). Where
+torch has the options class, crossent checks every ``options`` object by building torch's own
+class from its fields (torch's checks, accepted values and ``ValueError``: an object from another
+torch version or an options-like object meets the checks of the torch that runs); where torch has
+none, crossent's equivalent below stands in, with the fields and checks of torch 2.14.
 
-What each torch resolves "auto" to (2.13: a per-(device, dtype) table, ``aspect_ratio:2`` for
-float32; 2.14: ``aspect_ratio`` capped at torch's reference peak, pytorch PR #187838) does not reach
-crossent: crossent's own measured chunk rule replaces "auto" on every version (``_checks.linear``,
-``_docs.LINEAR_CROSS_ENTROPY``), and ``acc_policy`` / ``acc_dtype`` have no effect (crossent always
+What each torch resolves "auto" chunking to (2.13: a per-(device, dtype) table, ``aspect_ratio:2``
+for float32; 2.14: ``aspect_ratio`` capped at torch's reference peak, PR #187838) does not reach
+crossent: its own measured chunk rule replaces "auto" on every version (``_checks.linear``;
+``benchmarks/bench_auto_chunks.py``), and ``acc_policy`` / ``acc_dtype`` have no effect (crossent
 accumulates in float32, or float64 for float64 inputs).
+
+torch.distributed: the functional collectives crossent.distributed uses were renamed
+(``all_gather_tensor`` -> ``all_gather_single``, ``reduce_scatter_tensor`` ->
+``reduce_scatter_single``): torch 2.11 has only the old names, 2.13 both (the old ones deprecated).
 """
 
 from __future__ import annotations
@@ -35,26 +39,6 @@ TORCH = parse(torch.__version__)  # the installed torch
 
 HAS_LINEAR_CROSS_ENTROPY = hasattr(torch.nn.functional, "linear_cross_entropy")
 _TORCH_OPTIONS = getattr(torch.nn, "LinearCrossEntropyOptions", None)
-
-# The oldest Triton whose language crossent's kernels use (pyproject's [triton] extra). torch < 2.6
-# pins Triton 3.0 / 3.1: there the Triton backend counts as absent and the fused backend runs.
-TRITON_MIN = (3, 2)
-
-
-def triton_supported(version: str) -> bool:
-    """Whether a Triton of this version runs crossent's kernels."""
-    return parse(version)[:2] >= TRITON_MIN
-
-
-def dtensor_api():
-    """The module holding DTensor, Shard, Replicate and distribute_tensor: torch.distributed.tensor
-    (public from torch 2.5), or torch.distributed._tensor, where torch 2.4 keeps the same classes."""
-    import torch.distributed.tensor as api
-
-    if not hasattr(api, "DTensor"):
-        import torch.distributed._tensor as api
-    return api
-
 
 # The fields crossent reads from an ``options`` object (torch 2.13's and 2.14's, the same five).
 OPTION_FIELDS = ("allow_retain_graph", "batch_chunk_size", "chunking_method", "acc_policy", "acc_dtype")
@@ -142,3 +126,24 @@ def linear_options(fn: str, options: object, invalid: type[Exception], wrong_typ
 
 def _describe(fields: dict) -> str:
     return "(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+# ---------------------------------------------------------------- torch.distributed
+
+
+def all_gather_single(t: torch.Tensor, gather_dim: int, group) -> torch.Tensor:
+    """torch.distributed._functional_collectives.all_gather_single, all_gather_tensor on torch
+    2.11 and older (the same collective; deprecated in 2.13). ``t`` contiguous."""
+    import torch.distributed._functional_collectives as funcol
+
+    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+    return gather(t, gather_dim, group)
+
+
+def reduce_scatter_single(t: torch.Tensor, op: str, scatter_dim: int, group) -> torch.Tensor:
+    """torch.distributed._functional_collectives.reduce_scatter_single (reduce_scatter_tensor on
+    torch 2.11 and older)."""
+    import torch.distributed._functional_collectives as funcol
+
+    scatter = getattr(funcol, "reduce_scatter_single", None) or funcol.reduce_scatter_tensor
+    return scatter(t, op, scatter_dim, group)

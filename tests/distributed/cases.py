@@ -12,10 +12,6 @@ import torch
 CASES: list[tuple[str, tuple[int, ...], object]] = []
 
 
-class Skip(Exception):
-    """Raised by a case that this torch cannot run (reported as a skip, with the reason)."""
-
-
 def case(*worlds: int):
     def register(fn):
         CASES.append((fn.__name__, worlds, fn))
@@ -80,26 +76,3 @@ def grid(**axes):
 
 def torch_has(opts: dict) -> bool:
     return not opts.get("z_loss") and opts.get("softcap") is None and opts.get("normalizer") is None
-
-
-def dtensor():
-    """torch's DTensor API (torch.distributed.tensor; torch.distributed._tensor on torch 2.4),
-    with CommDebugMode, as crossent itself finds it."""
-    from crossent._torch_version import dtensor_api
-
-    api = dtensor_api()
-    try:
-        from torch.distributed.tensor.debug import CommDebugMode
-    except ImportError:  # torch 2.4
-        from torch.distributed._tensor.debug import CommDebugMode
-    api.CommDebugMode = CommDebugMode
-    return api
-
-
-def fully_shard():
-    """FSDP2's fully_shard, public in torch.distributed.fsdp from torch 2.6."""
-    import torch.distributed.fsdp as fsdp
-
-    if not hasattr(fsdp, "fully_shard"):
-        raise Skip("this torch has no public FSDP2 fully_shard (torch >= 2.6)")
-    return fsdp.fully_shard

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from cases import case, close, dtensor, gen, grid, probabilities, targets, vocab_slice
+from cases import case, close, gen, grid, probabilities, targets, vocab_slice
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import crossent
@@ -148,7 +148,7 @@ def linear_chunks_bound_memory(rank, world):
 def linear_collective_counts_and_bits(rank, world):
     """Forward 2 all_reduce (+1 all_gather under SP), backward 1 (all_reduce, or reduce_scatter
     under SP, none with reduce_input_grad=False); two runs bitwise equal; ranks agree."""
-    CommDebugMode = dtensor().CommDebugMode
+    from torch.distributed.tensor.debug import CommDebugMode
 
     c = 10
     sl = vocab_slice(c, world, rank)
@@ -182,7 +182,7 @@ def linear_collective_counts_and_bits(rank, world):
 def linear_errors(rank, world):
     """A DTensor (FSDP2) weight and a ZeRO-3 placeholder are refused with the remedy."""
     from torch.distributed.device_mesh import init_device_mesh
-    Shard, distribute_tensor = dtensor().Shard, dtensor().distribute_tensor
+    from torch.distributed.tensor import Shard, distribute_tensor
 
     from crossent._checks import InvalidArgument, InvalidArgumentType
 

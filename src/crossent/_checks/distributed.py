@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import _torch_version
 from ._common import InvalidArgument, InvalidArgumentType, _tensor
 from .losses import _class_index_range
 
@@ -114,8 +113,7 @@ def default_layout(fn: str, local_size: int, expected: int, rank: int, world: in
 
 def dtensor_placements(fn: str, t: torch.Tensor, class_dim: int) -> tuple[int, list[int]]:
     """The mesh dim that shards the class dim, and the mesh dims that shard the batch (dim 0)."""
-    api = _torch_version.dtensor_api()
-    Replicate, Shard = api.Replicate, api.Shard
+    from torch.distributed.tensor import Replicate, Shard
 
     tp, dp = [], []
     for i, p in enumerate(t.placements):

@@ -283,8 +283,8 @@ def triton_unusable(device, importable: bool) -> None:
     """The Triton backend was asked for (use_backend / CROSSENT_BACKEND) where it cannot run."""
     if not importable:
         raise RuntimeError(
-            "crossent: backend 'triton' needs Triton >= 3.2, which is not installed: "
-            "pip install 'crossent[triton]' (torch < 2.6 pins an older Triton: upgrade torch)"
+            "crossent: backend 'triton' needs Triton, which is not installed: "
+            "pip install 'crossent[triton]'"
         ) from None
     if device.type == "cpu":
         raise RuntimeError(

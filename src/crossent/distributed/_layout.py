@@ -75,7 +75,7 @@ def resolve_vocab(fn: str, group, local_size: int, vocab_range, num_classes, wei
 def all_gather_ints(value: int, group) -> list[int]:
     device = _group_device(group)
     t = torch.tensor([value], dtype=torch.int64, device=device)
-    return [int(v) for v in _wait(funcol.all_gather_single(t, 0, group)).tolist()]
+    return [int(v) for v in _wait(_torch_version.all_gather_single(t, 0, group)).tolist()]
 
 
 def _group_device(group) -> torch.device:
@@ -103,8 +103,7 @@ class DTensorCall:
     def output_placements(self, reduction: str, ndim: int) -> tuple:
         """'none': the batch stays sharded where the input's was (Shard(0)), the rest Replicate;
         a scalar loss is the global one on every rank (Replicate)."""
-        api = _torch_version.dtensor_api()
-        Replicate, Shard = api.Replicate, api.Shard
+        from torch.distributed.tensor import Replicate, Shard
 
         return tuple(
             Shard(0) if reduction == "none" and ndim > 0 and i in self.dp_dims else Replicate()
@@ -133,7 +132,7 @@ def local_companion(fn: str, name: str, t, call: DTensorCall, like_input: bool):
     indices); a class weight replicated everywhere. Plain tensors are taken as this rank's part."""
     if t is None or not _dchecks.is_dtensor(t):
         return t
-    Replicate = _torch_version.dtensor_api().Replicate
+    from torch.distributed.tensor import Replicate
 
     if like_input:
         expected = call.placements

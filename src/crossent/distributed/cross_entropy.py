@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .. import _checks, _torch_version
+from .. import _checks
 from .._checks import distributed as _dchecks
 from ..backends.common import compute_dtype, output_dtype
 from . import _comm, _layout, _stats
@@ -192,7 +192,7 @@ def vocab_parallel_cross_entropy(
 
 def _dtensor_loss(fn, input, target, weight, deterministic, options):
     """A DTensor input: local tensors in, a DTensor out (global shape; see DTensorCall)."""
-    DTensor = _torch_version.dtensor_api().DTensor
+    from torch.distributed.tensor import DTensor
 
     class_dim = 0 if input.dim() == 1 else 1
     call = _layout.unpack_dtensor(fn, input, class_dim, deterministic)

@@ -17,7 +17,6 @@ import os
 
 import torch
 
-from ... import _torch_version
 from ..._options import LossOptions
 from ..common import compute_dtype, deterministic_sum
 
@@ -37,14 +36,14 @@ def interpreting() -> bool:
 
 
 def importable() -> bool:
-    """Whether a Triton that runs these kernels imports (>= _torch_version.TRITON_MIN; asked
-    once; a plain global, not functools.cache: torch.compile traces the dispatch that asks)."""
+    """Whether Triton imports (asked once; a plain global, not functools.cache: torch.compile
+    traces the dispatch that asks)."""
     global _IMPORTABLE
     if _IMPORTABLE is None:
         try:
-            import triton
+            import triton  # noqa: F401
 
-            _IMPORTABLE = _torch_version.triton_supported(triton.__version__)
+            _IMPORTABLE = True
         except ImportError:
             _IMPORTABLE = False
     return _IMPORTABLE
