@@ -321,3 +321,39 @@ def test_elementwise_mean_is_mean_with_torchs_warning():
     torch.testing.assert_close(ours, F.cross_entropy(x, t))
     with pytest.warns(UserWarning, match="elementwise_mean"):
         assert torch.equal(crossent.nn.CrossEntropyLoss(reduction="elementwise_mean")(x, t), ours)
+
+
+def test_neg_inf_masked_logits_under_torch_func_and_compile_at_fused_sizes():
+    """Masked logits (-inf) give torch's value and gradient where the composite formulas run
+    (torch.func above the torch route's size, torch.compile), without and with smoothing (torch's
+    inf), for class indices and probability targets (torch's nan without smoothing)."""
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(N, C, generator=gen)
+    t = torch.randint(1, C, (N,), generator=gen)
+    z[:, 0] = float("-inf")  # class 0 forbidden
+    probs = torch.rand(N, C, generator=gen).softmax(1)
+    probs[:, 0] = 0.0
+    for target, kw in ((t, {}), (t, dict(label_smoothing=0.1)), (probs, {}), (probs, dict(label_smoothing=0.2))):
+        for transform in (torch.func.grad_and_value,):
+            (g_ours, v_ours) = transform(lambda z: crossent.cross_entropy(z, target, **kw))(z)
+            (g_theirs, v_theirs) = transform(lambda z: F.cross_entropy(z, target, **kw))(z)
+            torch.testing.assert_close(v_ours, v_theirs, equal_nan=True)
+            torch.testing.assert_close(g_ours, g_theirs, rtol=1e-4, atol=1e-8)
+        compiled = torch.compile(lambda z: crossent.cross_entropy(z, target, **kw), fullgraph=True,
+                                 backend="aot_eager")
+        torch.testing.assert_close(compiled(z), F.cross_entropy(z, target, **kw), equal_nan=True)
+    # a -inf bias of the linear loss (the fused path, composite under torch.func)
+    x = torch.randn(N, 16, generator=gen)
+    w = torch.randn(C, 16, generator=gen)
+    b = torch.zeros(C)
+    b[0] = float("-inf")
+    for call in (lambda w: crossent.linear_cross_entropy(x, w, t, linear_bias=b),):
+        g_ours, v_ours = torch.func.grad_and_value(call)(w)
+        g_theirs, v_theirs = torch.func.grad_and_value(lambda w: F.cross_entropy(x @ w.T + b, t))(w)
+        torch.testing.assert_close(v_ours, v_theirs)
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-4, atol=1e-7)
+    wl = w.clone().requires_grad_()
+    crossent.linear_cross_entropy(x, wl, t, linear_bias=b).backward()
+    wt = w.clone().requires_grad_()
+    F.cross_entropy(x @ wt.T + b, t).backward()
+    torch.testing.assert_close(wl.grad, wt.grad, rtol=1e-4, atol=1e-7)

@@ -56,8 +56,9 @@ SMALL = 4096  # classes: 16 rows stay under the no-grad threshold, 64 rows excee
         # large inputs: fused
         (lambda: crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,))), "fused"),
         (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 128), torch.rand(64, 128)), "fused"),
-        # large, with a gradient the fused kernel does not give (probability target): reference
-        (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "reference"),
+        # large, with a gradient the fused kernel does not give (probability target): composite
+        (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "composite"),
+        (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 128), torch.rand(64, 128).requires_grad_()), "composite"),
         # invalid scalar options never reach torch (torch would accept some of them silently)
         (lambda: crossent.cross_entropy(_x(16, 10), torch.randint(0, 10, (16,)), label_smoothing=-0.1), None),
     ],
@@ -81,15 +82,34 @@ def test_no_grad_has_its_own_threshold(paths):
     assert paths == ["fused", "torch", "fused"] and loss.grad_fn is None
 
 
-def test_probability_targets_and_binary_losses_on_torch_reduce_in_a_fixed_order(paths):
-    x = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
-    t = torch.rand(8, 5, dtype=torch.float64).softmax(1)
-    ours = crossent.cross_entropy(x, t)
-    assert paths == ["torch"]
-    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(x, t), rtol=1e-12, atol=1e-12)
-    y = torch.rand(8, 5, dtype=torch.float64)
-    ours = crossent.binary_cross_entropy_with_logits(x, y, reduction="sum")
-    torch.testing.assert_close(ours, torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="sum"))
+def test_probability_targets_and_binary_losses_on_torch_reduce_in_a_fixed_order(paths, monkeypatch):
+    """Above torch's grain size (SERIAL_REDUCTION elements) torch's probability-target and binary
+    losses end in a full sum whose order follows the thread count; on the torch route crossent
+    takes their per-sample losses and reduces them in a fixed order: the same bits at any thread
+    count."""
+    from crossent.backends import common
+
+    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL", 1 << 20)
+    monkeypatch.setattr(_dispatch, "BINARY_TORCH_MAX_NUMEL", 1 << 20)
+    n, c = 400, 100  # 40000 elements: above SERIAL_REDUCTION (32768), on the torch route
+    assert n * c > common.SERIAL_REDUCTION
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, generator=gen, requires_grad=True)
+    t = torch.rand(n, c, generator=gen).softmax(1)
+    y = torch.rand(n, c, generator=gen)
+    F = torch.nn.functional
+    expected = (common.fixed_order_reduce(F.cross_entropy(x, t, reduction="none"), "mean"),
+                common.fixed_order_reduce(F.binary_cross_entropy_with_logits(x, y, reduction="none"), "sum"))
+    threads = torch.get_num_threads()
+    try:
+        for k in (1, 2, 3):
+            torch.set_num_threads(k)
+            got = (crossent.cross_entropy(x, t), crossent.binary_cross_entropy_with_logits(x, y, reduction="sum"))
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), k
+    finally:
+        torch.set_num_threads(threads)
+    assert set(paths) == {"torch"}
+    torch.testing.assert_close(got[0], F.cross_entropy(x, t))
 
 
 def test_forced_backend_wins(paths):
@@ -123,13 +143,14 @@ def test_every_backend_offers_the_whole_contract():
             assert callable(getattr(module, name)), (b, name)
 
 
-def test_torch_refusing_the_arguments_runs_the_checks_then_dispatches_again(paths):
-    """int32 class indices: torch refuses them, crossent's checks convert them, torch runs."""
+def test_torch_refusing_the_arguments_runs_the_checks(paths):
+    """int32 class indices: torch refuses them, and so do crossent's checks, with crossent's
+    message and an exception torch's callers catch (RuntimeError)."""
     x = _x(16, 10)
     t = torch.randint(0, 10, (16,))
-    ours = crossent.cross_entropy(x, t.int())
-    assert len(paths) >= 2 and set(paths) == {"torch"}  # refused, then run with int64 targets
-    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(x, t))
+    with pytest.raises(RuntimeError, match=r"target of class indices must be int64 or uint8.*torch.int32"):
+        crossent.cross_entropy(x, t.int())
+    assert paths == ["torch"]  # tried once, refused: no second dispatch
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CPU out of memory"), KeyboardInterrupt(), AttributeError("bug")])
@@ -189,27 +210,35 @@ def test_inputs_off_the_cpu_take_torchs_kernel_where_triton_cannot_run(paths):
 
 
 def test_on_an_accelerator_triton_runs_from_its_threshold_and_torch_below(monkeypatch):
-    """(A meta tensor stands in for a GPU where Triton runs.)"""
-    monkeypatch.setattr(_dispatch, "_triton_usable", lambda device: True)
-    monkeypatch.setattr(_dispatch, "TRITON_MIN_NUMEL", 1 << 18)
+    """(A meta tensor stands in for a GPU where Triton runs: its descriptor is told so.)"""
+    from dataclasses import replace
+
+    from crossent.backends import triton
+
+    monkeypatch.setattr(triton, "DESCRIPTOR", replace(triton.DESCRIPTOR, picked_on=lambda device: True))
+    monkeypatch.setattr(triton, "TRITON_MIN_NUMEL", 1 << 18)
+    for b in crossent.Backend:  # record the backend a call reaches instead of running it
+        for name in ("cross_entropy", "linear_cross_entropy"):
+            monkeypatch.setattr(_dispatch.backend(b), name, lambda *a, _b=b: _b)
+    monkeypatch.setattr(triton, "DESCRIPTOR", replace(triton.DESCRIPTOR, picked_on=lambda device: True))
     small = torch.empty(8, 10_000, device="meta", requires_grad=True)  # 80K: under the threshold
     large = torch.empty(8, 10_000 * 8, device="meta", requires_grad=True)  # 640K
     assert _dispatch._to_torch_by_size(small, 4096, 16384)
     assert not _dispatch._to_torch_by_size(large, 4096, 16384)
     opts = crossent._options.LossOptions()
     t = torch.empty(8, dtype=torch.long, device="meta")
-    assert _dispatch.cross_entropy(large, t, None, opts) is _dispatch.backend(crossent.Backend.TRITON).cross_entropy
+    assert _dispatch.cross_entropy(large, t, None, opts, small=False) is crossent.Backend.TRITON
     # options torch lacks go to Triton at any size; a forced 'fused' stays on the torch-op kernels
     zl = crossent._options.LossOptions(z_loss=1e-4)
-    assert _dispatch.cross_entropy(small, t, None, zl) is _dispatch.backend(crossent.Backend.TRITON).cross_entropy
+    assert _dispatch.cross_entropy(small, t, None, zl, small=True) is crossent.Backend.TRITON
     with crossent.use_backend("fused"):
-        assert _dispatch.cross_entropy(large, t, None, opts) is _dispatch.backend(crossent.Backend.FUSED).cross_entropy
+        assert _dispatch.cross_entropy(large, t, None, opts, small=False) is crossent.Backend.FUSED
     # the linear loss: Triton's kernels under the chunk loop (tiny problems on one real device take
     # the composition; a meta tensor never does: torch would compute a meta loss silently)
     w = torch.empty(300, 16, device="meta", requires_grad=True)
     h = torch.empty(4096, 16, device="meta", requires_grad=True)
     tt = torch.empty(4096, dtype=torch.long, device="meta")
-    assert _dispatch.linear_cross_entropy(h, w, tt, None, None, opts) is _dispatch.backend(crossent.Backend.TRITON).linear_cross_entropy
+    assert _dispatch.linear_cross_entropy(h, w, tt, None, None, opts) is crossent.Backend.TRITON
     assert not _dispatch.linear_to_torch(h[:8], w, tt[:8], None, None, None, 0.0, False)
 
 

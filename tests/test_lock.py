@@ -13,18 +13,29 @@ from packaging.version import Version
 from lockfile import LOCK, locked_versions, unlocked, unlocked_packages
 
 
-def _installed() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
+def _installed() -> dict[str, set[str]]:
+    """Name -> the versions installed in the first sys.path entry that has the package (the copy
+    Python imports; a copy further down the path, e.g. a system-wide one, is never imported).
+    More than one version there means a stale dist-info left beside the new one by an upgrade."""
+    found: dict[str, tuple[object, set[str]]] = {}
+    for d in md.distributions():
+        name = canonicalize_name(d.metadata["Name"])
+        where = getattr(d, "_path", None)
+        where = where.parent if where is not None else None
+        first = found.setdefault(name, (where, set()))
+        if first[0] == where:
+            first[1].add(Version(d.version).public)
+    return {name: versions for name, (_, versions) in found.items()}
 
 
 @pytest.mark.skipif(unlocked(), reason="CROSSENT_UNLOCKED: scripts/try-newest reports the differences")
 def test_the_installed_versions_are_the_locked_ones():
     installed, exempt = _installed(), unlocked_packages()
     wrong = {
-        name: (installed[name], pinned)
+        name: (sorted(installed[name]), pinned)
         for name, pinned in locked_versions().items()
         if name in installed and name not in exempt
-        and Version(installed[name]).public != Version(pinned).public
+        and Version(pinned).public not in installed[name]
     }
     assert not wrong, (
         f"installed (and pinned by {LOCK.name}): {wrong}; run `make test` on a fresh clone, or "

@@ -258,14 +258,21 @@ def test_binary_cross_entropy_log_floor(reduction):
 
 
 def test_binary_cross_entropy_gradient_at_the_floor():
-    """The reference gradient is the derivative of the floored formula: finite, 0 where a log is
-    floored. Torch's backward is not (Loss.cpp): d/dp = (p - y) / max(p (1 - p), 1e-12) gives
-    0, 0, -1e12, 1e12 here, and d/dy = log(1 - p) - log p, unfloored, gives +-inf."""
+    """The reference's gradients are torch's backward formulas (Loss.cpp), not the derivative of
+    the floored formula: d/dp = (p - y) / max(p (1 - p), 1e-12) gives 0, 0, -1e12, 1e12 here, and
+    d/dy = log(1 - p) - log p, unfloored, gives +-inf; the loss is the floored formula's."""
     p = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=F64, requires_grad=True)
     y = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=F64, requires_grad=True)
-    grad_p, grad_y = torch.autograd.grad(ref.binary_cross_entropy(p, y, reduction="sum"), [p, y])
-    torch.testing.assert_close(grad_p, torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=F64))
-    torch.testing.assert_close(grad_y, torch.tensor([100.0, -100.0, 100.0, -100.0], dtype=F64))
+    loss = ref.binary_cross_entropy(p, y, reduction="sum")
+    assert loss.item() == 200.0
+    grad_p, grad_y = torch.autograd.grad(loss, [p, y])
+    eps = 9.999999960041972e-13
+    torch.testing.assert_close(grad_p, torch.tensor([0.0, 0.0, -1 / eps, 1 / eps], dtype=F64))
+    inf = float("inf")
+    torch.testing.assert_close(grad_y, torch.tensor([inf, -inf, inf, -inf], dtype=F64))
+    pt, yt = p.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    for a, b in zip((grad_p, grad_y), torch.autograd.grad(F.binary_cross_entropy(pt, yt, reduction="sum"), [pt, yt])):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

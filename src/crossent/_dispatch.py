@@ -1,20 +1,22 @@
 """Which backend runs a call. The whole rule is written here and nowhere else.
 
-Backends (``Backend``; each a module under backends/ with the functions of the contract in
-backends/__init__.py):
-  fused      crossent's own chunked kernels (backends/chunked/): loss and gradient in one pass,
-             gradient-sized memory only, deterministic.
-  torch      torch's own kernels (backends/torch_kernels.py), for small CPU inputs where a
-             Python-level fused path cannot win: there, Python dispatch is the whole cost (~70 us
-             for torch's forward+backward at 64 x 10). Used only for options torch has.
-  composite  the same formulas as plain differentiable torch ops in the compute dtype
+Backends (``Backend``; each a module or folder under backends/ with the functions of the contract
+and a `DESCRIPTOR` -- where it runs, where the rule picks it, its size thresholds, its row
+kernels, its compiled linear op -- which this module reads):
+  fused      crossent's fused algorithms (backends/loops) on torch-op row kernels
+             (backends/chunked): loss and gradient in one pass, gradient-sized memory only,
+             deterministic.
+  torch      torch's own kernels (backends/torch_kernels.py), for small inputs where a Python-level
+             fused path cannot win: there, Python dispatch is the whole cost (~70 us for torch's
+             forward+backward at 64 x 10). Used only for options torch has.
+  composite  the row math as plain differentiable torch ops in the compute dtype
              (backends/composite.py): what torch.func transforms and torch.compile can trace.
   reference  the float64 formulas of reference.py through autograd (backends/reference.py): slow,
              differentiable in every argument torch differentiates.
-  triton     the fused algorithms with Triton kernels (backends/triton/): GPUs; CPU tensors
-             under TRITON_INTERPRET=1 (tests). Optional extra ``crossent[triton]``.
+  triton     the fused algorithms on Triton row kernels (backends/triton/): GPUs; CPU tensors under
+             TRITON_INTERPRET=1 (tests). Optional extra ``crossent[triton]``.
 
-Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the function to call):
+Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below run it and call the backend):
   1. a forced backend wins: ``crossent.use_backend(name)`` (a context manager), or the environment
      variable ``CROSSENT_BACKEND`` (read once when crossent is imported, validated at the first
      call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2); except that
@@ -22,31 +24,29 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below return the fu
      forced 'fused' never drops a gradient it cannot give (rule 3 applies first);
   2. torch, where no option torch lacks is on (z_loss, softcap, inplace_backward, chunk_size or
      chunking options; a normalizer divides torch's sum, dtype=float32 casts the small input) and
-     the input's numel is at most TORCH_MAX_NUMEL (TORCH_MAX_NUMEL_NO_GRAD when no gradient will
-     be needed; BINARY_TORCH_MAX_NUMEL for the binary losses; for linear_cross_entropy, N * V
-     logits at most LINEAR_TORCH_MAX_LOGITS, every tensor on one device, 2-D input). Off the CPU,
-     the losses on given logits go to torch at any size below TRITON_MIN_NUMEL, and at every
-     size where the Triton kernels cannot run (no Triton installed, or a device it has no
-     backend for). The CPU thresholds are the crossovers measured by benchmarks/bench_shapes.py
-     on the reference machine (docs/PERFORMANCE.md): below them torch's row-fused C++ kernels beat
-     any Python-level chunk loop, above them its fresh N x C temporaries (page faults) cost more
-     than crossent's single pass. For speed this rule is tried *before* crossent's checks
-     (`*_to_torch`, a few hundred nanoseconds); if torch refuses the arguments, the checks run and
-     this rule is asked again with the checked arguments;
-  3. reference, when autograd will ask for a gradient the fused kernels do not give (class
-     weights, probability targets, BCE targets). linear_cross_entropy never falls back silently:
-     there rule 3 raises, naming crossent.use_backend('reference') as the remedy;
-  4. otherwise the fused algorithms: 'triton' (their Triton kernels, backends/triton/) on an
-     accelerator where Triton runs, else 'fused' (torch ops; on an accelerator in chunks sized
-     for it) -- except that under torch.func transforms (functorch-wrapped inputs) or while
-     torch.compile traces (torch.compiler.is_compiling()), where the fused kernels' Python loops
-     and precomputed gradients cannot be traced, composite runs instead (a forced 'fused' or
-     'triton' included: Inductor then generates its own fused kernels from the composite ops).
-     Second derivatives and repeated backward on the fused paths recompute through composite
-     (backends/autograd.py). A forced 'triton' runs CPU tensors only under TRITON_INTERPRET=1
-     (else a clear error). torch.compile of a 'mean'/'sum' linear_cross_entropy is the
-     exception to composite: the fused backends run it as one custom op
-     (backends/chunked/linear_op.py), because the composite formulas would build the N x V logits.
+     the input has at most the fused backend's ``torch_below`` elements on its device (the
+     crossovers measured by benchmarks/bench_shapes.py on the reference machine, with and without
+     a gradient, per family; for linear_cross_entropy, N * V logits, every tensor on one device).
+     Below them torch's row-fused C++ kernels beat any Python-level chunk loop, above them its fresh
+     N x C temporaries (page faults) cost more than crossent's single pass. On an accelerator the
+     fused backend is Triton where it runs (its threshold: host overhead), else there is none and
+     torch runs at every size. For speed this rule is tried *before* crossent's checks
+     (`*_to_torch`, a few hundred nanoseconds) and its answer is handed to the rule after the
+     checks (computed once); if torch refuses the arguments, the checks run and name the problem;
+  3. composite, when autograd will ask for a gradient the fused kernels do not give (probability
+     targets and their class weight, BCE targets: torch differentiates them): it gives every
+     gradient torch gives, with torch's formulas. linear_cross_entropy never falls back to the
+     logits silently: there rule 3 raises, naming crossent.use_backend('reference');
+  4. otherwise the fused algorithms on the first backend of FUSED_ORDER its descriptor picks on the
+     device ('triton' on an accelerator where Triton runs, else 'fused') -- except that under
+     torch.func transforms (functorch-wrapped inputs) or while torch.compile traces, where the
+     fused kernels' Python loops and precomputed gradients cannot be traced, composite runs instead
+     (a forced 'fused' or 'triton' included: Inductor then generates its own fused kernels from the
+     composite ops); and that torch.compile of a 'mean'/'sum' linear_cross_entropy runs the fused
+     backend's custom op (its descriptor's ``compiled_linear``), because the composite formulas
+     would build the N x V logits. Second derivatives and repeated backward on the fused paths
+     recompute through composite (backends/autograd.py). A forced 'triton' runs CPU tensors only
+     under TRITON_INTERPRET=1 (else a clear error).
 Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
 backend reduces probability targets and the binary losses in crossent's fixed order).
 """
@@ -72,9 +72,8 @@ class Backend(str, enum.Enum):
     TRITON = "triton"
 
 
-# Each backend's module. A new backend adds its entry here (and, if it runs only somewhere -- a
-# GPU, an importable Triton -- a test of that in the rule below). They are imported with this
-# module, not at first use: torch.compile cannot trace an import.
+# Each backend's module (a new backend adds its entry here). They are imported with this module,
+# not at first use: torch.compile cannot trace an import.
 _MODULES = {
     Backend.FUSED: ".backends.chunked",
     Backend.TORCH: ".backends.torch_kernels",
@@ -83,6 +82,8 @@ _MODULES = {
     Backend.TRITON: ".backends.triton",  # (imports Triton only at its first launch)
 }
 _loaded = {b: importlib.import_module(name, __package__) for b, name in _MODULES.items()}
+# The fused algorithms' backends, in the rule's order of preference (rule 4).
+FUSED_ORDER = (Backend.TRITON, Backend.FUSED)
 
 
 def backend(b: Backend):
@@ -90,25 +91,17 @@ def backend(b: Backend):
     return _loaded[b]
 
 
-# Crossovers (elements of the input), measured with benchmarks/bench_shapes.py.
-# 2 threads, float32, fused/torch time (2026-11-23):
-#   forward+backward  0.52M elements 1.41, 1.05M 0.90, 2.05M 0.77, 16.4M 0.40
-#   forward only      8.2M 1.51, 16.4M 0.55, 32.8M 0.50
-TORCH_MAX_NUMEL = 3 << 18  # 786K
-TORCH_MAX_NUMEL_NO_GRAD = 3 << 22  # 12.6M
-BINARY_TORCH_MAX_NUMEL = 1 << 22  # BCE-with-logits fused/torch: 0.41M 1.16, 1.05M 1.18, 4.2M 0.96
+def descriptor(b: Backend):
+    return _loaded[b].DESCRIPTOR
 
-# linear_cross_entropy: at most this many logits (N * V) on the CPU, the composition F.linear +
-# cross_entropy (its logits, 4 MiB in float32, are then smaller than the one 16 MiB chunk the fused
-# path would allocate anyway). Fused/composed forward+backward, float32, D=128 (2026-11-23):
-# 640 logits 2.44, 0.26M 1.07, 0.51M 1.11, 1.0M 1.03, 2.1M 0.83-0.97, 4.2M 0.94-1.01, 8.4M 0.60.
-LINEAR_TORCH_MAX_LOGITS = 1 << 20
 
-# Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
-# the call is bound by host overhead (an autograd.Function and a Triton launch cost tens of us of
-# Python, torch's cross_entropy a few kernel launches). A conservative default, NOT measured: no
-# GPU was available (benchmarks/bench_gpu.py measures the crossover on one; set it from there).
-TRITON_MIN_NUMEL = 1 << 24  # 16.8M elements: 8192 x 2048
+# The CPU crossovers of rule 2 (the fused backend's descriptor has them with their measurements),
+# as module values: read on the path of every small call, and pinned by tests.
+_cpu = _loaded[Backend.FUSED]
+TORCH_MAX_NUMEL = _cpu.TORCH_MAX_NUMEL
+TORCH_MAX_NUMEL_NO_GRAD = _cpu.TORCH_MAX_NUMEL_NO_GRAD
+BINARY_TORCH_MAX_NUMEL = _cpu.BINARY_TORCH_MAX_NUMEL
+LINEAR_TORCH_MAX_LOGITS = _cpu.LINEAR_TORCH_MAX_LOGITS
 
 _forced: Backend | None = None
 _ENV_BACKEND = os.environ.get("CROSSENT_BACKEND") or None
@@ -147,35 +140,32 @@ _grad_enabled = torch.is_grad_enabled
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def fused_for(device) -> Backend:
+    """The fused algorithms' backend on ``device``: a forced 'fused' or 'triton' (where it cannot
+    run, it says so), else the first of FUSED_ORDER whose descriptor picks the device."""
+    f = forced()
+    if f in FUSED_ORDER:
+        return f
+    for b in FUSED_ORDER:
+        if descriptor(b).picked_on(device):
+            return b
+    return Backend.FUSED
+
+
 # ---------------------------------------------------------------- rule 2, before the checks
 
 
-def _to_torch_by_size(input, limit: int, limit_no_grad: int) -> bool:
+def _to_torch_by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy") -> bool:
     """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
-    gradient will be needed); off the CPU, below TRITON_MIN_NUMEL or where the Triton kernels
-    cannot run. Ordered for the small call: one numel() and done."""
+    gradient will be needed) on the CPU; off it, below the device's fused backend's threshold.
+    Ordered for the small call: one numel() and done."""
     n = input.numel()
     if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
         return True
     if not input.is_cpu:
-        return n < TRITON_MIN_NUMEL or not _triton_usable(input.device)
+        needs_grad = input.requires_grad and _grad_enabled()
+        return n <= descriptor(fused_for(input.device)).torch_below(family, needs_grad, input.device)
     return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
-
-
-def _triton_usable(device) -> bool:
-    return _loaded[Backend.TRITON].usable(device)
-
-
-def _fused_for(device) -> Backend:
-    """The fused algorithms' kernels: a forced 'fused' or 'triton' (where triton cannot run, it
-    says so: backends/triton names the remedy); else Triton's on an accelerator where it runs,
-    else torch ops (on an accelerator in chunks sized for it: backends/chunked/kernel.py)."""
-    f = forced()
-    if f in (Backend.TRITON, Backend.FUSED):
-        return f
-    if device.type != "cpu" and _triton_usable(device):
-        return Backend.TRITON
-    return Backend.FUSED
 
 
 def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
@@ -196,15 +186,12 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
         return False
     if dtype is not None and not (dtype is torch.float32 and isinstance(input, _Tensor) and input.dtype in _HALF):
         return False
-    if _forced is not None or _ENV_BACKEND:
-        return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor):
-        return False
-    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return nll_loss_to_torch(input)
 
 
 def nll_loss_to_torch(input) -> bool:
-    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option)."""
+    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option); the tail of
+    cross_entropy's."""
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
     if not isinstance(input, _Tensor):
@@ -216,9 +203,8 @@ def binary_to_torch(input) -> bool:
     """Rules 1-2 for the binary losses on the raw arguments."""
     if _forced is not None or _ENV_BACKEND:
         return forced() is Backend.TORCH
-    if not isinstance(input, _Tensor):
-        return False
-    return _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
+    return isinstance(input, _Tensor) and _to_torch_by_size(
+        input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL, "binary")
 
 
 def _one_device(first, *others) -> bool:
@@ -238,7 +224,7 @@ def _one_device(first, *others) -> bool:
 def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
                     extensions: bool) -> bool:
     """Rules 1-2 for linear_cross_entropy on the raw arguments: the composition F.linear +
-    cross_entropy for small CPU problems with 2-D input, where the fused loop's Python cost
+    cross_entropy for small problems with 2-D input, where the fused loop's Python cost
     dominates. ``extensions``: any crossent-only argument (or ``options``) is set. Written for
     speed: what torch itself refuses (dtypes, shapes, a K-dim weight F.linear cannot take) is not
     tested here -- torch raises, and crossent's checks run."""
@@ -282,15 +268,8 @@ def _traced(tensors) -> bool:
     return _is_wrapped is not None and any(t is not None and _is_wrapped(t) for t in tensors)
 
 
-def _compiles_fused_linear(tensors, opts: LossOptions) -> bool:
-    """torch.compile traces a scalar-reduction linear loss that no forced 'composite' wants: the
-    fused backends run it as one custom op (backends/chunked/linear_op.py), never the composite
-    formulas' N x V logits."""
-    return (_compiling is not None and _compiling() and opts.reduction != "none"
-            and forced() is not Backend.COMPOSITE)
-
-
-def _choose(tensors, torch_ok: bool, small: bool, needs_reference: bool) -> Backend:
+def _choose(tensors, torch_ok: bool, small: bool, needs_autograd: bool) -> Backend:
+    """Rules 1, 3 and 4 (rule 2's answer is ``small``: torch's kernel is the better one)."""
     f = forced()
     if f in (Backend.REFERENCE, Backend.COMPOSITE):
         return f
@@ -298,48 +277,51 @@ def _choose(tensors, torch_ok: bool, small: bool, needs_reference: bool) -> Back
         return f
     if f is None and torch_ok and small:
         return Backend.TORCH
-    if needs_reference:
-        return Backend.REFERENCE
+    if needs_autograd:
+        return Backend.COMPOSITE
     if _traced(tensors):
         return Backend.COMPOSITE
-    return _fused_for(tensors[0].device)
+    return fused_for(tensors[0].device)
 
 
 def _torch_has(opts: LossOptions) -> bool:
     return not (opts.z_loss or opts.inplace_backward or opts.softcap is not None)
 
 
-def cross_entropy(input, target, weight, opts: LossOptions):
-    small = _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-    b = _choose((input, target, weight), _torch_has(opts), small, _needs_grad(weight, target if opts.soft else None))
-    return backend(b).cross_entropy
+def cross_entropy(input, target, weight, opts: LossOptions, small: bool):
+    needs = _needs_grad(weight, target if opts.soft else None)
+    b = _choose((input, target, weight), _torch_has(opts), small, needs)
+    return backend(b).cross_entropy(input, target, weight, opts)
 
 
-def nll_loss(input, target, weight, opts: LossOptions):
-    small = _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-    return backend(_choose((input, target, weight), True, small, _needs_grad(weight))).nll_loss
+def nll_loss(input, target, weight, opts: LossOptions, small: bool):
+    b = _choose((input, target, weight), True, small, _needs_grad(weight))
+    return backend(b).nll_loss(input, target, weight, opts)
 
 
-def binary_cross_entropy(input, target, weight, opts: LossOptions):
-    small = _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
-    return backend(_choose((input, target, weight), True, small, _needs_grad(target, weight))).binary_cross_entropy
+def binary_cross_entropy(input, target, weight, opts: LossOptions, small: bool):
+    b = _choose((input, target, weight), True, small, _needs_grad(target, weight))
+    return backend(b).binary_cross_entropy(input, target, weight, opts)
 
 
-def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
-    small = _to_torch_by_size(input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL)
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions, small: bool):
     b = _choose((input, target, weight, pos_weight), True, small, _needs_grad(target, weight, pos_weight))
-    return backend(b).binary_cross_entropy_with_logits
+    return backend(b).binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
+    """The rule for checked linear arguments (any shape: rule 2 is asked here, not before the
+    checks, for the K-dim and unbatched calls its fast predicate leaves out)."""
     torch_ok = not opts.z_loss and opts.softcap is None and opts.chunk_size is None
     logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
-    small = logits <= LINEAR_TORCH_MAX_LOGITS
-    no_fused_grad = {"weight": weight, "target": target if opts.soft else None}
     tensors = (input, linear_weight, target, linear_bias, weight)
-    b = _choose(tensors, torch_ok, small, False)
-    if b is Backend.COMPOSITE and _compiles_fused_linear(tensors, opts):
-        b = _fused_for(input.device)
-    if b in (Backend.FUSED, Backend.TRITON):
-        _checks.linear_no_fused_gradient("linear_cross_entropy", **no_fused_grad)
-    return backend(b).linear_cross_entropy
+    b = _choose(tensors, torch_ok, logits <= LINEAR_TORCH_MAX_LOGITS, False)
+    fn = backend(b).linear_cross_entropy
+    if (b is Backend.COMPOSITE and _compiling is not None and _compiling() and opts.reduction != "none"
+            and forced() is not Backend.COMPOSITE):
+        b = fused_for(input.device)  # torch.compile: the fused loss as one custom op, no logits
+        fn = descriptor(b).compiled_linear
+    if b in FUSED_ORDER:
+        _checks.linear_no_fused_gradient(
+            "linear_cross_entropy", weight=weight, target=target if opts.soft else None)
+    return fn(input, linear_weight, target, linear_bias, weight, opts)

@@ -45,8 +45,11 @@ CROSS_ENTROPY = f"""Cross-entropy between logits and targets; torch.nn.functiona
 
     input: logits (C,), (N, C) or (N, C, d1, ..., dk); float64/32/16 or bfloat16 (16-bit inputs
     compute in float32 and return their own dtype).
-    target: class indices (), (N,) or (N, d1, ..., dk), int64 (uint8 and other integer dtypes are
-    accepted), each in [0, C) or equal to ignore_index; or class probabilities of the input's shape.
+    target: class indices (), (N,) or (N, d1, ..., dk), int64 (or uint8 for (C,) and (N, C)
+    inputs; other integer dtypes are refused, as torch refuses them), each in [0, C) or equal to
+    ignore_index; or class probabilities of the input's shape. A class weight that requires grad
+    is refused with class indices (torch does not differentiate it there) and differentiated with
+    probabilities, as torch does.
 
     Per sample, with p = softmax(z) over the class dim and class weights w (1 without):
         indices:        l = (1 - eps) w[t] (-log p[t]) + eps/C sum_c w[c] (-log p[c])
@@ -107,8 +110,8 @@ LINEAR_CROSS_ENTROPY = f"""Cross-entropy of a linear layer's output, without mat
     input: (N, D) or (D,) hidden states, float64/32/16 or bfloat16. linear_weight: (C, D), or
     (C, d1, ..., dk, D) for a K-dimensional loss (torch's ``out_features``; batched input only).
     linear_bias: None, or (C,) / (C, d1, ..., dk). All three of one dtype and device (as for
-    F.linear). target: class indices of shape (N,) / () / (N, d1, ..., dk) (int64; other integer
-    dtypes converted), each in [0, C) or ignore_index; or class probabilities of the logits' shape
+    F.linear). target: class indices of shape (N,) / () / (N, d1, ..., dk) (int64, or uint8 without
+    out_features, as torch), each in [0, C) or ignore_index; or class probabilities of the logits' shape
     (N, C, d1, ..., dk) / (C,) -- torch's rule: probabilities exactly when the shapes are equal.
     weight: (C,) class weights. ignore_index: None means -100 for class indices; with
     probabilities it must stay None (torch raises otherwise, and so does crossent).
@@ -155,7 +158,7 @@ LINEAR_CROSS_ENTROPY = f"""Cross-entropy of a linear layer's output, without mat
         accumulation across micro-batches (transformers' ``num_items_in_batch``).
     chunk_size: tokens per chunk; by default chosen from N, D, C, the dtype and the options so that
         one chunk's buffers take at most 7/8 of the bytes of the float32 weight gradient (7D/8
-        rows in float32; at least 16 MiB; see backends/chunked/linear.py).
+        rows in float32; at least 16 MiB; see backends/chunked/__init__.py).
 {_DTYPE}
 
     Memory: O(chunk_size * C) beyond the inputs and their gradients, never O(N * C).

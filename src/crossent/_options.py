@@ -8,6 +8,7 @@ need gradients and device moves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,3 +48,41 @@ class LossOptions:
     dtype: torch.dtype | None = None
     chunk_size: int | None = None
     allow_retain_graph: bool = False
+
+    def encode(self) -> str:
+        """The options as one string, for the custom ops of torch.compile (which take tensors,
+        numbers and strings only): every field in order, each as its repr, a tensor normalizer as
+        ``<tensor>`` (it travels beside the string). Built from the dataclass's fields, so a new
+        option cannot be left out; Dynamo folds it into a constant (json.dumps would break the
+        graph)."""
+        return ";".join([_token(getattr(self, name)) for name in _FIELDS])
+
+    @staticmethod
+    def decode(text: str, normalizer: torch.Tensor | None = None) -> LossOptions:
+        """The inverse of `encode` (``normalizer``: the tensor that travelled beside it)."""
+        values = [_value(token, normalizer) for token in text.split(";")]
+        return LossOptions(**dict(zip(_FIELDS, values, strict=True)))
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(LossOptions))
+_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def _token(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return "<tensor>"
+    if isinstance(value, torch.dtype):
+        return str(value)
+    return repr(value)
+
+
+def _value(token: str, normalizer):
+    if token == "<tensor>":
+        return normalizer
+    if token in ("None", "True", "False"):
+        return {"None": None, "True": True, "False": False}[token]
+    if token in _DTYPES:
+        return _DTYPES[token]
+    if token.startswith("'"):
+        return token[1:-1]
+    return int(token) if token.lstrip("-").isdigit() else float(token)

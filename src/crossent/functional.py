@@ -6,8 +6,8 @@ function that `_dispatch` returns. Nothing below this module sees the legacy arg
 
 Small CPU calls first try torch's own kernel on the raw arguments (`_dispatch`'s rule 2, before
 the checks, for speed); if torch refuses the arguments (one of `torch_kernels.BAD_INPUT`), the
-checks run and name the problem, or accept what torch refuses (int32 class indices) and dispatch
-again. Errors that say nothing about the arguments (out of memory, a device error, a bug)
+checks run and name the problem (they accept what torch accepts: a call they pass is dispatched
+again). Errors that say nothing about the arguments (out of memory, a device error, a bug)
 propagate.
 """
 
@@ -31,6 +31,20 @@ __all__ = [
     "linear_cross_entropy",
     "nll_loss",
 ]
+
+_REFUSED = object()
+
+
+def _torch_first(kernel, *args):
+    """torch's own kernel on the raw arguments (rule 2 said it is the faster one), or _REFUSED when
+    torch refuses them as bad input: then crossent's checks run and say what is wrong."""
+    try:
+        return kernel(*args)
+    except _BAD_INPUT as err:
+        if isinstance(err, _NOT_BAD_INPUT):
+            raise
+        return _REFUSED
+
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     """torch.nn._reduction.legacy_get_string, with torch's warning text."""
@@ -63,14 +77,12 @@ def cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype):
-        try:
-            return _torch.cross_entropy_unchecked(
-                input, target, weight, ignore_index, reduction, label_smoothing, dtype
-            )
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+    small = _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
+    if small:
+        loss = _torch_first(_torch.cross_entropy_unchecked, input, target, weight, ignore_index,
+                            reduction, label_smoothing, dtype)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     if _autocast.active(input) and isinstance(target, torch.Tensor):
         target, weight, dtype = _autocast.cross_entropy_args(input, target, weight, dtype)
@@ -80,13 +92,10 @@ def cross_entropy(
         num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
         dtype = _checks.loss_dtype(fn, dtype, input)
         weight = _checks.class_weight(fn, weight, input, num_classes, dtype=dtype)
-        soft = _checks.is_prob_target(input, target)
-        if soft:
-            _checks.prob_targets(fn, input, target, ignore_index)
-        else:
-            target = _checks.class_targets(
-                fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index
-            )
+        ignore_index = _checks.torch_int(fn, "ignore_index", ignore_index)
+        target, soft = _checks.logits_targets(fn, input, target, num_classes, ignore_index)
+        _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                                   target=target if soft else None)
         opts = _checks.loss_options(
             fn,
             ignore_index=ignore_index,
@@ -100,7 +109,7 @@ def cross_entropy(
         )
         if inplace_backward:
             _checks.inplace_input(fn, input)
-        return _dispatch.cross_entropy(input, target, weight, opts)(input, target, weight, opts)
+        return _dispatch.cross_entropy(input, target, weight, opts, small)
 
 
 cross_entropy.__doc__ = _docs.CROSS_ENTROPY
@@ -117,12 +126,11 @@ def nll_loss(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.nll_loss_to_torch(input):
-        try:
-            return _torch.nll_loss_unchecked(input, target, weight, ignore_index, reduction)
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+    small = _dispatch.nll_loss_to_torch(input)
+    if small:
+        loss = _torch_first(_torch.nll_loss_unchecked, input, target, weight, ignore_index, reduction)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     fn = "nll_loss"
     dtype = _autocast.loss_dtype(input)  # float32 under autocast for a 16-bit input, else None
@@ -132,8 +140,9 @@ def nll_loss(
         num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
         weight = _checks.class_weight(fn, _autocast.fp32(weight) if dtype else weight, input, num_classes,
                                       dtype=dtype)
-        target = _checks.class_targets(fn, input, target, class_dim_size=num_classes, ignore_index=ignore_index)
-        return _dispatch.nll_loss(input, target, weight, opts)(input, target, weight, opts)
+        target = _checks.logits_class_indices(fn, input, target, num_classes, opts.ignore_index)
+        _checks.argument_gradients(fn, "class_index", weight=weight)
+        return _dispatch.nll_loss(input, target, weight, opts, small)
 
 
 nll_loss.__doc__ = _docs.NLL_LOSS
@@ -149,22 +158,7 @@ def binary_cross_entropy(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.binary_to_torch(input):
-        try:
-            return _torch.binary_cross_entropy_unchecked(input, target, weight, reduction)
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
-    fn = "binary_cross_entropy"
-    reduction = _checks.deprecated_reduction(reduction)
-    dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
-    with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
-        input, target = _checks.binary_pair(fn, input, target)
-        opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
-        weight = _checks.broadcast_weight(fn, "weight", weight, input)
-        _checks.probabilities_in_unit_interval(fn, input)
-        _checks.probabilities_in_unit_interval(fn, target, "target")
-        return _dispatch.binary_cross_entropy(input, target, weight, opts)(input, target, weight, opts)
+    return _binary("binary_cross_entropy", input, target, weight, reduction, None)
 
 
 binary_cross_entropy.__doc__ = _docs.BINARY_CROSS_ENTROPY
@@ -181,24 +175,35 @@ def binary_cross_entropy_with_logits(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    if _dispatch.binary_to_torch(input):
-        try:
-            return _torch.binary_cross_entropy_with_logits_unchecked(
-                input, target, weight, reduction, pos_weight
-            )
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
-    fn = "binary_cross_entropy_with_logits"
+    return _binary("binary_cross_entropy_with_logits", input, target, weight, reduction, pos_weight)
+
+
+def _binary(fn, input, target, weight, reduction, pos_weight):
+    """Both binary losses after their legacy arguments: the torch-first try, the checks, dispatch."""
+    logits = fn == "binary_cross_entropy_with_logits"
+    small = _dispatch.binary_to_torch(input)
+    if small:
+        if logits:
+            loss = _torch_first(_torch.binary_cross_entropy_with_logits_unchecked, input, target,
+                                weight, reduction, pos_weight)
+        else:
+            loss = _torch_first(_torch.binary_cross_entropy_unchecked, input, target, weight, reduction)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     dtype = _autocast.binary_loss_dtype(fn, input)  # float32 under autocast for 16-bit input
     with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
         input, target = _checks.binary_pair(fn, input, target)
         opts = _checks.loss_options(fn, reduction_=reduction, dtype=dtype)
         weight = _checks.broadcast_weight(fn, "weight", weight, input)
-        pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
-        loss_fn = _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
-        return loss_fn(input, target, weight, pos_weight, opts)
+        if logits:
+            pos_weight = _checks.broadcast_weight(fn, "pos_weight", pos_weight, input)
+            _checks.argument_gradients(fn, "binary_logits", weight=weight, target=target, pos_weight=pos_weight)
+            return _dispatch.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts, small)
+        _checks.probabilities_in_unit_interval(fn, input)
+        _checks.probabilities_in_unit_interval(fn, target, "target")
+        _checks.argument_gradients(fn, "binary", weight=weight, target=target)
+        return _dispatch.binary_cross_entropy(input, target, weight, opts, small)
 
 
 binary_cross_entropy_with_logits.__doc__ = _docs.BINARY_CROSS_ENTROPY_WITH_LOGITS
@@ -228,14 +233,10 @@ def linear_cross_entropy(
     if _dispatch.linear_to_torch(
         input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing, extensions
     ):
-        try:
-            return _torch.linear_cross_entropy_unchecked(
-                input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                label_smoothing,
-            )
-        except _BAD_INPUT as err:
-            if isinstance(err, _NOT_BAD_INPUT):
-                raise
+        loss = _torch_first(_torch.linear_cross_entropy_unchecked, input, linear_weight, target,
+                            linear_bias, weight, reduction, ignore_index, label_smoothing)
+        if loss is not _REFUSED:
+            return loss
     reduction = _checks.deprecated_reduction(reduction)
     if _autocast.active(input):
         input, linear_weight, linear_bias, weight, dtype = _autocast.linear_args(
@@ -247,6 +248,8 @@ def linear_cross_entropy(
         target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
         dtype = _checks.loss_dtype(fn, dtype, input)
         weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
+        _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                                   target=target if soft else None)
         opts = _checks.loss_options(
             fn,
             ignore_index=ignore_index,
@@ -267,9 +270,7 @@ def linear_cross_entropy(
             opts = dataclasses.replace(opts, chunk_size=rows, allow_retain_graph=retain)
         if unbatched:  # (D,) -> (1, D); the loss of 'none' comes back as a scalar, as torch's
             input, target = input.unsqueeze(0), target.unsqueeze(0)
-        loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)(
-            input, linear_weight, target, linear_bias, weight, opts
-        )
+        loss = _dispatch.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts)
         return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
 
 

@@ -32,6 +32,13 @@ class _WeightedLoss(_Loss):
         self.weight: torch.Tensor | None
 
 
+def keep_options(module: torch.nn.Module, **options) -> None:
+    """A loss module's options as plain attributes, which may be reassigned between steps (as
+    torch's modules keep theirs): forward reads them at every call."""
+    for name, value in options.items():
+        setattr(module, name, value)
+
+
 class CrossEntropyLoss(_WeightedLoss):
     """torch.nn.CrossEntropyLoss with crossent's kernels; see crossent.cross_entropy for the math.
 
@@ -152,12 +159,8 @@ class LinearCrossEntropyLoss(_WeightedLoss):
             in_features, math.prod(self.out_features, start=num_classes), bias=bias,
             device=device, dtype=dtype,
         )
-        self.options = options
-        self.z_loss = z_loss
-        self.softcap = softcap
-        self.normalizer = normalizer
-        self.chunk_size = chunk_size
-        self.loss_dtype = loss_dtype
+        keep_options(self, options=options, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
+                     chunk_size=chunk_size, loss_dtype=loss_dtype)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         shape = (self.num_classes, *self.out_features)

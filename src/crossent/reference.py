@@ -70,12 +70,18 @@ def cross_entropy(
 
     if target.shape == input.shape:
         t = target.to(precision) * (1 - eps) + eps / n_classes  # (N, C, d..)
-        loss = -(w * t * log_p).sum(class_dim) + z_loss * lse**2  # (N, d..)
+        loss = -(w * t * log_p).sum(class_dim)  # (N, d..); a -inf logit with t = 0: nan, as torch
+        if z_loss:
+            loss = loss + z_loss * lse**2
         return _reduce(loss, reduction, denominator=loss.numel())
 
     nll, w_t, counted = _target_terms(log_p, target, weight, ignore_index, class_dim, precision)  # (N, d..)
-    smooth = -(w * log_p).sum(class_dim)  # (N, d..)
-    loss = (1 - eps) * w_t * nll + (eps / n_classes) * smooth + z_loss * lse**2
+    loss = w_t * nll
+    if eps > 0.0:  # (as torch: only then, since at eps = 0 a -inf logit would make 0 * inf = nan)
+        smooth = -(w * log_p).sum(class_dim)  # (N, d..)
+        loss = (1 - eps) * loss + (eps / n_classes) * smooth
+    if z_loss:
+        loss = loss + z_loss * lse**2
     # where, not a multiplication by the mask: an ignored sample must get an exact 0 gradient
     # even when 'mean' divides by a zero total weight (all ignored -> 0/0 = nan loss, as torch).
     loss = torch.where(counted, loss, 0.0)
@@ -119,15 +125,45 @@ def binary_cross_entropy(
         'mean' = sum l / numel   (w broadcasts to the input; it does not enter the denominator)
 
     The -100 floor is torch's (Loss.cpp `binary_cross_entropy_out_cpu`): l stays finite at p = 0, 1.
-    Gradients there are the derivative of this formula (the floored log contributes 0), whereas
-    torch's backward uses (p - y) / max(p (1 - p), 1e-12) for the input and unfloored logs for the
-    target; they agree for 0 < p < 1.
+    The gradients are torch's backward formulas, not the floored formula's derivative (they differ
+    where the floor or the clamp acts: p = 0 or 1, p (1 - p) < 1e-12):
+
+        dl/dp = w (p - y) / max(p (1 - p), 1e-12)        dl/dy = w (log(1 - p) - log p)
+
+    (`_BCEGradients` attaches them: the loss's value is the formula's.)
     """
     p, y = input.to(precision), target.to(precision)
     loss = -(y * _floored_log(p) + (1 - y) * _floored_log(1 - p))
+    loss = loss.detach() + _BCEGradients.apply(p, y)  # value: the formula's; gradients: torch's
     if weight is not None:
         loss = loss * weight.to(precision)
     return _reduce(loss, reduction, denominator=loss.numel())
+
+
+# torch's EPSILON in binary_cross_entropy_backward: the float literal 1e-12f, i.e. this value.
+_BCE_EPS = 9.999999960041972e-13
+
+
+class _BCEGradients(torch.autograd.Function):
+    """Zero in value; its gradients are torch's BCE backward formulas (see binary_cross_entropy),
+    written in differentiable ops, so a second derivative differentiates them as torch's does."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p, y):
+        return torch.zeros_like(p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, y = ctx.saved_tensors
+        gp = (p - y) / torch.clamp(p * (1 - p), min=_BCE_EPS)
+        gy = torch.log1p(-p) - torch.log(p)
+        return grad * gp, grad * gy
 
 
 def binary_cross_entropy_with_logits(
@@ -146,11 +182,16 @@ def binary_cross_entropy_with_logits(
 
     w and pw (pos_weight, e.g. one per class of the last dim) broadcast to the input, as in torch.
     log(1 - sigmoid(x)) = log sigmoid(-x), and both are computed without overflow (see
-    `_log_sigmoid`), so logits of +-100 and beyond give exact losses and gradients.
+    `_log_sigmoid`), so logits of +-100 and beyond give exact losses and gradients. At x = -inf
+    the loss is nan, torch's value.
     """
     x, y = input.to(precision), target.to(precision)
     pw = 1.0 if pos_weight is None else pos_weight.to(precision)
     loss = -(pw * y * _log_sigmoid(x) + (1 - y) * _log_sigmoid(-x))
+    # torch's value at x = -inf is nan for every y (its (1 - y) x - k log sigmoid(x) is -inf + inf);
+    # the formula above would give +inf for y > 0. (Gradients are finite either way.)
+    # (added, not selected: the gradient stays the formula's, -pw y there, as torch's)
+    loss = loss + torch.where(x == float("-inf"), float("nan"), 0.0)
     if weight is not None:
         loss = loss * weight.to(precision)
     return _reduce(loss, reduction, denominator=loss.numel())

@@ -158,7 +158,13 @@ def too_many_categories(tmp: Path) -> list[str]:
 
 def leaking_copy(tmp: Path) -> list[str]:
     rows = [[r[0], r[2].upper(), r[2]] for r in toy_rows()]
-    return ["train", "--data", toy(tmp, rows, ["height", "animal_code", "animal"]), "--target", "animal"]
+    return [
+        "train",
+        "--data",
+        toy(tmp, rows, ["height", "animal_code", "animal"]),
+        "--target",
+        "animal",
+    ]
 
 
 CASES: list[tuple[str, Callable[[Path], list], str]] = [
@@ -181,8 +187,15 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     (
         "--categorical and --numeric",
         lambda t: [
-            "train", "--data", toy(t), "--target", "animal", "--categorical", "height",
-            "--numeric", "height",
+            "train",
+            "--data",
+            toy(t),
+            "--target",
+            "animal",
+            "--categorical",
+            "height",
+            "--numeric",
+            "height",
         ],  # fmt: skip
         "column 'height' is named by both --categorical and --numeric; pick one",
     ),
@@ -195,7 +208,10 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     (
         "date not like training",
         lambda t: [
-            "predict", "--model", _date_model(t), "--data",
+            "predict",
+            "--model",
+            _date_model(t),
+            "--data",
             write_csv(t / "new.csv", ["day", "x"], [["2021-13-45", 1.0]]),
         ],  # fmt: skip
         "column 'day' of .* has a value that is not a date like the training data's",

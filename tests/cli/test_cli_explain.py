@@ -171,3 +171,58 @@ def test_bad_input(args, message):
     result = run("explain", *args, expect=2)
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ")
+
+
+def test_one_hot_target_is_read_as_its_class_index():
+    out = run("explain", "--probs", "0.2,0.7,0.1", "--target", "0,1,0").stdout
+    assert out.startswith("--target 0,1,0 read as one-hot: class index 1 (the same as --target 1)")
+    assert result_of(out) == "0.3567"  # the seed's number, as with --target 1
+    two = run("explain", "--logits", _rows(LOGITS[:2]), "--target", "0,1,0;0,0,1").stdout
+    assert "class index 1,2" in two
+    assert result_of(two) == result_of(
+        run("explain", "--logits", _rows(LOGITS[:2]), "--target", "1,2").stdout
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, weight, eps, reduction",
+    [
+        ("probs", None, 0.0, "mean"),
+        ("logits", None, 0.0, "sum"),
+        ("logits", [1.0, 2.0, 0.5], 0.1, "mean"),
+        ("probs", [3.0, 1.0, 1.0], 0.2, "none"),
+    ],
+)
+def test_probability_targets_match_torch(kind, weight, eps, reduction):
+    rows = LOGITS if kind == "logits" else PROBS
+    q = [[0.1, 0.8, 0.1], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    args = ["explain", f"--{kind}", _rows(rows), "--target", _rows(q), "--label-smoothing", eps]
+    args += ["--reduction", reduction] + (
+        ["--weight", ",".join(map(str, weight))] if weight else []
+    )
+    out = run(*args).stdout
+    assert "read as class probabilities (soft targets" in out and "agrees" in out
+    x = torch.tensor(rows, dtype=torch.float64)
+    x = x.log() if kind == "probs" else x
+    w = torch.tensor(weight, dtype=torch.float64) if weight else None
+    ref = F.cross_entropy(
+        x, torch.tensor(q, dtype=torch.float64), weight=w, reduction=reduction, label_smoothing=eps
+    )
+    values = [float(v) for v in result_of(out).strip("[]").split(",")]
+    torch.testing.assert_close(
+        torch.tensor(values, dtype=torch.float64), ref.reshape(-1), atol=6e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--probs", "0.2,0.7,0.1", "--target", "0.5,0.7,0.1"], "neither one class index nor"),
+        (["--probs", "0.2,0.7,0.1", "--target", "0,1"], "give class indices, one per row"),
+        (["--probs", "0.2,0.8;0.5,0.5", "--target", "0,1;1,0;1,0"], "3 rows for 2"),
+        (["--probs", "0.2,0.8", "--target", "1.5"], "not a list of class indices"),
+    ],
+)
+def test_bad_probability_targets(args, message):
+    result = run("explain", *args, expect=2)
+    assert message in result.stderr and result.stderr.count("\n") == 1

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from crossent.cli import models, training
+from crossent.cli import models, stopping, training
 
 
 class Terminal(io.StringIO):
@@ -20,23 +20,24 @@ def _train(tmp_path, quiet: bool = False) -> None:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 3, generator=gen), torch.randint(0, 3, (96,), generator=gen)
     model = models.build(models.architecture("linear", 3, 3, "multiclass", []))
-    training.run_epochs(
+    loop = training.Loop(
         model=model,
         opt=torch.optim.SGD(model.parameters(), lr=0.1),
         loss_fn=models.make_loss("multiclass", None, 0.0),
         rng=torch.Generator().manual_seed(0),
+        scheduler=None,
+        stopping=stopping.EarlyStopping(None, "train_loss"),
         train=(x, y),
         val=(x[:0], y[:0]),
         task="multiclass",
         batch_size=32,
-        start=0,
-        epochs=4,
-        history=[],
+        max_epochs=4,
+        forced=True,
         ckpt=tmp_path / "checkpoint.safetensors",
         run={},
         quiet=quiet,
-        stop_after_epochs=None,
     )
+    training.run_epochs(loop, 0, [])
 
 
 @pytest.mark.parametrize("tty", [True, False])

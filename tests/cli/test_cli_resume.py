@@ -1,4 +1,7 @@
-"""--resume after an interruption finishes with exactly the weights of an uninterrupted run."""
+"""--resume after an interruption finishes with exactly the weights of an uninterrupted run: with
+a fixed --epochs, and in the default budget, whose stopping rule, learning-rate schedule and best
+weights travel in the checkpoint too. Interruptions are made by driving the library (Ctrl-C
+raised from inside the loop), not by an option of the shipped command."""
 
 from __future__ import annotations
 
@@ -51,16 +54,62 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
-def test_stop_after_epochs_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
+@pytest.fixture()
+def every_epoch(monkeypatch):
+    """A checkpoint after every epoch (the command writes one every few seconds)."""
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
+
+
+def interrupt_after_checkpoint(monkeypatch, epoch: int) -> None:
+    """Ctrl-C right after the checkpoint of `epoch` is written."""
+    real = training.Loop.checkpoint
+
+    def checkpoint_then_interrupt(self, history):
+        real(self, history)
+        if len(history) == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Loop, "checkpoint", checkpoint_then_interrupt)
+
+
+def test_interrupted_after_an_epoch_then_resume_equals_uninterrupted(
+    tmp_path, uninterrupted, monkeypatch, every_epoch
+):
     out = tmp_path / "run"
-    res = run("train", *ARGS, "--out", out, "--stop-after-epochs", "2")
-    assert "rerun with --resume" in res.stdout
+    interrupt_after_checkpoint(monkeypatch, 2)
+    res = run("train", *ARGS, "--out", out, expect=130)
+    assert "the last checkpoint (epoch 2)" in res.stderr and "--resume" in res.stderr
     assert not (out / "model.safetensors").exists()  # stopped: no final model yet
-    res = run("train", *ARGS, "--out", out, "--resume")
+    monkeypatch.undo()
+    run("train", *ARGS, "--out", out, "--resume")
     assert_same_run(out, uninterrupted)
 
 
-def test_keyboard_interrupt_mid_epoch_then_resume(tmp_path, uninterrupted, monkeypatch):
+AUTO = ["--data", "iris", "--lr", "0.05", "--hidden", "8", "--patience", "4", "--seed", "1", "-q"]
+
+
+def test_default_budget_resumes_its_stopping_rule_schedule_and_best_weights(
+    tmp_path, monkeypatch, every_epoch
+):
+    full = tmp_path / "full"
+    run("train", *AUTO, "--out", full)
+    cfg = json.loads((full / "config.json").read_text())
+    stopped = cfg["training"]["epochs"]
+    assert "had not improved for 4 epochs" in cfg["training"]["stopped"]
+    assert cfg["training"]["kept_epoch"] == stopped - 4  # the best epoch, restored
+    out = tmp_path / "run"
+    interrupt_after_checkpoint(monkeypatch, stopped - 2)  # after the best epoch
+    run("train", *AUTO, "--out", out, expect=130)
+    monkeypatch.undo()
+    run("train", *AUTO, "--out", out, "--resume")
+    assert_same_run(out, full)
+    again = json.loads((out / "config.json").read_text())["training"]
+    assert again["kept_epoch"] == cfg["training"]["kept_epoch"]
+
+
+def test_keyboard_interrupt_mid_epoch_then_resume(
+    tmp_path, uninterrupted, monkeypatch, every_epoch
+):
     real = training.make_optimizer
 
     def interrupted_after_10_steps(*args, **kwargs):
@@ -82,6 +131,7 @@ def test_keyboard_interrupt_mid_epoch_then_resume(tmp_path, uninterrupted, monke
     assert "checkpoint (epoch 2)" in res.stderr and "--resume" in res.stderr
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     monkeypatch.setattr(training, "make_optimizer", real)
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 5.0)  # as shipped: same result
     run("train", *ARGS, "--out", out, "--resume")
     assert_same_run(out, uninterrupted)
 
@@ -95,7 +145,7 @@ def test_resume_can_extend_the_epochs(tmp_path, uninterrupted):
 
 def test_resume_with_other_options_is_refused(tmp_path):
     out = tmp_path / "run"
-    run("train", *ARGS, "--out", out, "--stop-after-epochs", "1")
+    run("train", *[a if a != "5" else "1" for a in ARGS], "--out", out)
     res = run("train", *ARGS, "--out", out, "--resume", "--lr", "0.5", expect=2)
     assert "different lr" in res.stderr
     res = run("train", *ARGS, "--out", out, expect=2)

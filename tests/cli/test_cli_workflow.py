@@ -129,9 +129,10 @@ def test_evaluate_defaults_to_the_held_out_rows():
     m = json.loads((folder / "evaluation" / "metrics.json").read_text())
     assert m["split"] == "val" and m["rows"] == 30  # 20% of 150, stratified
     assert "held-out validation rows (30)" in res.stdout
-    # the validation accuracy of the last epoch, recorded while training, is the same number
+    # the validation accuracy of the kept epoch, recorded while training, is the same number
     cfg = json.loads((folder / "config.json").read_text())
-    assert m["accuracy"] == pytest.approx(cfg["history"][-1]["val_accuracy"], abs=1e-12)
+    kept = cfg["training"]["kept_epoch"]
+    assert m["accuracy"] == pytest.approx(cfg["history"][kept - 1]["val_accuracy"], abs=1e-12)
 
 
 def test_csv_with_text_labels_round_trip(tmp_path):

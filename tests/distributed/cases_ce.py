@@ -177,6 +177,21 @@ def ce_errors(rank, world):
         assert "does not differentiate" in str(err) or "requires grad" in str(err)
     else:
         raise AssertionError("target requiring grad accepted")
+    # torch's target dtypes and torch's refusal of a class weight requiring grad
+    for target, ok in ((torch.tensor([0, 1, 2], dtype=torch.uint8), True),
+                       (torch.tensor([0, 1, 2], dtype=torch.int32), False)):
+        try:
+            vp_ce(x, target, num_classes=8)
+        except RuntimeError as err:
+            assert not ok and "int64 or uint8" in str(err), str(err)
+        else:
+            assert ok, f"{target.dtype} accepted"
+    try:
+        vp_ce(x, torch.tensor([0, 1, 2]), torch.rand(8, dtype=torch.float64, requires_grad=True))
+    except InvalidArgument as err:
+        assert "torch does not differentiate" in str(err), str(err)
+    else:
+        raise AssertionError("a class weight requiring grad accepted")
 
 
 @case(2, 4)

@@ -232,3 +232,37 @@ def single_rank_groups(rank, world):
     got.backward()
     want.backward()
     close(z.grad, zf.grad, "1-rank logits grad")
+
+
+@case(2, 4)
+def head_module_initialisation_is_the_full_layers(rank, world):
+    """Building the head module (and .from_linear) moves every rank's global generator by the same
+    amount -- uneven vocabularies included -- and its shard is nn.Linear's layer, sharded."""
+    from crossent.distributed import VocabParallelLinearCrossEntropyLoss
+    from crossent.distributed import nn as dnn
+
+    for c, d, bias, block in [(1001, 8, True, 1 << 22), (7, 3, False, 1 << 22), (10, 4, True, 5),
+                              (5, 2, True, 2)]:
+        old = dnn.INIT_BLOCK_ELEMENTS
+        dnn.INIT_BLOCK_ELEMENTS = block  # blocks of a row or two: the drawing order is the same
+        try:
+            torch.manual_seed(7)
+            full = torch.nn.Linear(d, c, bias=bias, dtype=torch.float64)
+            after_full = torch.rand(1)
+            torch.manual_seed(7)
+            head = VocabParallelLinearCrossEntropyLoss(d, c, bias=bias, dtype=torch.float64)
+            after_head = torch.rand(1)
+            torch.manual_seed(11)
+            VocabParallelLinearCrossEntropyLoss.from_linear(full)
+            after_from = torch.rand(1)
+        finally:
+            dnn.INIT_BLOCK_ELEMENTS = old
+        sl = vocab_slice(c, world, rank)
+        assert torch.equal(head.linear_weight.data, full.weight.data[sl]), (c, rank)
+        if bias:
+            assert torch.equal(head.linear_bias.data, full.bias.data[sl]), (c, rank)
+        assert torch.equal(after_head, after_full), (c, rank)  # the same draws as nn.Linear
+        for value in (after_head, after_from):  # and the same on every rank
+            values = [torch.empty_like(value) for _ in range(world)]
+            dist.all_gather(values, value)
+            assert all(torch.equal(v, values[0]) for v in values), (c, values)

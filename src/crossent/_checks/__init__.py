@@ -14,7 +14,15 @@ Modules: `losses` (cross_entropy, nll_loss, the binary losses, shared options, a
 """
 
 from . import integrations
-from ._common import InvalidArgument, InvalidArgumentType, TargetOutOfRange, check_values
+from ._common import (
+    InvalidArgument,
+    InvalidArgumentType,
+    TargetOutOfRange,
+    check_values,
+    count,
+    torch_int,
+)
+from .gradients import argument_gradients
 from .linear import (
     linear_chunking,
     linear_module,
@@ -25,15 +33,12 @@ from .linear import (
 from .losses import (
     binary_pair,
     broadcast_weight,
-    class_targets,
     class_weight,
     deprecated_reduction,
     inplace_input,
-    is_prob_target,
     logits_input,
     loss_dtype,
     loss_options,
-    prob_targets,
     probabilities_in_unit_interval,
     recompute_inputs_gone,
     recompute_inputs_modified,
@@ -42,10 +47,11 @@ from .losses import (
     unknown_backend,
     unsafe_to_autocast,
 )
+from .targets import logits_class_indices, logits_targets
 
 __all__ = [
-    "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_targets", "class_weight", "deprecated_reduction",
-    "inplace_input", "is_prob_target", "linear_chunking", "linear_module",
+    "argument_gradients", "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_weight", "deprecated_reduction",
+    "inplace_input", "logits_class_indices", "logits_targets", "count", "torch_int", "linear_chunking", "linear_module",
     "linear_no_fused_gradient", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
-    "loss_options", "prob_targets", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",
+    "loss_options", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import os
 
 import torch
@@ -71,10 +73,54 @@ def _same_device(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> No
         )
 
 
+def torch_int(fn: str, name: str, value: object) -> int:
+    """An int argument as torch's argument parser takes it: anything with ``__index__`` (Python
+    and numpy integers, one-element integer tensors and arrays), not a bool."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise InvalidArgumentType(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
+
+
+def count(fn: str, name: str, value: object, *, minimum: int = 1, what: str = "") -> int | None:
+    """An int option of crossent's that counts something (chunk_size, num_classes): None, or an
+    int >= minimum (a bool or another type is a TypeError, a smaller int a ValueError)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentType(f"{fn}: {name} must be an int{what} or None, got {value!r}")
+    if value < minimum:
+        raise InvalidArgument(f"{fn}: {name} must be >= {minimum}{what}, got {value}")
+    return value
+
+
+def torch_float(fn: str, name: str, value: object, *, allow_bool: bool = True) -> float:
+    """A float argument as torch's argument parser takes it: a real number (Python's, a bool
+    included, or a numpy scalar) or a 0-d tensor that does not require grad; crossent's own
+    options (``allow_bool=False``) refuse a bool."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and not value.requires_grad and not value.is_complex():
+            return float(value)
+    elif isinstance(value, numbers.Real) and (allow_bool or not isinstance(value, bool)):
+        return float(value)
+    raise InvalidArgumentType(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
+
+
 def _finite_number(fn: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentType(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    """A finite float option of crossent's (an extension: not a bool)."""
+    value = torch_float(fn, name, value, allow_bool=False)
     if not math.isfinite(value):
         raise InvalidArgument(f"{fn}: {name} must be finite, got {value}")
+    return value
+
+
+def label_smoothing(fn: str, value: object) -> float:
+    """torch's label_smoothing, in [0, 1]. torch refuses values above 1 and silently computes with
+    negative or nan ones (a distribution with negative mass); crossent refuses those too, as
+    documented (outside torch's documented range)."""
+    value = torch_float(fn, "label_smoothing", value)
+    if not 0.0 <= value <= 1.0:
+        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {value}")
     return value

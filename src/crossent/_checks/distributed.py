@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import InvalidArgument, InvalidArgumentType, _tensor
-from .losses import _class_index_range
+from . import targets
+from ._common import InvalidArgument, InvalidArgumentType, _tensor, count, torch_int
 
 
 def is_dtensor(t: object) -> bool:
@@ -78,11 +78,7 @@ def group(fn: str, group: object):
 
 
 def num_classes(fn: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentType(f"{fn}: num_classes must be a non-negative int or None, got {value!r}")
-    return value
+    return count(fn, "num_classes", value, minimum=0)
 
 
 def vocab_range(fn: str, value: object, local_size: int, num_classes: int) -> tuple[int, int]:
@@ -175,29 +171,13 @@ def linear_targets(fn: str, rows: int, local_classes: int, out: tuple, num_class
                    ignore_index: int, device) -> tuple[torch.Tensor, bool]:
     """Global class indices (rows, *out), or this rank's probabilities (rows, V_r, *out) (torch's
     rule: floating and of the local logits' shape). Returns (int64 indices or probabilities, soft)."""
-    target = _tensor(fn, "target", target)
-    if target.device != device:
-        raise InvalidArgument(f"{fn}: target is on {target.device} but input is on {device}; move both to one device")
-    logits = (rows, local_classes, *out)
-    if target.is_floating_point() and tuple(target.shape) == logits:
-        return target, True
-    expected = (rows, *out)
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise InvalidArgumentType(
-            f"{fn}: target must be class indices (an integer tensor of shape {expected}) or this "
-            f"rank's class probabilities (floating, shape {logits}), got {target.dtype} of shape "
-            f"{tuple(target.shape)}"
-        )
-    if tuple(target.shape) != expected:
-        raise InvalidArgument(
-            f"{fn}: target of class indices must have shape {expected} (one per token; under "
-            f"sequence parallelism, per token of the gathered sequence), got {tuple(target.shape)}"
-        )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise InvalidArgumentType(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
-    target = target.long()
-    _class_index_range(fn, target, num_classes, ignore_index)
-    return target, False
+    ignore_index = torch_int(fn, "ignore_index", ignore_index)
+    return targets.linear_targets(
+        fn, target, batch=(rows,), classes=local_classes, out=out, num_classes=num_classes,
+        ignore_index=ignore_index, ignore_given=ignore_index >= 0, device=device,
+        context="(one per token; under sequence parallelism, per token of the gathered sequence)",
+        probabilities_floating=False,
+    )
 
 
 def normalizer_target(fn: str, target: object) -> torch.Tensor:
@@ -234,10 +214,6 @@ def sequence_parallel_batched(fn: str, input: torch.Tensor) -> None:
         f"{fn}: sequence_parallel=True needs batched input (N/W, in_features), got shape "
         f"{tuple(input.shape)}"
     )
-
-
-def chunk_size(fn: str, value: object) -> None:
-    raise InvalidArgument(f"{fn}: chunk_size must be a positive int (tokens per chunk) or None, got {value!r}")
 
 
 def no_second_derivative(fn: str) -> None:

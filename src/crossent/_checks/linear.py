@@ -5,16 +5,17 @@ from __future__ import annotations
 import torch
 
 from .. import _torch_version
+from . import targets
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    _finite_number,
     _floating,
     _same_device,
-    _shape,
     _tensor,
+    count,
+    torch_int,
 )
-from .losses import _class_index_range
+from ._common import label_smoothing as _label_smoothing
 
 # linear_cross_entropy (torch 2.13's semantics): input (N, D) or (D,), linear_weight (C, D) or
 # (C, d1..dk, D), linear_bias (C, d1..dk), target (N, d1..dk) / () or probabilities shaped like
@@ -74,45 +75,15 @@ def linear_targets(
     Returns (target, soft, ignore_index): int64 indices (value-checked as for cross_entropy) or the
     probabilities, and ignore_index with None mapped to -100.
     """
-    target = _tensor(fn, "target", target)
-    _same_device(fn, "target", target, input)
-    num_classes = linear_weight.shape[0]
-    out_features = tuple(linear_weight.shape[1:-1])
-    batch = tuple(input.shape[:-1])
-    logits_shape = batch + (num_classes,) + out_features
-    if tuple(target.shape) == logits_shape:
-        if not target.is_floating_point():
-            raise InvalidArgumentType(
-                f"{fn}: a target of the logits' shape {logits_shape} holds class probabilities and "
-                f"must be floating-point, got {target.dtype}; class indices have shape "
-                f"{batch + out_features}"
-            )
-        if ignore_index is not None:
-            raise InvalidArgument(
-                f"{fn}: ignore_index={ignore_index} cannot be specified when target contains "
-                f"class probabilities (torch refuses it too); leave ignore_index=None"
-            )
-        return target, True, -100
-    if isinstance(ignore_index, bool) or (ignore_index is not None and not isinstance(ignore_index, int)):
-        raise InvalidArgumentType(f"{fn}: ignore_index must be an int or None, got {ignore_index!r}")
-    ignore_index = -100 if ignore_index is None else ignore_index
-    expected = batch + out_features
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise InvalidArgumentType(
-            f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
-            f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
-            f"target of the logits' shape {logits_shape}"
-        )
-    if tuple(target.shape) != expected:
-        raise InvalidArgument(
-            f"{fn}: target of class indices must have shape {expected} for input of shape "
-            f"{tuple(input.shape)} and linear_weight of shape {tuple(linear_weight.shape)}, got "
-            f"{tuple(target.shape)}"
-        )
-    if target.dtype != torch.int64:
-        target = target.long()
-    _class_index_range(fn, target, num_classes, ignore_index)
-    return target, False, ignore_index
+    resolved = -100 if ignore_index is None else torch_int(fn, "ignore_index", ignore_index)
+    target, soft = targets.linear_targets(
+        fn, target, batch=tuple(input.shape[:-1]), classes=linear_weight.shape[0],
+        out=tuple(linear_weight.shape[1:-1]), num_classes=linear_weight.shape[0],
+        ignore_index=resolved, ignore_given=ignore_index is not None, device=input.device,
+        context=f"for input of shape {tuple(input.shape)} and linear_weight of shape "
+                f"{tuple(linear_weight.shape)}",
+    )
+    return target, soft, -100 if soft else resolved
 
 
 def linear_chunking(
@@ -127,11 +98,7 @@ def linear_chunking(
             f"{fn}: normalizer={normalizer} replaces the denominator of reduction='mean', "
             f"got reduction={opts_reduction!r}; use reduction='mean' (or divide the 'sum' yourself)"
         )
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise InvalidArgumentType(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {chunk_size!r}")
-        if chunk_size < 1:
-            raise InvalidArgument(f"{fn}: chunk_size must be >= 1 (rows per chunk), got {chunk_size}")
+    chunk_size = count(fn, "chunk_size", chunk_size, what=" (rows per chunk)")
     if options is None:
         return chunk_size, False
     # (validated as the installed torch validates its own options class: _torch_version)
@@ -194,6 +161,4 @@ def linear_module(fn: str, in_features, num_classes, out_features, weight, label
                 f"{fn}: weight must be a 1-D tensor with one entry per class ({num_classes}), "
                 f"got shape {tuple(weight.shape)}"
             )
-    smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
-    if not 0.0 <= smoothing <= 1.0:
-        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {smoothing}")
+    _label_smoothing(fn, label_smoothing)

@@ -10,14 +10,15 @@ from .._options import LossOptions
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    TargetOutOfRange,
     _finite_number,
     _floating,
     _same_device,
     _shape,
     _tensor,
     _values_checked,
+    torch_int,
 )
+from ._common import label_smoothing as _label_smoothing
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -45,12 +46,9 @@ def loss_options(
     """Check the scalar options of the cross-entropy family and pack them (soft, dtype,
     chunk_size and allow_retain_graph come checked by `is_prob_target`/`linear_targets`,
     `loss_dtype` and `linear_chunking`)."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise InvalidArgumentType(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    ignore_index = torch_int(fn, "ignore_index", ignore_index)
     reduction(fn, reduction_)
-    label_smoothing = _finite_number(fn, "label_smoothing", label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise InvalidArgument(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = _label_smoothing(fn, label_smoothing)
     z_loss = _finite_number(fn, "z_loss", z_loss)
     if z_loss < 0.0:
         raise InvalidArgument(f"{fn}: z_loss must be >= 0, got {z_loss}")
@@ -89,76 +87,12 @@ def loss_options(
     )
 
 
-def class_targets(
-    fn: str, input: torch.Tensor, target: object, *, class_dim_size: int, ignore_index: int
-) -> torch.Tensor:
-    """Check class-index targets against input (N, C, d1..dk) or (C,); return them as int64.
-
-    Accepts int64 and uint8 (as torch does) and any other integer dtype (converted). Values must
-    lie in [0, C) or equal ignore_index.
-    """
-    target = _tensor(fn, "target", target)
-    _same_device(fn, "target", target, input)
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        expected = "()" if input.dim() == 1 else _shape(input[:, 0]) if input.dim() > 1 else ""
-        raise InvalidArgumentType(
-            f"{fn}: target of class indices must be an integer tensor (int64) of shape {expected}, "
-            f"got {target.dtype} of shape {_shape(target)}; class probabilities need a floating "
-            f"target of the input's shape {_shape(input)}"
-        )
-    expected_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
-    if target.shape != expected_shape:
-        raise InvalidArgument(
-            f"{fn}: target of class indices must have shape {tuple(expected_shape)} for input of "
-            f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-    if target.dtype != torch.int64:
-        target = target.long()
-    _class_index_range(fn, target, class_dim_size, ignore_index)
-    return target
-
-
-def _class_index_range(fn: str, target: torch.Tensor, class_dim_size: int, ignore_index: int) -> None:
-    """Every int64 class index lies in [0, C) or equals ignore_index (value check, see above)."""
-    if target.numel() and _values_checked(target):
-        lo, hi = torch.aminmax(target)
-        if lo.item() < 0 or hi.item() >= class_dim_size:
-            bad = (target != ignore_index) & ((target < 0) | (target >= class_dim_size))
-            if bool(bad.any()):
-                where = tuple(int(i) for i in bad.nonzero()[0])
-                value = int(target[where]) if where else int(target)
-                raise TargetOutOfRange(
-                    f"{fn}: target contains {value} at index {where}, outside the classes "
-                    f"[0, {class_dim_size}) and not ignore_index={ignore_index}"
-                )
-
-
 def logits_input(fn: str, input: object) -> torch.Tensor:
     input = _tensor(fn, "input", input)
     _floating(fn, "input", input)
     if input.dim() == 0:
         raise InvalidArgument(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
     return input
-
-
-def prob_targets(fn: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    """Class-probability targets: a floating tensor of the input's shape; nothing to ignore."""
-    _same_device(fn, "target", target, input)
-    if ignore_index >= 0:
-        raise InvalidArgument(
-            f"{fn}: ignore_index={ignore_index} cannot apply to class-probability targets "
-            f"(torch refuses it too); leave ignore_index at its default -100"
-        )
-    if target.shape != input.shape:
-        raise InvalidArgument(
-            f"{fn}: target of class probabilities must have the input's shape "
-            f"{tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-
-
-def is_prob_target(input: torch.Tensor, target: object) -> bool:
-    """torch's rule: a floating target of the input's shape holds class probabilities."""
-    return isinstance(target, torch.Tensor) and target.is_floating_point() and target.shape == input.shape
 
 
 def class_weight(
@@ -209,6 +143,11 @@ def binary_pair(fn: str, input: object, target: object) -> tuple[torch.Tensor, t
         raise InvalidArgumentType(
             f"{fn}: target must be a floating-point tensor of 0/1 labels or probabilities, "
             f"got {target.dtype}; use target.float()"
+        )
+    if fn == "binary_cross_entropy" and target.dtype != input.dtype:  # torch: "Found dtype ..."
+        raise InvalidArgumentType(
+            f"{fn}: target has dtype {target.dtype} but input has dtype {input.dtype}; torch "
+            f"requires one dtype: pass target.to({input.dtype})"
         )
     return input, target
 

@@ -21,6 +21,24 @@ import torch
 from .. import _checks
 
 
+class Handover:
+    """Tensors a Function's forward computed for its setup_context: forward puts them, setup_context
+    takes them (once). Not outputs of the Function: an output costs autograd bookkeeping (measured:
+    +43 MiB of peak in the linear loss at 2048 x 512 x 128256). One lives in each call object."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self):
+        self._value = None
+
+    def put(self, value) -> None:
+        self._value = value
+
+    def take(self):
+        value, self._value = self._value, None
+        return value
+
+
 def stash(ctx, grads: tuple, *, post_scale: torch.Tensor | None = None, keep: bool = False) -> None:
     """Store forward's gradients (None entries for inputs that need none) for `release`.
     post_scale: a factor backward applies besides grad_output (1/den for 16-bit 'mean')."""
@@ -129,9 +147,9 @@ def second_derivative(ctx, grad_out: torch.Tensor, needs: tuple) -> tuple:
 
 
 def input_gradient(ctx, grad_out: torch.Tensor, factor) -> torch.Tensor:
-    """backward of a fused loss with one differentiable input (the logits): the gradient with a
-    graph under create_graph=True, else the stored one (refilled for a second backward) times
-    ``factor(grad_out)``."""
+    """backward of a fused loss with one differentiable input, the logits (the Function's second
+    argument, after its call object): the gradient with a graph under create_graph=True, else the
+    stored one (refilled for a second backward) times ``factor(grad_out)``."""
     if torch.is_grad_enabled():
-        return second_derivative(ctx, grad_out, ctx.needs_input_grad[:1])[0]
+        return second_derivative(ctx, grad_out, ctx.needs_input_grad[1:2])[0]
     return release(ctx, factor(grad_out))[0]

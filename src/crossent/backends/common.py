@@ -25,6 +25,15 @@ def output_dtype(input: torch.Tensor, target: torch.Tensor, opts: LossOptions) -
     return out if opts.dtype is None else torch.promote_types(out, opts.dtype)
 
 
+def binary_output_dtype(input: torch.Tensor, target: torch.Tensor, opts: LossOptions, logits: bool) -> torch.dtype:
+    """The binary losses' dtype, torch's: the input's for binary_cross_entropy (whose target has
+    the input's dtype: checked); the *target's* for binary_cross_entropy_with_logits (torch
+    computes ``(1 - target).mul_(input)...``, which keeps the target's dtype: float32 logits with
+    float16 targets give a float16 loss); promoted to ``opts.dtype`` (float32 under autocast)."""
+    out = target.dtype if logits else input.dtype
+    return out if opts.dtype is None else torch.promote_types(out, opts.dtype)
+
+
 def deterministic_sum(v: torch.Tensor) -> torch.Tensor:
     """Sum of all elements in an order that does not depend on the number of threads.
 

@@ -7,8 +7,9 @@
     decimal    ',' when the delimiter is not ',' and the sample's numbers use decimal commas
                ("3,5") but never decimal points (the European spreadsheet export)
 
-`read_csv(path, sep)` returns the frame and a `CsvFormat` saying what was found (for `crossent
-data`); every problem is one `CliError` sentence. pandas is imported inside the functions.
+`read_csv(path, sep, head, ...)` returns the frame and a `CsvFormat` saying what was found (for
+`crossent data`); every problem is one `CliError` sentence. `readers` decides that a file is CSV
+(or compressed CSV) and hands over its first bytes. pandas is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import csv
 import io
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._errors import CliError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import pandas as pd
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -44,7 +46,6 @@ BOMS = (
 )
 _DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")
 _DECIMAL_POINT = re.compile(r"^\s*[+-]?\d*\.\d+\s*$")
-MODEL_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".safetensors"}
 
 
 @dataclass(frozen=True)
@@ -123,22 +124,15 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def read_csv(path: Path, sep: str | None = None) -> tuple[pd.DataFrame, CsvFormat]:
-    """(frame with stripped column names, the format found); a sentence for every problem."""
+def read_csv(
+    path: Path, sep: str | None, head: bytes, truncated: bool, compression: str | None = None
+) -> tuple[pd.DataFrame, CsvFormat]:
+    """(frame with stripped column names, the format found); a sentence for every problem.
+
+    `head` is the file's first SAMPLE_BYTES (decompressed), `truncated` whether more follows;
+    `compression` is pandas' name for the file's compression (None: plain text)."""
     import pandas as pd
 
-    if not path.exists():
-        raise CliError(
-            f"no such file '{path}' and no built-in data set of that name; "
-            "give the path of a CSV file or one of the names `crossent data` lists"
-        )
-    if path.is_dir():
-        raise CliError(f"'{path}' is a folder, not a CSV file; give the path of a CSV file")
-    if path.suffix.lower() in MODEL_SUFFIXES:
-        raise CliError(f"'{path}' is a model file, not data; give a CSV file with --data")
-    with open(path, "rb") as f:
-        head = f.read(SAMPLE_BYTES)
-        truncated = bool(f.read(1))
     if not head.strip():
         raise CliError(f"'{path}' is empty; give a CSV file with a header row and data rows")
     encoding = _encoding(head)
@@ -153,7 +147,9 @@ def read_csv(path: Path, sep: str | None = None) -> tuple[pd.DataFrame, CsvForma
     chosen = sep or sniff(sample, truncated)
     fmt = CsvFormat(encoding, chosen, _decimal(sample, chosen, truncated), sniffed=sep is None)
     try:
-        frame = pd.read_csv(path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding)
+        frame = pd.read_csv(
+            path, sep=fmt.sep, decimal=fmt.decimal, encoding=fmt.encoding, compression=compression
+        )
     except pd.errors.EmptyDataError:
         raise CliError(f"'{path}' is empty; give a CSV file with a header row and data rows")
     except UnicodeDecodeError as e:

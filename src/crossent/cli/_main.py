@@ -76,9 +76,10 @@ def main() -> None:
       crossent evaluate --model runs/bc --data breast-cancer
       crossent predict --model runs/bc --data new_rows.csv --out predictions.csv
 
-    Data is a CSV file (`--data file.csv --target COLUMN`: any delimiter, text, dates and missing
-    values; `crossent data file.csv` shows what train will make of it) or one of scikit-learn's
-    built-in data sets (breast-cancer, digits, iris, wine), which need no download. Models are
+    Data is a table file (`--data FILE --target COLUMN`: CSV with any delimiter, also gzip, bz2,
+    xz or zip-compressed, TSV, Parquet, Excel .xlsx, JSON Lines; text, dates, missing values and
+    numbers like '1,234' or '$5'; `crossent data FILE` shows what train will make of it) or one
+    of scikit-learn's built-in data sets (breast-cancer, digits, iris, wine). Models are
     saved as safetensors plus a JSON description, preprocessing included; pickle files are never
     read or written.
 

@@ -103,24 +103,30 @@ def bench(quick: bool, folder: Path | None, only: tuple[str, ...], list_only: bo
             click.echo(s.stem)
         return
 
-    summary = []
-    for script in scripts:
-        cmd = command_for(script, quick)
-        click.echo(f"\n== {script.stem} ({' '.join(['python', *cmd[1:]])})")
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=folder.parent,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        for line in proc.stdout or ():  # stream the script's table as it prints
-            click.echo(line, nl=False)
-        rc = proc.wait()
-        summary.append((script.stem, rc, time.perf_counter() - start))
+    _summarise([_run(script, quick, folder) for script in scripts])
 
+
+def _run(script: Path, quick: bool, folder: Path) -> tuple[str, int, float]:
+    """Run one script in its own process, streaming its output; (name, exit code, seconds)."""
+    cmd = command_for(script, quick)
+    click.echo(f"\n== {script.stem} ({' '.join(['python', *cmd[1:]])})")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=folder.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    for line in proc.stdout or ():  # stream the script's table as it prints
+        click.echo(line, nl=False)
+    rc = proc.wait()
+    return script.stem, rc, time.perf_counter() - start
+
+
+def _summarise(summary: list[tuple[str, int, float]]) -> None:
+    """The table of what ran; exit 1 when a script failed."""
     click.echo("\n| benchmark | result | seconds |\n|---|---|---|")
     for name, rc, seconds in summary:
         click.echo(f"| {name} | {'ok' if rc == 0 else f'failed (exit {rc})'} | {seconds:.1f} |")

@@ -1,4 +1,5 @@
-"""Data for the command line: scikit-learn's built-in data sets and CSV files, checked once here.
+"""Data for the command line: scikit-learn's built-in data sets, files (`readers`: CSV, TSV,
+Parquet, Excel, JSON Lines) and pandas DataFrames (the Python API), checked once here.
 
 Training gets a `Table`: the raw frame, the label strings (so ``1``, ``1.0`` and ``"1"`` in a CSV
 are the same class), the class list, and the `columns.ColumnPlan` of its features; `train` splits
@@ -22,16 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._csv import SEP_HELP, CsvFormat, parse_sep
+from ._cells import require_columns, rows_text
+from ._csv import SEP_HELP, parse_sep
 from ._errors import CliError
-from .columns import ColumnPlan, label
+from .columns import ColumnPlan
 from .split import split_indices  # noqa: F401 - part of this module's interface
+from .target import check_target, encode_labels, label_strings, sorted_classes  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
     from .preprocess import InputReport
+    from .readers import SourceFormat
 
 # name on the command line -> (scikit-learn loader, one line for --help and `crossent data`)
 BUILTINS: dict[str, tuple[str, str]] = {
@@ -42,7 +46,8 @@ BUILTINS: dict[str, tuple[str, str]] = {
 }
 BUILTIN_TARGET = "target"
 DATA_HELP = (
-    "A CSV file, or a data set that ships with scikit-learn (offline): "
+    "A table file (CSV, TSV, Parquet, Excel .xlsx, JSON Lines; gzip/bz2/xz/zip-compressed CSV "
+    "too), or a data set that ships with scikit-learn (offline): "
     + ", ".join(BUILTINS)
     + ". An existing file of that name wins."
 )
@@ -63,9 +68,14 @@ def model_and_data_options(command):
     """The --model DIR (a folder written by `crossent train`), --data CSV|NAME and --sep options
     that evaluate and predict share; they arrive as model_dir, source and sep."""
     command = sep_option(command)
-    command = click.option("--data", "source", required=True, metavar="CSV|NAME", help=DATA_HELP)(command)
+    command = click.option("--data", "source", required=True, metavar="FILE|NAME", help=DATA_HELP)(
+        command
+    )
     return click.option(
-        "--model", "model_dir", required=True, type=click.Path(),
+        "--model",
+        "model_dir",
+        required=True,
+        type=click.Path(),
         help="Model folder written by `crossent train`.",
     )(command)
 
@@ -103,7 +113,7 @@ class Table:
     labels: list[str]
     class_order: list[str]
     plan: ColumnPlan
-    fmt: CsvFormat | None = None
+    fmt: SourceFormat | None = None
 
     def fingerprint(self) -> str:
         return fingerprint(self.frame, self.plan.features, self.labels)
@@ -135,11 +145,18 @@ class Dataset:
 
 
 def read_source(
-    source: str, sep: str | None = None
-) -> tuple[pd.DataFrame, str, str | None, list[str] | None, CsvFormat | None]:
-    """(frame, display name, target column or None, class order or None, CSV format or None)."""
-    from ._csv import read_csv
+    source: str | pd.DataFrame, sep: str | None = None
+) -> tuple[pd.DataFrame, str, str | None, list[str] | None, SourceFormat | None]:
+    """(frame, display name, target column or None, class order or None, format or None).
 
+    `source` is a file, a built-in name, or a pandas DataFrame (the Python API; copied, never
+    changed)."""
+    from .readers import SourceFormat, normalised, read_table
+
+    if not isinstance(source, str):
+        if len(source) == 0:
+            raise CliError("the DataFrame has no rows; give one with a header and data rows")
+        return normalised(source), "DataFrame", None, None, SourceFormat("dataframe")
     path = Path(source)
     if path.is_file() or source not in BUILTINS:  # a folder named "iris" does not shadow it
         if not path.exists():
@@ -147,7 +164,7 @@ def read_source(
                 f"no such file '{path}' and no built-in data set of that name; "
                 f"give the path of a CSV file or one of: {', '.join(BUILTINS)}"
             )
-        frame, fmt = read_csv(path, sep)
+        frame, fmt = read_table(path, sep)
         return frame, str(path), None, None, fmt
     return (*_read_builtin(source), None)
 
@@ -169,31 +186,6 @@ def _read_builtin(name: str) -> tuple[pd.DataFrame, str, str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------
 # columns -> arrays
-
-
-def rows_text(mask: Any, limit: int = 5) -> str:
-    """'data rows 3, 7 and 2 more' (1-based, counting data rows after the header).
-
-    A boolean Series names the rows by its index (the file's row positions, also in a subset)."""
-    import numpy as np
-
-    if hasattr(mask, "index"):
-        idx = np.asarray(mask.index[np.asarray(mask, dtype=bool)]) + 1
-    else:
-        idx = np.flatnonzero(np.asarray(mask)) + 1
-    shown = ", ".join(str(i) for i in idx[:limit])
-    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
-    return f"data row{'s' if len(idx) > 1 else ''} {shown}{more}"
-
-
-def require_columns(frame: pd.DataFrame, names: Sequence[str], source: str) -> None:
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        listed = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CliError(
-            f"{source} lacks the feature column(s) {listed}; "
-            f"use data with the columns {', '.join(list(names)[:8])}{' ...' if len(names) > 8 else ''}"
-        )
 
 
 def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np.ndarray:
@@ -228,55 +220,22 @@ def feature_matrix(frame: pd.DataFrame, names: Sequence[str], source: str) -> np
     return X
 
 
-def label_strings(frame: pd.DataFrame, target: str, source: str) -> list[str]:
-    """The target column as strings; integral numbers print without '.0' (1.0 -> '1')."""
-    col = frame[target]
-    if col.isna().any():
-        raise CliError(
-            f"the target column '{target}' of {source} has {int(col.isna().sum())} missing "
-            f"label(s) ({rows_text(col.isna())}); fill or drop those rows first"
-        )
-    return [label(v) for v in col.tolist()]
-
-
-def sorted_classes(frame: pd.DataFrame, target: str, labels: list[str]) -> list[str]:
-    """Numbers in numeric order (2 < 10), everything else in text order."""
-    import pandas as pd
-
-    uniq = sorted(set(labels))
-    if pd.api.types.is_numeric_dtype(frame[target]) and not pd.api.types.is_bool_dtype(
-        frame[target]
-    ):
-        return sorted(uniq, key=float)
-    return uniq
-
-
-def check_target(frame: pd.DataFrame, target: str | None, source: str) -> str:
-    if target is None:
-        raise CliError(f"{source} is a CSV file, so name its label column with --target COLUMN")
-    if target not in frame.columns:
-        cols = ", ".join(repr(c) for c in list(frame.columns)[:10])
-        raise CliError(f"{source} has no column '{target}'; pick --target from its columns: {cols}")
-    return target
-
-
-# ---------------------------------------------------------------------------------------------
-# the ways commands load data
-
-
 def load_for_training(
-    source: str,
+    source: str | pd.DataFrame,
     target: str | None = None,
     features: Sequence[str] | None = None,
     *,
     sep: str | None = None,
+    classification: bool = False,
     **columns: Any,
 ) -> Table:
-    """Raw columns + labels + class list + feature plan for `train`; at least two classes.
+    """Raw columns + labels + class list + feature plan for `train`; at least two classes, and
+    classes rather than a quantity or an id unless `classification` (`target.check_classes`).
 
     `columns` are `columns.plan_columns`' options (drop, keep, categorical, numeric, dates).
     """
     from .columns import plan_columns
+    from .target import check_classes
 
     frame, name, builtin_target, class_order, fmt = read_source(source, sep)
     if builtin_target is not None:
@@ -290,19 +249,17 @@ def load_for_training(
     if features and target in features:
         raise CliError(f"'{target}' is the target, so leave it out of --features")
     labels = label_strings(frame, target, name)
-    plan = plan_columns(frame, target, name, labels=labels, features=features, **columns)
+    check_classes(frame, target, labels, name, classification)
+    decimal = fmt.decimal if fmt else "."
+    plan = plan_columns(
+        frame, target, name, labels=labels, features=features, decimal=decimal, **columns
+    )
     classes = class_order or sorted_classes(frame, target, labels)
-    present = [c for c in classes if c in set(labels)]
-    if len(present) < 2:
-        raise CliError(
-            f"the target column '{target}' of {name} holds a single class ({present[0]!r}); "
-            "a classifier needs at least two, so check --target or add rows of other classes"
-        )
     return Table(name, frame, target, labels, classes, plan, fmt)
 
 
 def load_for_model(
-    source: str,
+    source: str | pd.DataFrame,
     feature_names: Sequence[str],
     target: str | None,
     *,
@@ -314,12 +271,14 @@ def load_for_model(
     if builtin_target is not None:
         target = builtin_target
     X = feature_matrix(frame, list(feature_names), name)
-    return Dataset(name, X, list(feature_names), target, _labels(frame, target, name, need_target), None, frame)
+    return Dataset(
+        name, X, list(feature_names), target, _labels(frame, target, name, need_target), None, frame
+    )
 
 
 def model_source(
     config: dict[str, Any],
-    source: str,
+    source: str | pd.DataFrame,
     target: str | None,
     *,
     need_target: bool,
@@ -334,7 +293,9 @@ def model_source(
         target = builtin_target
     require_columns(frame, list(config["features"]), name)
     labels = _labels(frame, target, name, need_target)
-    return Dataset(name, np.zeros((len(frame), 0)), list(config["features"]), target, labels, None, frame)
+    return Dataset(
+        name, np.zeros((len(frame), 0)), list(config["features"]), target, labels, None, frame
+    )
 
 
 def model_inputs(
@@ -361,19 +322,3 @@ def _labels(frame: pd.DataFrame, target: str | None, name: str, need: bool) -> l
     if need:
         check_target(frame, target, name)
     return None
-
-
-def encode_labels(labels: Sequence[str], classes: Sequence[str], source: str) -> np.ndarray:
-    """Label strings -> class indices (int64); a label the model never saw is an error."""
-    import numpy as np
-
-    index = {c: i for i, c in enumerate(classes)}
-    unseen = sorted(set(labels) - set(index))
-    if unseen:
-        shown = ", ".join(repr(u) for u in unseen[:5])
-        raise CliError(
-            f"{source} has label(s) {shown} that the model was not trained on "
-            f"(it knows {', '.join(repr(c) for c in classes[:10])}); "
-            "use data with those classes only, or retrain on data that includes them"
-        )
-    return np.array([index[s] for s in labels], dtype=np.int64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +67,18 @@ def _fit(model: Any, X: Any, y: Any, lr: float, epochs: int, name: str) -> list[
 
 
 def _config(features: list[str], lr: float, epochs: int, seed: int, history: list[float]):
-    return {
-        "task": "multiclass",  # the tutorial's two logits + softmax cross-entropy
-        "architecture": {
-            "kind": "linear",
-            "in_features": len(features),
-            "hidden": [],
-            "out_features": 2,
-        },
-        "features": features,
-        "scaling": {"mean": [0.0] * len(features), "scale": [1.0] * len(features)},  # raw inputs
-        "target": "label",
-        "classes": ["0", "1"],
-        "training": {
+    """config.json of a demo model (`config.model_config`): raw inputs, no preprocessing."""
+    from . import models
+    from .config import model_config
+
+    return model_config(
+        task="multiclass",  # the tutorial's two logits + softmax cross-entropy
+        architecture=models.architecture("linear", len(features), 2, "multiclass", []),
+        features=features,
+        scaling={"mean": [0.0] * len(features), "scale": [1.0] * len(features)},  # raw inputs
+        target="label",
+        classes=["0", "1"],
+        training={
             "data": "crossent demo (train.csv)",
             "optimizer": "sgd",
             "lr": lr,
@@ -87,11 +87,22 @@ def _config(features: list[str], lr: float, epochs: int, seed: int, history: lis
             "seed": seed,
             "val_split": 0.0,
         },
-        "history": [
+        history=[
             {"epoch": i + 1, "train_loss": v, "val_loss": None, "val_accuracy": None}
             for i, v in enumerate(history)
         ],
-    }
+    )
+
+
+@dataclass
+class _Part:
+    """One trained demo model: its weights, folder, loss history, test probabilities."""
+
+    model: Any
+    folder: Path
+    history: list[float]
+    test_probs: Any
+    accuracy: float
 
 
 @click.command(short_help="The tutorial (even or odd?) reproduced, explained and fixed.")
@@ -121,26 +132,30 @@ def demo(out: str, seed: int) -> None:
       crossent demo --out /tmp/parity --seed 3
       crossent evaluate --model crossent-demo/binary-digits --data crossent-demo/test.csv
     """
-    import torch
-
-    from . import _files, models, plots, store
-    from .metrics import compute_metrics
-
     folder = Path(out)
     click.echo(
         "crossent demo: the tutorial 'Cross-Entropy Loss in PyTorch' (is a number even or "
         "odd?), with crossent's loss\n"
     )
+    tutorial, y, y_test, prediction = _tutorial(folder, seed)
+    majority, best = _careful_engineer(tutorial)
+    bits = _binary_digits(folder, seed, y, y_test)
+    _outputs(folder, tutorial, bits, y_test, prediction, majority, best)
 
-    # --- part 1: the tutorial, as written -------------------------------------------------------
+
+def _tutorial(folder: Path, seed: int) -> tuple[_Part, Any, Any, Any]:
+    """Part 1, the tutorial as written: (its model, train labels, test labels, prediction for 3)."""
+    import torch
+
+    from . import models, store
+
     data = torch.tensor([[n, y] for n, y in TRAIN], dtype=torch.float32)
     click.echo("Dataset (number, label; 1 = odd):")
     click.echo(str(data))
     X, y = data[:, 0].unsqueeze(1), data[:, 1].long()  # (6, 1), (6,)
 
     torch.manual_seed(seed)
-    arch = {"kind": "linear", "in_features": 1, "hidden": [], "out_features": 2}
-    model = models.build(arch)
+    model = models.build(models.architecture("linear", 1, 2, "multiclass", []))
     click.echo(f"Model: SimpleNN = {model.layers[0]}")
     click.echo(
         "Loss: crossent.nn.CrossEntropyLoss(); optimizer: SGD lr=0.01; 1000 epochs, full batch"
@@ -172,11 +187,17 @@ def demo(out: str, seed: int) -> None:
         test_probs = torch.softmax(loaded(X_test).double(), dim=1).numpy()
     acc_raw = float((test_probs.argmax(1) == y_test.numpy()).mean())
     click.echo(f"Test Accuracy: {acc_raw * 100:.2f}%\n")
+    return _Part(model, tut_dir, history, test_probs, acc_raw), y, y_test, prediction
 
-    # --- what a careful engineer sees ------------------------------------------------------------
+
+def _careful_engineer(part: _Part) -> tuple[float, float]:
+    """Why the tutorial's model cannot work: (always-even accuracy, best threshold accuracy)."""
+    import torch
+
+    layer = part.model.layers[0]
     with torch.no_grad():
-        w = (model.layers[0].weight[1] - model.layers[0].weight[0]).item()
-        b = (model.layers[0].bias[1] - model.layers[0].bias[0]).item()
+        w = (layer.weight[1] - layer.weight[0]).item()
+        b = (layer.bias[1] - layer.bias[0]).item()
     majority = max(sum(t for _, t in TEST), len(TEST) - sum(t for _, t in TEST)) / len(TEST)
     best = best_threshold_accuracy(TEST)
     line = f"{w:.4f} * n {'+' if b >= 0 else '-'} {abs(b):.4f}"
@@ -184,15 +205,22 @@ def demo(out: str, seed: int) -> None:
     paragraph = (
         f"The model's evidence for 'odd' is logit_odd - logit_even = {line}: a straight line in "
         "n, so all it can ever say is 'odd above some number' (or below). Even and odd alternate, "
-        f"so no line separates them: after 1000 epochs the loss is {history[-1]:.4f} and can "
-        f"never approach 0. The test accuracy ({acc_raw:.0%}) is what such rules get: answering "
-        f"'even' every time scores {majority:.0%}, and even the best threshold on n scores only "
-        f"{best:.0%} on these seven numbers. More epochs or another optimizer cannot fix this: "
-        "the input must carry parity in a form a linear model can use."
+        f"so no line separates them: after 1000 epochs the loss is {part.history[-1]:.4f} and can "
+        f"never approach 0. The test accuracy ({part.accuracy:.0%}) is what such rules get: "
+        f"answering 'even' every time scores {majority:.0%}, and even the best threshold on n "
+        f"scores only {best:.0%} on these seven numbers. More epochs or another optimizer cannot "
+        "fix this: the input must carry parity in a form a linear model can use."
     )
     click.echo(textwrap.fill(paragraph, 96, initial_indent="  ", subsequent_indent="  ") + "\n")
+    return majority, best
 
-    # --- part 2: the fix: binary digits ---------------------------------------------------------
+
+def _binary_digits(folder: Path, seed: int, y: Any, y_test: Any) -> _Part:
+    """Part 2, the fix: the same model on the numbers' binary digits."""
+    import torch
+
+    from . import models, store
+
     click.echo(
         f"Second model: the same Linear({BITS}, 2), crossent CrossEntropyLoss and SGD for 1000 "
         f"epochs,\non the binary digits bit0..bit{BITS - 1} of each number; bit0 = n mod 2 is the "
@@ -202,8 +230,7 @@ def demo(out: str, seed: int) -> None:
     Xb = torch.tensor([bits(n) for n, _ in TRAIN])  # (6, 5)
     Xb_test = torch.tensor([bits(n) for n, _ in TEST])  # (7, 5)
     torch.manual_seed(seed)
-    bits_arch = {"kind": "linear", "in_features": BITS, "hidden": [], "out_features": 2}
-    bits_model = models.build(bits_arch)
+    bits_model = models.build(models.architecture("linear", BITS, 2, "multiclass", []))
     bits_history = _fit(bits_model, Xb, y, 0.1, 1000, "binary digits")
     bits_dir = folder / "binary-digits"
     store.save_model(bits_dir, bits_model, _config(BIT_NAMES, 0.1, 1000, seed, bits_history))
@@ -219,8 +246,17 @@ def demo(out: str, seed: int) -> None:
         f"{BIT_NAMES[top]}" + (" (the parity)" if top == 0 else "")
     )
     click.echo(f"Test Accuracy (binary digits): {acc_bits * 100:.2f}%\n")
+    return _Part(bits_model, bits_dir, bits_history, bits_probs, acc_bits)
 
-    # --- outputs ------------------------------------------------------------------------------
+
+def _outputs(
+    folder: Path, tut: _Part, bits_part: _Part, y_test: Any, prediction: Any, majority: float,
+    best: float,
+) -> None:  # fmt: skip
+    """train.csv, test.csv, metrics.json and the two plots."""
+    from . import _files, plots
+    from .metrics import compute_metrics
+
     header = ",".join(["n", *BIT_NAMES, "label"])
     for name, rows in (("train.csv", TRAIN), ("test.csv", TEST)):
         lines = [header] + [
@@ -233,26 +269,26 @@ def demo(out: str, seed: int) -> None:
         "always_even_test_accuracy": majority,
         "best_threshold_test_accuracy": best,
         "tutorial": {
-            "final_train_loss": history[-1],
+            "final_train_loss": tut.history[-1],
             "prediction_for_3.0": int(prediction.item()),
-            **compute_metrics(y_np, test_probs, ["even", "odd"]),
+            **compute_metrics(y_np, tut.test_probs, ["even", "odd"]),
         },
         "binary_digits": {
-            "final_train_loss": bits_history[-1],
-            **compute_metrics(y_np, bits_probs, ["even", "odd"]),
+            "final_train_loss": bits_part.history[-1],
+            **compute_metrics(y_np, bits_part.test_probs, ["even", "odd"]),
         },
     }
     _files.write_json(folder / "metrics.json", metrics)
     plots.loss_curves(
-        {"tutorial: raw number": history, "binary digits": bits_history},
+        {"tutorial: raw number": tut.history, "binary digits": bits_part.history},
         folder / "loss_curves.png",
         "crossent demo: training loss (cross-entropy)",
     )
     plots.confusion_pair(
         y_np,
         {
-            f"raw number ({acc_raw:.0%})": test_probs.argmax(1),
-            f"binary digits ({acc_bits:.0%})": bits_probs.argmax(1),
+            f"raw number ({tut.accuracy:.0%})": tut.test_probs.argmax(1),
+            f"binary digits ({bits_part.accuracy:.0%})": bits_part.test_probs.argmax(1),
         },
         ["even", "odd"],
         folder / "confusion_matrices.png",
@@ -262,4 +298,4 @@ def demo(out: str, seed: int) -> None:
         f"Wrote {folder}/: tutorial/, binary-digits/, train.csv, test.csv, metrics.json, "
         "loss_curves.png, confusion_matrices.png"
     )
-    click.echo(f"Next: crossent evaluate --model {bits_dir} --data {folder / 'test.csv'}")
+    click.echo(f"Next: crossent evaluate --model {bits_part.folder} --data {folder / 'test.csv'}")

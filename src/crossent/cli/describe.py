@@ -1,6 +1,7 @@
-"""`crossent data`: list the built-in data sets, describe one, or describe a CSV file.
+"""`crossent data`: list the built-in data sets, describe one, or describe a table file.
 
-For a CSV file: how it was read (delimiter, decimal, encoding), rows and columns, then one line
+For a file: how it was read (CSV: delimiter, decimal, encoding, compression; Parquet, Excel,
+JSON Lines), rows and columns, then one line
 per column with the kind `train` would give it (numeric, categorical, date), its missing values,
 its distinct values and what train would do about it (left out as a row id, refused because it
 has no values or leaks the target), then the class balance of --target and whether the
@@ -21,8 +22,8 @@ MAX_COLUMNS = 40
 MAX_CLASSES = 20
 
 
-@click.command("data", short_help="List the built-in data sets or describe one or a CSV file.")
-@click.argument("source", required=False, metavar="[CSV|NAME]")
+@click.command("data", short_help="List the built-in data sets or describe one or a table file.")
+@click.argument("source", required=False, metavar="[FILE|NAME]")
 @click.option("--target", help="Label column of a CSV file: shows its class balance.")
 @click.option(
     "--export",
@@ -32,13 +33,14 @@ MAX_CLASSES = 20
 )
 @column_options
 def data_command(source: str | None, target: str | None, export: str | None, **columns: Any):
-    """List the built-in data sets, or describe one data set or CSV file before training on it.
+    """List the built-in data sets, or describe one data set or table file before training on it.
 
-    For a CSV file: the delimiter and encoding found, rows, and per column the kind train infers
+    For a file (CSV, TSV, Parquet, Excel, JSON Lines, compressed CSV): how it was read, rows,
+    and per column the kind train infers
     (numeric, categorical, date), missing values, distinct values, and what train does with it
     (row ids are left out, a column with no values or one that copies the target is refused).
     With --target: the class balance and whether the split can be stratified. The column
-    options (--drop, --categorical, ...) work as in train. SOURCE: a CSV file or a built-in name.
+    options (--drop, --categorical, ...) work as in train. SOURCE: a file or a built-in name.
 
     \b
     Examples:
@@ -90,15 +92,19 @@ def _csv(frame: Any, name: str, fmt: Any, target: str | None, options: dict[str,
     from . import columns as cols
     from . import data as data_mod
     from ._errors import CliError
+    from .target import check_classes
 
     click.echo(f"{name}: {len(frame)} rows, {frame.shape[1]} columns ({fmt.describe()})")
+    if fmt.note:
+        click.echo(fmt.note)
     labels, plan, problem = None, None, None
     try:  # a problem train would refuse is part of the description, not its end
         if target is not None:
             data_mod.check_target(frame, target, name)
             labels = data_mod.label_strings(frame, target, name)
+            check_classes(frame, target, labels, name, options.get("classification", False))
             kw = {k: options[k] for k in ("drop", "keep", "categorical", "numeric", "dates")}
-            plan = cols.plan_columns(frame, target, name, labels=labels, **kw)
+            plan = cols.plan_columns(frame, target, name, labels=labels, decimal=fmt.decimal, **kw)
     except CliError as e:
         if target not in frame.columns:
             raise
@@ -108,7 +114,7 @@ def _csv(frame: Any, name: str, fmt: Any, target: str | None, options: dict[str,
     shown = list(frame.columns)[:MAX_COLUMNS]
     for c in shown:
         col = frame[c]
-        kind = "target" if c == target else cols.infer_kind(col)
+        kind = "target" if c == target else cols.infer_kind(col, fmt.decimal)
         verdict = _verdict(c, col, target, plan, kind, options["max_categories"])
         click.echo(
             f"  {c[:width]:<{width}}  {kind:<11}  {int(col.isna().sum()):>7}  "
@@ -139,6 +145,8 @@ def _verdict(name: str, col: Any, target: str | None, plan: Any, kind: str, cap:
         if name not in plan.kinds:
             return "not used"
         kind = plan.kinds[name]
+        if name in plan.number_formats:
+            return "feature (numbers with separators or signs)"
     else:
         reason = cols.id_reason(col) if kind != "date" else None
         if reason:

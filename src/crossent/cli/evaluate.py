@@ -10,6 +10,7 @@ the confusion-matrix plot (drawn up to `CONFUSION_PLOT_MAX` classes) and the ROC
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -61,9 +62,7 @@ def evaluate(
       crossent evaluate --model runs/bc --data breast-cancer --split all
       crossent evaluate --model runs/p --data new_patients.csv
     """
-    import numpy as np
-
-    from . import _files, models, plots, store
+    from . import _files, models, store
     from . import data as data_mod
 
     model, config = store.load_model(model_dir)
@@ -72,24 +71,7 @@ def evaluate(
         config, source, target or config.get("target"), need_target=True, sep=sep
     )
     y = data_mod.encode_labels(ds.labels or [], classes, ds.name)
-
-    training = config.get("training", {})
-    same_data = ds.fingerprint() == training.get("data_sha256")
-    if split == "auto":
-        split = "val" if same_data and training.get("val_rows") else "all"
-    rows = np.arange(len(y))
-    if split != "all":
-        if not same_data:
-            raise CliError(
-                f"--split {split} needs the data the model was trained on ({training.get('data')}), "
-                f"but {ds.name} differs; use --split all"
-            )
-        train_rows, val_rows, _ = data_mod.split_indices(
-            y, training["val_split"], training["seed"]
-        )
-        rows = val_rows if split == "val" else train_rows
-        if len(rows) == 0:
-            raise CliError("the training run held out no validation rows; use --split all or train")
+    split, rows = _rows(config, ds, y, split)
     scope = {"all": "all", "val": "the held-out validation", "train": "the training"}[split]
     X, inputs = data_mod.model_inputs(config, ds, rows)
     for line in inputs.lines():
@@ -108,33 +90,69 @@ def evaluate(
         _files.write_text(folder / name, text)
         written.append(name)
     title = f"{Path(model_dir).name} on {Path(ds.name).name} ({split})"
+    written += _plots(config, y[rows], probs, folder, title, Path(model_dir).name)
+    click.echo(f"\nwrote {folder}/ ({', '.join(written)})")
+
+
+def _rows(config: dict, ds: Any, y: Any, split: str) -> tuple[str, Any]:
+    """(the split evaluated, its row indices): --split auto resolved; val/train recomputed
+    from the training run's seed and fraction, on the same data only."""
+    import numpy as np
+
+    from . import data as data_mod
+
+    training = config.get("training", {})
+    same_data = ds.fingerprint() == training.get("data_sha256")
+    if split == "auto":
+        split = "val" if same_data and training.get("val_rows") else "all"
+    rows = np.arange(len(y))
+    if split != "all":
+        if not same_data:
+            raise CliError(
+                f"--split {split} needs the data the model was trained on ({training.get('data')}), "
+                f"but {ds.name} differs; use --split all"
+            )
+        train_rows, val_rows, _ = data_mod.split_indices(y, training["val_split"], training["seed"])
+        rows = val_rows if split == "val" else train_rows
+        if len(rows) == 0:
+            raise CliError("the training run held out no validation rows; use --split all or train")
+    return split, rows
+
+
+def _plots(config: dict, y: Any, probs: Any, folder: Path, title: str, name: str) -> list[str]:
+    """loss_curve.png (from training, the kept epoch marked), roc_curve.png,
+    confusion_matrix.png and calibration.png, as far as the classes allow; the files written."""
+    import numpy as np
+
+    from . import plots
+
+    classes, written = config["classes"], []
     history = config.get("history") or []
     if history:
+        kept = (config.get("training") or {}).get("kept_epoch")
         plots.loss_curves(
             {
                 "training": [h["train_loss"] for h in history],
                 "validation": [h.get("val_loss") for h in history],
             },
             folder / "loss_curve.png",
-            f"{Path(model_dir).name}: loss per epoch",
+            f"{name}: loss per epoch",
+            mark=(kept, f"kept: epoch {kept}") if kept else None,
         )
         written.append("loss_curve.png")
-    if len(np.unique(y[rows])) >= 2:
+    if len(np.unique(y)) >= 2:
         shown = None
         if len(classes) > ROC_PLOT_CLASSES:  # the largest classes; 2000 curves are unreadable
-            shown = np.argsort(-np.bincount(y[rows], minlength=len(classes)), kind="stable")
+            shown = np.argsort(-np.bincount(y, minlength=len(classes)), kind="stable")
             shown = sorted(int(c) for c in shown[:ROC_PLOT_CLASSES])
-        plots.roc(y[rows], probs, classes, folder / "roc_curve.png", f"ROC: {title}", shown)
+        plots.roc(y, probs, classes, folder / "roc_curve.png", f"ROC: {title}", shown)
         written.append("roc_curve.png")
     if len(classes) <= CONFUSION_PLOT_MAX:
         plots.confusion(
-            y[rows],
-            probs.argmax(axis=1),
-            classes,
-            folder / "confusion_matrix.png",
+            y, probs.argmax(axis=1), classes, folder / "confusion_matrix.png",
             f"Confusion matrix: {title}",
-        )
+        )  # fmt: skip
         written.append("confusion_matrix.png")
-    plots.calibration(y[rows], probs, folder / "calibration.png", f"Calibration: {title}")
+    plots.calibration(y, probs, folder / "calibration.png", f"Calibration: {title}")
     written.append("calibration.png")
-    click.echo(f"\nwrote {folder}/ ({', '.join(written)})")
+    return written

@@ -42,10 +42,148 @@ def _rows(text: str, option: str) -> list[list[float]]:
     return rows
 
 
+def parse_target(
+    text: str, n_rows: int, C: int
+) -> tuple[list[int] | None, list[list[float]] | None, str | None]:
+    """--target as (class indices, None) or (None, distributions), and how it was read.
+
+    One value per row: class indices. C values per row (rows separated by ';', or N * C values
+    in a row): a one-hot row is its class index (said in the note), any other row must be a
+    probability distribution (values in [0, 1] summing to 1): a soft target."""
+    parts = [r for r in text.split(";") if r.strip()]
+    if len(parts) == 1:
+        try:
+            flat = _numbers(text, "--target")
+        except CliError:
+            raise CliError(f"--target {text!r} is not a list of class indices; write e.g. 1 or 1,0")
+        if len(flat) == n_rows:
+            if not all(v.is_integer() for v in flat):
+                raise CliError(
+                    f"--target {text!r} is not a list of class indices; write e.g. 1 or 1,0"
+                )
+            return [int(v) for v in flat], None, None
+        if len(flat) != n_rows * C:
+            raise CliError(
+                f"--target has {len(flat)} values for {n_rows} row(s) of {C} classes; give class "
+                f"indices, one per row (e.g. 1,0), or {C} probabilities per row (one-hot 0,1,0)"
+            )
+        rows = [flat[i * C : (i + 1) * C] for i in range(n_rows)]
+    else:
+        rows = [_numbers(r, "--target") for r in parts]
+        if len(rows) != n_rows or any(len(r) != C for r in rows):
+            raise CliError(
+                f"--target has {len(rows)} rows for {n_rows}; give {C} probabilities in each of "
+                f"{n_rows} rows separated by ';'"
+            )
+    return _distributions(text, rows)
+
+
+def _distributions(
+    text: str, rows: list[list[float]]
+) -> tuple[list[int] | None, list[list[float]] | None, str]:
+    for i, r in enumerate(rows, start=1):
+        if any(not 0 <= v <= 1 for v in r) or abs(sum(r) - 1) > 1e-3:
+            raise CliError(
+                f"row {i} of --target ({', '.join(f'{v:g}' for v in r)}) is neither one class "
+                "index nor a probability distribution (values in [0, 1] summing to 1); fix it"
+            )
+    if all(sorted(r)[-1] == 1 and sum(r) == 1 for r in rows):
+        indices = [r.index(1) for r in rows]
+        shown = ",".join(map(str, indices))
+        return (
+            indices,
+            None,
+            (
+                f"--target {text} read as one-hot: class index {shown} "
+                f"(the same as --target {shown})"
+            ),
+        )
+    return (
+        None,
+        rows,
+        (
+            f"--target {text} read as class probabilities (soft targets, torch's probability "
+            "targets): each row's loss weighs every class by its probability"
+        ),
+    )
+
+
+def _binary(p_text, logit_text, y_text, weight, pos_weight, label_smoothing, reduction) -> None:
+    """Check the binary options, then explain."""
+    if (p_text is None) == (logit_text is None):
+        raise CliError("--binary needs exactly one of --p (probabilities) or --logit; give one")
+    if y_text is None:
+        raise CliError("--binary needs the labels, e.g. --y 1; add --y")
+    values = _numbers(p_text or logit_text, "--p" if p_text else "--logit")
+    ys = _numbers(y_text, "--y")
+    if len(ys) != len(values):
+        raise CliError(f"--y has {len(ys)} labels for {len(values)} rows; give one label per row")
+    if any(not 0 <= y <= 1 for y in ys):
+        raise CliError("--y labels must lie in [0, 1] (1 = class 1); fix the labels")
+    if p_text is not None and any(not 0 <= p <= 1 for p in values):
+        raise CliError(
+            "--p values are probabilities and must lie in [0, 1]; use --logit for raw scores"
+        )
+    if pos_weight is not None and p_text is not None:
+        raise CliError("--pos-weight is an option of BCE-with-logits; give --logit instead of --p")
+    v = _numbers(weight, "--weight") if weight else None
+    if v is not None and len(v) not in (1, len(values)):
+        raise CliError(f"--weight has {len(v)} values for {len(values)} rows; give one per row")
+    explain_binary(values, p_text is None, ys, v, pos_weight, label_smoothing, reduction)
+
+
+def _check_probs(rows: list[list[float]]) -> None:
+    for i, r in enumerate(rows, start=1):
+        if any(not 0 <= x <= 1 for x in r):
+            raise CliError(
+                f"row {i} of --probs has a value outside [0, 1]; "
+                "give probabilities, or raw scores with --logits"
+            )
+        if abs(sum(r) - 1) > 1e-3:
+            raise CliError(
+                f"row {i} of --probs sums to {sum(r):.4g}, not 1; "
+                "give probabilities that sum to 1, or raw scores with --logits"
+            )
+
+
+def _multiclass(probs, logits, target, weight, label_smoothing, ignore_index, reduction) -> None:
+    """Check the multi-class options (the target read by `parse_target`), then explain."""
+    if (probs is None) == (logits is None):
+        raise CliError(
+            "give exactly one of --probs (probabilities) or --logits (raw scores), "
+            "e.g. --probs 0.2,0.7,0.1 --target 1"
+        )
+    rows = _rows(probs or logits, "--probs" if probs else "--logits")
+    C = len(rows[0])
+    if probs:
+        _check_probs(rows)
+    if target is None:
+        raise CliError("--target is required: the true class index of each row, e.g. --target 1")
+    targets, dists, note = parse_target(target, len(rows), C)
+    for t in targets or []:
+        if t != ignore_index and not 0 <= t < C:
+            raise CliError(
+                f"--target {t} is not a class index in 0..{C - 1}; "
+                "count classes from 0 (the seed's class 2 of 3 is index 1)"
+            )
+    w = _numbers(weight, "--weight") if weight else None
+    if w is not None and (len(w) != C or any(x < 0 for x in w)):
+        raise CliError(f"--weight needs {C} non-negative values, one per class; fix the list")
+    if note:
+        click.echo(note + "\n")
+    explain_multiclass(
+        rows, logits is not None, targets, w, label_smoothing, ignore_index, reduction, dists
+    )
+
+
 @click.command(short_help="The loss step by step: formula, each term, result.")
 @click.option("--probs", help="Predicted probabilities, one per class: 0.2,0.7,0.1 (rows: ';').")
 @click.option("--logits", help="Raw scores (logits), one per class: 1.0,2.0,0.1 (rows: ';').")
-@click.option("--target", help="True class index per row, counting from 0: 1 (rows: 1,0).")
+@click.option(
+    "--target",
+    help="True class index per row, counting from 0: 1 (rows: 1,0); or per row a one-hot or "
+    "probability row: 0,1,0 or 0.1,0.8,0.1 (rows: ';').",
+)
 @click.option("--binary", is_flag=True, help="Binary cross-entropy: use --p or --logit, and --y.")
 @click.option("--p", "p_text", help="Binary: probability of class 1 per row: 0.9 (rows: 0.9,0.2).")
 @click.option("--logit", "logit_text", help="Binary: logit per row: 2.0 (sigmoid gives p).")
@@ -69,20 +207,7 @@ def _rows(text: str, option: str) -> list[list[float]]:
 @click.option(
     "--reduction", type=click.Choice(["mean", "sum", "none"]), default="mean", show_default=True
 )
-def explain(
-    probs,
-    logits,
-    target,
-    binary,
-    p_text,
-    logit_text,
-    y_text,
-    weight,
-    pos_weight,
-    label_smoothing,
-    ignore_index,
-    reduction,
-) -> None:
+def explain(**o) -> None:
     """Work out the cross-entropy loss step by step: formula, every term, the result.
 
     Each term is computed from the formula with plain arithmetic, then crossent's functional API
@@ -99,79 +224,27 @@ def explain(
       crossent explain --logits 1,2,0.1 --target 1 --label-smoothing 0.1
       crossent explain --probs "0.2,0.7,0.1;0.6,0.3,0.1" --target 1,0 --weight 1,2,1
       crossent explain --probs "0.2,0.7,0.1;0.6,0.3,0.1" --target 1,0 --ignore-index 0
+      crossent explain --probs 0.2,0.7,0.1 --target 0,1,0      one-hot: class index 1
+      crossent explain --logits 1,2,0.1 --target 0.1,0.8,0.1   a soft target
     """
-    if binary:
-        if probs or logits or target is not None:
+    if o["binary"]:
+        if o["probs"] or o["logits"] or o["target"] is not None:
             raise CliError(
                 "--binary takes --p or --logit and --y, not --probs/--logits/--target; "
                 "drop --binary for the multi-class loss"
             )
-        if (p_text is None) == (logit_text is None):
-            raise CliError("--binary needs exactly one of --p (probabilities) or --logit; give one")
-        if y_text is None:
-            raise CliError("--binary needs the labels, e.g. --y 1; add --y")
-        values = _numbers(p_text or logit_text, "--p" if p_text else "--logit")
-        ys = _numbers(y_text, "--y")
-        if len(ys) != len(values):
-            raise CliError(
-                f"--y has {len(ys)} labels for {len(values)} rows; give one label per row"
-            )
-        if any(not 0 <= y <= 1 for y in ys):
-            raise CliError("--y labels must lie in [0, 1] (1 = class 1); fix the labels")
-        if p_text is not None and any(not 0 <= p <= 1 for p in values):
-            raise CliError(
-                "--p values are probabilities and must lie in [0, 1]; use --logit for raw scores"
-            )
-        if pos_weight is not None and p_text is not None:
-            raise CliError(
-                "--pos-weight is an option of BCE-with-logits; give --logit instead of --p"
-            )
-        v = _numbers(weight, "--weight") if weight else None
-        if v is not None and len(v) not in (1, len(values)):
-            raise CliError(f"--weight has {len(v)} values for {len(values)} rows; give one per row")
-        explain_binary(values, p_text is None, ys, v, pos_weight, label_smoothing, reduction)
+        keys = (
+            "p_text",
+            "logit_text",
+            "y_text",
+            "weight",
+            "pos_weight",
+            "label_smoothing",
+            "reduction",
+        )
+        _binary(*(o[k] for k in keys))
         return
-
-    if p_text or logit_text or y_text or pos_weight is not None:
+    if o["p_text"] or o["logit_text"] or o["y_text"] or o["pos_weight"] is not None:
         raise CliError("--p, --logit, --y and --pos-weight belong to the binary loss; add --binary")
-    if (probs is None) == (logits is None):
-        raise CliError(
-            "give exactly one of --probs (probabilities) or --logits (raw scores), "
-            "e.g. --probs 0.2,0.7,0.1 --target 1"
-        )
-    rows = _rows(probs or logits, "--probs" if probs else "--logits")
-    C = len(rows[0])
-    if probs:
-        for i, r in enumerate(rows, start=1):
-            if any(not 0 <= x <= 1 for x in r):
-                raise CliError(
-                    f"row {i} of --probs has a value outside [0, 1]; "
-                    "give probabilities, or raw scores with --logits"
-                )
-            if abs(sum(r) - 1) > 1e-3:
-                raise CliError(
-                    f"row {i} of --probs sums to {sum(r):.4g}, not 1; "
-                    "give probabilities that sum to 1, or raw scores with --logits"
-                )
-    if target is None:
-        raise CliError("--target is required: the true class index of each row, e.g. --target 1")
-    try:
-        targets = [int(t) for t in target.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise CliError(f"--target {target!r} is not a list of class indices; write e.g. 1 or 1,0")
-    if len(targets) != len(rows):
-        raise CliError(
-            f"--target has {len(targets)} classes for {len(rows)} rows; give one per row"
-        )
-    for t in targets:
-        if t != ignore_index and not 0 <= t < C:
-            raise CliError(
-                f"--target {t} is not a class index in 0..{C - 1}; "
-                "count classes from 0 (the seed's class 2 of 3 is index 1)"
-            )
-    w = _numbers(weight, "--weight") if weight else None
-    if w is not None and (len(w) != C or any(x < 0 for x in w)):
-        raise CliError(f"--weight needs {C} non-negative values, one per class; fix the list")
-    explain_multiclass(
-        rows, logits is not None, targets, w, label_smoothing, ignore_index, reduction
-    )
+    keys = ("probs", "logits", "target", "weight", "label_smoothing", "ignore_index", "reduction")
+    _multiclass(*(o[k] for k in keys))

@@ -130,8 +130,7 @@ def compute_metrics(y_true: Any, probs: Any, classes: Sequence[str]) -> dict[str
     elif k > AUC_MAX_CLASSES:
         out["roc_auc"] = None
         out["roc_auc_note"] = (
-            f"not computed above {AUC_MAX_CLASSES} classes, one curve each; "
-            "see the top-k accuracy"
+            f"not computed above {AUC_MAX_CLASSES} classes, one curve each; see the top-k accuracy"
         )
     elif len(present) < k:
         out["roc_auc"] = None

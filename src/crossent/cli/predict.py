@@ -38,17 +38,14 @@ def predict(
 
     from . import _files, models, store
     from . import data as data_mod
+    from .api import prediction_table
 
     model, config = store.load_model(model_dir)
     ds = data_mod.model_source(config, source, None, need_target=False, sep=sep)
     X, inputs = data_mod.model_inputs(config, ds)
     for line in inputs.lines():
         click.echo(line, err=True)
-    probs = models.probabilities(model, X, config["task"])
-    classes = config["classes"]
-    table = pd.DataFrame({"predicted": [classes[i] for i in probs.argmax(axis=1)]})
-    for i, c in enumerate(classes):
-        table[f"prob_{c}"] = probs[:, i]
+    table = prediction_table(models.probabilities(model, X, config["task"]), config["classes"])
     if keep_columns and ds.frame is not None:
         table = pd.concat([ds.frame.reset_index(drop=True), table], axis=1)
     text = table.to_csv(index=False)

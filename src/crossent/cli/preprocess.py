@@ -31,8 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import numbers
+from ._cells import arg, label, require_columns, rows_text
 from ._errors import CliError
-from .columns import DATE_PARTS, arg, label
+from .columns import DATE_PARTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -88,11 +90,13 @@ class InputReport:
 # columns -> raw values
 
 
-def _numbers(col: pd.Series, tokens: list[str], name: str, source: str) -> np.ndarray:
+def _numbers(
+    col: pd.Series, tokens: list[str], name: str, source: str, fmt: dict[str, str] | None = None
+) -> np.ndarray:
+    """float64 values of a numeric column; text is read as plain numbers, or as `fmt` (a
+    `numbers.TextNumbers` as JSON) says; `tokens` are read as missing."""
     import numpy as np
     import pandas as pd
-
-    from .data import rows_text
 
     if pd.api.types.is_bool_dtype(col):
         col = col.astype(float)
@@ -101,7 +105,10 @@ def _numbers(col: pd.Series, tokens: list[str], name: str, source: str) -> np.nd
     else:
         text = col.astype(str).str.strip().where(col.notna())
         text = text.where(~text.isin(tokens))
-        num = pd.to_numeric(text, errors="coerce")
+        if fmt:
+            num = numbers.parse(text, numbers.TextNumbers(**fmt))
+        else:
+            num = pd.to_numeric(text, errors="coerce")
         bad = num.isna() & text.notna()
         if bad.any():
             raise CliError(
@@ -119,8 +126,10 @@ def _date_parts(col: pd.Series, fmt: str | None, name: str, source: str) -> np.n
     import numpy as np
     import pandas as pd
 
-    from .data import rows_text
-
+    if pd.api.types.is_datetime64_any_dtype(col):  # Excel and Parquet dates: already dates
+        when = col.dt.tz_localize(None) if getattr(col.dt, "tz", None) is not None else col
+        parts = [when.dt.year, when.dt.month, when.dt.day_of_week]
+        return np.stack([p.to_numpy(dtype=np.float64, na_value=np.nan) for p in parts], axis=1)
     text = col.astype(str).str.strip().where(col.notna())
     when = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce")
     bad = when.isna() & text.notna()
@@ -148,41 +157,9 @@ def fit(
     frame: pd.DataFrame, plan: Any, source: str, max_categories: int = MAX_CATEGORIES
 ) -> dict[str, Any]:
     """Learn the preprocessing from `frame` (the training rows only) as a JSON-ready dict."""
-    import numpy as np
     import sklearn
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import StandardScaler
 
-    # numeric block: numeric columns and date parts, one imputer + scaler over all of them
-    blocks, flat, source_col = [], [], []  # arrays; output names; the column each came from
-    for name, kind in plan.kinds.items():
-        if kind == "numeric":
-            blocks.append(_numbers(frame[name], plan.missing_tokens.get(name, []), name, source))
-            flat.append(name)
-            source_col.append(name)
-        elif kind == "date":
-            blocks.append(_date_parts(frame[name], plan.date_formats.get(name), name, source))
-            flat += [f"{name}_{p}" for p in DATE_PARTS]
-            source_col += [name] * len(DATE_PARTS)
-    stats: dict[str, tuple[float, float, float]] = {}
-    if blocks:
-        X = np.column_stack(blocks)
-        empty = np.isnan(X).all(axis=0)
-        if empty.any():
-            col = source_col[int(np.flatnonzero(empty)[0])]
-            raise CliError(
-                f"column '{col}' of {source} has no values in the training rows; "
-                f"leave it out with --drop {arg(col)}, or use more rows"
-            )
-        imputer = SimpleImputer(strategy="median").fit(X)
-        scaler = StandardScaler().fit(imputer.transform(X))
-        for i, n in enumerate(flat):
-            stats[n] = (
-                float(imputer.statistics_[i]),
-                float(scaler.mean_[i]),
-                float(scaler.scale_[i]),
-            )
-
+    stats = _fit_numeric(frame, plan, source)
     spec_cols: list[dict[str, Any]] = []
     for name, kind in plan.kinds.items():
         if kind == "numeric":
@@ -196,6 +173,8 @@ def fit(
                     "missing_tokens": plan.missing_tokens.get(name, []),
                 }
             )
+            if name in plan.number_formats:  # '197,608', '$1.5', '12%': read as written
+                spec_cols[-1]["text_numbers"] = plan.number_formats[name].as_json()
         elif kind == "date":
             parts = []
             for p in DATE_PARTS:
@@ -215,6 +194,44 @@ def fit(
     }
     spec["outputs"] = output_names(spec)
     return spec
+
+
+def _fit_numeric(frame: pd.DataFrame, plan: Any, source: str) -> dict[str, tuple]:
+    """Output name -> (median, mean, scale): one SimpleImputer(median) + StandardScaler over
+    the numeric columns and the date parts together."""
+    import numpy as np
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    blocks, flat, source_col = [], [], []  # arrays; output names; the column each came from
+    for name, kind in plan.kinds.items():
+        if kind == "numeric":
+            fmt = plan.number_formats.get(name)
+            tokens = plan.missing_tokens.get(name, [])
+            fmt_json = None if fmt is None else fmt.as_json()
+            blocks.append(_numbers(frame[name], tokens, name, source, fmt_json))
+            flat.append(name)
+            source_col.append(name)
+        elif kind == "date":
+            blocks.append(_date_parts(frame[name], plan.date_formats.get(name), name, source))
+            flat += [f"{name}_{p}" for p in DATE_PARTS]
+            source_col += [name] * len(DATE_PARTS)
+    if not blocks:
+        return {}
+    X = np.column_stack(blocks)
+    empty = np.isnan(X).all(axis=0)
+    if empty.any():
+        col = source_col[int(np.flatnonzero(empty)[0])]
+        raise CliError(
+            f"column '{col}' of {source} has no values in the training rows; "
+            f"leave it out with --drop {arg(col)}, or use more rows"
+        )
+    imputer = SimpleImputer(strategy="median").fit(X)
+    scaler = StandardScaler().fit(imputer.transform(X))
+    return {
+        n: (float(imputer.statistics_[i]), float(scaler.mean_[i]), float(scaler.scale_[i]))
+        for i, n in enumerate(flat)
+    }
 
 
 def _fit_categorical(col: pd.Series, name: str, source: str, cap: int) -> dict[str, Any]:
@@ -282,8 +299,6 @@ def transform(
     """(N, len(outputs)) float64 features of `frame` and what had to be filled in."""
     import numpy as np
 
-    from .data import require_columns
-
     require_columns(frame, [c["name"] for c in spec["columns"]], source)
     report = InputReport()
     blocks: list[np.ndarray] = []
@@ -298,7 +313,7 @@ def transform(
     for c in spec["columns"]:
         name, col = c["name"], frame[c["name"]]
         if c["kind"] == "numeric":
-            values = _numbers(col, c.get("missing_tokens", []), name, source)
+            values = _numbers(col, c.get("missing_tokens", []), name, source, c.get("text_numbers"))
             blocks.append(scaled(values, c, name)[:, None])
         elif c["kind"] == "date":
             parts = _date_parts(col, c.get("format"), name, source)

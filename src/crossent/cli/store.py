@@ -6,9 +6,10 @@ A model folder (what `crossent train --out DIR` writes, what `--model DIR` reads
     DIR/config.json              format + version, architecture, the input columns and their
                                  preprocessing (fitted numbers as JSON), class names, training
                                  options and history, sha256 of the weights
-    DIR/checkpoint.safetensors   last epoch's model + optimizer + RNG state, for --resume; the JSON
-                                 part (epoch, history, options) lives in its safetensors metadata,
-                                 so one atomic rename updates all of it at once
+    DIR/checkpoint.safetensors   last epoch's model + optimizer + RNG state and the best epoch's
+                                 weights, for --resume; the JSON part (epoch, history, options,
+                                 stopping rule, schedule) lives in its safetensors metadata, so
+                                 one atomic rename updates all of it at once
 
 Pickle files (.pth, .pt, .pkl, torch.save output) can run arbitrary code when loaded: they are
 recognised by their first bytes and refused, never opened.
@@ -97,9 +98,10 @@ def _safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None 
 def save_model(folder: str | Path, model: Any, config: dict[str, Any]) -> Path:
     """Write weights, then config.json naming the weights' sha256 (each file atomically)."""
     folder = Path(folder)
+    from .config import numeric_only as plain_numbers
+
     blob = _safetensors_bytes(model.state_dict(), {"format": FORMAT})
-    columns = (config.get("preprocessing") or {}).get("columns", [])
-    numeric_only = all(c["kind"] == "numeric" for c in columns)
+    numeric_only = plain_numbers(config.get("preprocessing") or {"columns": []})
     config = {
         "format": FORMAT,
         "format_version": 1 if numeric_only else FORMAT_VERSION,
@@ -191,10 +193,19 @@ def load_model(folder: str | Path) -> tuple[Any, dict[str, Any]]:
 # checkpoints: model + optimizer + RNG state, flattened into one safetensors file
 
 
-def save_checkpoint(path: str | Path, model: Any, optimizer: Any, rng: Any, meta: dict[str, Any]):
-    """Tensors: model.*, optim.<param>.<key>, rng.shuffle. JSON: the rest, in the metadata."""
+def save_checkpoint(
+    path: str | Path,
+    model: Any,
+    optimizer: Any,
+    rng: Any,
+    meta: dict[str, Any],
+    best_state: dict[str, Any] | None = None,
+):
+    """Tensors: model.*, best.* (the best epoch's weights), optim.<param>.<key>, rng.shuffle.
+    JSON: the rest, in the metadata."""
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
     scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in opt["state"].items():
         for key, value in pstate.items():
@@ -209,7 +220,8 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, rng: Any, meta
 
 
 def load_checkpoint(path: str | Path, model: Any, optimizer: Any, rng: Any) -> dict[str, Any]:
-    """Restore model, optimizer and RNG in place; return the JSON part."""
+    """Restore model, optimizer and RNG in place; return the JSON part, with the best epoch's
+    weights under "best_state" (None in checkpoints without them)."""
     path = Path(path)
     tensors, raw = _safetensors_load(path, "checkpoint")
     try:
@@ -226,6 +238,8 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any, rng: Any) -> d
             state.setdefault(int(pid), {}).update(values)
         optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
         rng.set_state(tensors["rng.shuffle"])
+        best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+        meta["best_state"] = best or None
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise CliError(
             f"checkpoint '{path}' is corrupt or incomplete ({e}); start again without --resume"

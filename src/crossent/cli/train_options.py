@@ -84,11 +84,16 @@ def column_options(command: Any) -> Any:
     for name, text in reversed(
         [
             ("--drop", "Leave this column out (repeat, or comma-separate several)."),
-            ("--keep", "Use this column although it looks like a row id (unique per row, or "
-             "growing with the row number)."),
+            (
+                "--keep",
+                "Use this column although it looks like a row id (unique per row, or "
+                "growing with the row number).",
+            ),
             ("--categorical", "One-hot encode this column although it holds numbers (codes)."),
-            ("--numeric", "Read this column as numbers (values that are not numbers are an "
-             "error)."),
+            (
+                "--numeric",
+                "Read this column as numbers (values that are not numbers are an error).",
+            ),
         ]
     ):
         command = click.option(

@@ -18,11 +18,14 @@ rows (N d1..dk, V_r) (and their gradient back).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import _checks
 from .._checks import distributed as _dchecks
+from .._options import LossOptions
+from ..backends.autograd import Handover
 from ..backends.common import compute_dtype, output_dtype
 from . import _comm, _layout, _stats
 
@@ -54,40 +57,44 @@ def _spans(m: int, v: int):
     return [(i, min(i + step, m)) for i in range(0, m, step)]
 
 
+def _targets(index, probs, weight, vocab, opts, acc):
+    return _stats.prepare(index.reshape(-1) if index is not None else None,
+                          _rows(probs) if probs is not None else None, weight, vocab, opts, acc)
+
+
 def _forward(input, index, probs, weight, vocab, opts, comm):
-    """(value or per-sample losses in the compute dtype, lse, a, factor)."""
+    """(value or per-sample losses in the compute dtype, (the rows' global max, log s) (2, M), the
+    gradient's a, factor)."""
     acc = compute_dtype(input.dtype)
     x = _rows(input)
     m_rows = x.shape[0]
-    tg = _stats.prepare(index.reshape(-1) if index is not None else None,
-                        _rows(probs) if probs is not None else None, weight, vocab,
-                        opts.ignore_index, acc)
+    tg = _targets(index, probs, weight, vocab, opts, acc)
     m = torch.empty(m_rows, dtype=acc, device=x.device)
     parts = torch.empty(_stats.num_partials(opts), m_rows, dtype=acc, device=x.device)
     for i, j in _spans(m_rows, x.shape[1]):
-        m[i:j], parts[:, i:j] = _stats.chunk_partials(_stats.cap(x[i:j], opts, acc), tg.rows(i, j), opts, vocab)
-    lse, parts = _stats.combine(m, parts, comm)
-    loss, a = _stats.losses(lse, parts, tg, opts, vocab)
+        z, _ = _stats.cap(x[i:j], opts, acc)
+        m[i:j], parts[:, i:j] = _stats.chunk_partials(z, tg.rows(slice(i, j)), opts)
+    m_all, log_s, parts = _stats.combine(m, parts, tg, opts, comm)
+    loss, a, _ = _stats.losses(m_all, log_s, parts, tg, opts)
+    stats = torch.stack([m_all, log_s])  # (2, M): the global softmax of each row, for backward
     if opts.reduction == "none":
-        return loss, lse, a, None
-    value, factor = _stats.reduce(loss, tg, opts, m_rows, comm, acc)
-    return value, lse, a, factor
+        return loss, stats, a, None
+    value, factor = _stats.reduce(loss, tg, weight, opts, m_rows, comm, acc)
+    return value, stats, a, factor
 
 
-def _input_grad(input, index, probs, weight, vocab, opts, lse, a, g):
+def _input_grad(input, index, probs, weight, vocab, opts, stats, a, g):
     """This rank's gradient of sum_i g_i l_i w.r.t. its logits; g (M,) or 0-d."""
     acc = compute_dtype(input.dtype)
     x = _rows(input)
-    tg = _stats.prepare(index.reshape(-1) if index is not None else None,
-                        _rows(probs) if probs is not None else None, weight, vocab,
-                        opts.ignore_index, acc)
+    tg = _targets(index, probs, weight, vocab, opts, acc)
     out = torch.empty(x.shape, dtype=input.dtype, device=x.device)
     per_sample = g.dim() > 0
     for i, j in _spans(x.shape[0], x.shape[1]):
-        z = _stats.cap(x[i:j], opts, acc)
+        z, th = _stats.cap(x[i:j], opts, acc)
         direct = out.dtype == acc  # write straight into the gradient rows (no copy)
-        grad = _stats.chunk_grad(z, lse[i:j], a[i:j], g[i:j] if per_sample else g,
-                                 tg.rows(i, j), opts, vocab, out=out[i:j] if direct else None)
+        grad = _stats.chunk_grad(z, th, stats[0, i:j], stats[1, i:j], a[i:j], g[i:j] if per_sample else g,
+                                 tg.rows(slice(i, j)), opts, out=out[i:j] if direct else None)
         if not direct:
             out[i:j] = grad
     return _unrows(out, input.shape)
@@ -98,28 +105,39 @@ class _VocabParallelCrossEntropyFn(torch.autograd.Function):
     Not twice differentiable (the statistics come from collectives): create_graph=True raises."""
 
     @staticmethod
-    def forward(input, index, probs, weight, vocab, opts, comm, out_shape, out_dtype, box):
-        value, lse, a, factor = _forward(input, index, probs, weight, vocab, opts, comm)
-        box.append((lse, a, factor))
-        return _stats.fresh(value.reshape(out_shape).to(out_dtype))
+    def forward(call, input, index, probs, weight):
+        value, stats, a, factor = _forward(input, index, probs, weight, call.vocab, call.opts, call.comm)
+        call.handover.put((stats, a, factor))
+        return _stats.fresh(value.reshape(call.out_shape).to(call.out_dtype))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, index, probs, weight, vocab, opts, _, _, _, box = inputs
-        lse, a, factor = box.pop()
-        ctx.save_for_backward(input, index, probs, weight, lse, a, factor)
-        ctx.meta = (vocab, opts)
+        call, input, index, probs, weight = inputs
+        stats, a, factor = call.handover.take()
+        ctx.save_for_backward(input, index, probs, weight, stats, a, factor)
+        ctx.call = call
 
     @staticmethod
     def backward(ctx, grad_out):
         if torch.is_grad_enabled():  # create_graph=True
             _dchecks.no_second_derivative(_FN)
-        input, index, probs, weight, lse, a, factor = ctx.saved_tensors
-        vocab, opts = ctx.meta
+        input, index, probs, weight, stats, a, factor = ctx.saved_tensors
         acc = compute_dtype(input.dtype)
         g = grad_out.to(acc).reshape(-1) if factor is None else grad_out.to(acc).reshape(()) * factor
-        grad = _input_grad(input, index, probs, weight, vocab, opts, lse, a, g)
-        return grad, None, None, None, None, None, None, None, None, None
+        grad = _input_grad(input, index, probs, weight, ctx.call.vocab, ctx.call.opts, stats, a, g)
+        return None, grad, None, None, None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of the vocab-parallel logits loss: everything but its tensors."""
+
+    vocab: _layout.Vocab
+    opts: LossOptions
+    comm: _layout.Comm
+    out_shape: tuple
+    out_dtype: torch.dtype
+    handover: Handover = field(default_factory=Handover, compare=False)
 
 
 def local_loss(fn, input, target, weight, vocab, comm, *, ignore_index, reduction, label_smoothing,
@@ -128,12 +146,10 @@ def local_loss(fn, input, target, weight, vocab, comm, *, ignore_index, reductio
     input = _checks.logits_input(fn, input)
     dtype = _checks.loss_dtype(fn, dtype, input)
     weight = _checks.class_weight(fn, weight, input, vocab.num_classes, dtype=dtype)
-    soft = _checks.is_prob_target(input, target)
-    if soft:
-        _checks.prob_targets(fn, input, target, ignore_index)
-    else:
-        target = _checks.class_targets(fn, input, target, class_dim_size=vocab.num_classes,
-                                       ignore_index=ignore_index)
+    ignore_index = _checks.torch_int(fn, "ignore_index", ignore_index)
+    target, soft = _checks.logits_targets(fn, input, target, vocab.num_classes, ignore_index)
+    _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                               target=target if soft else None)  # torch's refusals first
     _dchecks.no_grad_through(fn, "target", target)
     _dchecks.no_grad_through(fn, "weight", weight)
     opts = _checks.loss_options(
@@ -145,9 +161,8 @@ def local_loss(fn, input, target, weight, vocab, comm, *, ignore_index, reductio
     sample_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size([])
     out_shape = sample_shape if opts.reduction == "none" else ()
     if torch.is_grad_enabled() and input.requires_grad:
-        return _VocabParallelCrossEntropyFn.apply(
-            input, index, probs, weight, vocab, opts, comm, out_shape, out_dtype, []
-        )
+        call = _Call(vocab, opts, comm, out_shape, out_dtype)
+        return _VocabParallelCrossEntropyFn.apply(call, input, index, probs, weight)
     value = _forward(input, index, probs, weight, vocab, opts, comm)[0]
     return value.reshape(out_shape).to(out_dtype)
 

@@ -30,7 +30,7 @@ backward of Megatron's ColumnParallelLinear / a DTensor Replicate -> Partial inp
 reduce-scatters grad_x (N/W D per rank) instead of all-reducing it.
 
 Memory beyond inputs and gradients: one chunk's logits in the input dtype plus float32 temporaries
-(n V_r each; n from the single-device fused loss's rule, `backends.chunked.linear.chunk_rows`, or
+(n V_r each; n from the single-device fused loss's rule, `backends.chunked.chunk_rows`, or
 ``chunk_size``), per-token statistics (a few N floats), and the saved input (N D; under sequence
 parallelism the gathered one). grad_W and grad_b accumulate in float32 for 16-bit weights.
 """
@@ -38,12 +38,15 @@ parallelism the gathered one). grad_W and grad_b accumulate in float32 for 16-bi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import _checks
 from .._checks import distributed as _dchecks
-from ..backends.chunked.linear import chunk_rows
+from .._options import LossOptions
+from ..backends.autograd import Handover
+from ..backends.chunked import chunk_rows
 from ..backends.common import compute_dtype, output_dtype
 from . import _comm, _layout, _stats
 
@@ -82,26 +85,27 @@ class _Head:
 def _forward(x, head, weight, vocab, opts, comm, rows):
     acc = compute_dtype(x.dtype)
     n, p = x.shape[0], head.p
-    tg = _stats.prepare(head.index, head.probs, weight, vocab, opts.ignore_index, acc)
+    tg = _stats.prepare(head.index, head.probs, weight, vocab, opts, acc)
     m = torch.empty(n * p, dtype=acc, device=x.device)
     parts = torch.empty(_stats.num_partials(opts), n * p, dtype=acc, device=x.device)
     for i in range(0, n, rows):
         j = min(i + rows, n)
-        z = _stats.cap(head.logits(x[i:j]), opts, acc)
-        m[i * p:j * p], parts[:, i * p:j * p] = _stats.chunk_partials(z, tg.rows(i * p, j * p), opts, vocab)
-    lse, parts = _stats.combine(m, parts, comm)
-    loss, a = _stats.losses(lse, parts, tg, opts, vocab)
+        z, _ = _stats.cap(head.logits(x[i:j]), opts, acc)
+        m[i * p:j * p], parts[:, i * p:j * p] = _stats.chunk_partials(z, tg.rows(slice(i * p, j * p)), opts)
+    m_all, log_s, parts = _stats.combine(m, parts, tg, opts, comm)
+    loss, a, _ = _stats.losses(m_all, log_s, parts, tg, opts)
+    stats = torch.stack([m_all, log_s])  # (2, M): the global softmax of each row, for backward
     if opts.reduction == "none":
-        return loss, lse, a, None
-    value, factor = _stats.reduce(loss, tg, opts, n * p, comm, acc)
-    return value, lse, a, factor
+        return loss, stats, a, None
+    value, factor = _stats.reduce(loss, tg, weight, opts, n * p, comm, acc)
+    return value, stats, a, factor
 
 
-def _backward(x, head, weight, vocab, opts, rows, lse, a, g, want):
+def _backward(x, head, weight, vocab, opts, rows, stats, a, g, want):
     """(grad_x partial (N, D) compute dtype, grad_W (V_r P, D) compute dtype, grad_b) of this rank."""
     acc = compute_dtype(x.dtype)
     n, d, p = x.shape[0], x.shape[1], head.p
-    tg = _stats.prepare(head.index, head.probs, weight, vocab, opts.ignore_index, acc)
+    tg = _stats.prepare(head.index, head.probs, weight, vocab, opts, acc)
     want_x, want_w, want_b = want
     gx = torch.empty(n, d, dtype=x.dtype, device=x.device) if want_x else None
     gw = torch.zeros(head.w2.shape, dtype=acc, device=x.device) if want_w else None
@@ -110,10 +114,10 @@ def _backward(x, head, weight, vocab, opts, rows, lse, a, g, want):
     for i in range(0, n, rows):
         j = min(i + rows, n)
         xc = x[i:j]
-        z = _stats.cap(head.logits(xc), opts, acc)
+        z, th = _stats.cap(head.logits(xc), opts, acc)
         s, e = i * p, j * p
-        grad = head.unrows(_stats.chunk_grad(z, lse[s:e], a[s:e], g[s:e] if per_sample else g,
-                                             tg.rows(s, e), opts, vocab))  # (n, V_r P), acc
+        grad = head.unrows(_stats.chunk_grad(z, th, stats[0, s:e], stats[1, s:e], a[s:e], g[s:e] if per_sample else g,
+                                             tg.rows(slice(s, e)), opts))  # (n, V_r P), acc
         if gb is not None:
             gb += grad.sum(0)
         grad = grad.to(x.dtype)  # the products run in the input dtype, as F.linear's
@@ -132,42 +136,58 @@ class _VocabParallelLinearFn(torch.autograd.Function):
     backward: the local gradients, then one reduction of grad_x. create_graph=True raises."""
 
     @staticmethod
-    def forward(input, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows,
-                sp, reduce_grad, out_shape, out_dtype, box):
-        x = _comm.gather_rows(input, comm.tp) if sp else input
+    def forward(call, input, linear_weight, linear_bias, index, probs, weight):
+        x = _comm.gather_rows(input, call.comm.tp) if call.sp else input
         head = _Head(linear_weight, linear_bias, index, probs)
-        value, lse, a, factor = _forward(x, head, weight, vocab, opts, comm, rows)
-        box.append((x, lse, a, factor))
-        return _stats.fresh(value.reshape(out_shape).to(out_dtype))
+        value, stats, a, factor = _forward(x, head, weight, call.vocab, call.opts, call.comm, call.rows)
+        call.handover.put((x, stats, a, factor))
+        return _stats.fresh(value.reshape(call.out_shape).to(call.out_dtype))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows, sp, reduce_grad, _, _, box = inputs
-        x, lse, a, factor = box.pop()
-        ctx.save_for_backward(x, linear_weight, linear_bias, index, probs, weight, lse, a, factor)
-        ctx.meta = (vocab, opts, comm, rows, sp, reduce_grad, input.dtype)
+        call, input, linear_weight, linear_bias, index, probs, weight = inputs
+        x, stats, a, factor = call.handover.take()
+        ctx.save_for_backward(x, linear_weight, linear_bias, index, probs, weight, stats, a, factor)
+        ctx.call, ctx.in_dtype = call, input.dtype
 
     @staticmethod
     def backward(ctx, grad_out):
         if torch.is_grad_enabled():  # create_graph=True
             _dchecks.no_second_derivative(_FN)
-        x, linear_weight, linear_bias, index, probs, weight, lse, a, factor = ctx.saved_tensors
-        vocab, opts, comm, rows, sp, reduce_grad, in_dtype = ctx.meta
+        x, linear_weight, linear_bias, index, probs, weight, stats, a, factor = ctx.saved_tensors
+        call = ctx.call
         acc = compute_dtype(x.dtype)
         g = grad_out.to(acc).reshape(-1) if factor is None else grad_out.to(acc).reshape(()) * factor
-        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                linear_bias is not None and ctx.needs_input_grad[2])
+        want = (ctx.needs_input_grad[1], ctx.needs_input_grad[2],
+                linear_bias is not None and ctx.needs_input_grad[3])
         head = _Head(linear_weight, linear_bias, index, probs)
-        gx, gw, gb = _backward(x, head, weight, vocab, opts, rows, lse, a, g, want)
-        if gx is not None and (sp or reduce_grad):
+        gx, gw, gb = _backward(x, head, weight, call.vocab, call.opts, call.rows, stats, a, g, want)
+        if gx is not None and (call.sp or call.reduce_grad):
             part = gx.to(acc)  # partial sums over the classes: added in float32 (float64)
-            if sp:
-                gx = _comm.reduce_scatter_rows(part, comm.tp, comm.deterministic).to(in_dtype)
+            comm = call.comm
+            if call.sp:
+                gx = _comm.reduce_scatter_rows(part, comm.tp, comm.deterministic).to(ctx.in_dtype)
             else:
-                gx = _comm.all_reduce_sum(part, comm.tp, comm.deterministic).to(in_dtype)
+                gx = _comm.all_reduce_sum(part, comm.tp, comm.deterministic).to(ctx.in_dtype)
         gw = gw.reshape(linear_weight.shape).to(linear_weight.dtype) if gw is not None else None
         gb = gb.reshape(linear_bias.shape).to(linear_bias.dtype) if gb is not None else None
-        return (gx, gw, gb) + (None,) * 12
+        return None, gx, gw, gb, None, None, None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of the vocab-parallel linear loss: everything but its tensors. rows: tokens per
+    chunk; sp: sequence parallelism; reduce_grad: all-reduce (or reduce-scatter) grad_x."""
+
+    vocab: _layout.Vocab
+    opts: LossOptions
+    comm: _layout.Comm
+    rows: int
+    sp: bool
+    reduce_grad: bool
+    out_shape: tuple
+    out_dtype: torch.dtype
+    handover: Handover = field(default_factory=Handover, compare=False)
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -216,6 +236,8 @@ def vocab_parallel_linear_cross_entropy(
     )
     dtype = _checks.loss_dtype(fn, dtype, input)
     weight = _checks.class_weight(fn, weight, input, vocab.num_classes, dtype=dtype)
+    _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                               target=target if soft else None)  # torch's refusals first
     _dchecks.no_grad_through(fn, "target", target)
     _dchecks.no_grad_through(fn, "weight", weight)
     opts = _checks.loss_options(
@@ -223,8 +245,7 @@ def vocab_parallel_linear_cross_entropy(
         label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, normalizer=normalizer,
         soft=soft, dtype=dtype,
     )
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        _dchecks.chunk_size(fn, chunk_size)
+    chunk_size = _checks.count(fn, "chunk_size", chunk_size, what=" (tokens per chunk)")
     rows = chunk_size or chunk_rows(rows_total, x.shape[1], local_classes * math.prod(out), x.dtype, opts,
                                     soft=soft, class_weight=weight is not None)
     if _comm.size(comm.tp) == 1:  # one rank holds every class: the single-device fused loss
@@ -235,10 +256,8 @@ def vocab_parallel_linear_cross_entropy(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
     if needs_grad:
-        loss = _VocabParallelLinearFn.apply(
-            x, linear_weight, linear_bias, index, probs, weight, vocab, opts, comm, rows,
-            sequence_parallel, reduce_input_grad, out_shape, out_dtype, [],
-        )
+        call = _Call(vocab, opts, comm, rows, sequence_parallel, reduce_input_grad, out_shape, out_dtype)
+        loss = _VocabParallelLinearFn.apply(call, x, linear_weight, linear_bias, index, probs, weight)
     else:
         xs = _comm.gather_rows(x, comm.tp) if sequence_parallel else x
         head = _Head(linear_weight, linear_bias, index, probs)

@@ -17,6 +17,7 @@ import torch
 
 from .. import _checks
 from .._checks import distributed as _dchecks
+from ..nn import keep_options
 from . import _layout
 from .cross_entropy import vocab_parallel_cross_entropy
 from .linear import vocab_parallel_linear_cross_entropy
@@ -24,6 +25,42 @@ from .linear import vocab_parallel_linear_cross_entropy
 __all__ = ["VocabParallelCrossEntropyLoss", "VocabParallelLinearCrossEntropyLoss"]
 
 _NAME = "VocabParallelLinearCrossEntropyLoss"
+
+
+# Rows of the full layer drawn at a time on the CPU (elements): the CPU generator fills a tensor in
+# order, so drawing the (C, D) layer block by block gives its values without holding it whole.
+INIT_BLOCK_ELEMENTS = 1 << 22
+
+
+def _init_linear_rows(weight: torch.Tensor, bias: torch.Tensor | None, vocab_range, num_classes: int):
+    """Rows [start, stop) of nn.Linear(D, num_classes)'s kaiming-uniform weight and uniform bias,
+    drawn in full. Accelerator generators (Philox) number their draws per call, so there the whole
+    (C, D) layer is drawn at once, as nn.Linear on that device would (memory C x D for the call, as
+    Megatron's CPU initialisation holds its master weight); nothing is drawn on the meta device."""
+    if weight.device.type == "meta":
+        return
+    start, stop = vocab_range
+    d = weight.shape[1]
+    full = lambda rows: torch.empty(rows, d, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        if weight.device.type != "cpu":
+            w = full(num_classes)
+            torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            weight.copy_(w[start:stop])
+        else:
+            rows = max(1, INIT_BLOCK_ELEMENTS // max(d, 1))
+            for i in range(0, num_classes, rows):
+                j = min(i + rows, num_classes)
+                block = full(j - i)
+                torch.nn.init.kaiming_uniform_(block, a=math.sqrt(5))  # (bound from D alone)
+                lo, hi = max(i, start), min(j, stop)
+                if lo < hi:
+                    weight[lo - start:hi - start].copy_(block[lo - i:hi - i])
+        if bias is not None:
+            bound = 1 / math.sqrt(d) if d > 0 else 0
+            b = torch.empty(num_classes, device=bias.device, dtype=bias.dtype)
+            torch.nn.init.uniform_(b, -bound, bound)
+            bias.copy_(b[start:stop])
 
 
 class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
@@ -83,26 +120,21 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
         self.linear_bias = torch.nn.Parameter(torch.empty(stop - start, **factory)) if bias else None
         self.register_buffer("weight", weight)
         self.weight: torch.Tensor | None
-        self.ignore_index = ignore_index
-        self.reduction = _checks.reduction(_NAME, reduction)
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
-        self.softcap = softcap
-        self.normalizer = normalizer
-        self.chunk_size = chunk_size
-        self.sequence_parallel = sequence_parallel
-        self.reduce_input_grad = reduce_input_grad
-        self.deterministic = deterministic
-        self.loss_dtype = loss_dtype
+        keep_options(self, ignore_index=ignore_index, reduction=_checks.reduction(_NAME, reduction),
+                     label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                     normalizer=normalizer, chunk_size=chunk_size,
+                     sequence_parallel=sequence_parallel, reduce_input_grad=reduce_input_grad,
+                     deterministic=deterministic, loss_dtype=loss_dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """nn.Linear's initialisation; its bounds depend on in_features only, so the shards of one
-        layer are drawn from the distribution of the whole."""
-        torch.nn.init.kaiming_uniform_(self.linear_weight, a=math.sqrt(5))
-        if self.linear_bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            torch.nn.init.uniform_(self.linear_bias, -bound, bound)
+        """``nn.Linear(in_features, num_classes)``'s initialisation, sharded: every rank draws the
+        whole layer from the global generator, as that module would, and keeps its rows. So after
+        one seed the shards are those of the single-device layer, and every rank's generator moves
+        by the same amount (data order, dropout and anything drawn later stay replicated across the
+        group; drawing only the local rows would move it by different amounts for uneven shards,
+        and give every even shard the same values)."""
+        _init_linear_rows(self.linear_weight, self.linear_bias, self.vocab_range, self.num_classes)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> VocabParallelLinearCrossEntropyLoss:

@@ -8,7 +8,7 @@ import torch
 
 import crossent
 from conftest import assert_no_worse_than_torch, skip_without_triton
-from crossent.backends.chunked import linear
+from crossent.backends.loops import linear_chunks
 from linear_helpers import HARD, SOFT, check_parity, grad_output, grads, leaves, make, unfused
 
 skip_without_triton()
@@ -48,7 +48,11 @@ def test_float64_and_the_two_pass_loop(small_blocks):
 def test_16bit_no_worse_than_unfused(dtype, reduction, monkeypatch):
     """The 16-bit gradient is computed in float32 and rounded once, in place over the logits;
     grad_W accumulates in float32 over chunks, its 16-bit product added in vocabulary slices."""
-    monkeypatch.setattr(linear, "PART_ROWS", 8)  # 29 classes: four slices
+    from dataclasses import replace
+
+    from crossent.backends import triton
+
+    monkeypatch.setattr(triton, "KERNELS", replace(triton.KERNELS, weight_grad_slice=8))  # 29 classes: four slices
     x64, w64, b64, t = make(10, 8, 29, torch.float64, seed=5)
     kw = dict(HARD["smoothing"], reduction=reduction)
     xa, wa, ba = leaves(x64.to(dtype), w64.to(dtype), b64.to(dtype))
@@ -70,10 +74,25 @@ def test_chunk_rows_with_lean_kernels():
     """Triton's CE keeps its temporaries in registers: a chunk is its logits alone, budgeted at a
     quarter of the 16-bit weight gradient (Llama-3 head: 1024 rows, 256 MiB), options or not."""
     from crossent._options import LossOptions
-    from crossent.backends.triton import ops
+    from crossent.backends import triton
 
-    k = ops.row_kernels()
     for opts in (LossOptions(), LossOptions(softcap=30.0, label_smoothing=0.1)):
-        assert linear.chunk_rows(8192, 4096, 128256, torch.bfloat16, opts, kernels=k) == 1024
-    rows = linear.chunk_rows(8192, 2304, 256000, torch.bfloat16, LossOptions(softcap=30.0), kernels=k)
-    assert rows * 256000 * 2 <= 256000 * 2304 * 2 // 4 and rows % linear.ROW_MULTIPLE == 0
+        assert triton.chunk_rows(8192, 4096, 128256, torch.bfloat16, opts) == 1024
+    rows = triton.chunk_rows(8192, 2304, 256000, torch.bfloat16, LossOptions(softcap=30.0))
+    assert rows * 256000 * 2 <= 256000 * 2304 * 2 // 4 and rows % linear_chunks.ROW_MULTIPLE == 0
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_neg_inf_bias_masks_a_class_as_torch(eps):
+    """A -inf bias forbids a class: torch's values and gradients (inf under smoothing) on the
+    Triton chunk loop too."""
+    x, w, b, t = make(12, 5, 9, seed=11)
+    b[3] = float("-inf")
+    t[t == 3] = 4
+    xa, wa, ba = leaves(x, w, b)
+    xt, wt, bt = leaves(x, w, b)
+    ours = crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, label_smoothing=eps, chunk_size=5)
+    theirs = torch.nn.functional.cross_entropy(torch.nn.functional.linear(xt, wt, bt), t, label_smoothing=eps)
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+    for u, v in zip(torch.autograd.grad(ours, (xa, wa, ba)), torch.autograd.grad(theirs, (xt, wt, bt))):
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-5, equal_nan=True)

@@ -1,15 +1,138 @@
-"""The fused backend: crossent's chunk kernels in plain PyTorch (loss and gradient in one pass,
-gradient-sized memory only, deterministic). Modules: `kernel` (the chunk kernel every loss here
-shares), `cross_entropy` (CE, NLL), `binary` (BCE, BCE with logits), `linear` (linear CE)."""
+"""Backend.FUSED: the fused algorithms (backends/loops) on row kernels made of plain torch ops --
+kernel.py (cross-entropy on a chunk of rows) and binary_kernel.py -- on the CPU (and on an
+accelerator without Triton, in chunks sized for it). Loss and gradient in one pass,
+gradient-sized memory only, deterministic.
+"""
 
-from .binary import binary_cross_entropy, binary_cross_entropy_with_logits
-from .cross_entropy import cross_entropy, nll_loss
-from .linear import linear_cross_entropy
+from __future__ import annotations
 
-__all__ = [
-    "binary_cross_entropy",
-    "binary_cross_entropy_with_logits",
-    "cross_entropy",
-    "linear_cross_entropy",
-    "nll_loss",
-]
+import math
+
+import torch
+
+from ..._options import LossOptions
+from .. import Descriptor, loops
+from ..common import compute_dtype
+from . import binary_kernel, kernel
+
+# Crossovers (elements of the input) below which torch's own kernel beats this backend on the CPU,
+# measured with benchmarks/bench_shapes.py. 2 threads, float32, fused/torch time (2026-11-23):
+#   forward+backward  0.52M elements 1.41, 1.05M 0.90, 2.05M 0.77, 16.4M 0.40
+#   forward only      8.2M 1.51, 16.4M 0.55, 32.8M 0.50
+TORCH_MAX_NUMEL = 3 << 18  # 786K
+TORCH_MAX_NUMEL_NO_GRAD = 3 << 22  # 12.6M
+BINARY_TORCH_MAX_NUMEL = 1 << 22  # BCE-with-logits fused/torch: 0.41M 1.16, 1.05M 1.18, 4.2M 0.96
+# linear_cross_entropy: at most this many logits (N * V) on the CPU, the composition F.linear +
+# cross_entropy (its logits, 4 MiB in float32, are then smaller than the one 16 MiB chunk the fused
+# path would allocate anyway). Fused/composed forward+backward, float32, D=128 (2026-11-23):
+# 640 logits 2.44, 0.26M 1.07, 0.51M 1.11, 1.0M 1.03, 2.1M 0.83-0.97, 4.2M 0.94-1.01, 8.4M 0.60.
+LINEAR_TORCH_MAX_LOGITS = 1 << 20
+
+# The chunk's buffers (logits, gradient, temporaries) of the linear loss may take 7/8 of the bytes
+# of the float32 weight gradient the call returns anyway, and at least MIN_BUDGET_BYTES. In float32
+# that is 7D/8 rows whatever V is (448 at D=512), so the whole peak -- grad_W, grad_x, the chunk --
+# stays under twice the weight gradient while N <= V/8. (torch 2.13's chunked F.linear_cross_entropy
+# holds a second V x D buffer beside its small chunks: about the same bound, reached.)
+# Why not fewer rows: every chunk streams W twice (the two products with W) and grad_W once
+# (addmm's read-modify-write), 3 * 4 * V * D bytes, while its products do 6 * n * D * V FLOPs;
+# on a CPU whose bandwidth is shared this per-chunk traffic is what costs. Measured side by side
+# at N=2048, D=512, V=128256 on the 2-core CPU of docs/PERFORMANCE.md, the three chunked products
+# over the three full-size ones (transposed logits): 384 rows 0.98x, 408 1.02x, 416 1.05x, 448
+# 1.04-1.07x, 456 1.00x, 464 1.01x, 512 1.03x (run-to-run noise ~5%); with row-major logits 410
+# rows were 1.09x and 448 1.11x. The floor keeps small layers (D*V tiny) from running in slivers.
+MIN_BUDGET_BYTES = 16 << 20
+
+
+def _torch_below(family: str, needs_grad: bool, device) -> int:
+    if device.type != "cpu":
+        return math.inf  # (no Triton there: torch's kernels, unless an option only crossent has)
+    if family == "linear":
+        return LINEAR_TORCH_MAX_LOGITS
+    if family == "binary":
+        return BINARY_TORCH_MAX_NUMEL
+    return TORCH_MAX_NUMEL if needs_grad else TORCH_MAX_NUMEL_NO_GRAD
+
+
+def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions,
+               *, soft: bool = False, class_weight: bool = False, budget_bytes: int | None = None) -> int:
+    """Tokens per chunk of the linear loss: as many as fit in the budget, balanced.
+
+    budget_bytes defaults to max(MIN_BUDGET_BYTES, 7/8 * V * D * 4) (float32; 8 for float64).
+    Bytes per row: V times the logits (input dtype), the float32 gradient of 16-bit inputs, the tanh
+    buffer of softcap, and the row math's chunk-sized temporaries (soft targets: t'*w and t'*w*z,
+    the float32 copy of 16-bit probabilities; label smoothing with class weights: z*w).
+    """
+    a = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    if budget_bytes is None:
+        budget_bytes = max(MIN_BUDGET_BYTES, num_classes * num_features * a * 7 // 8)
+    per_elem = torch.empty((), dtype=dtype).element_size()
+    if dtype != compute_dtype(dtype):
+        per_elem += a
+    if opts.softcap is not None:
+        per_elem += a
+    if soft:
+        per_elem += 2 * a + (a if class_weight or opts.label_smoothing > 0.0 else 0)
+    elif class_weight and opts.label_smoothing > 0.0:
+        per_elem += a
+    return loops.balanced_rows(n, budget_bytes // max(1, per_elem * num_classes))
+
+
+class _Buffers:
+    """kernel.ce_chunk's reused buffers beside a chunk of logits: a float32 one for the exp and
+    gradient of 16-bit logits, and the tanh of a softcap."""
+
+    def __init__(self, numel, dtype, opts, device):
+        acc = compute_dtype(dtype)
+        self.work = torch.empty(numel, dtype=acc, device=device) if dtype != acc else None
+        self.tanh = torch.empty(numel, dtype=acc, device=device) if opts.softcap is not None else None
+
+
+def _chunk_view(buf, like):
+    """buf seen with like's shape and strides (a chunk of the linear loss may be a transposed view)."""
+    if buf is None:
+        return None
+    view = buf[: like.numel()]
+    return view.view(like.t().shape).t() if like.dim() == 2 and not like.is_contiguous() else view.view(like.shape)
+
+
+def _ce_chunk(x, tg, opts, *, grad=None, scale=1.0, buffers=None, x_is_scratch=False):
+    """kernel.ce_chunk with the linear loss's reused buffers (laid out like the chunk)."""
+    work = _chunk_view(buffers.work, x) if buffers is not None else None
+    tanh = _chunk_view(buffers.tanh, x) if buffers is not None else None
+    return kernel.ce_chunk(x, tg, opts, grad=grad, scale=scale, work=work, tanh_work=tanh,
+                           x_is_scratch=x_is_scratch)
+
+
+KERNELS = loops.RowKernels(
+    ce_forward=kernel.ce_forward, ce_chunk=_ce_chunk, chunk_buffers=_Buffers,
+    bce_forward=binary_kernel.bce_forward, chunk_rows=chunk_rows, row_major_logits=False,
+    weight_grad_slice=0, name="fused",
+)
+
+
+def cross_entropy(input, target, weight, opts: LossOptions):
+    return loops.cross_entropy(input, target, weight, opts, kernels=KERNELS)
+
+
+nll_loss = loops.nll_loss
+
+
+def binary_cross_entropy(input, target, weight, opts: LossOptions):
+    return loops.binary_cross_entropy(input, target, weight, opts, kernels=KERNELS)
+
+
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
+    return loops.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts, kernels=KERNELS)
+
+
+def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
+    return loops.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts, kernels=KERNELS)
+
+
+DESCRIPTOR = Descriptor(
+    runs_on=lambda device: True,
+    picked_on=lambda device: True,
+    torch_below=_torch_below,
+    kernels=KERNELS,
+    compiled_linear=loops.make_op(KERNELS),
+)

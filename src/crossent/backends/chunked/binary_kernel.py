@@ -1,57 +1,37 @@
 """The binary cross-entropy kernel in plain torch ops: loss and gradient of one chunk of rows in
-one elementwise pass (the math is in binary.py's docstring).
-
-torch's logsigmoid and sigmoid are single stable kernels (no overflow for any x); they are
-elementwise math, not one of torch's losses.
-"""
+one elementwise pass (the formulas: `backends/rows.py`, end)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as _torch_F
 
+from .. import rows
 from ..common import compute_dtype, deterministic_sum
 from . import kernel
 
-# torch's EPSILON in binary_cross_entropy_backward is the float literal 1e-12f, i.e. this value.
-_BCE_EPS = 9.999999960041972e-13
-
 
 def _row_chunks(x: torch.Tensor):
-    rows = max(1, kernel.chunk_elements(x.device) // max(x[0].numel(), 1)) if x.dim() and x.shape[0] else 1
-    for i in range(0, x.shape[0] if x.dim() else 1, rows):
-        yield slice(i, i + rows)
+    rows_ = max(1, kernel.chunk_elements(x.device) // max(x[0].numel(), 1)) if x.dim() and x.shape[0] else 1
+    for i in range(0, x.shape[0] if x.dim() else 1, rows_):
+        yield slice(i, i + rows_)
 
 
 def _bce_chunk(x, y, w, pw, logits: bool, grad):
     acc = compute_dtype(x.dtype)
-    x = x.to(acc)
-    y = y.to(acc)
-    if logits:
-        # softplus(-x) = -log sigmoid(x): one stable op, exact for any x (softplus itself turns
-        # linear past 20 and loses ~1e-9 in float64).
-        sp = _torch_F.logsigmoid(x).neg_()
-        if pw is None:
-            loss = torch.addcmul(sp, 1.0 - y, x)  # (1 - y) x + softplus(-x)
-            if grad is not None:
-                d = torch.sigmoid(x).sub_(y)
+    x, y = x.to(acc), y.to(acc)
+    with torch.no_grad():  # (explicit gradients; the chunk never needs a graph)
+        if logits:
+            pwa = pw.to(acc) if pw is not None else None
+            loss = rows.bce_with_logits(x, y, pwa)
+            d = rows.bce_with_logits_grads(x, y, pwa)[0] if grad is not None else None
         else:
-            pwa = pw.to(acc)
-            k = torch.addcmul(torch.ones_like(y), pwa - 1.0, y)  # 1 + (pw - 1) y
-            loss = torch.addcmul(sp.mul_(k), 1.0 - y, x)
-            if grad is not None:
-                d = torch.sigmoid(x).mul_(k).sub_(pwa * y)
-    else:
-        logp = torch.log(x).clamp_min_(-100.0)
-        log1mp = torch.log1p(-x).clamp_min_(-100.0)
-        loss = (y * logp).add_((1.0 - y).mul_(log1mp)).neg_()
-        if grad is not None:
-            d = (x - y).div_((x * (1.0 - x)).clamp_min_(_BCE_EPS))
-    if w is not None:
-        wa = w.to(acc)
-        loss.mul_(wa)
-        if grad is not None:
-            d.mul_(wa)
+            loss = rows.bce(x, y)[0]
+            d = rows.bce_grads(x, y)[0] if grad is not None else None
+        if w is not None:
+            wa = w.to(acc)
+            loss.mul_(wa)
+            if d is not None:
+                d.mul_(wa)
     if grad is not None:
         grad.copy_(d)
     return loss
@@ -67,13 +47,13 @@ def bce_forward(x, y, w, pw, logits, opts, grad):
     pwb = pw.expand(x.shape) if pw is not None else None
     out = torch.empty(x.shape, dtype=acc, device=x.device) if opts.reduction == "none" else None
     partial = []
-    for rows in _row_chunks(x):
+    for r in _row_chunks(x):
         loss = _bce_chunk(
-            x[rows], y[rows], wb[rows] if wb is not None else None,
-            pwb[rows] if pwb is not None else None, logits, grad[rows] if grad is not None else None,
+            x[r], y[r], wb[r] if wb is not None else None, pwb[r] if pwb is not None else None,
+            logits, grad[r] if grad is not None else None,
         )
         if out is not None:
-            out[rows] = loss
+            out[r] = loss
         else:
             partial.append(deterministic_sum(loss))
     if out is not None:

@@ -1,7 +1,7 @@
 """Backend.TRITON: crossent's fused losses with Triton kernels (GPUs; CPU tensors under
 ``TRITON_INTERPRET=1``, which is how CI tests them). Optional: ``pip install crossent[triton]``.
 
-The algorithms are the fused backend's (backends/chunked/: the gradient computed in forward and
+The algorithms are the shared fused ones (backends/loops/: the gradient computed in forward and
 handed over in backward, 'mean' folded into it, the linear loss's token-chunk loop with its three
 matrix products); the row kernels under them are Triton's (kernels.py, launched by ops.py):
 
@@ -31,13 +31,25 @@ program in a fixed order; totals by `common.deterministic_sum`; no atomics).
 
 from __future__ import annotations
 
+import torch
+
 from ... import _checks
 from ..._options import LossOptions
-from ..chunked import binary as _binary
-from ..chunked import linear as _linear
-from ..chunked.cross_entropy import cross_entropy as _cross_entropy
-from ..chunked.cross_entropy import nll_loss as _nll_loss
+from .. import Descriptor, loops
 from . import ops
+
+# Off the CPU, inputs below this many elements go to torch's kernels even where Triton runs: there
+# the call is bound by host overhead (an autograd.Function and a Triton launch cost tens of us of
+# Python, torch's cross_entropy a few kernel launches). A conservative default, NOT measured: no
+# GPU was available (benchmarks/bench_gpu.py measures the crossover on one; set it from there).
+TRITON_MIN_NUMEL = 1 << 24  # 16.8M elements: 8192 x 2048
+# linear_cross_entropy: at most this many logits (N * V), the composition F.linear + cross_entropy
+# (the CPU's measured crossover, backends/chunked; on a GPU a guess on the safe side: NOT measured).
+LINEAR_TORCH_MAX_LOGITS = 1 << 20
+# The linear loss's chunk: a quarter of the 16-bit weight gradient, at least this many bytes -- at
+# the Llama-3 head (V=128256, D=4096, bfloat16) 1024 rows, 256 MiB, a product still large enough
+# for cuBLAS to run near its peak (a design choice: NOT measured, no GPU was available).
+MIN_BUDGET_BYTES = 16 << 20
 
 
 def usable(device) -> bool:
@@ -48,31 +60,64 @@ def usable(device) -> bool:
     return ops.interpreting() if device.type == "cpu" else device.type in ("cuda", "xpu")
 
 
+def _torch_below(family: str, needs_grad: bool, device) -> int:
+    if device.type == "cpu":
+        return 0  # (only ever forced there)
+    return LINEAR_TORCH_MAX_LOGITS if family == "linear" else TRITON_MIN_NUMEL - 1
+
+
+def chunk_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions,
+               *, soft: bool = False, class_weight: bool = False) -> int:
+    """Tokens per chunk of the linear loss: the chunk's logits take a quarter of the weight
+    gradient's bytes in the input dtype (the kernel makes no chunk-sized temporaries)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    budget = max(MIN_BUDGET_BYTES, num_classes * num_features * size // 4)
+    return loops.balanced_rows(n, budget // max(1, size * num_classes))
+
+
+KERNELS = ops.row_kernels(chunk_rows)
+
+
 def _require(t):
     if not usable(t.device):
         _checks.triton_unusable(t.device, ops.importable())
-    return ops.row_kernels()
 
 
 def cross_entropy(input, target, weight, opts: LossOptions):
-    return _cross_entropy(input, target, weight, opts, kernels=_require(input))
+    _require(input)
+    return loops.cross_entropy(input, target, weight, opts, kernels=KERNELS)
 
 
-def nll_loss(input, target, weight, opts: LossOptions):
-    return _nll_loss(input, target, weight, opts)
+nll_loss = loops.nll_loss
 
 
 def binary_cross_entropy(input, target, weight, opts: LossOptions):
-    return _binary.binary_cross_entropy(input, target, weight, opts, kernels=_require(input))
+    _require(input)
+    return loops.binary_cross_entropy(input, target, weight, opts, kernels=KERNELS)
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions):
-    return _binary.binary_cross_entropy_with_logits(
-        input, target, weight, pos_weight, opts, kernels=_require(input)
-    )
+    _require(input)
+    return loops.binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts, kernels=KERNELS)
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
-    return _linear.linear_cross_entropy(
-        input, linear_weight, target, linear_bias, weight, opts, kernels=_require(input)
-    )
+    _require(input)
+    return loops.linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts, kernels=KERNELS)
+
+
+_compiled_linear = loops.make_op(KERNELS)
+
+
+def _linear_op(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
+    _require(input)
+    return _compiled_linear(input, linear_weight, target, linear_bias, weight, opts)
+
+
+DESCRIPTOR = Descriptor(
+    runs_on=usable,
+    picked_on=lambda device: device.type != "cpu" and usable(device),
+    torch_below=_torch_below,
+    kernels=KERNELS,
+    compiled_linear=_linear_op,
+)

@@ -1,18 +1,21 @@
 """The Triton kernels (imported only when Triton is; `ops.py` launches them).
 
 Cross-entropy, one program per sample row r (a row of (N, C), or the (n, d) row of a K-dim
-(N, C, D) input, through strides). Notation of `backends/chunked/kernel.py` (z: the softcapped
-logits; w: class weights, W = sum_c w_c; eps: smoothing; zl: z_loss; v: 1 unless ignored)::
+(N, C, D) input, through strides). The steps of `backends/rows.py`, mirrored line for line
+(Triton cannot call those torch functions; tests/backends/test_rows.py checks that both agree on
+extreme inputs). z: the softcapped logits; w: class weights, W = sum_c w_c; eps: smoothing; zl:
+z_loss; v: 1 unless ignored::
 
     pass 1 over the row in blocks: m = max_c z_c, s = sum_c exp(z_c - m) (online: s rescaled by
-           exp(m_old - m) when the max grows), and the row sums smoothing and soft targets need:
-           wz = sum_c w_c z_c, ta = sum_c w_c t_c, tz = sum_c w_c t_c z_c
+           exp(m_old - m) when the max grows), and the row sums smoothing and soft targets need,
+           relative to m (rebased when it grows): wr = sum_c w_c (z_c - m) (class indices),
+           ta = sum_c w_c t'_c, tr = sum_c w_c t'_c (z_c - m)
     lse  = m + log s
-    hard l = v ((1-eps) w_t (lse - z_t) + eps/C (W lse - wz)) + v zl lse^2
-    soft l = A lse - B + zl lse^2,  A = (1-eps) ta + eps/C W,  B = (1-eps) tz + eps/C wz
+    hard l = v ((1-eps) w_t (log s - (z_t - m)) + eps/C (W log s - wr)) + v zl lse^2
+    soft l = A log s - tr + zl lse^2,  A = ta  (over t' = (1-eps) t + eps/C)
     pass 2 (only with a gradient): g_c = k (a p_c - b_c) (dz/dx under a softcap), p_c = exp(z_c - lse)
            hard a = v ((1-eps) w_t + eps/C W + 2 zl lse), b_c = v ((1-eps) w_t [c = t] + eps/C w_c)
-           soft a = A + 2 zl lse,                        b_c = (1-eps) w_c t_c + eps/C w_c
+           soft a = A + 2 zl lse,                        b_c = w_c t'_c
            k: the per-row gradient scale (1/den for 'mean', folded in forward)
 
 A row that fits one block (C <= SINGLE_BLOCK_MAX, see ops.py) is loaded once and its gradient
@@ -67,7 +70,7 @@ def _load_z(x_ptr, offs, mask, cap, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr
         x = x.to(tl.float64)
     else:
         x = x.to(tl.float32)
-    th = x * 0.0
+    th = tl.zeros_like(x)
     if HAS_CAP:
         th = _tanh(x / cap)
         x = th * cap
@@ -76,35 +79,52 @@ def _load_z(x_ptr, offs, mask, cap, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr
 
 
 @triton.jit
-def _stats_block(z, zs, w, t, m, s, wz, ta, tz, SOFT: tl.constexpr, SMOOTH: tl.constexpr):
-    """Fold one block into the row's running max m, sum of exps s (rescaled when m grows: the
-    online softmax), and the row sums wz, ta, tz."""
-    if SMOOTH:
-        wz += tl.sum(w * zs, 0)
-    if SOFT:
-        ta += tl.sum(w * t, 0)
-        tz += tl.sum(w * t * zs, 0)
-    m_new = tl.maximum(m, tl.max(z, 0))
-    # (m_new is -inf only for a row of -inf logits: torch's nan, from -inf - -inf, follows)
-    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
-    return m_new, s, wz, ta, tz
+def _ref(m):
+    """The reference the relative sums are kept against: the running max, 0 while it is -inf."""
+    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
-def _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, zero, ACC_F64: tl.constexpr,
-                  HAS_CAP: tl.constexpr, SOFT: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    """One block's z (-inf where masked), z (0 where masked), tanh, class weights, probabilities."""
+def _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT: tl.constexpr, SMOOTH: tl.constexpr):
+    """Step 1 of rows.py, folded block by block (the online softmax): the running max m, the sum
+    of exps s (rescaled when m grows), and the sums relative to the reference `_ref(m)`: wr =
+    sum w (z - ref) with ws = sum w (class indices with smoothing), tr = sum w t' (z - ref) with
+    ta = sum w t' (probabilities; t is t' already). When m grows they are rebased as rows.rebase
+    does: by their weight times the shift of the reference."""
+    m_new = tl.maximum(m, tl.max(z, 0))
+    # (m_new is -inf only for a row of -inf logits: torch's nan, from -inf - -inf, follows)
+    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
+    ref = _ref(m_new)
+    shift = _ref(m) - ref
+    r = tl.where(mask, z - ref, 0.0)
+    if SMOOTH and not SOFT:
+        wr = wr + ws * shift + tl.sum(w * r, 0)
+        ws += tl.sum(w, 0)
+    if SOFT:
+        tr = tr + ta * shift + tl.sum(w * t * r, 0)
+        ta += tl.sum(w * t, 0)
+    return m_new, s, wr, ws, ta, tr
+
+
+@triton.jit
+def _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, eps, C, zero,
+                  ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr, SOFT: tl.constexpr,
+                  HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """One block's z (-inf where masked), tanh, class weights, probabilities (smoothed: t' =
+    (1-eps) t + eps/C itself, so that a -inf logit gives t' z = -inf, torch's inf, where
+    (1-eps) t z + eps/C z would be 0 * -inf = nan)."""
     z, th = _load_z(x_row, c * sx_c, mask, cap, ACC_F64, HAS_CAP)
-    zs = tl.where(mask, z, 0.0)
     if HAS_WEIGHT:
         w = tl.load(weight_ptr + c, mask=mask, other=0.0) + zero
     else:
         w = tl.where(mask, 1.0, 0.0) + zero
     if SOFT:
         t = tl.load(p_row + c * sp_c, mask=mask, other=0.0) + zero
+        if SMOOTH:
+            t = tl.where(mask, (1.0 - eps) * t + eps / C, 0.0)
     else:
-        t = zs * 0.0
-    return z, zs, th, w, t
+        t = tl.zeros_like(w)
+    return z, th, w, t
 
 
 @triton.jit
@@ -135,38 +155,36 @@ def ce_kernel(
     zl = tl.load(params_ptr + 1)
     cap = tl.load(params_ptr + 2)
 
-    # ---- pass 1: max, sum of exps, the row sums
+    # ---- pass 1 (step 1): max, sum of exps, the relative row sums
     m = zero + float("-inf")
     s = zero
-    wz = zero  # sum_c w_c z_c
-    ta = zero  # sum_c w_c t_c
-    tz = zero  # sum_c w_c t_c z_c
+    wr = zero  # sum_c w_c (z_c - ref)
+    ws = zero  # sum_c w_c over the blocks so far
+    ta = zero  # sum_c w_c t'_c
+    tr = zero  # sum_c w_c t'_c (z_c - ref)
     if SINGLE:
         mask1 = cols < C
-        z1, zs1, th1, w1, t1 = _block_inputs(x_row, p_row, weight_ptr, cols, mask1, sx_c, sp_c, cap,
-                                             zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT)
-        m, s, wz, ta, tz = _stats_block(z1, zs1, w1, t1, m, s, wz, ta, tz, SOFT, SMOOTH)
+        z1, th1, w1, t1 = _block_inputs(x_row, p_row, weight_ptr, cols, mask1, sx_c, sp_c, cap,
+                                        eps, C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+        m, s, wr, ws, ta, tr = _stats_block(z1, mask1, w1, t1, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
     else:
         for start in range(0, C, BLOCK):
             c = start + cols
             mask = c < C
-            z, zs, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, zero,
-                                            ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT)
-            m, s, wz, ta, tz = _stats_block(z, zs, w, t, m, s, wz, ta, tz, SOFT, SMOOTH)
-    lse = m + tl.log(s)
+            z, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap, eps,
+                                        C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+            m, s, wr, ws, ta, tr = _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
+    log_s = tl.log(s)
+    lse = m + log_s
 
-    # ---- the loss, and the gradient's row coefficients a (of p) and coef_t (at the target)
+    # ---- step 3: the loss, and the gradient's row coefficients a (of p) and coef_t (at the target)
     if HAS_WEIGHT:
         W = tl.load(wsum_ptr) + zero
     else:
         W = zero + C
-    if SOFT:
+    if SOFT:  # (t' smoothed already)
         A = ta
-        B = tz
-        if SMOOTH:
-            A = (1.0 - eps) * ta + (eps / C) * W
-            B = (1.0 - eps) * tz + (eps / C) * wz
-        loss = A * lse - B
+        loss = A * log_s - tr
         if HAS_ZL:
             loss += zl * lse * lse
         v = zero + 1.0
@@ -175,35 +193,9 @@ def ce_kernel(
         t_idx = -1
     else:
         t_idx = tl.load(target_ptr + r)
-        valid = t_idx != ignore_index
-        # An out-of-range class (unchecked on a GPU, as in torch: a host check would sync) reads
-        # nothing out of bounds and makes its row's loss and gradient nan: loud, never a number.
-        bad = valid & ((t_idx < 0) | (t_idx >= C))
-        safe = tl.where(valid & ~bad, t_idx, 0)
-        xt = tl.load(x_row + safe * sx_c)
-        if ACC_F64:
-            z_t = xt.to(tl.float64)
-        else:
-            z_t = xt.to(tl.float32)
-        if HAS_CAP:
-            z_t = _tanh(z_t / cap) * cap
-        if HAS_WEIGHT:
-            w_t = tl.load(weight_ptr + safe) + zero
-        else:
-            w_t = zero + 1.0
-        v = tl.where(valid, 1.0, 0.0) + zero
-        ce = (lse - z_t) * w_t
-        if SMOOTH:
-            ce = (1.0 - eps) * ce + (eps / C) * (W * lse - wz)
-        if HAS_ZL:
-            ce += zl * lse * lse
-        ce = tl.where(bad, float("nan"), ce)
-        loss = tl.where(valid, ce, 0.0)
-        v = tl.where(bad, float("nan"), v)
-        coef_t = (1.0 - eps) * w_t * v
-        a = coef_t
-        if SMOOTH:
-            a += (eps / C) * W * v
+        loss, a, coef_t, v = _hard_row_loss(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s,
+                                            lse, W, wr, eps, zl, cap, C, zero, ACC_F64, HAS_WEIGHT,
+                                            SMOOTH, HAS_ZL, HAS_CAP)
     tl.store(loss_ptr + r, loss)
     tl.store(lse_ptr + r, lse)
 
@@ -213,31 +205,67 @@ def ce_kernel(
         if HAS_ZL:
             a += 2.0 * zl * lse * v
         if SINGLE:
-            g1 = _grad_block(z1, th1, w1, t1, cols, lse, a, coef_t, t_idx, v, k, eps, C,
+            g1 = _grad_block(z1, th1, w1, t1, cols, m, log_s, a, coef_t, t_idx, v, k, eps, C,
                              SOFT, SMOOTH, HAS_CAP)
             tl.store(g_row + cols * sg_c, g1, mask=mask1)
         else:
             for start in range(0, C, BLOCK):
                 c = start + cols
                 mask = c < C
-                z, zs, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap,
-                                                zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT)
-                g = _grad_block(z, th, w, t, c, lse, a, coef_t, t_idx, v, k, eps, C,
+                z, th, w, t = _block_inputs(x_row, p_row, weight_ptr, c, mask, sx_c, sp_c, cap,
+                                            eps, C, zero, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+                g = _grad_block(z, th, w, t, c, m, log_s, a, coef_t, t_idx, v, k, eps, C,
                                 SOFT, SMOOTH, HAS_CAP)
                 tl.store(g_row + c * sg_c, g, mask=mask)
 
 
 @triton.jit
-def _grad_block(z, th, w, t, c, lse, a, coef_t, t_idx, v, k, eps, C, SOFT: tl.constexpr,
+def _hard_row_loss(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr, eps, zl, cap,
+                   C, zero, ACC_F64: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+                   HAS_ZL: tl.constexpr, HAS_CAP: tl.constexpr):
+    """Step 3 of rows.py for a class-index row: (loss, a without z_loss, (1-eps) w_t v, v)."""
+    valid = t_idx != ignore_index
+    # An out-of-range class (unchecked on a GPU, as in torch: a host check would sync) reads
+    # nothing out of bounds and makes its row's loss and gradient nan: loud, never a number.
+    bad = valid & ((t_idx < 0) | (t_idx >= C))
+    safe = tl.where(valid & ~bad, t_idx, 0)
+    xt = tl.load(x_row + safe * sx_c)
+    if ACC_F64:
+        z_t = xt.to(tl.float64)
+    else:
+        z_t = xt.to(tl.float32)
+    if HAS_CAP:
+        z_t = _tanh(z_t / cap) * cap
+    if HAS_WEIGHT:
+        w_t = tl.load(weight_ptr + safe) + zero
+    else:
+        w_t = zero + 1.0
+    ce = (log_s - (z_t - _ref(m))) * w_t
+    if SMOOTH:
+        ce = (1.0 - eps) * ce + (eps / C) * (W * log_s - wr)
+    if HAS_ZL:
+        ce += zl * lse * lse
+    ce = tl.where(bad, float("nan"), ce)
+    v = tl.where(bad, float("nan"), tl.where(valid, 1.0, 0.0) + zero)
+    coef_t = (1.0 - eps) * w_t * v
+    a = coef_t
+    if SMOOTH:
+        a += (eps / C) * W * v
+    return tl.where(valid, ce, 0.0), a, coef_t, v
+
+
+@triton.jit
+def _grad_block(z, th, w, t, c, m, log_s, a, coef_t, t_idx, v, k, eps, C, SOFT: tl.constexpr,
                 SMOOTH: tl.constexpr, HAS_CAP: tl.constexpr):
-    """k (a p_c - b_c) for one block (times dz/dx = 1 - tanh^2 under a softcap)."""
-    g = a * tl.exp(z - lse)
+    """Step 4: k (a p_c - b_c) for one block (times dz/dx = 1 - tanh^2 under a softcap), with
+    p_c = exp((z_c - m) - log s): exp(z_c - lse) would carry lse's rounding at a large offset."""
+    g = a * tl.exp((z - m) - log_s)
     if SOFT:
-        g -= (1.0 - eps) * w * t
+        g -= w * t  # (t = t', smoothed)
     else:
         g = tl.where(c == t_idx, g - coef_t, g)
-    if SMOOTH:
-        g -= (eps / C) * w * v
+        if SMOOTH:
+            g -= (eps / C) * w * v
     if HAS_CAP:
         g = g * (1.0 - th * th)
     return g * k
@@ -282,20 +310,22 @@ def bce_kernel(
         sp_pos = tl.maximum(x, 0.0) + l1p  # softplus(x)
         sig = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         if HAS_PW:
-            pw = tl.load(pw_ptr + i % pw_mod, mask=mask, other=1.0) + x * 0.0
+            pw = tl.load(pw_ptr + i % pw_mod, mask=mask, other=1.0) + tl.zeros_like(x)
             k = 1.0 + (pw - 1.0) * y
             loss = pw * y * sp_neg + (1.0 - y) * sp_pos
             g = k * sig - pw * y
         else:
             loss = y * sp_neg + (1.0 - y) * sp_pos
             g = sig - y
+        # torch's value at x = -inf: nan for every y (its formula is -inf + inf there)
+        loss = tl.where(x == float("-inf"), float("nan"), loss)
     else:
         logp = tl.maximum(tl.log(x), -100.0)
         log1mp = tl.maximum(_log1p(-x), -100.0)
         loss = -(y * logp + (1.0 - y) * log1mp)
         g = (x - y) / tl.maximum(x * (1.0 - x), 9.999999960041972e-13)
     if HAS_W:
-        w = tl.load(w_ptr + i % w_mod, mask=mask, other=0.0) + x * 0.0
+        w = tl.load(w_ptr + i % w_mod, mask=mask, other=0.0) + tl.zeros_like(x)
         loss = loss * w
         g = g * w
     if PER_ELEMENT:

@@ -1,6 +1,6 @@
-"""Launchers of the Triton kernels (kernels.py), in the signatures of the chunked backend's kernels
-(`chunked.kernel.ce_forward`, `ce_chunk`, `chunked.binary.bce_forward`), so that the fused
-algorithms (autograd glue, the linear loss's chunk loop) run unchanged on top of them.
+"""Launchers of the Triton kernels (kernels.py), as the fused algorithms' `RowKernels` (the
+signatures of backends/loops/kernels.py), so that the algorithms (autograd glue, the linear loss's
+chunk loop) run unchanged on top of them.
 
 Everything stays on the device: the 'mean' scale is a device tensor read by the kernel, the class
 weights' sum too; no ``.item()``, no host sync, so the losses can be captured in a CUDA graph.
@@ -29,6 +29,10 @@ SINGLE_BLOCK_MAX = 8192
 LOOP_BLOCK = 2048
 # Elements per program of the binary losses.
 BINARY_BLOCK = 1024
+# Vocabulary rows per slice of the linear loss's 16-bit weight-gradient product: 8192 x D 16-bit
+# values (64 MiB at D=4096) instead of V x D beside the float32 accumulator; each slice is still a
+# large product.
+WEIGHT_GRAD_SLICE = 8192
 
 
 def interpreting() -> bool:
@@ -134,33 +138,35 @@ def triton_next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _class_weights(weight, acc):
-    if weight is None:
+def _class_weights(tg, acc):
+    """(the block's class weights, contiguous, and their total W as a (1,) device tensor) or Nones."""
+    if tg.weight is None:
         return None, None
-    w = weight.to(acc).contiguous()
-    return w, deterministic_sum(w).reshape(1)
+    return tg.weight.to(acc).contiguous(), tg.W.to(acc).reshape(1)
 
 
-def ce_forward(x, target, weight, opts: LossOptions, *, grad, scale):
-    """`chunked.kernel.ce_forward` on the GPU: per-sample losses (N[, D]) of x (N, C[, D]); the
+def ce_forward(x, tg, opts: LossOptions, *, grad, scale):
+    """`RowKernels.ce_forward` on the GPU: per-row losses (N[, D]) of x (N, C[, D]); the
     gradient d(sum_i scale_i l_i)/dx written into ``grad`` (None: loss only)."""
     acc = compute_dtype(x.dtype)
-    w, w_sum = _class_weights(weight, acc)
-    loss, _ = _launch_ce(x, target.index, target.probs, w, w_sum, opts, grad, scale)
+    w, w_sum = _class_weights(tg, acc)
+    loss, _ = _launch_ce(x, tg.index, tg.probs, w, w_sum, opts, grad, scale)
     return loss.view(x.shape[:1] + x.shape[2:])
 
 
-def ce_chunk(x, target, weight, weight_sum, opts: LossOptions, *, grad=None, scale=1.0, work=None,
-             tanh_work=None):
-    """`chunked.kernel.ce_chunk` on the GPU: (losses, lse) of one chunk x (n, C); ``weight`` and
-    ``weight_sum`` already in the compute dtype. The work buffers are not needed (the kernel keeps
-    its temporaries in registers; a 16-bit gradient is written in its own dtype)."""
+def ce_chunk(x, tg, opts: LossOptions, *, grad=None, scale=1.0, buffers=None, x_is_scratch=False):
+    """`RowKernels.ce_chunk` on the GPU: (losses, lse) of one chunk x (n, C). No buffers are
+    needed (the kernel keeps its temporaries in registers; a 16-bit gradient is written in its own
+    dtype), and a loss-only pass writes nothing."""
     acc = compute_dtype(x.dtype)
-    w = weight.to(acc).contiguous() if weight is not None else None
-    w_sum = weight_sum.to(acc).reshape(1) if w is not None else None  # (a device tensor with weights)
-    loss, lse = _launch_ce(x, target.index, target.probs, w, w_sum, opts, grad, scale)
+    w, w_sum = _class_weights(tg, acc)
+    loss, lse = _launch_ce(x, tg.index, tg.probs, w, w_sum, opts, grad, scale)
     per_sample = x.shape[:1] + x.shape[2:]
     return loss.view(per_sample), lse.view(per_sample)
+
+
+def chunk_buffers(numel, dtype, opts, device):
+    return None
 
 
 def _trailing_broadcast(t, shape):
@@ -179,7 +185,7 @@ def _trailing_broadcast(t, shape):
 
 
 def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
-    """`chunked.binary.bce_forward` on the GPU: the per-element losses (compute dtype, x's shape)
+    """`RowKernels.bce_forward` on the GPU: the per-element losses (compute dtype, x's shape)
     for 'none', else their deterministic total (0-d); the gradient into ``grad`` (contiguous, as
     binary.py allocates it; None: none)."""
     acc = compute_dtype(x.dtype)
@@ -209,14 +215,17 @@ def bce_forward(x, y, w, pw, logits: bool, opts: LossOptions, grad):
     return deterministic_sum(partial)
 
 
-def row_kernels():
-    """The Triton kernels as the chunked algorithms' RowKernels (one value per process)."""
+def row_kernels(chunk_rows):
+    """The Triton kernels as the fused algorithms' RowKernels (one value per process)."""
     global _ROW_KERNELS
     if _ROW_KERNELS is None:
-        from ..chunked.row_kernels import RowKernels, register
+        from ..loops import RowKernels
 
-        _ROW_KERNELS = register(RowKernels(ce_forward, ce_chunk, bce_forward, grad_in_input_dtype=True,
-                                           row_major_logits=True, lean_chunks=True, name="triton"))
+        _ROW_KERNELS = RowKernels(
+            ce_forward=ce_forward, ce_chunk=ce_chunk, chunk_buffers=chunk_buffers,
+            bce_forward=bce_forward, chunk_rows=chunk_rows, row_major_logits=True,
+            weight_grad_slice=WEIGHT_GRAD_SLICE, name="triton",
+        )
     return _ROW_KERNELS
 
 

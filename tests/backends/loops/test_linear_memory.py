@@ -18,7 +18,7 @@ _MEASURE = textwrap.dedent("""
     t = torch.randint(0, v, (n,))
     fn = crossent.linear_cross_entropy if case == "fused" else (
         lambda h, w, t: crossent.cross_entropy(F.linear(h, w), t))
-    if case == "compiled":  # the custom op of backends/chunked/linear_op.py
+    if case == "compiled":  # the custom op of backends/loops/linear_op.py
         fn = torch.compile(crossent.linear_cross_entropy, fullgraph=True, backend="aot_eager")
     def step():
         torch.autograd.grad(fn(h, w, t), (h, w))

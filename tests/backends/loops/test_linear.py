@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import crossent
 from conftest import assert_close, assert_no_worse_than_torch
 from crossent._options import LossOptions
-from crossent.backends.chunked import linear
+from crossent.backends import chunked
+from crossent.backends.loops import linear_chunks
 from linear_helpers import (
     HARD,
     SOFT,
@@ -184,7 +185,7 @@ def test_16bit_mean_scale_is_applied_once_in_backward():
 
 def test_chunk_size_rule():
     opts = LossOptions()
-    rows = linear.chunk_rows
+    rows = chunked.chunk_rows
     # float32: the chunk's logits take at most 7/8 of the bytes of the weight gradient: 7D/8 rows.
     assert rows(10 * 448, 512, 128256, torch.float32, opts) == 448
     assert rows(50 * 3584, 4096, 128256, torch.float32, opts) == 3584
@@ -202,7 +203,7 @@ def test_chunk_size_rule():
     for n, d, v in [(1, 3, 5), (7, 1, 10**6), (10**5, 64, 50257)]:
         r = rows(n, d, v, torch.float32, opts)
         assert 1 <= r <= n
-        m = linear.ROW_MULTIPLE
+        m = linear_chunks.ROW_MULTIPLE
         assert r == n or r < m or r % m == 0
 
 
@@ -298,17 +299,19 @@ def test_allow_retain_graph_keeps_the_gradients_for_a_second_backward(reduction)
 ])
 def test_options_choose_the_chunk_size_as_torch_does(fields, rows, monkeypatch):
     seen = []
-    real = linear._chunk_loop
-    monkeypatch.setattr(linear, "_chunk_loop", lambda *a, **k: seen.append(a[7]) or real(*a, **k))
+    real = linear_chunks.chunk_loop
+    monkeypatch.setattr(linear_chunks, "chunk_loop", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
     x, w, b, t = make(40, 8, 100)
     loss = LCE(x, w, t, linear_bias=b, options=_Options(**fields))
     assert_close(loss, unfused(x, w, t, b))
-    expected = rows if rows is not None else linear.chunk_rows(40, 8, 100, torch.float32, LossOptions())
+    expected = rows if rows is not None else chunked.chunk_rows(40, 8, 100, torch.float32, LossOptions())
     assert seen == [expected]
 
 
 def test_reference_backend_computes_the_contract_and_class_weight_gradients():
-    x, w, b, t = make(6, 4, 9)
+    """The reference backend gives the gradients torch gives: the class weight of probability
+    targets; for class indices torch refuses a class weight that requires grad, and so does it."""
+    x, w, b, t = make(6, 4, 9, soft=True)
     cw = torch.rand(9) + 0.5
     kw = dict(label_smoothing=0.1, z_loss=1e-3, normalizer=4.0)
     with crossent.use_backend(crossent.Backend.REFERENCE):
@@ -317,6 +320,9 @@ def test_reference_backend_computes_the_contract_and_class_weight_gradients():
         (gcw,) = torch.autograd.grad(ref, (cwa,))
     assert_close(ref, LCE(x, w, t, linear_bias=b, weight=cw, **kw))
     cwr = cw.double().requires_grad_()
-    expected = unfused(x.double(), w.double(), t, b.double(), weight=cwr, **kw,
+    expected = unfused(x.double(), w.double(), t.double(), b.double(), weight=cwr, **kw,
                        ce=crossent.reference.cross_entropy)
     assert_close(gcw, torch.autograd.grad(expected, (cwr,))[0].float())
+    _, _, _, index = make(6, 4, 9)
+    with crossent.use_backend(crossent.Backend.REFERENCE), pytest.raises(RuntimeError, match="torch does not differentiate"):
+        LCE(x, w, index, linear_bias=b, weight=cw.clone().requires_grad_())
