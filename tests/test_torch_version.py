@@ -204,3 +204,105 @@ def test_auto_chunking_is_crossents_measured_rule_on_every_torch():
     assert _checks.linear_chunking("f", "mean", None, None, OURS(allow_retain_graph=True), 8, 4, 10) == (
         None, True)
 
+
+
+# LinearCrossEntropyOptions objects pickled by torch 2.13.0 and torch 2.14.1 (pickle protocol 4;
+# `pickle.dumps(torch.nn.LinearCrossEntropyOptions(**fields), protocol=4)`, base64): the objects
+# a checkpoint or a config carries from one torch to the other. Both versions pickle the fields
+# they share to the same bytes; "balanced" exists only in 2.13's.
+_PICKLE_HEAD = "gASV{}AAAAAAAAACMLXRvcmNoLm5uLm1vZHVsZXMubGluZWFyX2Nyb3NzX2VudHJvcHlfb3B0aW9uc5SMGUxpbmVhckNyb3NzRW50cm9weU9wdGlvbnOUk5QpgZRdlCi"
+PICKLED = {
+    "2.13+2.14 defaults": ("Y", "JTowEYXV0b5RoBU5lYi4="),
+    "2.13 acc_policy=balanced": ("b", "JTowEYXV0b5SMCGJhbGFuY2VklE5lYi4="),
+    "2.14 acc_policy=compact": ("a", "JTowEYXV0b5SMB2NvbXBhY3SUTmViLg=="),
+    "2.13+2.14 aspect_ratio:2, allow_retain_graph": ("c", "ITowOYXNwZWN0X3JhdGlvOjKUjARhdXRvlE5lYi4="),
+    "2.13+2.14 batch_chunk_size=3, accurate, float64": (
+        "g", "JSwOMBGF1dG+UjAhhY2N1cmF0ZZSMBXRvcmNolIwHZmxvYXQ2NJSTlGViLg=="),
+}
+
+
+def _unpickle(name):
+    import base64
+
+    size, tail = PICKLED[name]
+    return pickle.loads(base64.b64decode(_PICKLE_HEAD.format(size) + tail))
+
+
+@pytest.mark.skipif(TORCH_OPTIONS is None, reason="torch without LinearCrossEntropyOptions (< 2.13)")
+@pytest.mark.parametrize("name", list(PICKLED))
+@pytest.mark.parametrize("soft,reduction", [(False, "mean"), (False, "none"), (True, "mean"),
+                                            (True, "sum"), (True, "none")])
+def test_options_pickled_by_torch_2_13_and_2_14_give_torchs_values_and_errors(name, soft, reduction):
+    """An options object of either version, on the installed torch: where this torch refuses it
+    (2.13's "balanced" on 2.14), crossent refuses it with torch's ValueError; else crossent's fused
+    values and gradients equal F.linear_cross_entropy's with that object (and where torch's chunked
+    path refuses an acc_dtype for this call, crossent refuses it with torch's message). Unlike
+    torch, which never looks at the options of a call it does not chunk, crossent checks them on
+    every call, since it uses them on every call. The shapes take torch's
+    chunked path (N >= D, C > D) for class indices and, from 2.14 on, for probability targets
+    with 'mean'/'sum' (a target of the input's dtype, no grad); 2.13 (and 2.14 for 'none')
+    materialises the logits there and warns that the options are ignored. crossent runs its
+    fused kernel for all of them, without that warning."""
+    options = _unpickle(name)
+    assert isinstance(options, TORCH_OPTIONS)
+    # torch 2.14 refuses "balanced"; the chunked path of both refuses acc_dtype=float64 with
+    # float32 inputs (probability targets take it on 2.14, with 'mean' and 'sum')
+    chunked = not soft or (_torch_version.TORCH >= (2, 14) and reduction != "none")
+    refused = ((options.acc_policy == "balanced" and _torch_version.TORCH >= (2, 14))
+               or (options.acc_dtype == torch.float64 and chunked))
+    x, w, b, t = make(300, 8, 1000, soft=soft, seed=7)
+    xa, wa, ba = leaves(x, w, b)
+    xt, wt, bt = leaves(x, w, b)
+    if options.acc_policy == "balanced" and _torch_version.TORCH >= (2, 14) and not chunked:
+        # torch ignores the options there, unchecked; crossent uses them on every call, so it
+        # checks them on every call
+        with pytest.raises(ValueError, match="acc_policy='balanced'"):
+            crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, reduction=reduction, options=options)
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (torch warns where it ignores the options)
+            theirs = F.linear_cross_entropy(xt, wt, t, linear_bias=bt, reduction=reduction, options=options)
+    except (ValueError, RuntimeError) as err:
+        with pytest.raises(type(err), match=re.escape(str(err))):
+            crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, reduction=reduction, options=options)
+        assert refused, err
+        return
+    assert not refused
+    with crossent.use_backend(crossent.Backend.FUSED), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, reduction=reduction, options=options)
+    assert_close(ours, theirs)
+    g = torch.linspace(0.5, 1.5, ours.numel()).reshape(ours.shape)
+    for mine, torchs in zip(torch.autograd.grad(ours, (xa, wa, ba), g),
+                            torch.autograd.grad(theirs, (xt, wt, bt), g)):
+        assert_close(mine, torchs)
+
+
+@pytest.mark.skipif(_torch_version.TORCH < (2, 14), reason="torch 2.14's rules")
+def test_torch_2_14_chunks_exactly_the_inputs_its_docs_name():
+    """What this suite assumes of torch 2.14 (its docs, PRs #187838 and #187053): probability
+    targets with 'mean'/'sum' take the chunked path (no "options ignored" warning; a second
+    backward without allow_retain_graph is torch's chunked-backward error), 'none' still falls
+    back with the warning; acc_policy "auto" resolves to "compact" except for 16-bit inputs on
+    the CPU ("accurate"), and "auto" chunking to aspect_ratio capped at the reference's peak."""
+    x, w, b, t = make(300, 8, 1000, soft=True, seed=8)
+    options = TORCH_OPTIONS()
+    for reduction, falls_back in (("mean", False), ("sum", False), ("none", True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            xt = x.detach().clone().requires_grad_()
+            F.linear_cross_entropy(xt, w, t, linear_bias=b, reduction=reduction, options=options)
+        assert any("options`` ignored" in str(m.message) for m in caught) == falls_back, reduction
+    loss = F.linear_cross_entropy(xt, w, t, linear_bias=b, options=options)
+    loss.backward()
+    with pytest.raises(RuntimeError, match="chunked backward called twice"):
+        loss.backward()
+    cpu = torch.device("cpu")
+    for dtype, policy in ((torch.float32, "compact"), (torch.bfloat16, "accurate"), (torch.float16, "accurate")):
+        assert options._adjust(2048, 512, 32000, dtype, cpu).acc_policy == policy
+    # aspect_ratio (next_pow2(ceil(2048 / ceil(32000 / 512)))) = 64 rows, under the cap
+    assert options._adjust(2048, 512, 32000, torch.float32, cpu).batch_chunk_size == 64
+    # D >= C (the budget regime): capped at N * C / (4 D) rows (a power of two), N / 2 for probabilities
+    assert options._adjust(256, 1024, 512, torch.float32, cpu).batch_chunk_size == 32
+    assert options._adjust(256, 1024, 512, torch.float32, cpu, prob_target=True).batch_chunk_size == 128

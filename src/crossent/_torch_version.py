@@ -9,6 +9,13 @@ class from its fields (torch's checks, accepted values and ``ValueError``: an ob
 torch version or an options-like object meets the checks of the torch that runs); where torch has
 none, crossent's equivalent below stands in, with the fields and checks of torch 2.14.
 
+Which calls torch's chunked path takes (the others materialise the logits and warn that the
+options are ignored): options given, reduction 'mean'/'sum'/'none', no label smoothing, no K-dim
+weight, not traced by torch.jit, and an int64 target -- or, from torch 2.14 on (PR #187053), a
+probability target of the input's dtype that needs no gradient, with 'mean' or 'sum'. crossent
+runs its fused kernel for all of them, but refuses there what torch's chunked path refuses: an
+``acc_dtype`` other than the input's (float32 is also allowed for 16-bit inputs).
+
 What each torch resolves "auto" chunking to (2.13: a per-(device, dtype) table, ``aspect_ratio:2``
 for float32; 2.14: ``aspect_ratio`` capped at torch's reference peak, PR #187838) does not reach
 crossent: its own measured chunk rule replaces "auto" on every version (``_checks.linear``;
@@ -23,6 +30,7 @@ torch.distributed: the functional collectives crossent.distributed uses were ren
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 
 import torch
@@ -122,6 +130,39 @@ def linear_options(fn: str, options: object, invalid: type[Exception], wrong_typ
         raise invalid(
             f"{fn}: options {_describe(fields)} are not valid on torch {torch.__version__}: {err}"
         ) from None
+
+
+# torch 2.14 chunks probability targets too (its _adjust takes prob_target=, PR #187053); crossent's
+# stand-in class (torch < 2.13) follows 2.14.
+CHUNKS_PROBABILITY_TARGETS = _TORCH_OPTIONS is None or "prob_target" in inspect.signature(
+    _TORCH_OPTIONS._adjust).parameters
+
+
+def takes_torchs_chunked_path(input: torch.Tensor, target: torch.Tensor, reduction: str,
+                              label_smoothing: float, k_dim: bool) -> bool:
+    """Whether F.linear_cross_entropy of this torch, given options, runs its chunked op for these
+    arguments (``target`` as the caller gave it) rather than the logits' composition."""
+    if reduction not in ("mean", "sum", "none") or label_smoothing != 0.0 or k_dim:
+        return False
+    if torch.jit.is_tracing():
+        return False
+    if not target.is_floating_point():
+        return target.dtype == torch.int64
+    return (CHUNKS_PROBABILITY_TARGETS and reduction in ("mean", "sum") and target.dtype == input.dtype
+            and not (target.requires_grad and torch.is_grad_enabled()))
+
+
+def check_acc_dtype(fn: str, options, input: torch.Tensor, invalid: type[Exception]) -> None:
+    """torch's chunked path refuses an acc_dtype that is neither the input's nor float32 for a
+    16-bit input (a RuntimeError at call time; "auto"'s own choice is always one of those)."""
+    acc, dtype = options.acc_dtype, input.dtype
+    if acc is None or acc == dtype or (dtype in (torch.float16, torch.bfloat16) and acc == torch.float32):
+        return
+    raise invalid(
+        f"{fn}: linear_cross_entropy supports float32 acc_dtype with float16/bfloat16 inputs, but "
+        f"got {acc} acc_dtype and {dtype} inputs. (torch {torch.__version__}'s chunked path, which "
+        f"takes this call, refuses these options); pass acc_dtype=None or {dtype}"
+    )
 
 
 def _describe(fields: dict) -> str:

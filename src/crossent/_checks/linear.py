@@ -131,6 +131,15 @@ def linear_chunking(
     return chunk_size if chunk_size is not None else rows, bool(options.allow_retain_graph)
 
 
+def linear_options_for_call(fn: str, options: object, input: torch.Tensor, given_target: torch.Tensor,
+                            reduction: str, label_smoothing: float, k_dim: bool) -> None:
+    """What torch's chunked path refuses at call time (options already checked by
+    ``linear_chunking``), for the calls the installed torch sends there (``_torch_version``)."""
+    if options is not None and _torch_version.takes_torchs_chunked_path(
+            input, given_target, reduction, label_smoothing, k_dim):
+        _torch_version.check_acc_dtype(fn, options, input, InvalidArgument)
+
+
 def linear_no_fused_gradient(fn: str, **tensors: torch.Tensor | None) -> None:
     """The fused path differentiates w.r.t. input, weight and bias only; refuse to drop a gradient."""
     if not torch.is_grad_enabled():
