@@ -1,6 +1,8 @@
 """The repository's lock (constraints.txt, made by scripts/lock) as {package: version} for the
 running interpreter and platform (environment markers evaluated), and whether this run installed
-through it (scripts/try-newest sets CROSSENT_UNLOCKED=1: the newest releases, not the lock)."""
+through it (scripts/try-newest sets CROSSENT_UNLOCKED=1: the newest releases, not the lock;
+scripts/test-torch sets CROSSENT_UNLOCKED_PACKAGES to the names it installed at other versions:
+another torch build and what must move with it)."""
 
 from __future__ import annotations
 
@@ -32,3 +34,9 @@ def locked_versions(path: pathlib.Path = LOCK) -> dict[str, str]:
 
 def unlocked() -> bool:
     return os.environ.get("CROSSENT_UNLOCKED", "") not in ("", "0")
+
+
+def unlocked_packages() -> set[str]:
+    """Canonical names this run installed outside the lock (CROSSENT_UNLOCKED_PACKAGES, comma-separated)."""
+    names = os.environ.get("CROSSENT_UNLOCKED_PACKAGES", "")
+    return {canonicalize_name(n) for n in names.split(",") if n.strip()}

@@ -471,3 +471,33 @@ def test_linear_cross_entropy_is_the_linear_layer_then_cross_entropy(heads, soft
                                    total / 7.0, rtol=1e-12, atol=1e-12)
     assert ref.linear_cross_entropy(x[0], w.reshape(c, -1, d)[:, 0], t.reshape(n, -1)[0, 0] if not soft else
                                     t.reshape(n, c, -1)[0, :, 0]).shape == ()
+
+
+@pytest.fixture
+def flush_denormal():
+    """Flush-to-zero on (torch.set_flush_denormal; torch 2.4's Inductor turns it on for the whole
+    process through its -ffast-math kernels), off again afterwards."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("backend", ["composite", "fused", "torch", "reference"])
+def test_bce_log_floor_holds_under_flush_to_zero(flush_denormal, backend, dtype):
+    """p = 0 and p = 1 hit the -100 floor of both logs: finite losses and gradients equal to
+    torch's on every path, also where denormals (e^-100 in float32) read as 0."""
+    import crossent
+
+    p = torch.tensor([[0.0, 1.0, 0.5, 1e-30], [1.0, 0.0, 0.25, 0.999]], dtype=dtype)
+    y = torch.tensor([[0.0, 1.0, 0.5, 0.0], [0.3, 0.7, 1.0, 1.0]], dtype=dtype)
+    for reduction in REDUCTIONS:
+        pa, pt = p.clone().requires_grad_(), p.clone().requires_grad_()
+        with crossent.use_backend(backend):
+            ours = crossent.binary_cross_entropy(pa, y, reduction=reduction)
+        theirs = F.binary_cross_entropy(pt, y, reduction=reduction)
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+        grad = torch.autograd.grad(ours.sum(), pa)[0]
+        assert torch.isfinite(grad).all(), grad

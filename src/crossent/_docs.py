@@ -105,7 +105,7 @@ BINARY_CROSS_ENTROPY_WITH_LOGITS = f"""Binary cross-entropy of logits; torch.nn.
     """
 
 LINEAR_CROSS_ENTROPY = f"""Cross-entropy of a linear layer's output, without materialising the logits;
-    torch.nn.functional.linear_cross_entropy (torch 2.13), exactly, on any torch >= 2.4.
+    torch.nn.functional.linear_cross_entropy (torch 2.13+), exactly, on any torch crossent supports.
 
     input: (N, D) or (D,) hidden states, float64/32/16 or bfloat16. linear_weight: (C, D), or
     (C, d1, ..., dk, D) for a K-dimensional loss (torch's ``out_features``; batched input only).
@@ -130,13 +130,18 @@ LINEAR_CROSS_ENTROPY = f"""Cross-entropy of a linear layer's output, without mat
     Per-token losses, class weights, smoothing, z_loss and softcap as in crossent.cross_entropy.
 {_WEIGHTED_MEAN}
 
-    options: torch's ``LinearCrossEntropyOptions`` (or None), accepted on every torch version.
+    options: a ``LinearCrossEntropyOptions`` (or None) on every torch version: torch's class
+        (torch >= 2.13), ``crossent.nn.LinearCrossEntropyOptions`` (that same class, or crossent's
+        equivalent with torch 2.14's fields before torch 2.13), or any object with those five
+        fields. Its values are checked by the installed torch's own rules, as torch checks them
+        (``acc_policy="balanced"`` is valid on torch 2.13 and a ValueError from 2.14 on).
         Unlike torch, ``options=None`` does not mean "materialise the logits": crossent never
         does beyond one chunk, except for small CPU problems (N * C <= 1M logits), where the
         composition F.linear + cross_entropy is faster (see crossent._dispatch). Its fields:
         batch_chunk_size / chunking_method: the rows per chunk, as torch computes them
-            ("auto" with no batch_chunk_size: crossent's own measured rule, below; None: one
-            chunk of batch_chunk_size rows, or all rows; "aspect_ratio[:k]": torch's formula);
+            ("auto" with no batch_chunk_size: crossent's own measured rule, below, on every torch
+            -- torch resolves it per version, to a few rows per chunk; None: one chunk of
+            batch_chunk_size rows, or all rows; "aspect_ratio[:k]": torch's formula);
         allow_retain_graph: honoured -- the gradients computed in forward are kept, so a second
             backward through the loss reuses them (one gradient-sized copy); without it a second
             backward recomputes them (the same bits), as 'none' always does;

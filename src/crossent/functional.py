@@ -250,6 +250,7 @@ def linear_cross_entropy(
     with _autocast.maybe_off(input):  # (crossent's kernels run with autocast off)
         fn = "linear_cross_entropy"
         _checks.linear_operands(fn, input, linear_weight, linear_bias)
+        given_target = target  # (torch's chunked path is chosen by the target as given)
         target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
         dtype = _checks.loss_dtype(fn, dtype, input)
         weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
@@ -271,6 +272,8 @@ def linear_cross_entropy(
             fn, opts.reduction, opts.normalizer, chunk_size, options,
             1 if unbatched else input.shape[0], input.shape[-1], linear_weight.shape[0],
         )
+        _checks.linear_options_for_call(fn, options, input, given_target, opts.reduction,
+                                        label_smoothing, linear_weight.dim() > 2)
         if rows is not None or retain:
             opts = dataclasses.replace(opts, chunk_size=rows, allow_retain_graph=retain)
         if unbatched:  # (D,) -> (1, D); the loss of 'none' comes back as a scalar, as torch's

@@ -10,9 +10,13 @@ import torch
 
 from . import _checks
 from . import functional as F
+from ._torch_version import LinearCrossEntropyOptions  # torch's class, or crossent's before 2.13
 from .functional import _legacy_reduction
 
-__all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss", "NLLLoss"]
+__all__ = [
+    "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss",
+    "LinearCrossEntropyOptions", "NLLLoss",
+]
 
 
 class _Loss(torch.nn.Module):

@@ -22,13 +22,8 @@ with torch compares only those torch gives.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
-
-# log(e^-100) == -100.0 exactly in float64, so log(max(z, e^-100)) == max(log z, -100).
-_EXP_MINUS_100 = math.exp(-100.0)
 
 
 def cross_entropy(
@@ -239,9 +234,14 @@ def _target_terms(
 
 
 def _floored_log(z: Tensor) -> Tensor:
-    """max(log z, -100), written as log(max(z, e^-100)): the same value, but at z = 0 autograd
-    gives 0 instead of the nan of 0 * (d log z / dz) = 0 * inf."""
-    return torch.log(z.clamp(min=_EXP_MINUS_100))
+    """max(log z, -100), with log taken of 1 where z = 0 (then replaced by -100): the same value,
+    but at z = 0 autograd gives 0 instead of the nan of 0 * (d log z / dz) = 0 * inf.
+
+    Not log(max(z, e^-100)): e^-100 is a float32 denormal, which flush-to-zero reads as 0, giving
+    log 0 = -inf and a nan loss -- after torch.set_flush_denormal(True), and on torch 2.4 after any
+    Inductor compile in the process (its -ffast-math kernels set the CPU's FTZ/DAZ flags)."""
+    positive = z > 0
+    return torch.where(positive, torch.log(torch.where(positive, z, 1.0)), -100.0).clamp(min=-100.0)
 
 
 def _log_sigmoid(x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 from torch.distributed.tensor.debug import CommDebugMode
 
 import crossent
+from crossent import _torch_version
 from crossent.distributed import (
     VocabParallelLinearCrossEntropyLoss,
     global_normalizer,
@@ -50,7 +51,12 @@ def dtensor_1d_mesh(rank, world):
         grad_out = torch.rand(ref.shape, generator=g, dtype=torch.float64) + 0.5
         loss.backward(distribute_tensor(grad_out, mesh, [Replicate()]))
         ref.backward(grad_out)
-        assert isinstance(xd.grad, DTensor) and xd.grad.placements == xd.placements
+        assert isinstance(xd.grad, DTensor)
+        # torch < 2.13 gives the gradient of an unevenly sharded DTensor (C % world != 0) the
+        # stride of an even split, and autograd's accumulation then gathers it into a Replicate
+        # DTensor: the same values, but the whole gradient on every rank
+        if _torch_version.TORCH >= (2, 13) or c % world == 0:
+            assert xd.grad.placements == xd.placements, (xd.grad.placements, xd.placements)
         close(xd.grad.full_tensor(), xf.grad, f"grad {a}")
 
 

@@ -1,5 +1,7 @@
 """A patched tiny Llama's training step under torch.compile(fullgraph=True): no graph break, and
-the loss and every parameter gradient of eager transformers."""
+the loss and every parameter gradient of eager transformers. Before torch 2.13, Dynamo cannot
+trace the swap of the head's forward (a module's __dict__ item set and deleted): the step compiles
+with graph breaks there, and the values are checked the same."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from crossent import _torch_version  # noqa: E402
 from crossent.integrations import transformers as crossent_hf  # noqa: E402
 
 pytestmark = pytest.mark.slow
+FULLGRAPH = _torch_version.TORCH >= (2, 13)  # (2.11 tested: "__delitem__" unsupported; 2.13: none)
 
 
 def test_patched_training_step_compiles_without_graph_breaks():
@@ -26,8 +30,9 @@ def test_patched_training_step_compiles_without_graph_breaks():
     forward = lambda model: model(input_ids=ids, labels=ids).loss
     torch._dynamo.reset()
     explained = torch._dynamo.explain(forward)(patched)
-    assert explained.graph_break_count == 0, explained.break_reasons
-    ours = torch.compile(forward, fullgraph=True, backend="aot_eager")(patched)
+    assert (explained.graph_break_count == 0) == FULLGRAPH, explained.break_reasons
+    torch._dynamo.reset()
+    ours = torch.compile(forward, fullgraph=FULLGRAPH, backend="aot_eager")(patched)
     theirs = forward(plain)
     ours.backward()
     theirs.backward()

@@ -27,6 +27,7 @@ from .linear import (
     linear_chunking,
     linear_module,
     linear_no_fused_gradient,
+    linear_options_for_call,
     linear_operands,
     linear_targets,
 )
@@ -52,6 +53,6 @@ from .targets import logits_class_indices, logits_targets
 __all__ = [
     "argument_gradients", "distillation", "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_weight", "deprecated_reduction",
     "inplace_input", "logits_class_indices", "logits_targets", "count", "torch_int", "linear_chunking", "linear_module",
-    "linear_no_fused_gradient", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
+    "linear_no_fused_gradient", "linear_options_for_call", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
     "loss_options", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _torch_version
 from . import targets
 from ._common import (
     InvalidArgument,
@@ -85,16 +86,13 @@ def linear_targets(
     return target, soft, -100 if soft else resolved
 
 
-_OPTION_FIELDS = ("allow_retain_graph", "batch_chunk_size", "chunking_method", "acc_policy", "acc_dtype")
-
-
 def linear_chunking(
     fn: str, opts_reduction: str, normalizer: float | None, chunk_size: object, options: object,
     num_tokens: int, in_features: int, num_classes: int,
 ) -> tuple[int | None, bool]:
     """(rows per chunk or None for crossent's rule, allow_retain_graph) from crossent's
     ``chunk_size`` and torch's ``options`` (a LinearCrossEntropyOptions, or any object with its
-    fields). normalizer needs reduction='mean'."""
+    fields, checked by the installed torch's rules). normalizer needs reduction='mean'."""
     if normalizer is not None and opts_reduction != "mean":
         raise InvalidArgument(
             f"{fn}: normalizer={normalizer} replaces the denominator of reduction='mean', "
@@ -103,12 +101,8 @@ def linear_chunking(
     chunk_size = count(fn, "chunk_size", chunk_size, what=" (rows per chunk)")
     if options is None:
         return chunk_size, False
-    missing = [f for f in _OPTION_FIELDS if not hasattr(options, f)]
-    if missing:
-        raise InvalidArgumentType(
-            f"{fn}: options must be a torch.nn.LinearCrossEntropyOptions or None, got "
-            f"{type(options).__name__} (no {', '.join(missing)})"
-        )
+    # (validated as the installed torch validates its own options class: _torch_version)
+    options = _torch_version.linear_options(fn, options, InvalidArgument, InvalidArgumentType)
     rows = options.batch_chunk_size
     method = options.chunking_method
     if method is None or method == "auto":
@@ -135,6 +129,15 @@ def linear_chunking(
             f"disagree; pass only one"
         )
     return chunk_size if chunk_size is not None else rows, bool(options.allow_retain_graph)
+
+
+def linear_options_for_call(fn: str, options: object, input: torch.Tensor, given_target: torch.Tensor,
+                            reduction: str, label_smoothing: float, k_dim: bool) -> None:
+    """What torch's chunked path refuses at call time (options already checked by
+    ``linear_chunking``), for the calls the installed torch sends there (``_torch_version``)."""
+    if options is not None and _torch_version.takes_torchs_chunked_path(
+            input, given_target, reduction, label_smoothing, k_dim):
+        _torch_version.check_acc_dtype(fn, options, input, InvalidArgument)
 
 
 def linear_no_fused_gradient(fn: str, **tensors: torch.Tensor | None) -> None:

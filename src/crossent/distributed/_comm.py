@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from .. import _torch_version
+
 
 def _wait(t: torch.Tensor) -> torch.Tensor:
     return t.wait() if isinstance(t, funcol.AsyncCollectiveTensor) else t
@@ -51,7 +53,7 @@ def all_reduce_sum(t: torch.Tensor, group, deterministic: bool = False) -> torch
 def gather(t: torch.Tensor, group) -> torch.Tensor:
     """(W, *t.shape): every rank's t, in rank order."""
     world = size(group)
-    out = _wait(funcol.all_gather_single(t.contiguous().reshape(1, -1), 0, group))
+    out = _wait(_torch_version.all_gather_single(t.contiguous().reshape(1, -1), 0, group))
     return out.reshape(world, *t.shape)
 
 
@@ -59,7 +61,7 @@ def gather_rows(t: torch.Tensor, group) -> torch.Tensor:
     """The ranks' (n, ...) tensors concatenated along dim 0 in rank order (sequence parallelism)."""
     if size(group) == 1:
         return t
-    return _wait(funcol.all_gather_single(t.contiguous(), 0, group))
+    return _wait(_torch_version.all_gather_single(t.contiguous(), 0, group))
 
 
 def reduce_scatter_rows(t: torch.Tensor, group, deterministic: bool = False) -> torch.Tensor:
@@ -71,4 +73,4 @@ def reduce_scatter_rows(t: torch.Tensor, group, deterministic: bool = False) -> 
         n = t.shape[0] // world
         rank = dist.get_rank(group)
         return all_reduce_sum(t, group, True)[rank * n:(rank + 1) * n]
-    return _wait(funcol.reduce_scatter_single(t.contiguous(), "sum", 0, group))
+    return _wait(_torch_version.reduce_scatter_single(t.contiguous(), "sum", 0, group))

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from .. import _torch_version
 from .._checks import distributed as _dchecks
 
 
@@ -74,7 +75,7 @@ def resolve_vocab(fn: str, group, local_size: int, vocab_range, num_classes, wei
 def all_gather_ints(value: int, group) -> list[int]:
     device = _group_device(group)
     t = torch.tensor([value], dtype=torch.int64, device=device)
-    return [int(v) for v in _wait(funcol.all_gather_single(t, 0, group)).tolist()]
+    return [int(v) for v in _wait(_torch_version.all_gather_single(t, 0, group)).tolist()]
 
 
 def _group_device(group) -> torch.device:
