@@ -27,8 +27,8 @@ from .linear import (
     linear_chunking,
     linear_module,
     linear_no_fused_gradient,
-    linear_options_for_call,
     linear_operands,
+    linear_options_for_call,
     linear_targets,
 )
 from .losses import (

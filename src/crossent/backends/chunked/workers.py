@@ -38,7 +38,7 @@ R = TypeVar("R")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_omp_set_num_threads = None
+_omp_set_num_threads: list | None = None
 _omp_checked = False
 
 
@@ -60,27 +60,37 @@ def _openmp_runtime_paths() -> list[str]:
 
 
 def _resolve_omp():
+    """omp_set_num_threads of every OpenMP runtime loaded, torch's own first (other packages --
+    scikit-learn, SciPy -- load copies of libgomp of their own; setting theirs changes nothing for
+    torch's ops). The worker keeps the first that makes torch's count 1."""
     global _omp_set_num_threads, _omp_checked
     _omp_checked = True
     if "OpenMP" not in torch.__config__.parallel_info():
         return
-    for path in _openmp_runtime_paths():
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    paths = sorted(_openmp_runtime_paths(), key=lambda p: not p.startswith(torch_lib))
+    found = []
+    for path in paths:
         try:
             fn = ctypes.CDLL(path).omp_set_num_threads
         except (OSError, AttributeError):
             continue
         fn.argtypes = [ctypes.c_int]
         fn.restype = None
-        _omp_set_num_threads = fn
-        return
+        found.append(fn)
+    _omp_set_num_threads = found or None
 
 
 def _become_single_threaded() -> None:
     """Pool initializer: torch's per-thread setup first (it would reset the count later), then
     one OpenMP thread for this worker, and no autograd graph (the kernels compute gradients
-    explicitly; grad mode is per thread and on by default)."""
+    explicitly; grad mode is per thread and on by default). Should no runtime found make torch's
+    count 1, the worker runs its chunks with torch's threads: the same results, only slower."""
     torch.get_num_threads()
-    _omp_set_num_threads(1)
+    for set_num_threads in _omp_set_num_threads:
+        set_num_threads(1)
+        if torch.get_num_threads() == 1:
+            break
     torch.set_grad_enabled(False)
 
 
