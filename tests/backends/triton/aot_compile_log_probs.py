@@ -1,6 +1,8 @@
 """Compile the log-probability kernels (kernels_log_probs.py) for an H100/H200 (sm_90) ahead of
-time, without a GPU, as aot_compile.py does for the cross-entropy kernels; run in a process
-without TRITON_INTERPRET.
+time, without a GPU, through Triton's own launch path as aot_compile.py does for the cross-entropy
+kernels: crossent's launchers (ops_log_probs.forward / backward) run on CPU tensors of the real
+dtypes, Triton binds their arguments as on a GPU and compiles; nothing is launched. Run in a
+process without TRITON_INTERPRET.
 
     python tests/backends/triton/aot_compile_log_probs.py  -> one JSON line per variant
 """
@@ -8,45 +10,64 @@ without TRITON_INTERPRET.
 from __future__ import annotations
 
 import json
+import os
+import sys
+from types import SimpleNamespace
 
-from aot_compile import _compile, _ptxas_info
+import torch
 
-from crossent.backends.triton import kernels_log_probs, ops_log_probs
+import aot_compile
 
-
-def forward(xdt, acc, **flags):
-    p = "*" + acc
-    sig = {"x_ptr": f"*{xdt}", "target_ptr": "*i64", "lp_ptr": p, "ent_ptr": p, "m_ptr": p, "logs_ptr": p}
-    for name in ("C", "sx_n", "sx_c", "ignore_index"):
-        sig[name] = "i64"
-    sig["params_ptr"] = p
-    block = ops_log_probs.LP_BLOCK
-    consts = dict(BLOCK=block, ACC_F64=acc == "fp64", **flags)
-    return _compile(kernels_log_probs.lp_forward_kernel, sig, consts, ops_log_probs._warps(block))
+N, C = 16, 3000  # (C above one block: the backward's 2-D grid has several column blocks)
 
 
-def backward(xdt, acc, **flags):
-    p = "*" + acc
-    sig = {"x_ptr": f"*{xdt}", "grad_ptr": f"*{xdt}", "target_ptr": "*i64", "m_ptr": p, "logs_ptr": p,
-           "ent_ptr": p, "gl_ptr": p, "gh_ptr": p}
-    for name in ("C", "sx_n", "sx_c", "sg_n", "sg_c"):
-        sig[name] = "i64"
-    sig["params_ptr"] = p
-    block = ops_log_probs.LP_BLOCK
-    consts = dict(BLOCK=block, ACC_F64=acc == "fp64", **flags)
-    return _compile(kernels_log_probs.lp_backward_kernel, sig, consts, ops_log_probs._warps(block))
+def _inputs(dtype, softcap):
+    x = torch.randn(N, C, dtype=aot_compile.DTYPES[dtype])
+    opts = SimpleNamespace(temperature=0.7, softcap=30.0 if softcap else None, ignore_index=-100)
+    tg = SimpleNamespace(index=torch.randint(0, C, (N,)))
+    return x, opts, tg
+
+
+def forward(dtype, *, softcap, entropy):
+    from crossent.backends.triton import ops_log_probs
+
+    x, opts, tg = _inputs(dtype, softcap)
+    ops_log_probs.forward(x, tg, opts, entropy=entropy)
+
+
+def backward(dtype, *, softcap, g, h):
+    from crossent.backends.triton import ops_log_probs
+
+    x, opts, tg = _inputs(dtype, softcap)
+    acc = torch.float64 if dtype == "f64" else torch.float32
+    stats = [torch.zeros(N, dtype=acc) for _ in range(3)]
+    ones = torch.ones(N, dtype=acc)
+    ops_log_probs.backward(x, tg, opts, stats[0], stats[1], stats[2], ones if g else None, ones if h else None,
+                           grad=torch.empty_like(x))
 
 
 VARIANTS = {
-    "log_probs forward bf16 entropy softcap": lambda: forward("bf16", "fp32", HAS_CAP=True, ENTROPY=True),
-    "log_probs forward fp32": lambda: forward("fp32", "fp32", HAS_CAP=False, ENTROPY=False),
-    "log_probs forward fp64 entropy": lambda: forward("fp64", "fp64", HAS_CAP=False, ENTROPY=True),
-    "log_probs backward bf16 both softcap": lambda: backward("bf16", "fp32", HAS_CAP=True, HAS_G=True, HAS_H=True),
-    "log_probs backward fp32 log-probs only": lambda: backward("fp32", "fp32", HAS_CAP=False, HAS_G=True, HAS_H=False),
-    "log_probs backward fp64 entropy only": lambda: backward("fp64", "fp64", HAS_CAP=True, HAS_G=False, HAS_H=True),
+    "log_probs forward bf16 entropy softcap": lambda: forward("bf16", softcap=True, entropy=True),
+    "log_probs forward fp32": lambda: forward("f32", softcap=False, entropy=False),
+    "log_probs forward fp64 entropy": lambda: forward("f64", softcap=False, entropy=True),
+    "log_probs backward bf16 both softcap": lambda: backward("bf16", softcap=True, g=True, h=True),
+    "log_probs backward fp32 log-probs only": lambda: backward("f32", softcap=False, g=True, h=False),
+    "log_probs backward fp64 entropy only": lambda: backward("f64", softcap=True, g=False, h=True),
 }
 
+
+def main() -> int:
+    os.environ.pop("TRITON_INTERPRET", None)
+    aot_compile._install()
+    for name, launch in VARIANTS.items():
+        start = len(aot_compile._COMPILED)
+        launch()
+        for kernel in aot_compile._COMPILED[start:]:
+            regs, spills = aot_compile.ptxas_info(kernel)
+            print(json.dumps({"variant": name, "kernel": kernel.name, "registers": regs, "spill_bytes": spills}),
+                  flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    for name, build in VARIANTS.items():
-        regs, spills = _ptxas_info(build())
-        print(json.dumps({"variant": name, "registers": regs, "spill_bytes": spills}), flush=True)
+    sys.exit(main())
