@@ -14,9 +14,8 @@ import os
 import sys
 from types import SimpleNamespace
 
-import torch
-
 import aot_compile
+import torch
 
 N, C = 16, 3000  # (C above one block: the backward's 2-D grid has several column blocks)
 
