@@ -125,19 +125,19 @@ def test_concurrent_callers_each_get_their_own_result(two_threads):
     gen = torch.Generator().manual_seed(2)
     xs = [torch.randn(2000, 1000, generator=gen) for _ in range(4)]
     t = torch.randint(0, 1000, (2000,), generator=gen)
-    with crossent.use_backend("fused"):
-        expected = [crossent.cross_entropy(x, t) for x in xs]
     got = [None] * 4
 
     def call(i):
-        with crossent.use_backend("fused"):
-            got[i] = crossent.cross_entropy(xs[i], t)
+        got[i] = crossent.cross_entropy(xs[i], t)
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    # (use_backend is process-wide, not per thread: set once here, never inside the threads)
+    with crossent.use_backend("fused"):
+        expected = [crossent.cross_entropy(x, t) for x in xs]
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
