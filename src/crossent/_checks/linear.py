@@ -47,6 +47,12 @@ def linear_operands(fn: str, input: object, linear_weight: object, linear_bias: 
             f"{tuple(linear_weight.shape)} requires batched input (N, {input.shape[-1]}), got "
             f"shape {tuple(input.shape)}"
         )
+    head_operands(fn, input, linear_weight, linear_bias)
+
+
+def head_operands(fn: str, input: torch.Tensor, linear_weight: torch.Tensor, linear_bias: object) -> None:
+    """The head's weight (checked) and bias beside input: the bias one entry per row of the weight
+    (its shape without in_features), both on input's device and in input's dtype."""
     operands = [("linear_weight", linear_weight)]
     if linear_bias is not None:
         linear_bias = _tensor(fn, "linear_bias", linear_bias)

@@ -18,6 +18,7 @@ from ._common import (
     _tensor,
     count,
 )
+from .linear import head_operands
 from .losses import loss_options
 
 
@@ -84,22 +85,7 @@ def linear(fn: str, input: object, linear_weight: object, linear_bias: object, t
             f"{fn}: linear_weight must have shape (V, in_features) with in_features = "
             f"input.shape[-1] = {d}, got {tuple(linear_weight.shape)}"
         )
-    operands = [("linear_weight", linear_weight)]
-    if linear_bias is not None:
-        linear_bias = _tensor(fn, "linear_bias", linear_bias)
-        if tuple(linear_bias.shape) != (linear_weight.shape[0],):
-            raise InvalidArgument(
-                f"{fn}: linear_bias must have shape ({linear_weight.shape[0]},), one entry per row of "
-                f"linear_weight, got {tuple(linear_bias.shape)}"
-            )
-        operands.append(("linear_bias", linear_bias))
-    for name, t in operands:
-        _same_device(fn, name, t, input)
-        if t.dtype != input.dtype:
-            raise InvalidArgumentType(
-                f"{fn}: {name} has dtype {t.dtype} but input has dtype {input.dtype}; the product runs "
-                f"in one dtype: cast {name} or input"
-            )
+    head_operands(fn, input, linear_weight, linear_bias)
     classes = linear_weight.shape[0] if num_classes is None else num_classes
     classes = classes() if callable(classes) else classes
     batch = tuple(input.shape[:-1])
