@@ -27,8 +27,7 @@ from .bench_training_loop import _Busy
 
 
 def _serial(fn, items, device):
-    scratch: dict = {}
-    return [fn(item, scratch) for item in items]
+    return workers.in_calling_thread(fn, items)
 
 
 def _step(name: str, n: int, c: int) -> float:

@@ -120,6 +120,12 @@ def _workers(threads: int) -> ThreadPoolExecutor | None:
         return _pool
 
 
+def in_calling_thread(fn: Callable[[T, dict], R], items: Sequence[T]) -> list[R]:
+    """map_chunks' items one after another in the calling thread, with one scratch dict."""
+    scratch: dict = {}
+    return [fn(item, scratch) for item in items]
+
+
 def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.device) -> list[R]:
     """[fn(item, scratch) for item in items], the items spread over single-threaded workers, one per
     intra-op thread of the caller; ``scratch`` is a dict private to one worker for this call (for
@@ -133,8 +139,7 @@ def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.dev
             and not _modes_active()):
         pool = _workers(threads)
     if pool is None:
-        scratch: dict = {}
-        return [fn(item, scratch) for item in items]
+        return in_calling_thread(fn, items)
     results: list = [None] * len(items)
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for i in range(len(items)):
