@@ -14,9 +14,19 @@ import torch.nn.functional as TF
 import crossent
 from crossent import Backend
 
-# torch < 2.13 has no F.linear_cross_entropy to compare with (the torch-version matrix runs this file)
-NEEDS_TORCH_LINEAR = pytest.mark.skipif(not hasattr(TF, "linear_cross_entropy"),
-                                        reason="torch < 2.13 has no F.linear_cross_entropy")
+HAS_TORCH_LINEAR = hasattr(TF, "linear_cross_entropy")  # torch >= 2.13
+
+
+def _torch_linear_cross_entropy(h, w, t, **kwargs):
+    """torch's F.linear_cross_entropy; on a torch without it (< 2.13; the torch-version matrix
+    runs this file), its documented definition cross_entropy(linear(h, w), t): crossent's linear
+    loss follows torch 2.13's contract on every torch. The two agree on every call of this file
+    (test_the_composition_stands_in_for_torchs_linear_cross_entropy), except a class weight that
+    requires grad, which only torch's linear function refuses (its own test below)."""
+    if HAS_TORCH_LINEAR:
+        return TF.linear_cross_entropy(h, w, t, **kwargs)
+    logits = torch.einsum("nd,c...d->nc...", h, w)  # (a K-dim weight (C, *K, D): K-dim logits)
+    return TF.cross_entropy(logits, t, **kwargs)
 
 
 FORCED = [b for b in Backend if b is not Backend.TORCH]
@@ -68,17 +78,42 @@ def test_class_index_dtypes_are_torchs(dtype, layout, backend):
         _same(lambda: torch.nn.CrossEntropyLoss()(x, t), lambda: crossent.nn.CrossEntropyLoss()(x, t), "module")
 
 
-@NEEDS_TORCH_LINEAR
+def _linear_dtype_case(dtype, k_dim, large):
+    n, c = (8, 5) if not large else (1100, 1000)
+    out = (2,) if k_dim else ()
+    h, w = torch.randn(n, 4), torch.randn(c, *out, 4)
+    return h, w, torch.randint(0, c, (n, *out)).to(dtype)
+
+
 @pytest.mark.parametrize("dtype", TARGET_DTYPES, ids=str)
 @pytest.mark.parametrize("k_dim", [False, True])
 @pytest.mark.parametrize("large", [False, True])
 def test_linear_class_index_dtypes_are_torchs(dtype, k_dim, large):
-    n, c = (8, 5) if not large else (1100, 1000)
-    out = (2,) if k_dim else ()
-    h, w = torch.randn(n, 4), torch.randn(c, *out, 4)
-    t = torch.randint(0, c, (n, *out)).to(dtype)
-    _same(lambda: TF.linear_cross_entropy(h, w, t), lambda: crossent.linear_cross_entropy(h, w, t),
+    h, w, t = _linear_dtype_case(dtype, k_dim, large)
+    _same(lambda: _torch_linear_cross_entropy(h, w, t), lambda: crossent.linear_cross_entropy(h, w, t),
           f"linear k_dim={k_dim} {dtype}")
+
+
+@pytest.mark.skipif(not HAS_TORCH_LINEAR, reason="checks the stand-in against torch >= 2.13's own function")
+def test_the_composition_stands_in_for_torchs_linear_cross_entropy():
+    """Where torch has F.linear_cross_entropy, cross_entropy(linear(h, w), t) gives the same
+    outcome (value, or the refusal's type) for every call the tests above make with the stand-in,
+    so that on older torch they compare crossent with what torch 2.13 does."""
+    def composition(h, w, t, **kw):
+        return TF.cross_entropy(torch.einsum("nd,c...d->nc...", h, w), t, **kw)
+
+    calls = [(_linear_dtype_case(*case), {}) for case in itertools.product(TARGET_DTYPES, (False, True), (False, True))]
+    for kw in OPTION_VALUES:
+        for n, c in ((8, 5), (1100, 1000)):
+            calls.append(((torch.randn(n, 4), torch.randn(c, 4), torch.randint(0, c, (n,))), kw))
+    for (h, w, t), kw in calls:
+        a, ra = _outcome(lambda: TF.linear_cross_entropy(h, w, t, **kw))
+        b, rb = _outcome(lambda: composition(h, w, t, **kw))
+        assert a == b, (kw, t.dtype, w.shape, ra, rb)
+        if a == "refused":
+            assert type(ra) is type(rb), (kw, ra, rb)
+        else:
+            torch.testing.assert_close(ra, rb)
 
 
 def test_large_class_index_dtypes_are_torchs():
@@ -200,13 +235,19 @@ def test_differentiable_arguments_on_every_backend(backend):
             _check_differentiable(fn, kwargs, extra, f"{backend.value} {what}")
 
 
-@NEEDS_TORCH_LINEAR
 def test_linear_class_weight_is_refused_as_torch_refuses_it():
+    """torch 2.13's F.linear_cross_entropy refuses a class weight that requires grad; crossent
+    refuses it on every torch (also where torch has no linear function: its contract is 2.13's)."""
     for n, c in ((8, 5), (1100, 1000)):
         h, w, t = torch.randn(n, 4), torch.randn(c, 4), torch.randint(0, c, (n,))
         cw = torch.rand(c, requires_grad=True)
-        _, err = _same(lambda: TF.linear_cross_entropy(h, w, t, weight=cw),
-                       lambda: crossent.linear_cross_entropy(h, w, t, weight=cw), f"linear {n}")
+        if HAS_TORCH_LINEAR:
+            _, err = _same(lambda: TF.linear_cross_entropy(h, w, t, weight=cw),
+                           lambda: crossent.linear_cross_entropy(h, w, t, weight=cw), f"linear {n}")
+        else:
+            with pytest.raises(RuntimeError) as info:
+                crossent.linear_cross_entropy(h, w, t, weight=cw)
+            err = info.value
         assert "torch does not differentiate" in str(err)
 
 
@@ -223,7 +264,6 @@ OPTION_VALUES = [
 ]
 
 
-@NEEDS_TORCH_LINEAR
 @pytest.mark.parametrize("kw", OPTION_VALUES, ids=repr)
 def test_option_values_are_taken_as_torch_takes_them(kw):
     for shape in (SMALL, LARGE):
@@ -236,7 +276,7 @@ def test_option_values_are_taken_as_torch_takes_them(kw):
     if "reduction" not in kw or kw["reduction"] is not None:
         for n, c in ((8, 5), (1100, 1000)):
             h, w, t = torch.randn(n, 4), torch.randn(c, 4), torch.randint(0, c, (n,))
-            _same(lambda: TF.linear_cross_entropy(h, w, t, **kw),
+            _same(lambda: _torch_linear_cross_entropy(h, w, t, **kw),
                   lambda: crossent.linear_cross_entropy(h, w, t, **kw), f"linear {n}")
 
 

@@ -18,7 +18,9 @@ TP size: TRL issue 7100).
 
 The gradient reducer must then sum, not average:
     FSDP2     ``model.set_gradient_divide_factor(1.0)`` on every fully_shard-ed module (its
-              default divides by the DP size); torchtitan does this (distributed/fsdp.py).
+              default divides by the DP size); torchtitan does this (distributed/fsdp.py). A
+              torch without that method (2.6: only an NCCL-only reduce-scatter factor) always
+              averages: multiply the loss by the DP world size, as for DDP.
     DDP       always averages over its group: multiply the loss by the DP world size
               (``loss * dist.get_world_size(dp_group)``), as transformers' Trainer does with
               ``average_tokens_across_devices``; or register a comm hook that sums.

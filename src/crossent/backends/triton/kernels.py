@@ -166,7 +166,8 @@ def _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr
     # An out-of-range class (unchecked on a GPU, as in torch: a host check would sync) reads
     # nothing out of bounds and makes its row's loss and gradient nan: loud, never a number.
     bad = valid & ((t_idx < 0) | (t_idx >= C))
-    safe = tl.where(valid & ~bad, t_idx, 0)
+    # (no `~` on a boolean tensor: Triton 3.2's interpreter, torch 2.6's, cannot invert int1)
+    safe = tl.where(valid & (t_idx >= 0) & (t_idx < C), t_idx, 0)
     xt = tl.load(x_row + safe * sx_c)
     if ACC_F64:
         z_t = xt.to(tl.float64)

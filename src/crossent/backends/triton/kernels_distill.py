@@ -154,7 +154,7 @@ def distill_kernel(
     if HARD:
         t_raw = tl.load(target_ptr + r)
         bad = counted & ((t_raw < 0) | (t_raw >= V))
-        t_idx = tl.where(counted & ~bad, t_raw, 0)
+        t_idx = tl.where(counted & (t_raw >= 0) & (t_raw < V), t_raw, 0)  # (no `~`: kernels._hard_row)
         x_t = tl.load(s_row + t_idx * ss_c)
         if ACC_F64:
             x_t = x_t.to(tl.float64)
@@ -266,7 +266,7 @@ def topk_kernel(
             hidden = x != x
             n_nan += tl.sum(tl.where(mask & hidden, 1.0, 0.0), 0)
             z, _ = _capped(x, cap, HAS_CAP)
-            m_r, s_r = _online(m_r, s_r, tl.where(mask & ~hidden, z * inv_t, NEG_INF))
+            m_r, s_r = _online(m_r, s_r, tl.where(mask & (x == x), z * inv_t, NEG_INF))
         n_valid = tl.sum(tl.where(valid, 1.0, 0.0), 0)
         ref = tl.where(m_r == NEG_INF, 0.0, m_r)
         rest_lse = tl.where(n_nan > n_valid, float("nan"), tl.log(s_r))  # a caller's NaN among the rest

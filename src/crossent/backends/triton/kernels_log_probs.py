@@ -80,7 +80,7 @@ def lp_forward_kernel(
     t = tl.load(target_ptr + row)
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= C))
-    safe = tl.where(valid & ~bad, t, 0)
+    safe = tl.where(valid & (t >= 0) & (t < C), t, 0)  # (no `~`: kernels._hard_row)
     z_t, _ = _tempered(x_row, safe * sx_c, safe >= 0, cap, temp, ACC_F64, HAS_CAP)
     lp = tl.where(bad, float("nan"), (z_t - m) - log_s)
     tl.store(lp_ptr + row, tl.where(valid, lp, 0.0))
