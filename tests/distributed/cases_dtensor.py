@@ -187,21 +187,13 @@ def fsdp2_head_module_dp_tp(rank, world):
     net = _Net(body, head)
     fully_shard(net.head, mesh=mesh["dp"])
     fully_shard(net, mesh=mesh["dp"])
-    # The loss is already divided by the global count: the reducer must sum. torch 2.6's FSDP2 has
-    # no set_gradient_divide_factor (only set_reduce_scatter_divide_factor, an NCCL premul-sum
-    # that gloo lacks) and always averages over dp: there the loss is multiplied by the dp size,
-    # as for DDP (crossent.distributed.normalizer).
-    scale = 1
-    if hasattr(net, "set_gradient_divide_factor"):
-        for module in (net, net.head):
-            module.set_gradient_divide_factor(1.0)
-    else:
-        scale = mesh["dp"].size()
+    for module in (net, net.head):
+        module.set_gradient_divide_factor(1.0)  # the loss is already divided by the global count
     dp_rank = mesh.get_local_rank(0)
     rows = torch.arange(n).tensor_split(2)[dp_rank]
     norm = global_normalizer(t[rows], group=mesh.get_group("dp"))
     loss = net(x[rows], t[rows], norm)
-    (loss * scale).backward()
+    loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total, group=mesh.get_group("dp"))
     close(total, ref, "loss")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import free_port
+from conftest import FSDP2_CPU_REASON, free_port, fsdp2_runs_on_cpu
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -53,6 +53,8 @@ def _launch(world: int) -> dict:
     "world,name", [(w, n) for w in WORLDS for n in cases.names(w)], ids=lambda v: str(v)
 )
 def test_vocab_parallel_case(world, name):
+    if name.startswith("fsdp2") and not fsdp2_runs_on_cpu():
+        pytest.skip(FSDP2_CPU_REASON)
     results = _launch(world)
     assert name in results, f"{name} did not run"
     failure = results[name]
