@@ -73,6 +73,20 @@ def _same_device(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> No
         )
 
 
+def product_operands(fn: str, operands, input: torch.Tensor, input_name: str = "input", *,
+                     cast: str | None = None) -> None:
+    """Each (name, tensor) of a linear head's ``operands`` on input's device and in input's dtype
+    (the product runs in one dtype); ``cast``: the remedy the dtype message names (default:
+    "<name> or <input_name>")."""
+    for name, t in operands:
+        _same_device(fn, name, t, input)
+        if t.dtype != input.dtype:
+            raise InvalidArgumentType(
+                f"{fn}: {name} has dtype {t.dtype} but {input_name} has dtype {input.dtype}; "
+                f"the product runs in one dtype: cast {cast or f'{name} or {input_name}'}"
+            )
+
+
 def torch_int(fn: str, name: str, value: object) -> int:
     """An int argument as torch's argument parser takes it: anything with ``__index__`` (Python
     and numpy integers, one-element integer tensors and arrays), not a bool."""

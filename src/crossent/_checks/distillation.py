@@ -18,6 +18,7 @@ from ._common import (
     _same_device,
     _tensor,
     _values_checked,
+    product_operands,
 )
 from .linear import linear_chunking
 from .losses import loss_options
@@ -53,13 +54,7 @@ def head(fn: str, prefix: str, input: object, weight: object, bias: object, *, a
         operands.append((names[2], bias))
     if against is not None:
         _same_device(fn, names[0], input, against)
-    for name, t in operands:
-        _same_device(fn, name, t, input)
-        if t.dtype != input.dtype:
-            raise InvalidArgumentType(
-                f"{fn}: {name} has dtype {t.dtype} but {names[0]} has dtype {input.dtype}; "
-                f"the product runs in one dtype: cast one of them"
-            )
+    product_operands(fn, operands, input, names[0], cast="one of them")
 
 
 def teacher_head(fn: str, input, weight, teacher_input, teacher_weight, teacher_bias) -> None:
