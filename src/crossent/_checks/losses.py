@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from .._options import LossOptions
+from . import targets
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
@@ -19,6 +20,7 @@ from ._common import (
     torch_int,
 )
 from ._common import label_smoothing as _label_smoothing
+from .gradients import argument_gradients
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -93,6 +95,27 @@ def logits_input(fn: str, input: object) -> torch.Tensor:
     if input.dim() == 0:
         raise InvalidArgument(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
     return input
+
+
+def logits_loss_arguments(fn: str, input: torch.Tensor, target: object, weight: object, num_classes: int,
+                          ignore_index: object, dtype: object):
+    """What cross_entropy takes beside its (checked) logits, in this order: ``dtype=``, the class
+    weight (C,), ignore_index, the target (class indices or probabilities: torch's rule) and
+    torch's refusals of a gradient through them (`target_gradients`). Returns (dtype, weight,
+    ignore_index, target, soft)."""
+    dtype = loss_dtype(fn, dtype, input)
+    weight = class_weight(fn, weight, input, num_classes, dtype=dtype)
+    ignore_index = torch_int(fn, "ignore_index", ignore_index)
+    target, soft = targets.logits_targets(fn, input, target, num_classes, ignore_index)
+    target_gradients(fn, target, soft, weight)
+    return dtype, weight, ignore_index, target, soft
+
+
+def target_gradients(fn: str, target: torch.Tensor, soft: bool, weight: torch.Tensor | None) -> None:
+    """torch refuses a gradient through class indices' weight; probabilities and their class
+    weight are differentiable (`argument_gradients`)."""
+    argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                       target=target if soft else None)
 
 
 def class_weight(
