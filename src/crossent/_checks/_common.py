@@ -130,6 +130,30 @@ def _finite_number(fn: str, name: str, value: object) -> float:
     return value
 
 
+def positive(fn: str, name: str, value: object, *, or_none: bool = False) -> float:
+    """A finite number > 0 (``or_none``: the message says None is allowed too; the caller skips
+    None)."""
+    value = _finite_number(fn, name, value)
+    if value <= 0.0:
+        raise InvalidArgument(f"{fn}: {name} must be > 0{' (or None)' if or_none else ''}, got {value}")
+    return value
+
+
+def non_negative(fn: str, name: str, value: object) -> float:
+    """A finite number >= 0."""
+    value = _finite_number(fn, name, value)
+    if value < 0.0:
+        raise InvalidArgument(f"{fn}: {name} must be >= 0, got {value}")
+    return value
+
+
+def flag(fn: str, name: str, value: object) -> bool:
+    """True or False itself (not 0/1, not a tensor)."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentType(f"{fn}: {name} must be True or False, got {value!r}")
+    return value
+
+
 def label_smoothing(fn: str, value: object) -> float:
     """torch's label_smoothing, in [0, 1]. torch refuses values above 1 and silently computes with
     negative or nan ones (a distribution with negative mass); crossent refuses those too, as

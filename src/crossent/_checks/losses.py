@@ -11,12 +11,14 @@ from . import targets
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    _finite_number,
     _floating,
     _same_device,
     _shape,
     _tensor,
     _values_checked,
+    flag,
+    non_negative,
+    positive,
     torch_int,
 )
 from ._common import label_smoothing as _label_smoothing
@@ -51,13 +53,9 @@ def loss_options(
     ignore_index = torch_int(fn, "ignore_index", ignore_index)
     reduction(fn, reduction_)
     label_smoothing = _label_smoothing(fn, label_smoothing)
-    z_loss = _finite_number(fn, "z_loss", z_loss)
-    if z_loss < 0.0:
-        raise InvalidArgument(f"{fn}: z_loss must be >= 0, got {z_loss}")
+    z_loss = non_negative(fn, "z_loss", z_loss)
     if softcap is not None:
-        softcap = _finite_number(fn, "softcap", softcap)
-        if softcap <= 0.0:
-            raise InvalidArgument(f"{fn}: softcap must be > 0 (or None), got {softcap}")
+        softcap = positive(fn, "softcap", softcap, or_none=True)
     if normalizer is not None:
         if isinstance(normalizer, torch.Tensor):
             if normalizer.numel() != 1:
@@ -69,11 +67,8 @@ def loss_options(
                 normalizer = normalizer.item()
             # else: kept as a one-element tensor (reading it would sync a device or break a trace)
         if not isinstance(normalizer, torch.Tensor):
-            normalizer = _finite_number(fn, "normalizer", normalizer)
-            if normalizer <= 0.0:
-                raise InvalidArgument(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
-    if not isinstance(inplace_backward, bool):
-        raise InvalidArgumentType(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
+            normalizer = positive(fn, "normalizer", normalizer, or_none=True)
+    flag(fn, "inplace_backward", inplace_backward)
     return LossOptions(
         ignore_index=ignore_index,
         reduction=reduction_,  # type: ignore[arg-type]
