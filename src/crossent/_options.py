@@ -10,15 +10,42 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 Reduction = Literal["none", "mean", "sum"]
 
 
+class _Encoded:
+    """`encode`/`decode` of a frozen options dataclass, for the custom ops of torch.compile (which
+    take tensors, numbers and strings only). The names come from the dataclass's fields
+    (`_encoded`), so a new option cannot be left out."""
+
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def encode(self) -> str:
+        """The options as one string: every field in order, each as its repr, a tensor normalizer
+        as ``<tensor>`` (it travels beside the string). Dynamo folds it into a constant (json.dumps
+        would break the graph)."""
+        return ";".join([_token(getattr(self, name)) for name in self._FIELDS])
+
+    @classmethod
+    def decode(cls, text: str, normalizer: torch.Tensor | None = None):
+        """The inverse of `encode` (``normalizer``: the tensor that travelled beside it)."""
+        values = [_value(token, normalizer) for token in text.split(";")]
+        return cls(**dict(zip(cls._FIELDS, values, strict=True)))
+
+
+def _encoded(cls):
+    """Class decorator, above @dataclass: record the fields' names, in order, for `_Encoded`."""
+    cls._FIELDS = tuple(f.name for f in dataclasses.fields(cls))
+    return cls
+
+
+@_encoded
 @dataclass(frozen=True)
-class LossOptions:
+class LossOptions(_Encoded):
     """Options of the cross-entropy family (each backend honours all of them, or is not chosen).
 
     ignore_index     targets equal to it contribute neither loss nor gradient (class-index targets)
@@ -51,22 +78,7 @@ class LossOptions:
     allow_retain_graph: bool = False
     temperature: float = 1.0
 
-    def encode(self) -> str:
-        """The options as one string, for the custom ops of torch.compile (which take tensors,
-        numbers and strings only): every field in order, each as its repr, a tensor normalizer as
-        ``<tensor>`` (it travels beside the string). Built from the dataclass's fields, so a new
-        option cannot be left out; Dynamo folds it into a constant (json.dumps would break the
-        graph)."""
-        return ";".join([_token(getattr(self, name)) for name in _FIELDS])
 
-    @staticmethod
-    def decode(text: str, normalizer: torch.Tensor | None = None) -> LossOptions:
-        """The inverse of `encode` (``normalizer``: the tensor that travelled beside it)."""
-        values = [_value(token, normalizer) for token in text.split(";")]
-        return LossOptions(**dict(zip(_FIELDS, values, strict=True)))
-
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(LossOptions))
 _DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
@@ -90,8 +102,9 @@ def _value(token: str, normalizer):
     return int(token) if token.lstrip("-").isdigit() else float(token)
 
 
+@_encoded
 @dataclass(frozen=True)
-class DistillationOptions:
+class DistillationOptions(_Encoded):
     """Options of the distillation losses (`crossent.linear_distillation_loss`,
     `crossent.linear_topk_distillation_loss`), frozen, from the public API to a backend.
 
@@ -123,15 +136,3 @@ class DistillationOptions:
     normalizer: float | torch.Tensor | None = None
     chunk_size: int | None = None
     dtype: torch.dtype | None = None
-
-    def encode(self) -> str:
-        """Every field in order (as `LossOptions.encode`), for a custom op."""
-        return ";".join([_token(getattr(self, name)) for name in _DISTILL_FIELDS])
-
-    @staticmethod
-    def decode(text: str, normalizer: torch.Tensor | None = None) -> DistillationOptions:
-        values = [_value(token, normalizer) for token in text.split(";")]
-        return DistillationOptions(**dict(zip(_DISTILL_FIELDS, values, strict=True)))
-
-
-_DISTILL_FIELDS = tuple(f.name for f in dataclasses.fields(DistillationOptions))

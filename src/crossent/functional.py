@@ -95,22 +95,11 @@ def cross_entropy(
         fn = "cross_entropy"
         input = _checks.logits_input(fn, input)
         num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
-        dtype = _checks.loss_dtype(fn, dtype, input)
-        weight = _checks.class_weight(fn, weight, input, num_classes, dtype=dtype)
-        ignore_index = _checks.torch_int(fn, "ignore_index", ignore_index)
-        target, soft = _checks.logits_targets(fn, input, target, num_classes, ignore_index)
-        _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
-                                   target=target if soft else None)
+        dtype, weight, ignore_index, target, soft = _checks.logits_loss_arguments(
+            fn, input, target, weight, num_classes, ignore_index, dtype)
         opts = _checks.loss_options(
-            fn,
-            ignore_index=ignore_index,
-            reduction_=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            inplace_backward=inplace_backward,
-            soft=soft,
-            dtype=dtype,
+            fn, ignore_index=ignore_index, reduction_=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap, inplace_backward=inplace_backward, soft=soft, dtype=dtype,
         )
         if inplace_backward:
             _checks.inplace_input(fn, input)
@@ -254,18 +243,10 @@ def linear_cross_entropy(
         target, soft, ignore_index = _checks.linear_targets(fn, input, linear_weight, target, ignore_index)
         dtype = _checks.loss_dtype(fn, dtype, input)
         weight = _checks.class_weight(fn, weight, input, linear_weight.shape[0], dtype=dtype)
-        _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
-                                   target=target if soft else None)
+        _checks.target_gradients(fn, target, soft, weight)
         opts = _checks.loss_options(
-            fn,
-            ignore_index=ignore_index,
-            reduction_=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            normalizer=normalizer,
-            soft=soft,
-            dtype=dtype,
+            fn, ignore_index=ignore_index, reduction_=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap, normalizer=normalizer, soft=soft, dtype=dtype,
         )
         unbatched = input.dim() == 1
         rows, retain = _checks.linear_chunking(

@@ -40,15 +40,7 @@ def _fused_path():
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls of crossent.functional.linear_cross_entropy (what the patch calls)."""
-    count = {"n": 0}
-    real = crossent.functional.linear_cross_entropy
-
-    def counted(*args, **kwargs):
-        count["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(crossent.functional, "linear_cross_entropy", counted)
-    return count
+    return H.count_calls(monkeypatch, crossent.functional, "linear_cross_entropy")
 
 
 class _Grads(transformers.TrainerCallback):

@@ -35,15 +35,7 @@ if _trl.version()[:2] < (1, 16):
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls of crossent.functional.linear_log_probs (what the RL patch calls)."""
-    count = {"n": 0}
-    real = crossent.functional.linear_log_probs
-
-    def counted(*args, **kwargs):
-        count["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(crossent.functional, "linear_log_probs", counted)
-    return count
+    return H.count_calls(monkeypatch, crossent.functional, "linear_log_probs")
 
 
 @pytest.fixture(scope="module")

@@ -64,3 +64,17 @@ def common_args(tmp_path, **kw):
                 report_to=[], use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
                 dataloader_num_workers=0, bf16=False)
     return {**base, **kw}
+
+
+def count_calls(monkeypatch, module, name: str) -> dict:
+    """Replace ``module.name`` (for this test) by a wrapper that counts its calls; returns the
+    count, ``{"n": calls so far}``."""
+    count = {"n": 0}
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        count["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return count

@@ -38,12 +38,14 @@ from .losses import (
     deprecated_reduction,
     inplace_input,
     logits_input,
+    logits_loss_arguments,
     loss_dtype,
     loss_options,
     probabilities_in_unit_interval,
     recompute_inputs_gone,
     recompute_inputs_modified,
     reduction,
+    target_gradients,
     triton_unusable,
     unknown_backend,
     unsafe_to_autocast,
@@ -53,6 +55,6 @@ from .targets import logits_class_indices, logits_targets
 __all__ = [
     "argument_gradients", "distillation", "InvalidArgument", "InvalidArgumentType", "TargetOutOfRange", "integrations", "binary_pair", "broadcast_weight", "check_values", "class_weight", "deprecated_reduction",
     "inplace_input", "logits_class_indices", "logits_targets", "count", "torch_int", "linear_chunking", "linear_module",
-    "linear_no_fused_gradient", "linear_options_for_call", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "loss_dtype",
-    "loss_options", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "unknown_backend", "unsafe_to_autocast",
+    "linear_no_fused_gradient", "linear_options_for_call", "triton_unusable", "linear_operands", "linear_targets", "logits_input", "logits_loss_arguments", "loss_dtype",
+    "loss_options", "recompute_inputs_gone", "recompute_inputs_modified", "probabilities_in_unit_interval", "reduction", "target_gradients", "unknown_backend", "unsafe_to_autocast",
 ]

@@ -73,6 +73,20 @@ def _same_device(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> No
         )
 
 
+def product_operands(fn: str, operands, input: torch.Tensor, input_name: str = "input", *,
+                     cast: str | None = None) -> None:
+    """Each (name, tensor) of a linear head's ``operands`` on input's device and in input's dtype
+    (the product runs in one dtype); ``cast``: the remedy the dtype message names (default:
+    "<name> or <input_name>")."""
+    for name, t in operands:
+        _same_device(fn, name, t, input)
+        if t.dtype != input.dtype:
+            raise InvalidArgumentType(
+                f"{fn}: {name} has dtype {t.dtype} but {input_name} has dtype {input.dtype}; "
+                f"the product runs in one dtype: cast {cast or f'{name} or {input_name}'}"
+            )
+
+
 def torch_int(fn: str, name: str, value: object) -> int:
     """An int argument as torch's argument parser takes it: anything with ``__index__`` (Python
     and numpy integers, one-element integer tensors and arrays), not a bool."""
@@ -113,6 +127,30 @@ def _finite_number(fn: str, name: str, value: object) -> float:
     value = torch_float(fn, name, value, allow_bool=False)
     if not math.isfinite(value):
         raise InvalidArgument(f"{fn}: {name} must be finite, got {value}")
+    return value
+
+
+def positive(fn: str, name: str, value: object, *, or_none: bool = False) -> float:
+    """A finite number > 0 (``or_none``: the message says None is allowed too; the caller skips
+    None)."""
+    value = _finite_number(fn, name, value)
+    if value <= 0.0:
+        raise InvalidArgument(f"{fn}: {name} must be > 0{' (or None)' if or_none else ''}, got {value}")
+    return value
+
+
+def non_negative(fn: str, name: str, value: object) -> float:
+    """A finite number >= 0."""
+    value = _finite_number(fn, name, value)
+    if value < 0.0:
+        raise InvalidArgument(f"{fn}: {name} must be >= 0, got {value}")
+    return value
+
+
+def flag(fn: str, name: str, value: object) -> bool:
+    """True or False itself (not 0/1, not a tensor)."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentType(f"{fn}: {name} must be True or False, got {value!r}")
     return value
 
 

@@ -18,6 +18,10 @@ from ._common import (
     _same_device,
     _tensor,
     _values_checked,
+    flag,
+    non_negative,
+    positive,
+    product_operands,
 )
 from .linear import linear_chunking
 from .losses import loss_options
@@ -53,13 +57,7 @@ def head(fn: str, prefix: str, input: object, weight: object, bias: object, *, a
         operands.append((names[2], bias))
     if against is not None:
         _same_device(fn, names[0], input, against)
-    for name, t in operands:
-        _same_device(fn, name, t, input)
-        if t.dtype != input.dtype:
-            raise InvalidArgumentType(
-                f"{fn}: {name} has dtype {t.dtype} but {names[0]} has dtype {input.dtype}; "
-                f"the product runs in one dtype: cast one of them"
-            )
+    product_operands(fn, operands, input, names[0], cast="one of them")
 
 
 def teacher_head(fn: str, input, weight, teacher_input, teacher_weight, teacher_bias) -> None:
@@ -97,13 +95,6 @@ def distill_target(fn: str, target: object, input: torch.Tensor, num_classes: in
     return target
 
 
-def _weight(fn: str, name: str, value: object) -> float:
-    value = _finite_number(fn, name, value)
-    if value < 0.0:
-        raise InvalidArgument(f"{fn}: {name} must be >= 0, got {value}")
-    return value
-
-
 def options(fn: str, *, topk: bool, beta=0.5, temperature=1.0, softcap=None, teacher_softcap=None,
             hard_weight=0.0, soft_weight=1.0, tail=True, ignore_index=-100, reduction="mean",
             normalizer=None, chunk_size=None, dtype=None, shape=(0, 0, 0)) -> DistillationOptions:
@@ -111,21 +102,17 @@ def options(fn: str, *, topk: bool, beta=0.5, temperature=1.0, softcap=None, tea
     base = loss_options(fn, ignore_index=ignore_index, reduction_=reduction, softcap=softcap, normalizer=normalizer)
     t_cap = None
     if teacher_softcap is not None:
-        t_cap = _finite_number(fn, "teacher_softcap", teacher_softcap)
-        if t_cap <= 0.0:
-            raise InvalidArgument(f"{fn}: teacher_softcap must be > 0 (or None), got {t_cap}")
+        t_cap = positive(fn, "teacher_softcap", teacher_softcap, or_none=True)
     rows, _ = linear_chunking(fn, base.reduction, base.normalizer, chunk_size, None, *shape)
     beta = _finite_number(fn, "beta", beta)
     if not 0.0 <= beta <= 1.0:
         raise InvalidArgument(f"{fn}: beta must be in [0, 1] (0 forward KL, 1 reverse KL), got {beta}")
-    temperature = _finite_number(fn, "temperature", temperature)
-    if temperature <= 0.0:
-        raise InvalidArgument(f"{fn}: temperature must be > 0, got {temperature}")
-    if not isinstance(tail, bool):
-        raise InvalidArgumentType(f"{fn}: tail must be True or False, got {tail!r}")
+    temperature = positive(fn, "temperature", temperature)
+    flag(fn, "tail", tail)
     return DistillationOptions(
         beta=beta, temperature=temperature, softcap=base.softcap, teacher_softcap=t_cap,
-        hard_weight=_weight(fn, "hard_weight", hard_weight), soft_weight=_weight(fn, "soft_weight", soft_weight),
+        hard_weight=non_negative(fn, "hard_weight", hard_weight),
+        soft_weight=non_negative(fn, "soft_weight", soft_weight),
         tail=tail, topk=topk, ignore_index=base.ignore_index, reduction=base.reduction,
         normalizer=base.normalizer, chunk_size=rows, dtype=dtype,
     )

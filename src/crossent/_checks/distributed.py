@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import targets
-from ._common import InvalidArgument, InvalidArgumentType, _tensor, count, torch_int
+from ._common import InvalidArgument, InvalidArgumentType, _tensor, count, flag, torch_int
 
 
 def is_dtensor(t: object) -> bool:
@@ -150,9 +150,8 @@ def no_grad_through(fn: str, name: str, t: object) -> None:
 
 
 def sequence_parallel(fn: str, sequence_parallel: object, reduce_input_grad: object) -> None:
-    for arg, value in (("sequence_parallel", sequence_parallel), ("reduce_input_grad", reduce_input_grad)):
-        if not isinstance(value, bool):
-            raise InvalidArgumentType(f"{fn}: {arg} must be True or False, got {value!r}")
+    flag(fn, "sequence_parallel", sequence_parallel)
+    flag(fn, "reduce_input_grad", reduce_input_grad)
     if sequence_parallel and not reduce_input_grad:
         raise InvalidArgument(
             f"{fn}: sequence_parallel=True gathers the input here, so the reduce-scatter of its "
@@ -162,9 +161,7 @@ def sequence_parallel(fn: str, sequence_parallel: object, reduce_input_grad: obj
 
 
 def deterministic(fn: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgumentType(f"{fn}: deterministic must be True or False, got {value!r}")
-    return value
+    return flag(fn, "deterministic", value)
 
 
 def linear_targets(fn: str, rows: int, local_classes: int, out: tuple, num_classes: int, target: object,

@@ -10,9 +10,9 @@ from ._common import (
     InvalidArgument,
     InvalidArgumentType,
     _floating,
-    _same_device,
     _tensor,
     count,
+    product_operands,
     torch_int,
 )
 from ._common import label_smoothing as _label_smoothing
@@ -63,13 +63,7 @@ def head_operands(fn: str, input: torch.Tensor, linear_weight: torch.Tensor, lin
                 f"linear_weight, got {tuple(linear_bias.shape)}"
             )
         operands.append(("linear_bias", linear_bias))
-    for name, t in operands:
-        _same_device(fn, name, t, input)
-        if t.dtype != input.dtype:
-            raise InvalidArgumentType(
-                f"{fn}: {name} has dtype {t.dtype} but input has dtype {input.dtype}; "
-                f"the product runs in one dtype: cast {name} or input"
-            )
+    product_operands(fn, operands, input)
 
 
 def linear_targets(

@@ -11,12 +11,13 @@ from . import targets
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    _finite_number,
     _floating,
     _same_device,
     _shape,
     _tensor,
     count,
+    flag,
+    positive,
 )
 from .linear import head_operands
 from .losses import loss_options
@@ -24,11 +25,8 @@ from .losses import loss_options
 
 def options(fn: str, *, ignore_index, temperature, softcap, return_entropy, chunk_size=None):
     """(LossOptions with ignore_index, softcap, temperature and chunk_size, return_entropy)."""
-    temperature = _finite_number(fn, "temperature", temperature)
-    if temperature <= 0.0:
-        raise InvalidArgument(f"{fn}: temperature must be > 0, got {temperature}")
-    if not isinstance(return_entropy, bool):
-        raise InvalidArgumentType(f"{fn}: return_entropy must be True or False, got {return_entropy!r}")
+    temperature = positive(fn, "temperature", temperature)
+    flag(fn, "return_entropy", return_entropy)
     chunk_size = count(fn, "chunk_size", chunk_size, what=" (tokens per chunk)")
     opts = loss_options(fn, ignore_index=ignore_index, reduction_="none", softcap=softcap)
     return dataclasses.replace(opts, temperature=temperature, chunk_size=chunk_size), return_entropy

@@ -7,18 +7,22 @@ import warnings
 import torch
 
 from .._options import LossOptions
+from . import targets
 from ._common import (
     InvalidArgument,
     InvalidArgumentType,
-    _finite_number,
     _floating,
     _same_device,
     _shape,
     _tensor,
     _values_checked,
+    flag,
+    non_negative,
+    positive,
     torch_int,
 )
 from ._common import label_smoothing as _label_smoothing
+from .gradients import argument_gradients
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -49,13 +53,9 @@ def loss_options(
     ignore_index = torch_int(fn, "ignore_index", ignore_index)
     reduction(fn, reduction_)
     label_smoothing = _label_smoothing(fn, label_smoothing)
-    z_loss = _finite_number(fn, "z_loss", z_loss)
-    if z_loss < 0.0:
-        raise InvalidArgument(f"{fn}: z_loss must be >= 0, got {z_loss}")
+    z_loss = non_negative(fn, "z_loss", z_loss)
     if softcap is not None:
-        softcap = _finite_number(fn, "softcap", softcap)
-        if softcap <= 0.0:
-            raise InvalidArgument(f"{fn}: softcap must be > 0 (or None), got {softcap}")
+        softcap = positive(fn, "softcap", softcap, or_none=True)
     if normalizer is not None:
         if isinstance(normalizer, torch.Tensor):
             if normalizer.numel() != 1:
@@ -67,11 +67,8 @@ def loss_options(
                 normalizer = normalizer.item()
             # else: kept as a one-element tensor (reading it would sync a device or break a trace)
         if not isinstance(normalizer, torch.Tensor):
-            normalizer = _finite_number(fn, "normalizer", normalizer)
-            if normalizer <= 0.0:
-                raise InvalidArgument(f"{fn}: normalizer must be > 0 (or None), got {normalizer}")
-    if not isinstance(inplace_backward, bool):
-        raise InvalidArgumentType(f"{fn}: inplace_backward must be True or False, got {inplace_backward!r}")
+            normalizer = positive(fn, "normalizer", normalizer, or_none=True)
+    flag(fn, "inplace_backward", inplace_backward)
     return LossOptions(
         ignore_index=ignore_index,
         reduction=reduction_,  # type: ignore[arg-type]
@@ -93,6 +90,27 @@ def logits_input(fn: str, input: object) -> torch.Tensor:
     if input.dim() == 0:
         raise InvalidArgument(f"{fn}: input must have a class dimension (shape (C,) or (N, C, ...)), got a scalar")
     return input
+
+
+def logits_loss_arguments(fn: str, input: torch.Tensor, target: object, weight: object, num_classes: int,
+                          ignore_index: object, dtype: object):
+    """What cross_entropy takes beside its (checked) logits, in this order: ``dtype=``, the class
+    weight (C,), ignore_index, the target (class indices or probabilities: torch's rule) and
+    torch's refusals of a gradient through them (`target_gradients`). Returns (dtype, weight,
+    ignore_index, target, soft)."""
+    dtype = loss_dtype(fn, dtype, input)
+    weight = class_weight(fn, weight, input, num_classes, dtype=dtype)
+    ignore_index = torch_int(fn, "ignore_index", ignore_index)
+    target, soft = targets.logits_targets(fn, input, target, num_classes, ignore_index)
+    target_gradients(fn, target, soft, weight)
+    return dtype, weight, ignore_index, target, soft
+
+
+def target_gradients(fn: str, target: torch.Tensor, soft: bool, weight: torch.Tensor | None) -> None:
+    """torch refuses a gradient through class indices' weight; probabilities and their class
+    weight are differentiable (`argument_gradients`)."""
+    argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
+                       target=target if soft else None)
 
 
 def class_weight(

@@ -144,12 +144,8 @@ def local_loss(fn, input, target, weight, vocab, comm, *, ignore_index, reductio
                z_loss, softcap, normalizer, dtype):
     """The loss on local tensors with a known layout (checked here; shared with the DTensor path)."""
     input = _checks.logits_input(fn, input)
-    dtype = _checks.loss_dtype(fn, dtype, input)
-    weight = _checks.class_weight(fn, weight, input, vocab.num_classes, dtype=dtype)
-    ignore_index = _checks.torch_int(fn, "ignore_index", ignore_index)
-    target, soft = _checks.logits_targets(fn, input, target, vocab.num_classes, ignore_index)
-    _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
-                               target=target if soft else None)  # torch's refusals first
+    dtype, weight, ignore_index, target, soft = _checks.logits_loss_arguments(  # torch's refusals first
+        fn, input, target, weight, vocab.num_classes, ignore_index, dtype)
     _dchecks.no_grad_through(fn, "target", target)
     _dchecks.no_grad_through(fn, "weight", weight)
     opts = _checks.loss_options(

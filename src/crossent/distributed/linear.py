@@ -236,8 +236,7 @@ def vocab_parallel_linear_cross_entropy(
     )
     dtype = _checks.loss_dtype(fn, dtype, input)
     weight = _checks.class_weight(fn, weight, input, vocab.num_classes, dtype=dtype)
-    _checks.argument_gradients(fn, "probabilities" if soft else "class_index", weight=weight,
-                               target=target if soft else None)  # torch's refusals first
+    _checks.target_gradients(fn, target, soft, weight)  # torch's refusals first
     _dchecks.no_grad_through(fn, "target", target)
     _dchecks.no_grad_through(fn, "weight", weight)
     opts = _checks.loss_options(

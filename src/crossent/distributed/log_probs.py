@@ -42,6 +42,7 @@ from ..backends import rows, rows_log_probs
 from ..backends.autograd import Handover
 from ..backends.chunked import chunk_rows, log_prob_kernel
 from ..backends.common import compute_dtype
+from ..backends.loops.linear_log_probs import run as run_linear_log_probs
 from . import _comm, _layout
 
 _FN = "vocab_parallel_linear_log_probs"
@@ -129,42 +130,6 @@ def backward_pass(x, w, b, tg: rows.Targets, call: _Call, stats, g, h, want):
     return gx, gw, gb
 
 
-class _VocabParallelLogProbsFn(torch.autograd.Function):
-    """Forward: the partials, two all-reduces, the outputs; backward: the local gradients, then
-    one all-reduce of grad_x. create_graph=True raises."""
-
-    @staticmethod
-    def forward(call, input, linear_weight, index, linear_bias):
-        tg = call.targets(index, input.dtype)
-        lp, ent, stats = forward_pass(input, linear_weight, linear_bias, tg, call)
-        call.handover.put(stats)
-        return (lp, ent) if call.entropy else lp
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        call, input, linear_weight, index, linear_bias = inputs
-        ctx.call = call
-        ctx.set_materialize_grads(False)  # an output nobody differentiates costs nothing
-        ctx.save_for_backward(input, linear_weight, index, linear_bias, call.handover.take())
-
-    @staticmethod
-    def backward(ctx, g, h=None):
-        if torch.is_grad_enabled():  # create_graph=True
-            _dchecks.no_second_derivative(_FN)
-        x, w, index, b, stats = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        want = (need[1], need[2], b is not None and need[4])
-        if g is None and h is None:
-            return None, None, None, None, None
-        call = ctx.call
-        gx, gw, gb = backward_pass(x, w, b, call.targets(index, x.dtype), call, stats, g, h, want)
-        if gx is not None:
-            gx = _comm.all_reduce_sum(gx, call.comm.tp, call.comm.deterministic).to(x.dtype)
-        gw = gw.to(w.dtype) if gw is not None else None
-        gb = gb.to(b.dtype) if gb is not None else None
-        return None, gx, gw, None, gb
-
-
 @dataclass(frozen=True)
 class _Call:
     """One call: everything but its tensors. rows: tokens per chunk."""
@@ -179,6 +144,22 @@ class _Call:
     def targets(self, index, dtype) -> rows.Targets:
         return rows.targets(index, None, None, self.opts, compute_dtype(dtype),
                             num_classes=self.vocab.num_classes, classes=(self.vocab.start, self.vocab.stop))
+
+    # `LinearLogProbsFn`'s strategy: forward, the partials and two all-reduces; backward, the local
+    # gradients, then one all-reduce of grad_x. create_graph=True raises.
+    def forward_pass(self, x, w, b, index):
+        return forward_pass(x, w, b, self.targets(index, x.dtype), self)
+
+    def backward_pass(self, x, w, b, index, stats, g, h, want):
+        gx, gw, gb = backward_pass(x, w, b, self.targets(index, x.dtype), self, stats, g, h, want)
+        if gx is not None:
+            gx = _comm.all_reduce_sum(gx, self.comm.tp, self.comm.deterministic).to(x.dtype)
+        gw = gw.to(w.dtype) if gw is not None else None
+        gb = gb.to(b.dtype) if gb is not None else None
+        return gx, gw, gb
+
+    def second_derivative(self, *args):
+        _dchecks.no_second_derivative(_FN)
 
 
 def vocab_parallel_linear_log_probs(input, linear_weight, target, *, linear_bias=None, group=None,
@@ -213,13 +194,8 @@ def vocab_parallel_linear_log_probs(input, linear_weight, target, *, linear_bias
         x, index = input.reshape(-1, input.shape[-1]), target.reshape(-1)
         rows_ = opts.chunk_size or chunk_rows(x.shape[0], x.shape[1], linear_weight.shape[0], x.dtype, opts,
                                               extra_buffers=2 if entropy else 1)
-        call = _Call(vocab[0], opts, comm, entropy, max(1, rows_))
-        params = (x, linear_weight, linear_bias)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params):
-            out = _VocabParallelLogProbsFn.apply(call, x, linear_weight, index, linear_bias)
-        else:
-            lp, ent, _ = forward_pass(x, linear_weight, linear_bias, call.targets(index, x.dtype), call)
-            out = (lp, ent) if entropy else lp
+        out = run_linear_log_probs(_Call(vocab[0], opts, comm, entropy, max(1, rows_)), x, linear_weight, index,
+                                   linear_bias)
     if entropy:
         return out[0].view(shape), out[1].view(shape)
     return out.view(shape)

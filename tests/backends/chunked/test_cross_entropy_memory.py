@@ -3,15 +3,13 @@ gradient and nothing else N x C beyond the logits (the autograd contract costs n
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import pytest
+from memory_probe import peak_extra_bytes
 
-_MEASURE = textwrap.dedent("""
-    import json, sys, torch, torch.nn.functional as F, crossent
+_STEP = """
+    import sys, torch, torch.nn.functional as F, crossent
     n, c, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     x = torch.randn(n, c, requires_grad=True)
     t = torch.randint(0, c, (n,))
@@ -19,16 +17,7 @@ _MEASURE = textwrap.dedent("""
     def step():
         (g,) = torch.autograd.grad(loss_fn(x, t, label_smoothing=0.1), x)
         del g
-    def kb(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    step()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = kb("VmRSS")
-    step()
-    print(json.dumps({"extra_bytes": (kb("VmHWM") - before) * 1024}))
-""")
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -37,13 +26,6 @@ def test_forward_backward_peak_is_the_gradient():
     buffers; torch's adds about twice more (its log-softmax and the gradient)."""
     n, c = 2048, 16384
     logits = n * c * 4
-    procs = {case: subprocess.Popen([sys.executable, "-c", _MEASURE, str(n), str(c), case],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for case in ("fused", "torch")}
-    extra = {}
-    for case, proc in procs.items():
-        out, err = proc.communicate()
-        assert proc.returncode == 0, err
-        extra[case] = json.loads(out.strip().splitlines()[-1])["extra_bytes"]
+    extra = peak_extra_bytes(_STEP, ["fused", "torch"], n, c)
     assert extra["fused"] < 1.2 * logits, f"fused: {extra['fused'] / 2**20:.0f} MiB"
     assert extra["torch"] > 1.8 * logits, f"torch: {extra['torch'] / 2**20:.0f} MiB: the test measures nothing"

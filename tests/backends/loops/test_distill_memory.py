@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import pytest
+from memory_probe import peak_extra_bytes
 
-_MEASURE = textwrap.dedent("""
-    import json, sys, torch, torch.nn.functional as F, crossent
+_STEP = """
+    import sys, torch, torch.nn.functional as F, crossent
     torch.manual_seed(0)
     case = sys.argv[6]
     n, d, d_t, v, k = (int(a) for a in sys.argv[1:6])
@@ -38,29 +36,7 @@ _MEASURE = textwrap.dedent("""
     }[case]
     def step():
         torch.autograd.grad(fn(), (h, w))
-    def rss_kb(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    step()  # warm-up: allocator pools, first-touch of library code
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM (the peak RSS) to the current RSS
-    before = rss_kb("VmRSS")
-    step()
-    print(json.dumps({"extra_bytes": (rss_kb("VmHWM") - before) * 1024}))
-""")
-
-
-def _peak_extra_bytes(cases, *shape):
-    """Each case in its own fresh process; case -> extra bytes of one training step."""
-    procs = {case: subprocess.Popen([sys.executable, "-c", _MEASURE, *map(str, shape), case],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for case in cases}
-    result = {}
-    for case, proc in procs.items():
-        out, err = proc.communicate()
-        assert proc.returncode == 0, err
-        result[case] = json.loads(out.strip().splitlines()[-1])["extra_bytes"]
-    return result
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -71,7 +47,7 @@ def test_peak_memory_stays_below_a_bound_the_composition_exceeds():
     a gradient, above twice one model's logits."""
     n, d, d_t, v, k = 2048, 64, 96, 16384, 64
     logits = n * v * 4
-    peaks = _peak_extra_bytes(["dense", "dense fwdKL", "topk", "composition"], n, d, d_t, v, k)
+    peaks = peak_extra_bytes(_STEP, ["dense", "dense fwdKL", "topk", "composition"], n, d, d_t, v, k)
     bound = logits // 4
     for case in ("dense", "dense fwdKL", "topk"):
         assert peaks[case] < bound, f"{case}: peak {peaks[case] / 2**20:.0f} MiB >= bound {bound / 2**20:.0f} MiB"

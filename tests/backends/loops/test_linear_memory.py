@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import pytest
+from memory_probe import peak_extra_bytes
 
-_MEASURE = textwrap.dedent("""
-    import json, resource, sys, torch, torch.nn.functional as F, crossent
+_STEP = """
+    import sys, torch, torch.nn.functional as F, crossent
     torch.manual_seed(0)
     n, d, v, case = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     h = torch.randn(n, d, requires_grad=True)
@@ -22,35 +20,7 @@ _MEASURE = textwrap.dedent("""
         fn = torch.compile(crossent.linear_cross_entropy, fullgraph=True, backend="aot_eager")
     def step():
         torch.autograd.grad(fn(h, w, t), (h, w))
-    def rss_kb(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    step()  # warm-up: allocator pools, first-touch of library code
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM (the peak RSS) to the current RSS
-        before = rss_kb("VmRSS")
-        step()
-        extra = rss_kb("VmHWM") - before
-    except OSError:  # no resettable peak: ru_maxrss over the whole run, a looser upper bound
-        before = rss_kb("VmRSS")
-        step()
-        extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    print(json.dumps({"extra_bytes": extra * 1024}))
-""")
-
-
-def _peak_extra_bytes(cases, n, d, v):
-    """Each case in its own fresh process (run side by side); case -> extra bytes."""
-    procs = {case: subprocess.Popen([sys.executable, "-c", _MEASURE, str(n), str(d), str(v), case],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for case in cases}
-    result = {}
-    for case, proc in procs.items():
-        out, err = proc.communicate()
-        assert proc.returncode == 0, err
-        result[case] = json.loads(out.strip().splitlines()[-1])["extra_bytes"]
-    return result
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -60,7 +30,7 @@ def test_peak_memory_stays_below_a_bound_the_unfused_composition_exceeds():
     unfused composition needs the logits and their gradient, so above the logits' size."""
     n, d, v = 2048, 64, 16384
     logits = n * v * 4
-    peaks = _peak_extra_bytes(["fused", "unfused", "compiled"], n, d, v)
+    peaks = peak_extra_bytes(_STEP, ["fused", "unfused", "compiled"], n, d, v)
     fused, unfused_ = peaks["fused"], peaks["unfused"]
     bound = logits // 4
     assert fused < bound, f"fused peak {fused / 2**20:.0f} MiB >= bound {bound / 2**20:.0f} MiB"

@@ -57,13 +57,24 @@ from .log_probs import weighted_outputs
 
 @dataclass(frozen=True)
 class LinearLogProbsCall:
-    """One call: everything but its tensors. rows: tokens per chunk."""
+    """One call: everything but its tensors. rows: tokens per chunk. `LinearLogProbsFn`'s strategy
+    for one device: the statistics over the whole vocabulary (this module's passes)."""
 
     opts: LossOptions
     entropy: bool
     rows: int
     kernels: RowKernels
     handover: autograd.Handover = field(default_factory=autograd.Handover, compare=False)
+
+    # (the module's functions of the same names)
+    def forward_pass(self, x, weight, bias, index):
+        return forward_pass(x, weight, bias, index, self)
+
+    def backward_pass(self, x, weight, bias, index, stats, g, h, want):
+        return backward_pass(x, weight, bias, index, self, stats, g, h, want)
+
+    def second_derivative(self, x, weight, bias, index, g, h, want):
+        return _second_derivative(x, weight, index, bias, self, g, h, want)
 
 
 def _chunk(x, weight, call: LinearLogProbsCall, *, entropy: bool, want_w: bool) -> Chunk:
@@ -126,14 +137,22 @@ def backward_pass(x, weight, bias, index, call: LinearLogProbsCall, stats, g, h,
     return gx, gw, gb
 
 
-class _LinearLogProbsFn(torch.autograd.Function):
+class LinearLogProbsFn(torch.autograd.Function):
     """Forward: the outputs and 3 statistics per token; backward: the logits again and the three
-    gradients from them (module docstring). A second derivative (create_graph=True)
-    differentiates the composite formulas (which build the logits)."""
+    gradients from them (module docstring). ``call`` is the strategy that computes them:
+    `LinearLogProbsCall` (one device) or the vocab-parallel call of crossent.distributed (each
+    rank's statistics all-reduced, grad_x summed over the ranks), each with ``entropy``,
+    ``handover`` and the methods
+
+        forward_pass(x, W, b, index)                        -> (log_probs, entropy or None, stats)
+        backward_pass(x, W, b, index, stats, g, h, want)    -> (grad_x, grad_W, grad_b)
+        second_derivative(x, W, b, index, g, h, want)       -> the same, with a graph (or raises)
+
+    (gradients None where ``want`` says so, in the parameters' dtypes)."""
 
     @staticmethod
     def forward(call, input, linear_weight, index, linear_bias):
-        lp, ent, stats = forward_pass(input, linear_weight, linear_bias, index, call)
+        lp, ent, stats = call.forward_pass(input, linear_weight, linear_bias, index)
         call.handover.put(stats)
         return (lp, ent) if call.entropy else lp
 
@@ -153,10 +172,20 @@ class _LinearLogProbsFn(torch.autograd.Function):
             return None, None, None, None, None
         call = ctx.call
         if torch.is_grad_enabled():  # create_graph=True
-            gx, gw, gb = _second_derivative(input, linear_weight, index, linear_bias, call, g, h, want)
+            gx, gw, gb = call.second_derivative(input, linear_weight, linear_bias, index, g, h, want)
         else:
-            gx, gw, gb = backward_pass(input, linear_weight, linear_bias, index, call, stats, g, h, want)
+            gx, gw, gb = call.backward_pass(input, linear_weight, linear_bias, index, stats, g, h, want)
         return None, gx, gw, None, gb
+
+
+def run(call, input, linear_weight, index, linear_bias):
+    """log_probs [, entropy] of ``call``: through `LinearLogProbsFn` when a parameter needs a
+    gradient, else the forward pass alone."""
+    params = (input, linear_weight, linear_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params):
+        return LinearLogProbsFn.apply(call, input, linear_weight, index, linear_bias)
+    lp, ent, _ = call.forward_pass(input, linear_weight, linear_bias, index)
+    return (lp, ent) if call.entropy else lp
 
 
 def _second_derivative(input, linear_weight, index, linear_bias, call, g, h, want):
@@ -181,9 +210,5 @@ def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOption
     n, d = input.shape
     rows_ = opts.chunk_size or kernels.log_probs.linear_rows(n, d, linear_weight.shape[0], input.dtype,
                                                              opts, entropy)
-    call = LinearLogProbsCall(opts, entropy, max(1, rows_), kernels)
-    params = (input, linear_weight, linear_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params):
-        return _LinearLogProbsFn.apply(call, input, linear_weight, target, linear_bias)
-    lp, ent, _ = forward_pass(input, linear_weight, linear_bias, target, call)
-    return (lp, ent) if entropy else lp
+    return run(LinearLogProbsCall(opts, entropy, max(1, rows_), kernels), input, linear_weight, target,
+               linear_bias)
