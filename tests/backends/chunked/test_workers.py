@@ -128,16 +128,16 @@ def test_concurrent_callers_each_get_their_own_result(two_threads):
     got = [None] * 4
 
     def call(i):
-        got[i] = crossent.cross_entropy(xs[i], t)
+        with crossent.use_backend("fused"):  # (per thread: a new thread starts unforced)
+            got[i] = crossent.cross_entropy(xs[i], t)
 
-    # (use_backend is process-wide, not per thread: set once here, never inside the threads)
     with crossent.use_backend("fused"):
         expected = [crossent.cross_entropy(x, t) for x in xs]
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
