@@ -17,7 +17,8 @@ kernels, its compiled linear op -- which this module reads):
              TRITON_INTERPRET=1 (tests). Optional extra ``crossent[triton]``.
 
 Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below run it and call the backend):
-  1. a forced backend wins: ``crossent.use_backend(name)`` (a context manager), or the environment
+  1. a forced backend wins: ``crossent.use_backend(name)`` (a context manager; it forces the calls
+     of its own thread or asyncio task, innermost block first), or the environment
      variable ``CROSSENT_BACKEND`` (read once when crossent is imported, validated at the first
      call: a per-call os.environ lookup costs more than torch's whole loss at 8 x 2); except that
      a forced 'torch' runs only where torch has the options (else the rule continues at 3), and a
@@ -62,7 +63,7 @@ import os
 
 import torch
 
-from . import _checks
+from . import _checks, _forced
 from ._options import LossOptions
 
 
@@ -105,7 +106,6 @@ TORCH_MAX_NUMEL_NO_GRAD = _cpu.TORCH_MAX_NUMEL_NO_GRAD
 BINARY_TORCH_MAX_NUMEL = _cpu.BINARY_TORCH_MAX_NUMEL
 LINEAR_TORCH_MAX_LOGITS = _cpu.LINEAR_TORCH_MAX_LOGITS
 
-_forced: Backend | None = None
 _ENV_BACKEND = os.environ.get("CROSSENT_BACKEND") or None
 
 
@@ -114,14 +114,11 @@ def use_backend(name: str | Backend):
     """Force every crossent loss inside the ``with`` block onto one backend (tests, debugging).
 
     ``torch`` is honoured only where torch has the requested options; elsewhere the call runs on
-    ``fused``.
+    ``fused``. The block forces the calls of its own thread (or asyncio task) only, and nested
+    blocks restore the outer one's backend on exit, exceptions included (`_forced`).
     """
-    global _forced
-    previous, _forced = _forced, _parse(name, "use_backend")
-    try:
+    with _forced.block(_parse(name, "use_backend")):
         yield
-    finally:
-        _forced = previous
 
 
 def _parse(name, where: str) -> Backend:
@@ -132,8 +129,11 @@ def _parse(name, where: str) -> Backend:
 
 
 def forced() -> Backend | None:
-    if _forced is not None:
-        return _forced
+    """The backend forced in this thread or task: its innermost use_backend block, else the
+    environment's CROSSENT_BACKEND."""
+    b = _forced.here()
+    if b is not None:
+        return b
     return _parse(_ENV_BACKEND, "CROSSENT_BACKEND") if _ENV_BACKEND else None
 
 
@@ -173,7 +173,7 @@ def _to_torch_by_size(input, limit: int, limit_no_grad: int, family: str = "cros
 def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
     """Rules 1-2 for cross_entropy on the raw arguments. On the path of every small call: written
     for speed (~250 ns; the common case passes the first test and returns at the last line)."""
-    if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced is not None
+    if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced.active
             or _ENV_BACKEND or not 0.0 <= label_smoothing <= 1.0):
         return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
     if not isinstance(input, _Tensor):
@@ -194,8 +194,8 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
 def nll_loss_to_torch(input) -> bool:
     """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option); the tail of
     cross_entropy's."""
-    if _forced is not None or _ENV_BACKEND:
-        return forced() is Backend.TORCH
+    if (_forced.active or _ENV_BACKEND) and (f := forced()) is not None:
+        return f is Backend.TORCH
     if not isinstance(input, _Tensor):
         return False
     return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
@@ -203,8 +203,8 @@ def nll_loss_to_torch(input) -> bool:
 
 def binary_to_torch(input) -> bool:
     """Rules 1-2 for the binary losses on the raw arguments."""
-    if _forced is not None or _ENV_BACKEND:
-        return forced() is Backend.TORCH
+    if (_forced.active or _ENV_BACKEND) and (f := forced()) is not None:
+        return f is Backend.TORCH
     return isinstance(input, _Tensor) and _to_torch_by_size(
         input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL, "binary")
 
@@ -246,8 +246,8 @@ def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_in
             return False
     if ignore_index is not None and target.is_floating_point():
         return False  # torch refuses ignore_index with probabilities: the checks say so
-    if _forced is not None or _ENV_BACKEND:
-        return forced() is Backend.TORCH
+    if (_forced.active or _ENV_BACKEND) and (f := forced()) is not None:
+        return f is Backend.TORCH
     return input.shape[0] * linear_weight.shape[0] <= LINEAR_TORCH_MAX_LOGITS
 
 

@@ -103,6 +103,7 @@ def _on_one_and_two_threads(loss_fn, x):
     ((3000, 1000), "mean", {}),
     ((2000, 1500), "none", {"label_smoothing": 0.1}),
     ((6, 7, 100, 600), "sum", {}),
+    ((5, 21, 90, 700), "mean", {"softcap": 5.0, "label_smoothing": 0.1, "ignore_index": 2}),
     ((1500, 2000), "mean", {"ignore_index": 3}),
 ])
 def test_cross_entropy_is_bitwise_the_same_on_one_thread_and_on_the_workers(shape, reduction, extra):
@@ -121,6 +122,65 @@ def test_binary_losses_are_bitwise_the_same_on_one_thread_and_on_the_workers():
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
+def test_serial_caller_runs_the_callers_ops_on_one_thread_and_the_chunks_on_the_workers(two_threads):
+    if not _pool_in_use():
+        pytest.skip("no OpenMP runtime found: the chunks run in the calling thread")
+    with workers.serial_caller():
+        assert torch.get_num_threads() == 1
+        with workers.serial_caller():  # nested: still one thread, and the outer block restores
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+        assert _pool_in_use()  # the caller's 2 workers, not 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="inside"):
+        with workers.serial_caller():
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with workers.serial_caller():  # one thread: nothing to change
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 1
+
+
+def test_a_fused_cross_entropy_runs_its_per_sample_ops_on_one_thread(two_threads, monkeypatch):
+    """Beside the chunks (on the workers) the call's ops run on one thread in the caller, which
+    gets its thread count back."""
+    if not _pool_in_use():
+        pytest.skip("no OpenMP runtime found: the chunks run in the calling thread")
+    from crossent.backends import rows
+    from crossent.backends.chunked import kernel
+
+    seen = {"targets": [], "chunks": []}
+    real_targets, real_chunk = rows.targets, kernel.ce_chunk
+    monkeypatch.setattr(rows, "targets", lambda *a, **k: (seen["targets"].append(
+        (threading.current_thread().name, torch.get_num_threads())), real_targets(*a, **k))[1])
+    monkeypatch.setattr(kernel, "ce_chunk", lambda *a, **k: (seen["chunks"].append(
+        threading.current_thread().name), real_chunk(*a, **k))[1])
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 21, 64, 512, generator=gen, requires_grad=True)
+    t = torch.randint(0, 21, (4, 64, 512), generator=gen)
+    with crossent.use_backend("fused"):
+        loss = crossent.cross_entropy(x, t)
+    loss.backward()
+    assert seen["targets"] == [(threading.current_thread().name, 1)]
+    assert len(seen["chunks"]) > 1 and all(n.startswith("crossent-chunks") for n in seen["chunks"])
+    assert torch.get_num_threads() == 2
+    xr = x.detach().clone().requires_grad_()
+    want = torch.nn.functional.cross_entropy(xr, t)
+    want.backward()
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_finding_torchs_openmp_runtime_leaves_the_callers_count_alone(two_threads, monkeypatch):
+    monkeypatch.setattr(workers, "_omp_checked", False)
+    monkeypatch.setattr(workers, "_omp_set_num_threads", None)
+    workers._resolve_omp()
+    assert torch.get_num_threads() == 2
+    if "OpenMP" in torch.__config__.parallel_info():
+        assert workers._omp_set_num_threads is not None
+
+
 def test_concurrent_callers_each_get_their_own_result(two_threads):
     gen = torch.Generator().manual_seed(2)
     xs = [torch.randn(2000, 1000, generator=gen) for _ in range(4)]
@@ -128,16 +188,16 @@ def test_concurrent_callers_each_get_their_own_result(two_threads):
     got = [None] * 4
 
     def call(i):
-        got[i] = crossent.cross_entropy(xs[i], t)
+        with crossent.use_backend("fused"):  # (per thread: a new thread starts unforced)
+            got[i] = crossent.cross_entropy(xs[i], t)
 
-    # (use_backend is process-wide, not per thread: set once here, never inside the threads)
     with crossent.use_backend("fused"):
         expected = [crossent.cross_entropy(x, t) for x in xs]
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 

@@ -13,7 +13,7 @@ import torch
 from ..._options import LossOptions
 from .. import Descriptor, loops
 from ..common import compute_dtype
-from . import binary_kernel, distill_kernel, kernel, log_prob_kernel
+from . import binary_kernel, distill_kernel, kernel, log_prob_kernel, workers
 
 # Crossovers (elements of the input) below which torch's own kernel beats this backend on the CPU,
 # measured with benchmarks/bench_shapes.py. 2 threads, float32, fused/torch time (2026-11-23):
@@ -167,7 +167,8 @@ KERNELS = loops.RowKernels(
 
 
 def cross_entropy(input, target, weight, opts: LossOptions):
-    return loops.cross_entropy(input, target, weight, opts, kernels=KERNELS)
+    with workers.serial_caller():  # (the per-sample ops beside the chunks: no barriers)
+        return loops.cross_entropy(input, target, weight, opts, kernels=KERNELS)
 
 
 nll_loss = loops.nll_loss

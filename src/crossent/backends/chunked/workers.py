@@ -17,6 +17,9 @@ process default changes that thread only), so each worker sets its own to 1 afte
 per-thread initialisation. torch.set_num_threads is not used: it also changes the default that new
 threads start from. Where the OpenMP runtime cannot be found, or the caller runs one thread, the
 chunks run in the calling thread as before.
+
+The caller's own ops beside the chunks (per-sample targets, the 'mean' denominator, the total) run
+on one thread inside `serial_caller`: they too were parallel regions with barriers.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ R = TypeVar("R")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_omp_set_num_threads: list | None = None
+_omp_set_num_threads: Callable[[int], None] | None = None
 _omp_checked = False
 
 
@@ -60,9 +63,10 @@ def _openmp_runtime_paths() -> list[str]:
 
 
 def _resolve_omp():
-    """omp_set_num_threads of every OpenMP runtime loaded, torch's own first (other packages --
-    scikit-learn, SciPy -- load copies of libgomp of their own; setting theirs changes nothing for
-    torch's ops). The worker keeps the first that makes torch's count 1."""
+    """torch's own omp_set_num_threads. Every OpenMP runtime loaded is a candidate, torch's first
+    (scikit-learn, SciPy load copies of libgomp of their own; setting theirs changes nothing for
+    torch's ops); the one kept is the first that changes torch's count, tried in a throwaway
+    thread, whose setting is its own: the caller's and the other runtimes' stay untouched."""
     global _omp_set_num_threads, _omp_checked
     _omp_checked = True
     if "OpenMP" not in torch.__config__.parallel_info():
@@ -78,19 +82,36 @@ def _resolve_omp():
         fn.argtypes = [ctypes.c_int]
         fn.restype = None
         found.append(fn)
-    _omp_set_num_threads = found or None
+    chosen = []
+
+    def probe():
+        torch.get_num_threads()  # (torch's per-thread setup first)
+        for fn in found:
+            target = torch.get_num_threads() + 1
+            fn(target)
+            if torch.get_num_threads() == target:
+                chosen.append(fn)
+                return
+
+    thread = threading.Thread(target=probe, name="crossent-omp-probe")
+    thread.start()
+    thread.join()
+    _omp_set_num_threads = chosen[0] if chosen else None
+
+
+def _set_own_threads(n: int) -> bool:
+    """This thread's OpenMP thread count (not the process default) to n; False if torch's count
+    did not follow."""
+    _omp_set_num_threads(n)
+    return torch.get_num_threads() == n
 
 
 def _become_single_threaded() -> None:
     """Pool initializer: torch's per-thread setup first (it would reset the count later), then
     one OpenMP thread for this worker, and no autograd graph (the kernels compute gradients
-    explicitly; grad mode is per thread and on by default). Should no runtime found make torch's
-    count 1, the worker runs its chunks with torch's threads: the same results, only slower."""
+    explicitly; grad mode is per thread and on by default)."""
     torch.get_num_threads()
-    for set_num_threads in _omp_set_num_threads:
-        set_num_threads(1)
-        if torch.get_num_threads() == 1:
-            break
+    _set_own_threads(1)
     torch.set_grad_enabled(False)
 
 
@@ -120,6 +141,44 @@ def _workers(threads: int) -> ThreadPoolExecutor | None:
         return _pool
 
 
+@contextlib.contextmanager
+def serial_caller():
+    """The block's own torch ops in the calling thread run on one thread, while `map_chunks` inside
+    still spreads its chunks over as many workers as the caller had threads.
+
+    Why: beside its chunks a loss runs per-sample ops (targets, the target's logit, the 'mean'
+    denominator, the total): a few hundred thousand elements for a (N, C, d1..dk) input, which
+    torch splits across its threads, each op one parallel region ending at a barrier. On a busy
+    CPU one descheduled thread stalls the others at each barrier: at (16, 21, 128, 128) with ~25
+    runnable processes on 2 cores those ops took ~180 ms of a ~440 ms call (the chunks ~170 ms),
+    against ~1 ms alone on one thread. Restored on exit, exceptions included. Does nothing where
+    map_chunks would run in the calling thread anyway (one thread, no OpenMP runtime found, a
+    worker, an active torch function/dispatch mode)."""
+    threads = torch.get_num_threads()
+    if threads == 1 or _is_worker() or _modes_active() or getattr(_caller, "threads", None) is not None:
+        yield
+        return
+    with _lock:
+        if not _omp_checked:
+            _resolve_omp()
+    if _omp_set_num_threads is None:
+        yield
+        return
+    if not _set_own_threads(1):
+        _set_own_threads(threads)
+        yield
+        return
+    _caller.threads = threads
+    try:
+        yield
+    finally:
+        _caller.threads = None
+        _set_own_threads(threads)
+
+
+_caller = threading.local()  # serial_caller's record of the caller's own thread count
+
+
 def in_calling_thread(fn: Callable[[T, dict], R], items: Sequence[T]) -> list[R]:
     """map_chunks' items one after another in the calling thread, with one scratch dict."""
     scratch: dict = {}
@@ -133,7 +192,7 @@ def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.dev
     thread, a non-CPU device, no OpenMP runtime found, a call from a worker itself, or a torch
     function/dispatch mode active in the caller (modes are per thread: a FlopCounterMode or a
     debugging mode must see every op). Workers run in the caller's inference mode."""
-    threads = torch.get_num_threads()
+    threads = getattr(_caller, "threads", None) or torch.get_num_threads()
     pool = None
     if (device.type == "cpu" and len(items) > 1 and threads > 1 and not _is_worker()
             and not _modes_active()):
