@@ -59,36 +59,80 @@ def gpu():
     return torch.device("cuda")
 
 
-# The parity grids run whole on the rule's own path, the fused kernels and the reference; each of
-# the other backends runs a representative third of every grid (`pytest_collection_modifyitems`),
-# the three thirds disjoint, so that every case still runs on one of them.
-FULL_GRID = ("auto", Backend.FUSED.value, Backend.REFERENCE.value)
-SAMPLED = tuple(b.value for b in Backend if b.value not in FULL_GRID)
+# The parity grids run whole on crossent's fused kernels and on the float64 reference; the other
+# paths (auto, which sends these small problems to torch's own kernels, torch, composite, Triton)
+# run a pairwise design of (path x options) together: every value of every option on every one
+# of those paths, and every pair of option values that occurs in the grid on at least one of them
+# (`pairwise`). CROSSENT_FULL_GRID=1 runs every grid whole on every path.
+FULL_GRID = (Backend.FUSED.value, Backend.REFERENCE.value)
+SAMPLED = ("auto", *(b.value for b in Backend if b.value not in FULL_GRID))
+EVERY_CASE = os.environ.get("CROSSENT_FULL_GRID", "") not in ("", "0")
+
+
+def sampled(every, default):
+    """`default` (a representative part of `every`), or `every` under CROSSENT_FULL_GRID=1: for
+    the expensive cases (trainings, model builds) that repeat a contract another test checks on
+    every case."""
+    return list(every) if EVERY_CASE else list(default)
+
+
+def pairwise(cases):
+    """Indices of a subset of `cases` (equal-length tuples of hashable option values) in which
+    every value, and every pair of values at two positions that occurs together in some case,
+    occurs again: greedy, each step taking the case that covers most of what is not covered yet,
+    ties broken by a hash of the case (deterministic, and not biased to the grid's first values)."""
+    import itertools
+    import zlib
+
+    def pairs(case):
+        return {(i, case[i], j, case[j]) for i, j in itertools.combinations(range(len(case)), 2)} | {
+            (i, case[i]) for i in range(len(case))}
+
+    covers = [pairs(c) for c in cases]
+    todo = set().union(*covers) if covers else set()
+    if not todo:  # no options (a test parametrized by the path alone): it runs
+        return list(range(len(cases)))
+    order = sorted(range(len(cases)), key=lambda k: zlib.crc32(repr(cases[k]).encode()))
+    chosen = []
+    while todo:
+        best = max(order, key=lambda k: len(covers[k] & todo))
+        chosen.append(best)
+        todo -= covers[best]
+    return sorted(chosen)
+
+
+def _backend_of(item):
+    spec = getattr(item, "callspec", None)
+    backend = spec.params.get("on_backend", "auto") if spec is not None else "auto"
+    return getattr(backend, "value", backend) or "auto"
 
 
 def pytest_collection_modifyitems(config, items):
-    import zlib
-
-    keep, drop = [], []
+    if EVERY_CASE:
+        return
+    named = {arg.split("::", 1)[-1] for arg in config.args if "[" in arg}  # cases asked for by id run
+    groups = {}  # test -> its items on the sampled paths: the grid they share a design of
     for item in items:
         spec = getattr(item, "callspec", None)
-        backend = spec.params.get("on_backend", "auto") if spec is not None else "auto"
-        backend = getattr(backend, "value", backend) or "auto"
-        if backend in SAMPLED:
-            case = "-".join(part for part in spec.id.split("-") if part not in SAMPLED)
-            if zlib.crc32(f"{item.originalname}[{case}]".encode()) % len(SAMPLED) != SAMPLED.index(backend):
-                drop.append(item)
-                continue
-        keep.append(item)
+        if item.nodeid.split("::", 1)[-1] in named:
+            continue
+        if spec is not None and "on_backend" in spec.params and _backend_of(item) in SAMPLED:
+            groups.setdefault(item.nodeid.split("[")[0], []).append(item)
+    drop = set()
+    for group in groups.values():
+        cases = [(_backend_of(it), *(repr(v) for k, v in sorted(it.callspec.params.items()) if k != "on_backend"))
+                 for it in group]
+        keep = set(pairwise(cases))
+        drop.update(id(it) for k, it in enumerate(group) if k not in keep)
     if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+        config.hook.pytest_deselected(items=[it for it in items if id(it) in drop])
+        items[:] = [it for it in items if id(it) not in drop]
 
 
 @pytest.fixture(params=[None, *Backend], ids=["auto", *(b.value for b in Backend)])
 def on_backend(request):
     """Run a parity test on every path the dispatch can take (auto = the documented rule): whole
-    grids on auto, fused and reference, a third of each on the others (see FULL_GRID)."""
+    grids on fused and reference, a pairwise design on the others (see FULL_GRID)."""
     import crossent
 
     if request.param is None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import crossent
-from conftest import TOL, assert_no_worse_than_torch
+from conftest import TOL, assert_no_worse_than_torch, sampled
 
 
 def no_worse_overall(ours, theirs, ref64, dtype):
@@ -134,22 +134,27 @@ def test_linear_small(on_backend, lead, bias, temperature, softcap, ignored):
     check_linear(lead, 37, 8, temperature=temperature, softcap=softcap, bias=bias, ignored=ignored)
 
 
-# At the fused size: auto (which then runs crossent's fused kernels, not torch's composition) and
-# the forced fused backend, over a third of the grid; every other backend runs its own kernels at
-# any size, so the small grid covers it (the Triton interpreter, too slow for 1M logits, also runs
-# multi-block rows and multi-chunk loops in tests/backends/triton/test_triton_log_probs.py).
+# At the fused size: the forced fused backend over a third of the grid, and auto (which then runs
+# the same fused kernels, not torch's composition) on a cover of it: each option combination and
+# each shape once (all of them under CROSSENT_FULL_GRID=1); every other backend runs its own kernels
+# at any size, so the small grid covers it (the Triton interpreter, too slow for 1M logits, also
+# runs multi-block rows and multi-chunk loops in tests/backends/triton/test_triton_log_probs.py).
 FUSED_GRID = [(1.0, None, 0.0), (0.7, 5.0, 0.3), (1.0, 5.0, 0.3)]
-FUSED_IDS = [f"T{tp}-cap{cap}-ign{ig}" for tp, cap, ig in FUSED_GRID]
-FUSED_BACKENDS = pytest.mark.parametrize("backend", ["auto", "fused"])
+
+
+def fused_size_cases(shapes):
+    """pytest params (backend, shape, temperature, softcap, ignored) over `shapes` ({id: shape})."""
+    every = [(b, s, *o) for b in ("auto", "fused") for s in shapes for o in FUSED_GRID]
+    auto = [("auto", list(shapes)[k % len(shapes)], *o) for k, o in enumerate(FUSED_GRID)]
+    cases = sampled(every, [c for c in every if c[0] == "fused"] + auto)
+    return [pytest.param(b, shapes[s], *o, id=f"{s}-T{o[0]}-cap{o[1]}-ign{o[2]}-{b}") for b, s, *o in cases]
 
 
 def _forced(backend):
     return crossent.use_backend(backend) if backend != "auto" else contextlib.nullcontext()
 
 
-@FUSED_BACKENDS
-@pytest.mark.parametrize("temperature,softcap,ignored", FUSED_GRID, ids=FUSED_IDS)
-@pytest.mark.parametrize("lead", [(41,), (3, 14)], ids=["N", "BxT"])
+@pytest.mark.parametrize("backend, lead, temperature, softcap, ignored", fused_size_cases({"N": (41,), "BxT": (3, 14)}))
 def test_linear_fused_size(backend, lead, temperature, softcap, ignored):
     """N V > 1M logits: over the composition's crossover, so auto runs the fused kernels; a
     chunk of 16 tokens makes the loop run 3 chunks (the last one short)."""
@@ -164,9 +169,8 @@ def test_logits_small(on_backend, shape, temperature, softcap, ignored):
     check_logits(shape, temperature=temperature, softcap=softcap, ignored=ignored)
 
 
-@FUSED_BACKENDS
-@pytest.mark.parametrize("temperature,softcap,ignored", FUSED_GRID, ids=FUSED_IDS)
-@pytest.mark.parametrize("sliced", [False, True], ids=["contiguous", "sliced"])
+@pytest.mark.parametrize("backend, sliced, temperature, softcap, ignored",
+                         fused_size_cases({"contiguous": False, "sliced": True}))
 def test_logits_fused_size(backend, temperature, softcap, ignored, sliced):
     """810K logits (over the crossover); ``sliced``: a (B, T-1, V) view read without a copy."""
     with _forced(backend):

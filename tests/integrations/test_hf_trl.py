@@ -64,6 +64,25 @@ def _sft(tmp_path, model=None, *, patch_trainer=False, peft_config=None, **confi
     return trainer, grads
 
 
+@pytest.fixture(scope="module")
+def sft_reference(tmp_path_factory):
+    """The unpatched float32 SFT run (TRL's own fused head, crossent never called), trained once
+    for the three tests that compare against it: (trainer, its gradients, its logged metrics)."""
+    count = {"n": 0}
+    real = crossent.functional.linear_cross_entropy
+
+    def counted(*args, **kwargs):
+        count["n"] += 1
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(crossent.functional, "linear_cross_entropy", counted)
+        ref, grads = _sft(tmp_path_factory.mktemp("sft_reference"))
+        ref.train()
+    assert count["n"] == 0
+    return ref, grads, _logs(ref)
+
+
 def _logs(trainer, keys=("loss", "entropy", "mean_token_accuracy", "num_tokens")):
     return [{k: h[k] for k in keys} for h in trainer.state.log_history if "loss" in h]
 
@@ -84,18 +103,16 @@ def _assert_same_logs(got, want, rel=1e-5):
             assert g[key] == pytest.approx(w[key], rel=rel, abs=1e-6), (key, g, w)
 
 
-def test_sft_trainer_trains_with_crossent_and_equals_trl(tmp_path, calls):
+def test_sft_trainer_trains_with_crossent_and_equals_trl(tmp_path, calls, sft_reference):
     """Gradient accumulation 2, 2 optimizer steps: crossent called on every micro-batch, and the
     loss, TRL's logged metrics and every parameter's gradient equal TRL's own run."""
-    ref, ref_grads = _sft(tmp_path / "ref")
-    ref.train()
-    assert calls["n"] == 0  # TRL's own fused head: crossent never runs unpatched
+    ref, ref_grads, ref_logs = sft_reference  # (TRL's own fused head: crossent never ran there)
     trainer, grads = _sft(tmp_path / "patched", patch_trainer=True)
     assert hf.is_patched(trainer) and hf.is_patched(trainer.model)
     trainer.train()
     assert calls["n"] == 4  # 2 steps x 2 micro-batches, once each
     _assert_same_steps(grads, ref_grads)
-    _assert_same_logs(_logs(trainer), _logs(ref))
+    _assert_same_logs(_logs(trainer), ref_logs)
     # evaluation goes through the fused head too (eval mode, no grad): the same metrics
     evaluated = [t.evaluate(H.sft_dataset(rows=4, seed=9)) for t in (trainer, ref)]
     assert calls["n"] > 4
@@ -129,7 +146,7 @@ def test_sft_with_peft_lora_equals_trl(tmp_path, calls):
     _assert_same_logs(_logs(trainer), _logs(ref))
 
 
-def test_model_patched_before_the_trainer_warns_until_the_trainer_is_patched(tmp_path, calls):
+def test_model_patched_before_the_trainer_warns_until_the_trainer_is_patched(tmp_path, calls, sft_reference):
     """TRL wraps the forward at construction and computes its own loss: crossent says so once at the
     first step; patch(trainer) then takes over (the model's earlier layer goes inert)."""
     model = hf.patch(H.llama())
@@ -139,8 +156,7 @@ def test_model_patched_before_the_trainer_warns_until_the_trainer_is_patched(tmp
         trainer.train()
     assert calls["n"] == 0
 
-    ref, ref_grads = _sft(tmp_path / "ref")
-    ref.train()
+    _, ref_grads, ref_logs = sft_reference
     model = hf.patch(H.llama())
     trainer, grads = _sft(tmp_path / "b", model, patch_trainer=True)
     assert hf.is_patched(model)
@@ -149,7 +165,7 @@ def test_model_patched_before_the_trainer_warns_until_the_trainer_is_patched(tmp
         trainer.train()
     assert calls["n"] == 4
     _assert_same_steps(grads, ref_grads)
-    _assert_same_logs(_logs(trainer), _logs(ref))
+    _assert_same_logs(_logs(trainer), ref_logs)
 
 
 def test_patch_after_trainer_construction_then_unpatch_keeps_trls_wrapper(tmp_path, calls):
@@ -211,10 +227,9 @@ def test_dpo_trainer_trains_with_crossent_and_equals_trl(tmp_path, calls):
     _assert_same_logs(_logs(trainer, keys), _logs(ref, keys), rel=1e-4)
 
 
-def test_bf16_autocast_sft_is_as_accurate_as_trl(tmp_path):
+def test_bf16_autocast_sft_is_as_accurate_as_trl(tmp_path, sft_reference):
     """TRL's default bf16 autocast: crossent's gradients are as close to the float32 run's as TRL's."""
-    truth, truth_grads = _sft(tmp_path / "f32")
-    truth.train()
+    _, truth_grads, _ = sft_reference
     ref, ref_grads = _sft(tmp_path / "ref", bf16=True)
     ref.train()
     trainer, grads = _sft(tmp_path / "patched", patch_trainer=True, bf16=True)
