@@ -28,8 +28,8 @@ import crossent  # noqa: E402
 import crossent.functional  # noqa: E402
 from crossent.integrations.transformers import _trl, _trl_rl  # noqa: E402
 
-if _trl.version()[:2] < (1, 16):
-    pytest.skip("GRPO/RLOO/KTO call TRL's fused LM head from TRL 1.16 on (checked there)", allow_module_level=True)
+if _trl.version()[:2] < _trl.MIN_VERSION:  # (refused there: test_rl_trainers_refused_on_an_older_trl)
+    pytest.skip(f"GRPO/RLOO/KTO call TRL's fused LM head from TRL {_trl.MIN_VERSION} on", allow_module_level=True)
 
 
 @pytest.fixture
