@@ -1,10 +1,10 @@
 """Per-token log-probs + entropy of a linear head, forward+backward: crossent vs TRL's two ways.
 
-Usage:  python -m benchmarks.bench_log_probs [--n N --d D --v V | --quick] [--rounds 5]
+Usage:  python -m benchmarks.bench_log_probs [--n N --d D --v V | --quick] [--rounds 3]
                                              [--device cpu|cuda] [--dtype float32|bfloat16]
 
 Without --n/--d/--v: on the CPU two shapes that finish in a few minutes on a small machine
-(N=2048, D=128, V=32768, where the softmax work dominates; N=512, D=512, V=32768, where the
+(N=1024, D=128, V=32768, where the softmax work dominates; N=512, D=512, V=32768, where the
 head's products do), on a GPU issue 22's shape N=4096, D=1024, V=128256 and N=1024, D=512, V=32768.
 
 The step every RL trainer runs: log p_t and H per token from hidden states h (B, N/B, D) and the head
@@ -54,7 +54,7 @@ from ._harness import machine, paired_median_ratio
 
 MODULE = "benchmarks.bench_log_probs"
 CASES = ("crossent", "composition", "trl chunked")
-CPU_SHAPES = ((2048, 128, 32768), (512, 512, 32768))
+CPU_SHAPES = ((1024, 128, 32768), (512, 512, 32768))
 GPU_SHAPES = ((4096, 1024, 128256), (1024, 512, 32768))
 BATCH = 8  # sequences: the tokens come as (B, N/B, D), as TRL hands them (its loops run per sequence)
 # glibc returns a free()d block to the OS only if it was mmap()ed; its threshold grows up to 32 MiB
@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--n", type=int)
     ap.add_argument("--d", type=int)
     ap.add_argument("--v", type=int)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="N=1024, D=256, V=32000")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

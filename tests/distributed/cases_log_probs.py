@@ -228,9 +228,11 @@ def log_probs_errors(rank, world):
     from crossent._checks import InvalidArgument
 
     mesh = init_device_mesh("cpu", (world,))
-    wd = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
     x, t, w = torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.randn(4, 4)
-    close(vp_llp(x, wd, t), crossent.linear_log_probs(x, wd.full_tensor(), t), "a DTensor weight")
+    g = gen(3700)  # (the same full tensors on every rank)
+    wf, xf = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    close(vp_llp(xf, distribute_tensor(wf, mesh, [Shard(0)]), t), crossent.linear_log_probs(xf, wf, t),
+          "a DTensor weight")
     _raises(lambda: vp_llp(x, w, torch.tensor([0, 8, 1])), ValueError,
             "target contains 8 at index (1,), outside the classes [0, 8)")
     _raises(lambda: vp_llp(x, w, t, vocab_range=(0, 3), num_classes=8), InvalidArgument, "vocab_range must")
