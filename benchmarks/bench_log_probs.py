@@ -1,12 +1,16 @@
 """Per-token log-probs + entropy of a linear head, forward+backward: crossent vs TRL's two ways.
 
-Usage:  python -m benchmarks.bench_log_probs [--n 4096] [--d 1024] [--v 128256] [--rounds 3]
-                                             [--quick] [--device cpu|cuda] [--dtype float32|bfloat16]
+Usage:  python -m benchmarks.bench_log_probs [--n N --d D --v V | --quick] [--rounds 3]
+                                             [--device cpu|cuda] [--dtype float32|bfloat16]
+
+Without --n/--d/--v: on the CPU two shapes that finish in a few minutes on a small machine
+(N=1024, D=128, V=32768, where the softmax work dominates; N=512, D=512, V=32768, where the
+head's products do), on a GPU issue 22's shape N=4096, D=1024, V=128256 and N=1024, D=512, V=32768.
 
 The step every RL trainer runs: log p_t and H per token from hidden states h (B, N/B, D) and the head
 W (V, D), then the gradient of a combined loss sum_i a_i log p_i + c_i H_i (a policy-gradient
 term plus an entropy bonus; a, c random) w.r.t. h and W (torch.autograd.grad: nothing
-accumulates). Cases, timed side by side in one process (interleaved rounds, _harness.py):
+accumulates). Cases:
 
   crossent          crossent.linear_log_probs(h, W, t, return_entropy=True)
   composition       logits = h @ W.T, then TRL's selective_log_softmax(logits, t) and
@@ -15,18 +19,29 @@ accumulates). Cases, timed side by side in one process (interleaved rounds, _har
   trl chunked       TRL's own fused head kernel, trl.kernels.ChunkedLogProbFunction (its torch
                     path on the CPU, its Triton kernels on a GPU), chunk 32768 as TRL's wrapper
 
-Peak extra memory: on the CPU a fresh subprocess per case builds the inputs, runs the case once,
-resets the peak-RSS counter, runs it again and reports VmHWM - VmRSS before (the gradients
-included); on a GPU torch.cuda.max_memory_allocated over the second run, minus the inputs.
-Correctness guard: every case's outputs and gradients equal the composition's before timing.
+(Liger-Kernel has no per-token log-prob + entropy function: its GRPO/PPO losses return the loss,
+so there is no like-for-like Liger case.)
+
+Time: the cases interleaved in one process, each call on fresh copies of h and W (made outside the
+timer, as a training loop hands new activations every step), `--rounds` rounds after a warm-up
+call that also checks every case's outputs and gradients against the composition's; the table
+gives each case's median and the median over rounds of its time / the composition's in the same
+round (robust to the load of a shared machine drifting between rounds).
+Peak extra memory: on the CPU a fresh subprocess per case (glibc's mmap threshold pinned, so freed
+buffers leave the resident set) builds the inputs, warms the code up on a tiny shape, then reports
+VmHWM - VmRSS before the full-size call (the gradients included); on a GPU
+torch.cuda.max_memory_allocated over the second call, minus the inputs.
 Targets (issue 22): peak memory below a quarter of the composition's, time no worse than it.
-Prints a markdown table.
+Prints a markdown table per shape.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -35,16 +50,16 @@ import torch.nn.functional as F
 
 import crossent
 
-from ._harness import (
-    interleaved_seconds,
-    machine,
-    measure_here,
-    paired_median_ratio,
-    report_measure,
-)
+from ._harness import machine, paired_median_ratio
 
 MODULE = "benchmarks.bench_log_probs"
 CASES = ("crossent", "composition", "trl chunked")
+CPU_SHAPES = ((1024, 128, 32768), (512, 512, 32768))
+GPU_SHAPES = ((4096, 1024, 128256), (1024, 512, 32768))
+BATCH = 8  # sequences: the tokens come as (B, N/B, D), as TRL hands them (its loops run per sequence)
+# glibc returns a free()d block to the OS only if it was mmap()ed; its threshold grows up to 32 MiB
+# after the first frees, so chunk-sized buffers would stay resident and later peaks look smaller.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def _trl_utils():
@@ -87,17 +102,20 @@ def available() -> list[str]:
     return list(CASES)
 
 
-BATCH = 8  # sequences: the tokens come as (B, N/B, D), as TRL hands them (its loops run per sequence)
-
-
-def make_inputs(n, d, v, device, dtype):
-    gen = torch.Generator().manual_seed(0)
+def make_inputs(n, d, v, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
     b = BATCH if n % BATCH == 0 else 1
     h = (torch.randn(b, n // b, d, generator=gen) / d**0.5).to(device, dtype)
     w = torch.randn(v, d, generator=gen).to(device, dtype)
     t = torch.randint(0, v, (b, n // b), generator=gen).to(device)
     a, c = torch.randn(b, n // b, generator=gen).to(device), torch.randn(b, n // b, generator=gen).to(device)
     return h, w, t, a, c
+
+
+def fresh(inputs):
+    """New storage for the activations and the head (a training step's new tensors)."""
+    h, w, t, a, c = inputs
+    return h.clone(), w.clone(), t, a, c
 
 
 def step(name, inputs):
@@ -109,76 +127,125 @@ def step(name, inputs):
     return lp.detach(), ent.detach(), gh, gw
 
 
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(cases, inputs, rounds, device) -> dict:
+    """name -> seconds per round; every call on fresh copies made outside the timer."""
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name in cases:
+            args = fresh(inputs)
+            _sync(device)
+            start = time.perf_counter()
+            step(name, args)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+            del args
+    return times
+
+
+def checked_warm_up(cases, inputs, dtype):
+    """One call of each case (the warm-up), its outputs and gradients against the composition's."""
+    ref = step("composition", fresh(inputs))
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype != torch.float32 else dict(rtol=1e-4, atol=1e-4)
+    for name in cases:
+        if name != "composition":
+            for got, want in zip(step(name, fresh(inputs)), ref):
+                torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
 def _cuda_peak(name, inputs) -> int:
-    step(name, inputs)
+    step(name, fresh(inputs))
+    args = fresh(inputs)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    step(name, inputs)
+    step(name, args)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
 
 
-def _cpu_peak(name, args) -> int:
-    import subprocess
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
-    cmd = [sys.executable, "-m", MODULE, "--measure", name, "--n", str(args.n), "--d", str(args.d),
-           "--v", str(args.v), "--dtype", args.dtype]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+
+def measure_cold(name, n, d, v, dtype) -> int:
+    """In this (fresh) process: warm the code up on a tiny shape, build the inputs, reset the
+    peak-RSS counter, run the full-size call once: VmHWM - VmRSS before, in bytes."""
+    step(name, make_inputs(BATCH * 4, 16, 64, "cpu", dtype))
+    inputs = make_inputs(n, d, v, "cpu", dtype)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = _status_kb("VmRSS")
+    step(name, inputs)
+    return (_status_kb("VmHWM") - before) * 1024
+
+
+def _cpu_peak(name, n, d, v, dtype_name) -> int:
+    cmd = [sys.executable, "-m", MODULE, "--measure", name, "--n", str(n), "--d", str(d), "--v", str(v),
+           "--dtype", dtype_name]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV},
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_bytes"])
 
 
-def _timed(cases, inputs, rounds, cuda):
-    def run(name):
-        step(name, inputs)
-        if cuda:
-            torch.cuda.synchronize()
-
-    return interleaved_seconds({name: (lambda name=name: run(name)) for name in cases}, rounds)
+def run_shape(n, d, v, args, cases):
+    dtype, cuda = getattr(torch, args.dtype), args.device.startswith("cuda")
+    inputs = make_inputs(n, d, v, args.device, dtype)
+    start = time.perf_counter()
+    checked_warm_up(cases, inputs, dtype)
+    times = timed(cases, inputs, args.rounds, args.device)
+    del inputs
+    mem = {name: _cuda_peak(name, make_inputs(n, d, v, args.device, dtype)) if cuda
+           else _cpu_peak(name, n, d, v, args.dtype) for name in cases}
+    elapsed = time.perf_counter() - start
+    print(f"\n### N={n}, D={d}, V={v}, {args.dtype}, {args.device}\n")
+    print(f"logits N*V: {n * v * dtype.itemsize / 2**20:.0f} MiB; grad W (V*D): {v * d * dtype.itemsize / 2**20:.0f} "
+          f"MiB; {args.rounds} interleaved rounds + memory in {elapsed:.0f} s\n")
+    print("| case | time_s (median) | time vs composition (paired median) | peak_extra_MiB | memory vs composition |")
+    print("|---|---|---|---|---|")
+    for name in cases:
+        print(f"| {name} | {statistics.median(times[name]):.3f} | {paired_median_ratio(times, name, 'composition'):.2f}x "
+              f"| {mem[name] / 2**20:.1f} | {mem[name] / mem['composition']:.3f}x |")
+    print("\nper round (s): " + "; ".join(f"{k} " + " ".join(f"{t:.3f}" for t in ts) for k, ts in times.items()),
+          flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=4096)
-    ap.add_argument("--d", type=int, default=1024)
-    ap.add_argument("--v", type=int, default=128256)
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--d", type=int)
+    ap.add_argument("--v", type=int)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="N=1024, D=256, V=32000")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.quick:
-        args.n, args.d, args.v = 1024, 256, 32000
     dtype = getattr(torch, args.dtype)
     if args.measure:
-        report_measure(measure_here(lambda: make_inputs(args.n, args.d, args.v, "cpu", dtype),
-                                    lambda i: step(args.measure, i)))
+        print(json.dumps({"peak_extra_bytes": measure_cold(args.measure, args.n, args.d, args.v, dtype)}))
         return
+    if args.quick:
+        shapes = [(1024, 256, 32000)]
+    elif args.n or args.d or args.v:
+        shapes = [(args.n or 4096, args.d or 1024, args.v or 128256)]
+    else:
+        shapes = GPU_SHAPES if args.device.startswith("cuda") else CPU_SHAPES
     cuda = args.device.startswith("cuda")
-    cases = available()
-    inputs = make_inputs(args.n, args.d, args.v, args.device, dtype)
-    ref = step("composition", inputs)
-    tol = dict(rtol=2e-2, atol=2e-2) if dtype != torch.float32 else dict(rtol=1e-4, atol=1e-4)
-    for name in cases:
-        for got, want in zip(step(name, inputs), ref):
-            torch.testing.assert_close(got.float(), want.float(), **tol)
-    start = time.perf_counter()
-    times = _timed(cases, inputs, args.rounds, cuda)
-    mem = {name: _cuda_peak(name, inputs) if cuda else _cpu_peak(name, args) for name in cases}
-    best = {name: min(t) for name, t in times.items()}
-    n, d, v = args.n, args.d, args.v
-    print(f"log-probs + entropy forward+backward, N={n}, D={d}, V={v}, {args.dtype}, {args.device}; "
-          f"{machine() if not cuda else torch.cuda.get_device_name()}")
-    print(f"logits N*V: {n * v * 4 / 2**20:.0f} MiB (float32); {args.rounds} interleaved rounds "
-          f"({time.perf_counter() - start:.0f} s); memory: "
-          f"{'max_memory_allocated' if cuda else 'fresh subprocess per case'}\n")
-    print("| case | time_s (min) | vs composition (paired median) | peak_extra_MiB | vs composition |")
-    print("|---|---|---|---|---|")
-    for name in cases:
-        print(f"| {name} | {best[name]:.3f} | {paired_median_ratio(times, name, 'composition'):.2f}x "
-              f"| {mem[name] / 2**20:.1f} | {mem[name] / mem['composition']:.3f}x |")
-    print("\nper round (s): " + "; ".join(f"{k} " + " ".join(f"{t:.3f}" for t in ts) for k, ts in times.items()))
+    print(f"log-probs + entropy, forward + backward of sum(a lp + c ent); "
+          f"{torch.cuda.get_device_name() if cuda else machine()}; "
+          f"memory: {'max_memory_allocated' if cuda else 'fresh subprocess per case'}")
+    if not cuda:
+        print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for n, d, v in shapes:
+        run_shape(n, d, v, args, available())
+    if not cuda:
+        print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def _load():
     import cases_dtensor  # noqa: F401
     import cases_linear  # noqa: F401
     import cases_log_probs  # noqa: F401
+    import cases_log_probs_dtensor  # noqa: F401
     import cases_torchtitan  # noqa: F401
 
 

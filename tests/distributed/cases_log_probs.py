@@ -219,17 +219,20 @@ def _raises(call, exc, pattern):
 
 @case(2)
 def log_probs_errors(rank, world):
-    """A DTensor weight, a target outside the global classes, a bad vocab_range and a second
-    derivative are refused with the remedy; a world of one rank is the single-device call."""
+    """A target outside the global classes, a bad vocab_range and a second derivative are refused
+    with the remedy (a DTensor weight is accepted: cases_log_probs_dtensor.py); a world of one rank
+    is the single-device call."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from crossent._checks import InvalidArgument, InvalidArgumentType
+    from crossent._checks import InvalidArgument
 
     mesh = init_device_mesh("cpu", (world,))
-    wd = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
     x, t, w = torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.randn(4, 4)
-    _raises(lambda: vp_llp(x, wd, t), InvalidArgumentType, "linear_weight is a DTensor")
+    g = gen(3700)  # (the same full tensors on every rank)
+    wf, xf = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    close(vp_llp(xf, distribute_tensor(wf, mesh, [Shard(0)]), t), crossent.linear_log_probs(xf, wf, t),
+          "a DTensor weight")
     _raises(lambda: vp_llp(x, w, torch.tensor([0, 8, 1])), ValueError,
             "target contains 8 at index (1,), outside the classes [0, 8)")
     _raises(lambda: vp_llp(x, w, t, vocab_range=(0, 3), num_classes=8), InvalidArgument, "vocab_range must")

@@ -57,6 +57,7 @@ def test_the_oldest_trl_listed_is_the_oldest_accepted():
     (row,) = [r for r in _rows() if r["library"] == "trl"]
     oldest = min(tuple(int(p) for p in v.split(".")) for v in row["versions"])
     assert oldest[:2] == _trl.MIN_VERSION
+    assert set(row["versions"]) == set(_trl.TESTED)  # (named by the refusal of an older TRL)
     assert set(_trl.TRAINERS) <= set(re.findall(r"\w+Trainer", row["entry"]))
 
 

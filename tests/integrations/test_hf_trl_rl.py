@@ -28,8 +28,8 @@ import crossent  # noqa: E402
 import crossent.functional  # noqa: E402
 from crossent.integrations.transformers import _trl, _trl_rl  # noqa: E402
 
-if _trl.version()[:2] < (1, 16):
-    pytest.skip("GRPO/RLOO/KTO call TRL's fused LM head from TRL 1.16 on (checked there)", allow_module_level=True)
+if _trl.version()[:2] < _trl.MIN_VERSION:  # (refused there: test_rl_trainers_refused_on_an_older_trl)
+    pytest.skip(f"GRPO/RLOO/KTO call TRL's fused LM head from TRL {_trl.MIN_VERSION} on", allow_module_level=True)
 
 
 @pytest.fixture
@@ -193,3 +193,27 @@ def test_readme_lists_the_rl_trainers():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     (row,) = [line for line in readme.splitlines() if line.startswith("| trl |")]
     assert set(_trl_rl.TRAINERS) <= set(re.findall(r"\w+Trainer", row))
+
+
+@pytest.mark.parametrize("name", _trl_rl.TRAINERS)
+def test_rl_trainers_refused_on_an_older_trl(name, monkeypatch):
+    """TRL < 1.15 has no fused LM head (its trainers compute the logits): patch(trainer) refuses,
+    naming the installed TRL and the tested ones, and leaves the trainer unpatched; from 1.15 on
+    (where GRPO, RLOO and KTO already call the fused head: this file passes on 1.15.0 and 1.16.0)
+    the same trainer is patched. The trainer is the shell its __init__ leaves for patch (the
+    models wrapped by TRL's add_fused_lm_head), which patch reads before anything else."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = H.llama()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    trainer = object.__new__(getattr(trl, name))
+    trainer.model, trainer.ref_model, trainer.compute_loss_func = model, None, None
+    monkeypatch.setattr(trl, "__version__", "1.14.2")
+    with pytest.raises(ValueError, match=r"TRL 1\.14\.2 is not supported \(it has no fused LM head API\): "
+                                         r"crossent patches TRL's trainers from TRL 1\.15 on "
+                                         r"\(tested: TRL 1\.15\.0, 1\.16\.0\)"):
+        hf.patch(trainer)
+    assert not hf.is_patched(trainer)
+    monkeypatch.setattr(trl, "__version__", "1.15.0")
+    hf.patch(trainer)
+    assert hf.is_patched(trainer)

@@ -233,3 +233,107 @@ def replicated(fn: str, name: str, t: object) -> object:
             f"every rank (Replicate), or be a plain tensor"
         )
     return t.to_local()
+
+
+# ------------------------------------------------- DTensor output layers (vocab-parallel log-probs)
+
+def _placements(t) -> tuple:
+    return tuple(t.placements)
+
+
+def dtensor_weight_only_with_bias(fn: str, weight: object, bias: object) -> None:
+    if is_dtensor(bias) and not is_dtensor(weight):
+        raise InvalidArgumentType(
+            f"{fn}: linear_bias is a DTensor (placements {_placements(bias)}) but linear_weight is "
+            f"not; pass both as DTensors placed alike, or both as this rank's rows (plain tensors)"
+        )
+
+
+def dtensor_head_dim(fn: str, weight: torch.Tensor) -> int:
+    """The mesh dim that shards the weight's rows (the vocabulary): exactly one Shard(0), the other
+    mesh dims Replicate."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    rows = [i for i, p in enumerate(weight.placements) if type(p) is Shard and p.dim % max(weight.dim(), 1) == 0]
+    others_ok = all(type(p) is Replicate for i, p in enumerate(weight.placements) if i not in rows)
+    if len(rows) != 1 or not others_ok:
+        raise InvalidArgument(
+            f"{fn}: linear_weight is a DTensor placed {_placements(weight)} on a mesh of shape "
+            f"{tuple(weight.device_mesh.shape)}; its rows (the vocabulary) must be sharded by exactly "
+            f"one mesh dim (Shard(0), as ColwiseParallel places lm_head.weight), every other mesh "
+            f"dim Replicate. An FSDP2-sharded weight (Shard(0) over data-parallel ranks, which hold "
+            f"distinct tokens) is not a vocabulary shard: let a module own it "
+            f"(crossent.distributed.VocabParallelLinearCrossEntropyLoss) or pass the vocab-parallel "
+            f"rows as a plain tensor"
+        )
+    return rows[0]
+
+
+def dtensor_bias_like_weight(fn: str, bias: torch.Tensor, weight: torch.Tensor) -> None:
+    from torch.distributed.tensor import Replicate, Shard
+
+    want = tuple(Shard(0) if type(p) is Shard else Replicate() for p in weight.placements)
+    got = tuple(Shard(0) if type(p) is Shard and p.dim % max(bias.dim(), 1) == 0 else p for p in bias.placements)
+    if bias.device_mesh != weight.device_mesh or got != want:
+        raise InvalidArgument(
+            f"{fn}: linear_bias is a DTensor placed {_placements(bias)}; beside linear_weight placed "
+            f"{_placements(weight)} it must be placed {want} on the weight's mesh"
+        )
+
+
+def dtensor_group_matches(fn: str, given, shard_group, mesh_dim: int) -> None:
+    import torch.distributed as dist
+
+    mine, want = dist.get_process_group_ranks(given), dist.get_process_group_ranks(shard_group)
+    if sorted(mine) != sorted(want):
+        raise InvalidArgument(
+            f"{fn}: group holds ranks {sorted(mine)}, but linear_weight (a DTensor) is sharded over "
+            f"mesh dim {mesh_dim}, ranks {sorted(want)}; pass group=None (the weight's shard group)"
+        )
+
+
+def dtensor_layout_matches(fn: str, vocab_range, num_classes, expected: tuple[int, int], total: int) -> None:
+    """A DTensor weight fixes the layout (torch.chunk's); vocab_range / num_classes may restate it."""
+    if vocab_range is not None and tuple(vocab_range) != tuple(expected):
+        raise InvalidArgument(
+            f"{fn}: vocab_range={tuple(vocab_range)}, but this rank's rows of the DTensor linear_weight "
+            f"are {tuple(expected)} (DTensor's layout); pass vocab_range=None"
+        )
+    if num_classes is not None and num_classes != total:
+        raise InvalidArgument(
+            f"{fn}: num_classes={num_classes}, but the DTensor linear_weight has {total} rows; pass "
+            f"num_classes=None"
+        )
+
+
+def dtensor_head_input(fn: str, input: torch.Tensor, mesh, mesh_dim: int) -> tuple:
+    """A DTensor input beside a DTensor weight: on the weight's mesh, Replicate on its shard dim,
+    elsewhere Replicate or sharded on a leading (token) dim. Returns the outputs' placements."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    nd = input.dim()
+    out, ok = [], input.device_mesh == mesh
+    for i, p in enumerate(input.placements):
+        if type(p) is Replicate:
+            out.append(p)
+        elif type(p) is Shard and i != mesh_dim and p.dim % nd < nd - 1:
+            out.append(Shard(p.dim % nd))
+        else:
+            ok = False
+    if not ok:
+        raise InvalidArgument(
+            f"{fn}: input is a DTensor placed {_placements(input)}; beside linear_weight sharded over "
+            f"mesh dim {mesh_dim} it must be on the weight's mesh, Replicate on that dim (every "
+            f"rank of the vocab-parallel group holds the same tokens), and Replicate or Shard(k) of "
+            f"a token dim (k < {nd - 1}) on the others"
+        )
+    return tuple(out)
+
+
+def dtensor_replicated(fn: str, name: str, t: torch.Tensor) -> bool:
+    if not all(p.is_replicate() for p in t.placements):
+        raise InvalidArgument(
+            f"{fn}: {name} is a DTensor placed {_placements(t)} beside a plain input; pass it "
+            f"Replicate (or as a plain tensor: the same tokens on every rank of the group)"
+        )
+    return True

@@ -291,10 +291,11 @@ def _version(v: tuple[int, ...] | None) -> str:
     return "not imported" if v is None else ".".join(map(str, v))
 
 
-def trl_unsupported(fn: str, version: tuple[int, ...] | None, minimum: tuple[int, ...], why: str) -> NoReturn:
+def trl_unsupported(fn: str, version: tuple[int, ...] | None, minimum: tuple[int, ...], why: str,
+                    tested: tuple[str, ...] = ()) -> NoReturn:
     raise Unsupported(
         f"{fn}: TRL {_version(version)} is not supported ({why}): crossent patches TRL's trainers "
-        f"from TRL {_version(minimum)} on (tested: see the README's table); "
+        f"from TRL {_version(minimum)} on (tested: TRL {', '.join(tested) or 'see the README'}); "
         f"pip install 'trl>={_version(minimum)}'"
     )
 

@@ -167,6 +167,16 @@ def vocab_parallel_linear_log_probs(input, linear_weight, target, *, linear_bias
                                     return_entropy=False, chunk_size=None, vocab_range=None,
                                     num_classes=None, deterministic=False):
     fn = _FN
+    if _dchecks.is_dtensor(linear_weight) or _dchecks.is_dtensor(linear_bias):  # a DTensor head
+        from ._dtensor_head import unpack
+
+        dt = unpack(fn, input, linear_weight, linear_bias, target, group, vocab_range, num_classes)
+        out = vocab_parallel_linear_log_probs(
+            dt.input, dt.weight, dt.target, linear_bias=dt.bias, group=dt.group, temperature=temperature,
+            softcap=softcap, ignore_index=ignore_index, return_entropy=return_entropy, chunk_size=chunk_size,
+            vocab_range=dt.vocab_range, num_classes=dt.num_classes, deterministic=deterministic)
+        shape = input.shape[:-1]
+        return tuple(dt.wrap(o, shape) for o in out) if return_entropy else dt.wrap(out, shape)
     _dchecks.plain_parameter(fn, "linear_weight", linear_weight)
     _dchecks.plain_parameter(fn, "linear_bias", linear_bias)
     _dchecks.plain_input(fn, input)
@@ -211,7 +221,11 @@ vocab_parallel_linear_log_probs.__doc__ = """Per-token log-probabilities (and en
 
     Args:
         input: (*, D) tokens, the same on every rank of ``group``.
-        linear_weight: this rank's rows (V_r, D) of the output layer (plain tensor; V_r may be 0).
+        linear_weight: this rank's rows (V_r, D) of the output layer (V_r may be 0), or the
+            whole layer as a DTensor sharded on its rows (Shard(0), as ColwiseParallel places
+            lm_head.weight) by one mesh dim, Replicate on the others: then the group and the
+            layout are the DTensor's, its ``.grad`` a DTensor placed alike, and a DTensor input
+            (Replicate on that mesh dim) gives DTensor outputs placed as the input.
         target: (*) global class indices (or ignore_index), the same on every rank.
         linear_bias: this rank's (V_r,) bias rows.
         group: the vocab-parallel ProcessGroup or 1-D DeviceMesh (None: the default group).

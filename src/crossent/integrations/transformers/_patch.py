@@ -115,6 +115,9 @@ def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
       * a TRL ``SFTTrainer`` or ``DPOTrainer`` (TRL >= 1.15), after it is built and before
         ``train()``: its model and reference model, whose fused-LM-head calls crossent then answers
         (the loss, TRL's ``log_probs`` and the metrics it logs: entropy, token accuracy).
+      * a TRL ``GRPOTrainer``, ``RLOOTrainer`` or ``KTOTrainer`` (TRL >= 1.15) likewise: the
+        per-token ``log_probs`` and ``entropy`` of its policy, reference model (and KTO's KL batch),
+        language or vision-language, by ``crossent.linear_log_probs`` with both gradients.
     Anything else raises here, at patch time, never a silent no-op or another loss: a head
     crossent would bypass, an encoder-decoder model, a loss the probe does not recognise, an
     unsupported TRL version or trainer option (``Unsupported``, a ValueError).

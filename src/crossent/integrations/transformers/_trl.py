@@ -38,6 +38,9 @@ from . import _forward, _layers, _stats, _trl_rl
 from ._common import IGNORE_INDEX
 
 MIN_VERSION = (1, 15)  # trl.trainer.utils.add_fused_lm_head first appears in TRL 1.15.0
+# The TRL releases the integration tests ran on (every trainer of TRAINERS and _trl_rl.TRAINERS; the
+# README's table, kept equal by test_hf_readme): named in the refusal of an older TRL.
+TESTED = ("1.15.0", "1.16.0")
 TRAINERS = ("SFTTrainer", "DPOTrainer")  # whose use of the fused outputs was checked (see below)
 _NAME = "_fused_forward"  # add_fused_lm_head.<locals>._fused_forward in trl/trainer/utils.py
 _CLOSURE = ("temperature", "cast_lm_head_to_fp32", "outputs")
@@ -83,7 +86,8 @@ def fused_head(fn: str, model: nn.Module, forward: Any) -> FusedHead:
     utils = sys.modules.get("trl.trainer.utils")
     output_type = getattr(utils, "FusedCausalLMOutput", None)
     if any(name not in cells for name in _CLOSURE) or output_type is None:
-        _checks.trl_unsupported(fn, version(), MIN_VERSION, "its fused LM head is not the one crossent knows")
+        _checks.trl_unsupported(fn, version(), MIN_VERSION, "its fused LM head is not the one crossent knows",
+                                TESTED)
     temperature = cells["temperature"].cell_contents
     outputs = tuple(cells["outputs"].cell_contents)
     rl = _trl_rl.fused_head(fn, model, FusedHead(outputs, output_type), temperature,
@@ -101,7 +105,7 @@ def check_trainer(fn: str, trainer: Any) -> list[nn.Module]:
     """The models a TRL trainer runs through its fused LM head (the policy, a reference model)."""
     got = version()
     if got is None or got[:2] < MIN_VERSION:
-        _checks.trl_unsupported(fn, got, MIN_VERSION, "it has no fused LM head API")
+        _checks.trl_unsupported(fn, got, MIN_VERSION, "it has no fused LM head API", TESTED)
     if _trl_rl.trainer_name(trainer) is not None:
         return _trl_rl.check_trainer(fn, trainer)
     name = next((c.__name__ for c in type(trainer).__mro__ if c.__name__ in TRAINERS), None)

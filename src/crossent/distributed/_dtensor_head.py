@@ -1,0 +1,101 @@
+"""A DTensor output layer handed to vocab_parallel_linear_log_probs: unpacked into this rank's rows,
+the vocab-parallel group and the class range, and the outputs wrapped back.
+
+How a DTensor stack hands the head (torch.distributed.tensor.parallel.ColwiseParallel on
+``lm_head``, as torchtitan's loss-parallel plan): ``lm_head.weight`` is a DTensor Shard(0) on the
+TP mesh dim (the vocabulary rows; DTensor's layout is torch.chunk's: ceil(V / W) rows per rank,
+empty trailing shards), Replicate on any other mesh dim; its bias likewise. The hidden states are
+a plain tensor or a DTensor Replicate on the TP dim (Shard(k) on a leading dim of another mesh dim:
+distinct sequences there). The call then runs on the local tensors: ``weight.to_local()`` is
+differentiable, so grad_W_r reaches the parameter's ``.grad`` as a DTensor: Shard(0) on the TP dim,
+Partial on a mesh dim where the input holds distinct tokens (the sum over them is pending),
+Replicate elsewhere. A plain input is taken as the same tokens on every rank of the mesh.
+Outputs: plain tensors for a plain input, DTensors placed as the input for a DTensor input.
+
+Not this: an FSDP2 weight outside its module's forward is also Shard(0), but over the
+data-parallel ranks, which hold distinct tokens; that layout cannot be told from a TP shard by the
+tensor alone, so a weight sharded on dim 0 by two mesh dims (FSDP2 on TP) is refused, and the
+contract "input and target the same on every rank of the weight's shard dim" is the caller's,
+exactly as for plain shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import distributed as _dchecks
+from . import _layout
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """The local operands and the layout the plain-tensor call takes."""
+
+    input: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    target: torch.Tensor
+    group: object
+    vocab_range: tuple[int, int]
+    num_classes: int
+    out_mesh: object = None  # the input's mesh and placements when it is a DTensor
+    out_placements: tuple | None = None
+
+    def wrap(self, out: torch.Tensor, shape) -> torch.Tensor:
+        if self.out_placements is None:
+            return out
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(out, self.out_mesh, self.out_placements, run_check=False,
+                                  shape=torch.Size(shape), stride=_contiguous_stride(shape))
+
+
+def _contiguous_stride(shape) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for s in reversed(tuple(shape)):
+        stride.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(stride))
+
+
+def unpack(fn, input, weight, bias, target, group, vocab_range, num_classes) -> Unpacked:
+    """Check the DTensor operands against each other and the caller's group / layout arguments;
+    their local tensors and the vocab-parallel group (the weight's Shard(0) mesh dim)."""
+    _dchecks.dtensor_weight_only_with_bias(fn, weight, bias)
+    mesh, dim = weight.device_mesh, _dchecks.dtensor_head_dim(fn, weight)
+    if bias is not None and _dchecks.is_dtensor(bias):
+        _dchecks.dtensor_bias_like_weight(fn, bias, weight)
+    tp = mesh.get_group(dim)
+    if group is not None:
+        _dchecks.dtensor_group_matches(fn, _dchecks.group(fn, group), tp, dim)
+    total, world, coord = weight.shape[0], mesh.size(dim), mesh.get_local_rank(dim)
+    start, stop = _layout.ceil_div_range(total, world, coord)
+    _dchecks.dtensor_layout_matches(fn, vocab_range, num_classes, (start, stop), total)
+    out_mesh = out_placements = None
+    if _dchecks.is_dtensor(input):
+        out_placements = _dchecks.dtensor_head_input(fn, input, mesh, dim)
+        out_mesh = mesh
+        if _dchecks.is_dtensor(target):
+            target = _dchecks.dtensor_companion(fn, "target", target, out_placements, input.placements)
+    elif _dchecks.is_dtensor(target):
+        target = target.to_local() if _dchecks.dtensor_replicated(fn, "target", target) else target
+    grads = _param_grad_placements(weight, input, dim)
+    if bias is not None and _dchecks.is_dtensor(bias):
+        bias = bias.to_local(grad_placements=grads)
+    weight = weight.to_local(grad_placements=grads)
+    if out_placements is not None:
+        input = input.to_local()
+    return Unpacked(input, weight, bias, target, tp, (start, stop), total, out_mesh, out_placements)
+
+
+def _param_grad_placements(weight, input, dim: int) -> tuple:
+    """The placements of this rank's grad_W_r: Shard(0) on the vocab dim; Partial on a mesh dim
+    whose ranks hold distinct tokens (an input sharded there: each rank's sum covers its own
+    tokens, the gradient is their sum), else Replicate (the same tokens: the same gradient)."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    sharded = [type(p) is Shard for p in input.placements] if _dchecks.is_dtensor(input) else []
+    return tuple(Shard(0) if i == dim else Partial() if i < len(sharded) and sharded[i] else Replicate()
+                 for i in range(len(weight.placements)))

@@ -1,0 +1,32 @@
+"""The fused CPU backend's tokens per chunk of linear_log_probs: the linear loss's memory rule,
+floored at LP_MIN_ROWS tokens while those fit in LP_FLOOR_BYTES (small heads ran ~2.2x slower in
+64-token chunks: chunked/__init__.py has the measurement)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crossent._options import LossOptions
+from crossent.backends import chunked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("entropy", [True, False])
+@pytest.mark.parametrize("n,d,v", [(2048, 128, 32768), (512, 512, 32768), (4096, 1024, 128256),
+                                   (4096, 64, 256000), (100, 128, 32768), (7, 5, 10), (0, 8, 100)])
+def test_linear_rows_floor(n, d, v, dtype, entropy):
+    opts = LossOptions()
+    rule = chunked.chunk_rows(n, d, v, dtype, opts, extra_buffers=int(entropy))
+    rows = chunked._lp_linear_rows(n, d, v, dtype, opts, entropy)
+    assert rows >= rule  # never fewer than the memory rule gives
+    fit = chunked.chunk_rows(n, d, v, dtype, opts, budget_bytes=chunked.LP_FLOOR_BYTES, extra_buffers=int(entropy))
+    if rule >= min(n, chunked.LP_MIN_ROWS):
+        assert rows == rule  # large heads: the rule unchanged
+    else:
+        assert rows <= max(rule, fit)  # the floor never exceeds its byte cap
+        assert rows >= min(max(n, 1), chunked.LP_MIN_ROWS, fit)
+
+
+def test_small_head_gets_the_floor():
+    assert chunked._lp_linear_rows(2048, 128, 32768, torch.float32, LossOptions(), True) == chunked.LP_MIN_ROWS
