@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .kernels import _log1p, _tanh
 
-NEG_INF = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))  # (a plain float global is rejected by the GPU compiler)
 
 
 @triton.jit
@@ -160,7 +160,7 @@ def distill_kernel(
             x_t = x_t.to(tl.float64)
         else:
             x_t = x_t.to(tl.float32)
-        z1_t, _ = _capped(x_t + zero, cap, HAS_CAP)
+        z1_t, th_t = _capped(x_t + zero, cap, HAS_CAP)
         if HARD_T1:
             ce = log_ss - (z1_t * inv_t - ms)
         else:
@@ -172,7 +172,7 @@ def distill_kernel(
         for start in range(0, V, BLOCK):  # pass 2
             c = start + cols
             mask = c < V
-            _, z, _ = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
+            z1, z, th = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
             u = _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64)
             _, _, x1, x2 = _terms(z, u, mask, ms, log_ss, mt, log_st, c1, c2, MODE)
             if MODE == 2:
