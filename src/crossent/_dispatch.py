@@ -47,7 +47,8 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below run it and ca
      backend's custom op (its descriptor's ``compiled_linear``), because the composite formulas
      would build the N x V logits; and cross_entropy (no gradient for weight or probabilities, no
      inplace_backward) runs the fused backend's ``compiled_cross_entropy`` custom op where it has
-     one (Triton: the graph keeps its kernel; the CPU backend has none). Second derivatives and repeated backward on the fused paths
+     one (Triton: the graph keeps its kernel; the CPU backend has none), and so do the binary
+     losses (no gradient for target, weight or pos_weight: ``compiled_binary``). Second derivatives and repeated backward on the fused paths
      recompute through composite (backends/autograd.py). A forced 'triton' runs CPU tensors only
      under TRITON_INTERPRET=1 (else a clear error).
 Determinism holds on every path (torch's class-index kernels reduce in a fixed order; the torch
@@ -306,13 +307,30 @@ def nll_loss(input, target, weight, opts: LossOptions, small: bool):
     return backend(b).nll_loss(input, target, weight, opts)
 
 
+def _compiled_binary(b: Backend, needs: bool, device):
+    """torch.compile: the fused backend's binary custom op where it has one (the kernel kept in
+    the graph), for a call whose only gradient is the input's; else None (composite)."""
+    if (b is Backend.COMPOSITE and not needs and _compiling is not None and _compiling()
+            and forced() is not Backend.COMPOSITE):
+        return descriptor(fused_for(device)).compiled_binary
+    return None
+
+
 def binary_cross_entropy(input, target, weight, opts: LossOptions, small: bool):
-    b = _choose((input, target, weight), True, small, _needs_grad(target, weight))
+    needs = _needs_grad(target, weight)
+    b = _choose((input, target, weight), True, small, needs)
+    compiled = _compiled_binary(b, needs, input.device)
+    if compiled is not None:
+        return compiled(input, target, weight, None, opts, logits=False)
     return backend(b).binary_cross_entropy(input, target, weight, opts)
 
 
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts: LossOptions, small: bool):
-    b = _choose((input, target, weight, pos_weight), True, small, _needs_grad(target, weight, pos_weight))
+    needs = _needs_grad(target, weight, pos_weight)
+    b = _choose((input, target, weight, pos_weight), True, small, needs)
+    compiled = _compiled_binary(b, needs, input.device)
+    if compiled is not None:
+        return compiled(input, target, weight, pos_weight, opts, logits=True)
     return backend(b).binary_cross_entropy_with_logits(input, target, weight, pos_weight, opts)
 
 

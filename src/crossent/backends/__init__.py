@@ -43,6 +43,8 @@ class Descriptor:
     compiled_linear        the linear loss as one custom op, for torch.compile (fused backends)
     compiled_cross_entropy cross-entropy as one custom op, for torch.compile, or None (then the
                            composite formulas are traced)
+    compiled_binary        the binary losses as custom ops, for torch.compile: (input, target,
+                           weight, pos_weight, opts, *, logits) -> loss; or None (composite)
     """
 
     runs_on: Callable[[torch.device], bool]
@@ -51,3 +53,4 @@ class Descriptor:
     kernels: object | None = None
     compiled_linear: Callable | None = None
     compiled_cross_entropy: Callable | None = None
+    compiled_binary: Callable | None = None

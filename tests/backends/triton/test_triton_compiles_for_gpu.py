@@ -16,11 +16,11 @@ from conftest import skip_without_triton
 skip_without_triton()
 
 
-def _compile_check(*args):
+def _compile_check(*args, script="aot_compile.py"):
     root = Path(__file__).resolve().parents[3]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("aot_compile.py")), *args],
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name(script)), *args],
                          capture_output=True, text=True, env=env, timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -38,3 +38,16 @@ def test_kernels_compile_for_sm90_without_spills():
     # bound as on a GPU: small integers as int32 (Triton's specialization), pointers typed by dtype
     ce = next(r for r in rows if r["variant"] == "ce bf16 C=50257 every option")
     assert ce["types"]["C"] == "i32" and ce["types"]["x_ptr"] == "*bf16" and ce["types"]["loss_ptr"] == "*fp32"
+
+
+def test_distillation_kernels_compile_for_sm90_without_spills():
+    """(They had never compiled for a GPU: the interpreter accepted a plain float global and a
+    loop-carried variable changing type, which the GPU compiler rejects.)"""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import aot_compile_distill
+
+    rows = _compile_check(script="aot_compile_distill.py")
+    assert {r["variant"] for r in rows} == set(aot_compile_distill.VARIANTS)
+    assert {r["kernel"] for r in rows} == {"distill_kernel", "topk_kernel"}
+    spilled = {r["variant"]: r["spill_bytes"] for r in rows if r["spill_bytes"]}
+    assert not spilled, f"register spills on sm_90: {spilled}"

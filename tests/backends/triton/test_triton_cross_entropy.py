@@ -135,3 +135,31 @@ def test_softcap_tanh_and_extreme_logits():
         ref = reference.cross_entropy(xr, t, softcap=cap)
         assert_close(ours, ref.float())
         assert_close(torch.autograd.grad(ours, xa)[0], torch.autograd.grad(ref, xr)[0].float())
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "probs"])
+@pytest.mark.parametrize("shape", [(4, 45), (4, 20)], ids=["loop", "one-block"])
+def test_minus_inf_blocks_before_the_first_finite_logit(small_blocks, shape, soft):
+    """A row whose first blocks are all -inf (masked classes) has a finite loss, as torch's: the
+    online softmax must not rescale by exp(-inf + inf) (it gave nan before kernels_rows.online).
+    Rows: -inf up to column 19 (the loop's first block, 16 classes), -inf after column 4, finite,
+    and all -inf (torch's nan). With smoothing: torch's inf (a -inf logit in the eps/C term)."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(shape, generator=gen, dtype=torch.float32) * 3
+    x[0, :20] = float("-inf")
+    x[1, 5:] = float("-inf")
+    x[3] = float("-inf")
+    c = shape[1]
+    if soft:
+        t = torch.zeros(shape)
+        t[0, c - 1], t[1, 2], t[2, 0], t[3, 0] = 1.0, 1.0, 1.0, 1.0
+    else:
+        t = torch.tensor([c - 1, 2, 0, 1])
+    for kw in ({}, {"label_smoothing": 0.1}):
+        xa, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        with crossent.use_backend("triton"):
+            ours = crossent.cross_entropy(xa, t, reduction="none", **kw)
+        theirs = F.cross_entropy(xt, t, reduction="none", **kw)
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+        (g,), (g_t,) = torch.autograd.grad(ours[:3].sum(), xa), torch.autograd.grad(theirs[:3].sum(), xt)
+        torch.testing.assert_close(g, g_t, equal_nan=True)

@@ -20,8 +20,9 @@ matrix products); the row kernels under them are Triton's (kernels.py, launched 
                   the returned gradients: one (n, V) chunk in the input dtype, n V <= V D / 4 (a
                   quarter of the 16-bit weight gradient: n = 1024 at the Llama-3 head; 16-bit
                   chunks at least 1024 rows) and the float32 grad_W (V D); never N x V.
-  torch.compile   cross_entropy and the linear loss ('mean'/'sum') as custom ops
-                  (loops/cross_entropy_op.py, loops/linear_op.py): the graph keeps these kernels.
+  torch.compile   cross_entropy, the binary losses and the linear loss ('mean'/'sum') as custom
+                  ops (loops/cross_entropy_op.py, loops/binary_op.py, loops/linear_op.py): the
+                  graph keeps these kernels.
                   Why cuBLAS and not tl.dot tiles with the softmax in the epilogue: the products are
                   ~95% of the work and cuBLAS runs them near the measured peak at these sizes
                   without tuning; the logits chunk costs ~5 passes of n V 16-bit values per chunk
@@ -42,6 +43,7 @@ import torch
 from ... import _checks
 from ..._options import LossOptions
 from .. import Descriptor, loops
+from ..loops.binary_op import make_binary_ops
 from ..loops.cross_entropy_op import make_ce_op
 from ..loops.linear_chunks import MIN_FUSED_ROWS
 from . import ops, ops_distill, ops_log_probs
@@ -152,11 +154,17 @@ def linear_topk_distillation_loss(input, linear_weight, teacher_ids, teacher_log
 
 _compiled_linear = loops.make_op(KERNELS)
 _compiled_ce = make_ce_op(KERNELS)
+_compiled_binary = make_binary_ops(KERNELS)
 
 
 def _ce_op(input, target, weight, opts: LossOptions):
     _require(input)
     return _compiled_ce(input, target, weight, opts)
+
+
+def _binary_op(input, target, weight, pos_weight, opts: LossOptions, *, logits: bool):
+    _require(input)
+    return _compiled_binary(input, target, weight, pos_weight, opts, logits=logits)
 
 
 def _linear_op(input, linear_weight, target, linear_bias, weight, opts: LossOptions):
@@ -171,4 +179,5 @@ DESCRIPTOR = Descriptor(
     kernels=KERNELS,
     compiled_linear=_linear_op,
     compiled_cross_entropy=_ce_op,
+    compiled_binary=_binary_op,
 )

@@ -42,9 +42,9 @@ that depends on the row's alignment in memory: deterministic for a given tensor 
 The gradient may be written over the logits (``grad`` aliasing ``x``: in-place backward, and the
 linear loss's chunk buffer): every block is read before the same block is written.
 
-Interpreter limits (Triton CPU, docs GPU-NOTES): no libdevice, so tanh and log1p are built from
-tl.exp / tl.log below; scalar arguments are used as they come (no ``.to()`` on them).
-Everything is computed in float32 (float64 for float64 inputs: ACC_F64).
+The steps shared with the other Triton kernels (the compute dtype, the masked load, the softcap,
+the online max and sum of exps, a target's validity) are kernels_rows.py's; the interpreter's
+limits are said there. Everything is computed in float32 (float64 for float64 inputs: ACC_F64).
 """
 
 from __future__ import annotations
@@ -52,34 +52,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tanh(u):
-    """tanh without libdevice: an odd Taylor polynomial near 0 (|u| < 0.0625, error < 1e-12
-    relative: the next term is 62/2835 u^9), else (1 - e) / (1 + e) with e = exp(-2|u|), whose
-    rounding of e costs at most ~2 ulp of float32 there; sign restored."""
-    a = tl.abs(u)
-    e = tl.exp(-2.0 * a)
-    big = (1.0 - e) / (1.0 + e)
-    u2 = u * u
-    small = a * (1.0 + u2 * (-1.0 / 3.0 + u2 * (2.0 / 15.0 + u2 * (-17.0 / 315.0))))
-    t = tl.where(a < 0.0625, small, big)
-    return tl.where(u < 0, -t, t)
-
-
-@triton.jit
-def _log1p(y):
-    """log(1 + y) for y > -1 without libdevice, accurate for tiny y (Goldberg's trick:
-    log(u) * y / (u - 1) with u = 1 + y rounded, which cancels the rounding of u)."""
-    u = 1.0 + y
-    d = u - 1.0
-    return tl.where(d == 0.0, y, tl.log(u) * (y / tl.where(d == 0.0, 1.0, d)))
-
-
-@triton.jit
-def _ref(m):
-    """The reference the relative sums are kept against: the running max, 0 while it is -inf."""
-    return tl.where(m == float("-inf"), 0.0, m)
+from .kernels_rows import acc_zero, capped, checked_index, load_acc, online, ref_of, to_acc
 
 
 @triton.jit
@@ -105,29 +78,50 @@ def _edges(head, L, C, VEC: tl.constexpr):
 
 
 @triton.jit
-def _block_inputs(xb, pb, weight_ptr, c, offs, mask, sx_c, sp_c, cap, eps, C, zero, evict,
+def _row(r, x_ptr, grad_ptr, probs_ptr, C, D, sx_n, sx_c, sx_d, sg_n, sg_c, sg_d, sp_n, sp_c, sp_d,
+         VEC: tl.constexpr):
+    """Where row r = (n, d) = (r // D, r % D) lies: (x_row, g_row, p_row) its class 0 in the logits,
+    the gradient and the probabilities; (xb, gb, pb) the same at its aligned body; (head, L)."""
+    n = r // D
+    d = r % D
+    ox, og, op = n * sx_n + d * sx_d, n * sg_n + d * sg_d, n * sp_n + d * sp_d
+    head, L = _layout(ox, C, VEC)
+    xb = x_ptr + tl.multiple_of(ox + head * sx_c, VEC)
+    gb = grad_ptr + tl.multiple_of(og + head * sg_c, VEC)
+    pb = probs_ptr + tl.multiple_of(op + head * sp_c, VEC)
+    return x_ptr + ox, grad_ptr + og, probs_ptr + op, xb, gb, pb, head, L
+
+
+@triton.jit
+def _options(params_ptr, wsum_ptr, C, zero, HAS_WEIGHT: tl.constexpr):
+    """(eps, zl, cap, W): smoothing, z_loss and softcap from params_ptr (in the compute dtype: a
+    float argument would be float32), W = sum_c w_c (C without class weights)."""
+    eps = tl.load(params_ptr)
+    zl = tl.load(params_ptr + 1)
+    cap = tl.load(params_ptr + 2)
+    if HAS_WEIGHT:
+        W = tl.load(wsum_ptr) + zero
+    else:
+        W = zero + C
+    return eps, zl, cap, W
+
+
+@triton.jit
+def _block_inputs(xb, pb, weight_ptr, c, offs, mask, sx_c, sp_c, cap, eps, C, zero, evict: tl.constexpr,
                   ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr, SOFT: tl.constexpr,
                   HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
     """One block of classes c (logits at xb + offs * sx_c): z (-inf where masked), th = tanh(x /
     cap) (0 without a softcap, for its derivative), class weights w, probabilities t (smoothed:
     t' = (1-eps) t + eps/C itself, so that a -inf logit gives t' z = -inf, torch's inf, where
     (1-eps) t z + eps/C z would be 0 * -inf = nan)."""
-    x = tl.load(xb + offs * sx_c, mask=mask, other=0.0, eviction_policy=evict)
-    if ACC_F64:
-        x = x.to(tl.float64)
-    else:
-        x = x.to(tl.float32)
-    th = tl.zeros_like(x)
-    if HAS_CAP:
-        th = _tanh(x / cap)
-        x = th * cap
+    x, th = capped(load_acc(xb, offs * sx_c, mask, evict, ACC_F64), cap, HAS_CAP)
     z = tl.where(mask, x, float("-inf"))
     if HAS_WEIGHT:
         w = tl.load(weight_ptr + c, mask=mask, other=0.0) + zero
     else:
         w = tl.where(mask, 1.0, 0.0) + zero
     if SOFT:
-        t = tl.load(pb + offs * sp_c, mask=mask, other=0.0, eviction_policy=evict) + zero
+        t = load_acc(pb, offs * sp_c, mask, evict, ACC_F64)
         if SMOOTH:
             t = tl.where(mask, (1.0 - eps) * t + eps / C, 0.0)
     else:
@@ -137,16 +131,13 @@ def _block_inputs(xb, pb, weight_ptr, c, offs, mask, sx_c, sp_c, cap, eps, C, ze
 
 @triton.jit
 def _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT: tl.constexpr, SMOOTH: tl.constexpr):
-    """Step 1 of rows.py, folded block by block (the online softmax): the running max m, the sum
-    of exps s (rescaled when m grows), and the sums relative to the reference `_ref(m)`: wr =
-    sum w (z - ref) with ws = sum w (class indices with smoothing), tr = sum w t' (z - ref) with
-    ta = sum w t' (probabilities; t is t' already). When m grows they are rebased as rows.rebase
-    does: by their weight times the shift of the reference."""
-    m_new = tl.maximum(m, tl.max(z, 0))
-    # (m_new is -inf only for a row of -inf logits: torch's nan, from -inf - -inf, follows)
-    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
-    ref = _ref(m_new)
-    shift = _ref(m) - ref
+    """Step 1 of rows.py, folded block by block (kernels_rows.online): the running max m, the sum
+    of exps s, and the sums relative to the reference `ref_of(m)`: wr = sum w (z - ref) with ws =
+    sum w (class indices with smoothing), tr = sum w t' (z - ref) with ta = sum w t'
+    (probabilities; t is t' already). When m grows they are rebased as rows.rebase does: by their
+    weight times the shift of the reference."""
+    m_new, ref, s = online(m, s, z)
+    shift = ref_of(m) - ref
     r = tl.where(mask, z - ref, 0.0)
     if SMOOTH and not SOFT:
         wr = wr + ws * shift + tl.sum(w * r, 0)
@@ -158,28 +149,36 @@ def _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT: tl.constexpr, SMOOTH
 
 
 @triton.jit
+def _stats_loop(xb, pb, weight_ptr, head, L, C, sx_c, sp_c, cap, eps, zero, BLOCK: tl.constexpr,
+                STAGES: tl.constexpr, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr, SOFT: tl.constexpr,
+                HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """Pass 1 over a long row's aligned body in pipelined blocks: (m, s, wr, ws, ta, tr) of
+    `_stats_block`. Its loads are marked evict_last: pass 2 reads the row again right after."""
+    m, s, wr, ws, ta, tr = zero + float("-inf"), zero, zero, zero, zero, zero
+    cols = tl.arange(0, BLOCK)
+    for start in tl.range(0, L, BLOCK, num_stages=STAGES):
+        offs = start + cols
+        mask = offs < L
+        z, th, w, t = _block_inputs(xb, pb, weight_ptr, head + offs, offs, mask, sx_c, sp_c, cap, eps, C, zero,
+                                    "evict_last", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+        m, s, wr, ws, ta, tr = _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
+    return m, s, wr, ws, ta, tr
+
+
+@triton.jit
 def _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr, eps, zl, cap, C,
               zero, ACC_F64: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
               HAS_CAP: tl.constexpr):
-    """Step 3 of rows.py for a class-index row: (loss, a, (1-eps) w_t v, v)."""
+    """Step 3 of rows.py for a class-index row: (loss, a, (1-eps) w_t v, v). An out-of-range
+    class reads nothing out of bounds and makes its row's loss and gradient nan (checked_index)."""
     valid = t_idx != ignore_index
-    # An out-of-range class (unchecked on a GPU, as in torch: a host check would sync) reads
-    # nothing out of bounds and makes its row's loss and gradient nan: loud, never a number.
-    bad = valid & ((t_idx < 0) | (t_idx >= C))
-    # (no `~` on a boolean tensor: Triton 3.2's interpreter, torch 2.6's, cannot invert int1)
-    safe = tl.where(valid & (t_idx >= 0) & (t_idx < C), t_idx, 0)
-    xt = tl.load(x_row + safe * sx_c)
-    if ACC_F64:
-        z_t = xt.to(tl.float64)
-    else:
-        z_t = xt.to(tl.float32)
-    if HAS_CAP:
-        z_t = _tanh(z_t / cap) * cap
+    bad, safe = checked_index(t_idx, valid, C)
+    z_t, th_t = capped(to_acc(tl.load(x_row + safe * sx_c), ACC_F64), cap, HAS_CAP)
     if HAS_WEIGHT:
         w_t = tl.load(weight_ptr + safe) + zero
     else:
         w_t = zero + 1.0
-    ce = (log_s - (z_t - _ref(m))) * w_t
+    ce = (log_s - (z_t - ref_of(m))) * w_t
     if SMOOTH:
         ce = (1.0 - eps) * ce + (eps / C) * (W * log_s - wr)
     # z_loss: a runtime coefficient; lse is replaced by 0 where it is off (0 * inf would be nan)
@@ -193,6 +192,27 @@ def _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr
         a += (eps / C) * W * v
     a += 2.0 * zl * lse_z * v
     return tl.where(valid, ce, 0.0), a, coef_t, v
+
+
+@triton.jit
+def _row_loss(target_ptr, r, x_row, weight_ptr, ignore_index, sx_c, m, log_s, W, wr, ta, tr, eps, zl,
+              cap, C, zero, ACC_F64: tl.constexpr, SOFT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+              SMOOTH: tl.constexpr, HAS_CAP: tl.constexpr):
+    """Steps 2-3: the row's loss and its gradient's coefficients, (loss, a, coef_t, v, t_idx):
+    g_c = k (a p_c - coef_t [c = t_idx] - ...) (see `_grad_block`), v the row's count."""
+    lse = m + log_s
+    if SOFT:  # (t' smoothed already)
+        lse_z = tl.where(zl != 0.0, lse, 0.0)  # (z_loss off: no 0 * inf)
+        loss = ta * log_s - tr + zl * lse_z * lse_z
+        a = ta + 2.0 * zl * lse_z
+        coef_t = zero
+        v = zero + 1.0
+        t_idx = tl.full([], -1, tl.int32)
+    else:
+        t_idx = tl.load(target_ptr + r)
+        loss, a, coef_t, v = _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W, wr, eps,
+                                       zl, cap, C, zero, ACC_F64, HAS_WEIGHT, SMOOTH, HAS_CAP)
+    return loss, a, coef_t, v, t_idx
 
 
 @triton.jit
@@ -248,72 +268,37 @@ def ce_kernel(
     """Loss (and gradient) of rows pid, pid + programs, ...; the module docstring has the math.
     Rows index (n, d) = (r // D, r % D); strides in elements (sx_*: logits, sg_*: gradient, sp_*:
     probs). SINGLE: the whole row is one block (C <= BLOCK), kept in registers for the gradient.
-    params_ptr: (eps, zl, cap) in the compute dtype (a float argument would be float32).
+    params_ptr: (eps, zl, cap) in the compute dtype (`_options`).
     stats_ptr: (rows, 3) m, log s and A (probabilities; 0 for class indices), for ce_grad_kernel."""
-    if ACC_F64:
-        zero = tl.full([], 0.0, tl.float64)
-    else:
-        zero = tl.full([], 0.0, tl.float32)
-    eps = tl.load(params_ptr)
-    zl = tl.load(params_ptr + 1)
-    cap = tl.load(params_ptr + 2)
-    if HAS_WEIGHT:
-        W = tl.load(wsum_ptr) + zero
-    else:
-        W = zero + C
+    zero = acc_zero(ACC_F64)
+    eps, zl, cap, W = _options(params_ptr, wsum_ptr, C, zero, HAS_WEIGHT)
     cols = tl.arange(0, BLOCK)
     for r in range(tl.program_id(0).to(tl.int64), rows, tl.num_programs(0)):
-        n = r // D
-        d = r % D
-        ox, og, op = n * sx_n + d * sx_d, n * sg_n + d * sg_d, n * sp_n + d * sp_d
-        x_row, g_row, p_row = x_ptr + ox, grad_ptr + og, probs_ptr + op
-        head, L = _layout(ox, C, VEC)
-        xb = x_ptr + tl.multiple_of(ox + head * sx_c, VEC)  # the aligned body (as are gb, pb)
-        gb = grad_ptr + tl.multiple_of(og + head * sg_c, VEC)
-        pb = probs_ptr + tl.multiple_of(op + head * sp_c, VEC)
-
-        # ---- pass 1 (step 1): max, sum of exps, the relative row sums
-        m = zero + float("-inf")
-        s = zero
-        wr = zero  # sum_c w_c (z_c - ref)
-        ws = zero  # sum_c w_c over the blocks so far
-        ta = zero  # sum_c w_c t'_c
-        tr = zero  # sum_c w_c t'_c (z_c - ref)
+        x_row, g_row, p_row, xb, gb, pb, head, L = _row(r, x_ptr, grad_ptr, probs_ptr, C, D, sx_n, sx_c, sx_d,
+                                                        sg_n, sg_c, sg_d, sp_n, sp_c, sp_d, VEC)
+        # ---- pass 1 (step 1): max, sum of exps, the relative row sums; a one-block row stays in
+        # registers (z1 ... t1), the edges' block too (ze ... te)
         if SINGLE:
             mask1 = cols < L
             c1 = head + cols
-            z1, th1, w1, t1 = _block_inputs(xb, pb, weight_ptr, c1, cols, mask1, sx_c, sp_c, cap, eps, C,
-                                            zero, "evict_first", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
-            m, s, wr, ws, ta, tr = _stats_block(z1, mask1, w1, t1, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
+            z1, th1, w1, t1 = _block_inputs(xb, pb, weight_ptr, c1, cols, mask1, sx_c, sp_c, cap, eps, C, zero,
+                                            "evict_first", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
+            m, s, wr, ws, ta, tr = _stats_block(z1, mask1, w1, t1, zero + float("-inf"), zero, zero, zero, zero,
+                                                zero, SOFT, SMOOTH)
         else:
-            for start in tl.range(0, L, BLOCK, num_stages=STAGES):
-                offs = start + cols
-                mask = offs < L
-                z, th, w, t = _block_inputs(xb, pb, weight_ptr, head + offs, offs, mask, sx_c, sp_c, cap,
-                                            eps, C, zero, "evict_last", ACC_F64, HAS_CAP, SOFT,
-                                            HAS_WEIGHT, SMOOTH)
-                m, s, wr, ws, ta, tr = _stats_block(z, mask, w, t, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
+            m, s, wr, ws, ta, tr = _stats_loop(xb, pb, weight_ptr, head, L, C, sx_c, sp_c, cap, eps, zero, BLOCK,
+                                               STAGES, ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
         if VEC > 1:
             ce, me = _edges(head, L, C, VEC)
-            ze, the, we, te = _block_inputs(x_row, p_row, weight_ptr, ce, ce, me, sx_c, sp_c, cap, eps,
-                                            C, zero, "evict_last", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT,
-                                            SMOOTH)
+            ze, the, we, te = _block_inputs(x_row, p_row, weight_ptr, ce, ce, me, sx_c, sp_c, cap, eps, C, zero,
+                                            "evict_last", ACC_F64, HAS_CAP, SOFT, HAS_WEIGHT, SMOOTH)
             m, s, wr, ws, ta, tr = _stats_block(ze, me, we, te, m, s, wr, ws, ta, tr, SOFT, SMOOTH)
         log_s = tl.log(s)
-        lse = m + log_s
 
-        # ---- steps 2-3: the loss, and the gradient's row coefficients a (of p) and coef_t
-        if SOFT:  # (t' smoothed already)
-            lse_z = tl.where(zl != 0.0, lse, 0.0)  # (z_loss off: no 0 * inf)
-            loss = ta * log_s - tr + zl * lse_z * lse_z
-            a = ta + 2.0 * zl * lse_z
-            coef_t = zero
-            v = zero + 1.0
-            t_idx = -1
-        else:
-            t_idx = tl.load(target_ptr + r)
-            loss, a, coef_t, v = _hard_row(x_row, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse, W,
-                                           wr, eps, zl, cap, C, zero, ACC_F64, HAS_WEIGHT, SMOOTH, HAS_CAP)
+        # ---- steps 2-3: the loss, and the gradient's row coefficients
+        loss, a, coef_t, v, t_idx = _row_loss(target_ptr, r, x_row, weight_ptr, ignore_index, sx_c, m, log_s, W,
+                                              wr, ta, tr, eps, zl, cap, C, zero, ACC_F64, SOFT, HAS_WEIGHT,
+                                              SMOOTH, HAS_CAP)
         tl.store(loss_ptr + r, loss)
         tl.store(stats_ptr + 3 * r, m)
         tl.store(stats_ptr + 3 * r + 1, log_s)
@@ -323,17 +308,17 @@ def ce_kernel(
         if WRITE_GRAD:
             k = tl.load(scale_ptr + r * scale_stride) + zero
             if SINGLE:
-                g1 = _grad_block(z1, th1, w1, t1, c1, m, log_s, a, coef_t, t_idx, v, k, eps, C,
-                                 SOFT, SMOOTH, HAS_CAP)
+                g1 = _grad_block(z1, th1, w1, t1, c1, m, log_s, a, coef_t, t_idx, v, k, eps, C, SOFT, SMOOTH,
+                                 HAS_CAP)
                 tl.store(gb + cols * sg_c, g1, mask=mask1, eviction_policy="evict_first")
                 if VEC > 1:
-                    ge = _grad_block(ze, the, we, te, ce, m, log_s, a, coef_t, t_idx, v, k, eps, C,
-                                     SOFT, SMOOTH, HAS_CAP)
+                    ge = _grad_block(ze, the, we, te, ce, m, log_s, a, coef_t, t_idx, v, k, eps, C, SOFT, SMOOTH,
+                                     HAS_CAP)
                     tl.store(g_row + ce * sg_c, ge, mask=me)
             else:
-                _grad_pass(xb, gb, pb, x_row, g_row, p_row, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m,
-                           log_s, a, coef_t, t_idx, v, k, eps, cap, zero, BLOCK, VEC, STAGES, SOFT,
-                           HAS_WEIGHT, SMOOTH, HAS_CAP, ACC_F64)
+                _grad_pass(xb, gb, pb, x_row, g_row, p_row, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m, log_s, a,
+                           coef_t, t_idx, v, k, eps, cap, zero, BLOCK, VEC, STAGES, SOFT, HAS_WEIGHT, SMOOTH,
+                           HAS_CAP, ACC_F64)
 
 
 @triton.jit
@@ -345,38 +330,18 @@ def ce_grad_kernel(
 ):
     """Step 4 alone, one pass per row (read the logits, write the gradient), from ce_kernel's row
     statistics (m, log s, A) (see the module docstring). Arguments as ce_kernel's."""
-    if ACC_F64:
-        zero = tl.full([], 0.0, tl.float64)
-    else:
-        zero = tl.full([], 0.0, tl.float32)
-    eps = tl.load(params_ptr)
-    zl = tl.load(params_ptr + 1)
-    cap = tl.load(params_ptr + 2)
-    if HAS_WEIGHT:
-        W = tl.load(wsum_ptr) + zero
-    else:
-        W = zero + C
+    zero = acc_zero(ACC_F64)
+    eps, zl, cap, W = _options(params_ptr, wsum_ptr, C, zero, HAS_WEIGHT)
     for r in range(tl.program_id(0).to(tl.int64), rows, tl.num_programs(0)):
-        n = r // D
-        d = r % D
-        ox, og, op = n * sx_n + d * sx_d, n * sg_n + d * sg_d, n * sp_n + d * sp_d
-        head, L = _layout(ox, C, VEC)
+        x_row, g_row, p_row, xb, gb, pb, head, L = _row(r, x_ptr, grad_ptr, probs_ptr, C, D, sx_n, sx_c, sx_d,
+                                                        sg_n, sg_c, sg_d, sp_n, sp_c, sp_d, VEC)
         m = tl.load(stats_ptr + 3 * r) + zero
         log_s = tl.load(stats_ptr + 3 * r + 1) + zero
-        lse = m + log_s
-        if SOFT:
-            A = tl.load(stats_ptr + 3 * r + 2) + zero
-            a = A + 2.0 * zl * tl.where(zl != 0.0, lse, 0.0)
-            coef_t = zero
-            v = zero + 1.0
-            t_idx = -1
-        else:
-            t_idx = tl.load(target_ptr + r)
-            _, a, coef_t, v = _hard_row(x_ptr + ox, weight_ptr, t_idx, ignore_index, sx_c, m, log_s, lse,
-                                        W, zero, eps, zl, cap, C, zero, ACC_F64, HAS_WEIGHT, SMOOTH,
-                                        HAS_CAP)
+        A = tl.load(stats_ptr + 3 * r + 2) + zero
+        # (the loss is not needed: wr and tr, which only it uses, are passed as 0)
+        _, a, coef_t, v, t_idx = _row_loss(target_ptr, r, x_row, weight_ptr, ignore_index, sx_c, m, log_s, W, zero,
+                                           A, zero, eps, zl, cap, C, zero, ACC_F64, SOFT, HAS_WEIGHT, SMOOTH,
+                                           HAS_CAP)
         k = tl.load(scale_ptr + r * scale_stride) + zero
-        _grad_pass(x_ptr + tl.multiple_of(ox + head * sx_c, VEC), grad_ptr + tl.multiple_of(og + head * sg_c, VEC),
-                   probs_ptr + tl.multiple_of(op + head * sp_c, VEC), x_ptr + ox, grad_ptr + og,
-                   probs_ptr + op, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m, log_s, a, coef_t, t_idx,
-                   v, k, eps, cap, zero, BLOCK, VEC, STAGES, SOFT, HAS_WEIGHT, SMOOTH, HAS_CAP, ACC_F64)
+        _grad_pass(xb, gb, pb, x_row, g_row, p_row, weight_ptr, head, L, C, sx_c, sg_c, sp_c, m, log_s, a, coef_t,
+                   t_idx, v, k, eps, cap, zero, BLOCK, VEC, STAGES, SOFT, HAS_WEIGHT, SMOOTH, HAS_CAP, ACC_F64)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import _log1p
+from .kernels_rows import _log1p
 
 
 @triton.jit

@@ -24,7 +24,9 @@ topk_kernel, per row with the support S (ids not ignore_index) and the teacher's
     tail=False: zeros outside S, p'_j - q'_j at S.
 
 Everything in float32 (float64 for float64 inputs: ACC_F64). An id or target outside [0, V)
-(unchecked on a GPU, as torch's gather) reads nothing out of bounds and makes its row nan.
+(unchecked on a GPU, as torch's gather) reads nothing out of bounds and makes its row nan. The
+steps shared with the other Triton kernels (the masked load, the softcap, the online softmax, the
+range check) are kernels_rows.py's.
 """
 
 from __future__ import annotations
@@ -32,9 +34,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import _log1p, _tanh
-
-NEG_INF = float("-inf")
+from .kernels_rows import (
+    NEG_INF,
+    _log1p,
+    acc_zero,
+    capped,
+    checked_index,
+    load_acc,
+    online,
+    ref_of,
+    to_acc,
+)
 
 
 @triton.jit
@@ -53,42 +63,16 @@ def _expm1(x):
 
 
 @triton.jit
-def _online(m, s, z):
-    """The online softmax's fold of one block: (max, sum of exp(z - max)), -inf blocks welcome."""
-    m_new = tl.maximum(m, tl.max(z, 0))
-    ref = tl.where(m_new == NEG_INF, 0.0, m_new)
-    return m_new, s * tl.exp(m - ref) + tl.sum(tl.exp(z - ref), 0)
-
-
-@triton.jit
-def _load(ptr, offs, mask, zero, ACC_F64: tl.constexpr):
-    x = tl.load(ptr + offs, mask=mask, other=0.0)
-    if ACC_F64:
-        return x.to(tl.float64) + zero
-    return x.to(tl.float32) + zero
-
-
-@triton.jit
-def _capped(x, cap, HAS_CAP: tl.constexpr):
-    """(cap tanh(x / cap), tanh) under a softcap, else (x, 0)."""
-    th = tl.zeros_like(x)
-    if HAS_CAP:
-        th = _tanh(x / cap)
-        x = th * cap
-    return x, th
-
-
-@triton.jit
 def _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP: tl.constexpr, ACC_F64: tl.constexpr):
     """One block of the student: (z1, z = z1 / T, th), -inf where masked."""
-    z1, th = _capped(_load(s_row, c * ss_c, mask, zero, ACC_F64), cap, HAS_CAP)
+    z1, th = capped(load_acc(s_row, c * ss_c, mask, "", ACC_F64), cap, HAS_CAP)
     z1 = tl.where(mask, z1, NEG_INF)
     return z1, z1 * inv_t, th
 
 
 @triton.jit
 def _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP: tl.constexpr, ACC_F64: tl.constexpr):
-    u, _ = _capped(_load(t_row, c * st_c, mask, zero, ACC_F64), tcap, HAS_TCAP)
+    u, _ = capped(load_acc(t_row, c * st_c, mask, "", ACC_F64), tcap, HAS_TCAP)
     return tl.where(mask, u * inv_t, NEG_INF)
 
 
@@ -113,6 +97,109 @@ def _terms(z, u, mask, ms, log_ss, mt, log_st, c1, c2, MODE: tl.constexpr):
 
 
 @triton.jit
+def _distill_params(params_ptr, ACC_F64: tl.constexpr):
+    """(zero, beta, 1/T, cap, tcap, hard_weight, soft_weight, c1, c2) from params_ptr (in the
+    compute dtype)."""
+    zero = acc_zero(ACC_F64)
+    return (zero, tl.load(params_ptr) + zero, tl.load(params_ptr + 1) + zero, tl.load(params_ptr + 2) + zero,
+            tl.load(params_ptr + 3) + zero, tl.load(params_ptr + 4) + zero, tl.load(params_ptr + 5) + zero,
+            tl.load(params_ptr + 6) + zero, tl.load(params_ptr + 7) + zero)
+
+
+@triton.jit
+def _softmax_stats(s_row, t_row, V, ss_c, st_c, cap, tcap, inv_t, zero, BLOCK: tl.constexpr, SOFT: tl.constexpr,
+                   HARD: tl.constexpr, HARD_T1: tl.constexpr, HAS_CAP: tl.constexpr, HAS_TCAP: tl.constexpr,
+                   ACC_F64: tl.constexpr):
+    """Pass 1: the online max and sum of exps of z (student / T), u (teacher / T) and z1 (the
+    student at T = 1, for a hard part at T != 1): (ms, ss, mt, st, m1, s1)."""
+    ms, ss, mt, st, m1, s1 = zero + NEG_INF, zero, zero + NEG_INF, zero, zero + NEG_INF, zero
+    cols = tl.arange(0, BLOCK)
+    for start in range(0, V, BLOCK):
+        c = start + cols
+        mask = c < V
+        z1, z, th = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
+        ms, _ref_s, ss = online(ms, ss, z)
+        if HARD and not HARD_T1:
+            m1, _ref_1, s1 = online(m1, s1, z1)
+        if SOFT:
+            u = _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64)
+            mt, _ref_t, st = online(mt, st, u)
+    return ms, ss, mt, st, m1, s1
+
+
+@triton.jit
+def _hard_ce(target_ptr, r, counted, s_row, ss_c, V, cap, inv_t, ms, log_ss, m1, s1, zero,
+             HARD_T1: tl.constexpr, HAS_CAP: tl.constexpr, ACC_F64: tl.constexpr):
+    """The hard part's cross-entropy at T = 1, log s1 - (z1_t - m1) (nan for a target outside
+    [0, V)), and the index to read at (t_idx)."""
+    bad, t_idx = checked_index(tl.load(target_ptr + r), counted, V)
+    z1_t, th_t = capped(to_acc(tl.load(s_row + t_idx * ss_c), ACC_F64), cap, HAS_CAP)
+    if HARD_T1:
+        ce = log_ss - (z1_t * inv_t - ms)
+    else:
+        ce = tl.log(s1) - (z1_t - m1)
+    return tl.where(bad, float("nan"), ce), t_idx
+
+
+@triton.jit
+def _divergence(s_row, t_row, V, ss_c, st_c, cap, tcap, inv_t, ms, log_ss, mt, log_st, beta, c1, c2, zero,
+                BLOCK: tl.constexpr, MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_TCAP: tl.constexpr,
+                ACC_F64: tl.constexpr):
+    """Pass 2: (D, K) -- the divergence and, for the mixture (MODE 2), K = sum kp."""
+    big_d = zero
+    big_k = zero
+    cols = tl.arange(0, BLOCK)
+    for start in range(0, V, BLOCK):
+        c = start + cols
+        mask = c < V
+        z1, z, th = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
+        u = _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64)
+        p, q, x1, x2 = _terms(z, u, mask, ms, log_ss, mt, log_st, c1, c2, MODE)
+        if MODE == 2:
+            big_k += tl.sum(x1, 0)
+            big_d += beta * tl.sum(x2, 0) + (1.0 - beta) * tl.sum(x1, 0)
+        else:
+            big_d += tl.sum(x1, 0)
+    return big_d, big_k
+
+
+@triton.jit
+def _distill_grad(s_row, t_row, g_row, g_ptr, V, ss_c, st_c, sg_c, t_idx, counted, factor, cap, tcap, inv_t,
+                  beta, hard_w, soft_w, c1, c2, ms, log_ss, mt, log_st, m1, s1, big_d, big_k, zero,
+                  BLOCK: tl.constexpr, MODE: tl.constexpr, SOFT: tl.constexpr, HARD: tl.constexpr,
+                  HARD_T1: tl.constexpr, HAS_CAP: tl.constexpr, HAS_TCAP: tl.constexpr, ACC_F64: tl.constexpr):
+    """Pass 3: the row's gradient (the module docstring), over x (every block is read before it
+    is written)."""
+    cols = tl.arange(0, BLOCK)
+    for start in range(0, V, BLOCK):
+        c = start + cols
+        mask = c < V
+        z1, z, th = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
+        g = tl.zeros_like(z)
+        p = tl.exp((z - ms) - log_ss)
+        if SOFT:
+            u = _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64)
+            p, q, x1, _x2 = _terms(z, u, mask, ms, log_ss, mt, log_st, c1, c2, MODE)
+            if MODE == 0:
+                g = p - q
+            elif MODE == 1:
+                g = x1 - p * big_d
+            else:
+                g = (1.0 - beta) * (x1 - p * big_k)
+            g = g * (soft_w * inv_t)
+        if HARD:
+            if HARD_T1:
+                p1 = p
+            else:
+                p1 = tl.exp((z1 - m1) - tl.log(s1))
+            g += hard_w * (p1 - tl.where(c == t_idx, 1.0, 0.0))
+        if HAS_CAP:
+            g = g * (1.0 - th * th)
+        g = tl.where(counted, g * factor, 0.0)
+        tl.store(g_row + c * sg_c, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def distill_kernel(
     s_ptr, t_ptr, g_ptr, target_ptr, counted_ptr, scale_ptr, loss_ptr, params_ptr,
     V, ss_n, ss_c, st_n, st_c, sg_n, sg_c, scale_stride,
@@ -124,93 +211,32 @@ def distill_kernel(
     r = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + r * ss_n
     t_row = t_ptr + r * st_n
-    g_row = g_ptr + r * sg_n
-    cols = tl.arange(0, BLOCK)
-    zero = tl.load(params_ptr) * 0.0
-    beta = tl.load(params_ptr) + zero
-    inv_t = tl.load(params_ptr + 1) + zero
-    cap = tl.load(params_ptr + 2) + zero
-    tcap = tl.load(params_ptr + 3) + zero
-    hard_w = tl.load(params_ptr + 4) + zero
-    soft_w = tl.load(params_ptr + 5) + zero
-    c1 = tl.load(params_ptr + 6) + zero
-    c2 = tl.load(params_ptr + 7) + zero
+    zero, beta, inv_t, cap, tcap, hard_w, soft_w, c1, c2 = _distill_params(params_ptr, ACC_F64)
     counted = tl.load(counted_ptr + r) != 0
 
-    ms, ss, mt, st, m1, s1 = zero + NEG_INF, zero, zero + NEG_INF, zero, zero + NEG_INF, zero
-    for start in range(0, V, BLOCK):  # pass 1
-        c = start + cols
-        mask = c < V
-        z1, z, _ = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
-        ms, ss = _online(ms, ss, z)
-        if HARD and not HARD_T1:
-            m1, s1 = _online(m1, s1, z1)
-        if SOFT:
-            mt, st = _online(mt, st, _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64))
+    ms, ss, mt, st, m1, s1 = _softmax_stats(s_row, t_row, V, ss_c, st_c, cap, tcap, inv_t, zero, BLOCK, SOFT,
+                                            HARD, HARD_T1, HAS_CAP, HAS_TCAP, ACC_F64)
     log_ss = tl.log(ss)
     log_st = tl.log(st)
     loss = zero
     t_idx = zero.to(tl.int64)
     if HARD:
-        t_raw = tl.load(target_ptr + r)
-        bad = counted & ((t_raw < 0) | (t_raw >= V))
-        t_idx = tl.where(counted & (t_raw >= 0) & (t_raw < V), t_raw, 0)  # (no `~`: kernels._hard_row)
-        x_t = tl.load(s_row + t_idx * ss_c)
-        if ACC_F64:
-            x_t = x_t.to(tl.float64)
-        else:
-            x_t = x_t.to(tl.float32)
-        z1_t, _ = _capped(x_t + zero, cap, HAS_CAP)
-        if HARD_T1:
-            ce = log_ss - (z1_t * inv_t - ms)
-        else:
-            ce = tl.log(s1) - (z1_t - m1)
-        loss += hard_w * tl.where(bad, float("nan"), ce)
+        ce, t_idx = _hard_ce(target_ptr, r, counted, s_row, ss_c, V, cap, inv_t, ms, log_ss, m1, s1, zero,
+                             HARD_T1, HAS_CAP, ACC_F64)
+        loss += hard_w * ce
     big_d = zero
     big_k = zero
     if SOFT:
-        for start in range(0, V, BLOCK):  # pass 2
-            c = start + cols
-            mask = c < V
-            _, z, _ = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
-            u = _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64)
-            _, _, x1, x2 = _terms(z, u, mask, ms, log_ss, mt, log_st, c1, c2, MODE)
-            if MODE == 2:
-                big_k += tl.sum(x1, 0)
-                big_d += beta * tl.sum(x2, 0) + (1.0 - beta) * tl.sum(x1, 0)
-            else:
-                big_d += tl.sum(x1, 0)
+        big_d, big_k = _divergence(s_row, t_row, V, ss_c, st_c, cap, tcap, inv_t, ms, log_ss, mt, log_st, beta,
+                                   c1, c2, zero, BLOCK, MODE, HAS_CAP, HAS_TCAP, ACC_F64)
         loss += soft_w * big_d
     tl.store(loss_ptr + r, tl.where(counted, loss, 0.0))
 
-    if WRITE_GRAD:  # pass 3
+    if WRITE_GRAD:
         factor = tl.load(scale_ptr + r * scale_stride) + zero
-        for start in range(0, V, BLOCK):
-            c = start + cols
-            mask = c < V
-            z1, z, th = _student(s_row, c, mask, ss_c, cap, inv_t, zero, HAS_CAP, ACC_F64)
-            g = tl.zeros_like(z)
-            p = tl.exp((z - ms) - log_ss)
-            if SOFT:
-                u = _teacher(t_row, c, mask, st_c, tcap, inv_t, zero, HAS_TCAP, ACC_F64)
-                p, q, x1, _ = _terms(z, u, mask, ms, log_ss, mt, log_st, c1, c2, MODE)
-                if MODE == 0:
-                    g = p - q
-                elif MODE == 1:
-                    g = x1 - p * big_d
-                else:
-                    g = (1.0 - beta) * (x1 - p * big_k)
-                g = g * (soft_w * inv_t)
-            if HARD:
-                if HARD_T1:
-                    p1 = p
-                else:
-                    p1 = tl.exp((z1 - m1) - tl.log(s1))
-                g += hard_w * (p1 - tl.where(c == t_idx, 1.0, 0.0))
-            if HAS_CAP:
-                g = g * (1.0 - th * th)
-            g = tl.where(counted, g * factor, 0.0)
-            tl.store(g_row + c * sg_c, g.to(g_ptr.dtype.element_ty), mask=mask)
+        _distill_grad(s_row, t_row, g_ptr + r * sg_n, g_ptr, V, ss_c, st_c, sg_c, t_idx, counted, factor, cap,
+                      tcap, inv_t, beta, hard_w, soft_w, c1, c2, ms, log_ss, mt, log_st, m1, s1, big_d, big_k,
+                      zero, BLOCK, MODE, SOFT, HARD, HARD_T1, HAS_CAP, HAS_TCAP, ACC_F64)
 
 
 @triton.jit
@@ -219,10 +245,102 @@ def _lse_masked(a, valid):
     a = tl.where(valid, a, NEG_INF)
     top = tl.max(a, 0)
     at = tl.argmax(a, 0)
-    ref = tl.where(top == NEG_INF, 0.0, top)
+    ref = ref_of(top)
     idx = tl.arange(0, a.shape[0])
     rest = tl.sum(tl.where(valid & (idx != at), tl.exp(a - ref), 0.0), 0)
     return tl.where(top == NEG_INF, NEG_INF, ref + _log1p(rest))
+
+
+@triton.jit
+def _support(s_row, ids_ptr, lq_ptr, r, V, K, ss_c, si_n, si_k, sl_n, sl_k, ignore_index, cap, inv_t,
+             KBLOCK: tl.constexpr, HAS_CAP: tl.constexpr, ACC_F64: tl.constexpr):
+    """The row's support S (ids not ignore_index): (valid, bad, counted, safe, lq, a_s, th_s):
+    valid marks S's ids in [0, V), bad a row with an id outside it, counted a row with S not
+    empty, safe the ids to read at, lq the teacher's log-probs (-inf off S), a_s = z1 / T (-inf
+    off S), th_s the softcap's tanh."""
+    kk = tl.arange(0, KBLOCK)
+    kmask = kk < K
+    ids = tl.load(ids_ptr + r * si_n + kk * si_k, mask=kmask, other=ignore_index)
+    valid = kmask & (ids != ignore_index)
+    out, safe = checked_index(ids, valid, V)
+    bad = tl.max(tl.where(out, 1, 0), 0) > 0
+    valid = valid & (safe == ids)  # in [0, V): checked_index kept the id (no `~`: kernels_rows)
+    counted = tl.max(tl.where(valid, 1, 0), 0) > 0
+    lq = tl.where(valid, load_acc(lq_ptr + r * sl_n, kk * sl_k, kmask, "", ACC_F64), NEG_INF)
+    z1_s, th_s = capped(load_acc(s_row, safe * ss_c, valid, "", ACC_F64), cap, HAS_CAP)
+    return valid, bad, counted, safe, lq, tl.where(valid, z1_s * inv_t, NEG_INF), th_s
+
+
+@triton.jit
+def _rest_lse(s_row, V, ss_c, valid, cap, inv_t, zero, BLOCK: tl.constexpr, HAS_CAP: tl.constexpr,
+              ACC_F64: tl.constexpr):
+    """Pass 1 of the tail (the support already marked NaN): (ref, s_r, log s_r) of the classes
+    outside S, relative to their max; log s_r is nan if a caller's NaN is among them (more NaNs
+    than ids in S)."""
+    m_r = zero + NEG_INF
+    s_r = zero
+    n_nan = zero
+    for start in range(0, V, BLOCK):
+        c = start + tl.arange(0, BLOCK)
+        mask = c < V
+        x = load_acc(s_row, c * ss_c, mask, "", ACC_F64)
+        hidden = x != x
+        n_nan += tl.sum(tl.where(mask & hidden, 1.0, 0.0), 0)
+        z, th = capped(x, cap, HAS_CAP)
+        m_r, ref, s_r = online(m_r, s_r, tl.where(mask & (x == x), z * inv_t, NEG_INF))
+    n_valid = tl.sum(tl.where(valid, 1.0, 0.0), 0)
+    return ref_of(m_r), s_r, tl.where(n_nan > n_valid, float("nan"), tl.log(s_r))
+
+
+@triton.jit
+def _tail_terms(a_s, lq, q, valid, ref, s_r, rest_lse):
+    """With the tail bucket: (loss, the gradient at S, the factor of e_c outside S)."""
+    a_rel = a_s - ref
+    lse = _lse_masked(a_rel, valid)
+    hi = tl.maximum(lse, rest_lse)
+    lo = tl.minimum(lse, rest_lse)
+    full = tl.where(hi == NEG_INF, NEG_INF, hi + _log1p(tl.exp(lo - hi)))
+    lp_s = a_rel - full
+    lp_tail = rest_lse - full
+    lse_q = tl.minimum(_lse_masked(lq, valid), 0.0)
+    q_tail = tl.maximum(-_expm1(lse_q), 0.0)
+    loss = tl.sum(tl.where(q > 0, q * (lq - lp_s), 0.0), 0)
+    loss += tl.where(q_tail > 0, q_tail * (tl.log(q_tail) - lp_tail), 0.0)
+    coef = tl.where(s_r > 0, (tl.exp(lp_tail) - q_tail) / s_r, 0.0)
+    return loss, tl.exp(lp_s) - q, coef
+
+
+@triton.jit
+def _renormalized_terms(a_s, lq, valid):
+    """Without the tail: both sides renormalized over S: (loss, the gradient at S)."""
+    a_rel = a_s - ref_of(tl.max(a_s, 0))
+    lp_n = a_rel - _lse_masked(a_rel, valid)
+    lq_n = lq - _lse_masked(lq, valid)
+    q_n = tl.where(valid, tl.exp(lq_n), 0.0)
+    loss = tl.sum(tl.where(q_n > 0, q_n * (lq_n - lp_n), 0.0), 0)
+    return loss, tl.exp(lp_n) - q_n
+
+
+@triton.jit
+def _topk_grad(s_row, g_row, g_ptr, V, ss_c, sg_c, safe, valid, g_s, th_s, ref, coef, factor, cap, inv_t, zero,
+               BLOCK: tl.constexpr, TAIL: tl.constexpr, HAS_CAP: tl.constexpr, ACC_F64: tl.constexpr):
+    """Pass 2: e_c coef outside S (NaN marks S: 0 written there; zeros without the tail), then
+    the gradient at S; everything times the row's factor."""
+    for start in range(0, V, BLOCK):
+        c = start + tl.arange(0, BLOCK)
+        mask = c < V
+        g = tl.zeros([BLOCK], dtype=zero.dtype)
+        if TAIL:
+            x = load_acc(s_row, c * ss_c, mask, "", ACC_F64)
+            z, th = capped(x, cap, HAS_CAP)
+            g = tl.where(x != x, 0.0, tl.exp(z * inv_t - ref) * coef)
+            if HAS_CAP:
+                g = g * (1.0 - th * th)
+        tl.store(g_row + c * sg_c, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()
+    if HAS_CAP:
+        g_s = g_s * (1.0 - th_s * th_s)
+    tl.store(g_row + safe * sg_c, (tl.where(valid, g_s, 0.0) * factor).to(g_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
@@ -235,80 +353,22 @@ def topk_kernel(
     """Top-k distillation of one row (the module docstring has the math). params_ptr: (1/T, cap)."""
     r = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + r * ss_n
-    g_row = g_ptr + r * sg_n
-    zero = tl.load(params_ptr) * 0.0
+    zero = acc_zero(ACC_F64)
     inv_t = tl.load(params_ptr) + zero
     cap = tl.load(params_ptr + 1) + zero
-    kk = tl.arange(0, KBLOCK)
-    kmask = kk < K
-    ids = tl.load(ids_ptr + r * si_n + kk * si_k, mask=kmask, other=ignore_index)
-    valid = kmask & (ids != ignore_index)
-    bad = tl.max(tl.where(valid & ((ids < 0) | (ids >= V)), 1, 0), 0) > 0
-    valid = valid & (ids >= 0) & (ids < V)
-    counted = tl.max(tl.where(valid, 1, 0), 0) > 0
-    safe = tl.where(valid, ids, 0)
-    lq = tl.where(valid, _load(lq_ptr + r * sl_n, kk * sl_k, kmask, zero, ACC_F64), NEG_INF)
-    z1_s, th_s = _capped(_load(s_row, safe * ss_c, valid, zero, ACC_F64), cap, HAS_CAP)
-    a_s = tl.where(valid, z1_s * inv_t, NEG_INF)
-    q = tl.where(valid, tl.exp(lq), 0.0)
+    valid, bad, counted, safe, lq, a_s, th_s = _support(s_row, ids_ptr, lq_ptr, r, V, K, ss_c, si_n, si_k, sl_n,
+                                                        sl_k, ignore_index, cap, inv_t, KBLOCK, HAS_CAP, ACC_F64)
     ref = zero
-    s_r = zero
     coef = zero
     if TAIL:
         tl.store(s_row + safe * ss_c, float("nan"), mask=valid)  # hide the support (scratch buffer)
         tl.debug_barrier()
-        m_r = zero + NEG_INF
-        n_nan = zero
-        for start in range(0, V, BLOCK):  # pass 1: the rest
-            c = start + tl.arange(0, BLOCK)
-            mask = c < V
-            x = _load(s_row, c * ss_c, mask, zero, ACC_F64)
-            hidden = x != x
-            n_nan += tl.sum(tl.where(mask & hidden, 1.0, 0.0), 0)
-            z, _ = _capped(x, cap, HAS_CAP)
-            m_r, s_r = _online(m_r, s_r, tl.where(mask & (x == x), z * inv_t, NEG_INF))
-        n_valid = tl.sum(tl.where(valid, 1.0, 0.0), 0)
-        ref = tl.where(m_r == NEG_INF, 0.0, m_r)
-        rest_lse = tl.where(n_nan > n_valid, float("nan"), tl.log(s_r))  # a caller's NaN among the rest
-        a_rel = a_s - ref
-        lse = _lse_masked(a_rel, valid)
-        hi = tl.maximum(lse, rest_lse)
-        lo = tl.minimum(lse, rest_lse)
-        full = tl.where(hi == NEG_INF, NEG_INF, hi + _log1p(tl.exp(lo - hi)))
-        lp_s = a_rel - full
-        lp_tail = rest_lse - full
-        lse_q = tl.minimum(_lse_masked(lq, valid), 0.0)
-        q_tail = tl.maximum(-_expm1(lse_q), 0.0)
-        loss = tl.sum(tl.where(q > 0, q * (lq - lp_s), 0.0), 0)
-        loss += tl.where(q_tail > 0, q_tail * (tl.log(q_tail) - lp_tail), 0.0)
-        g_s = tl.exp(lp_s) - q
-        coef = tl.where(s_r > 0, (tl.exp(lp_tail) - q_tail) / s_r, 0.0)
+        ref, s_r, rest_lse = _rest_lse(s_row, V, ss_c, valid, cap, inv_t, zero, BLOCK, HAS_CAP, ACC_F64)
+        loss, g_s, coef = _tail_terms(a_s, lq, tl.where(valid, tl.exp(lq), 0.0), valid, ref, s_r, rest_lse)
     else:
-        top = tl.max(a_s, 0)
-        a_rel = a_s - tl.where(top == NEG_INF, 0.0, top)
-        lp_n = a_rel - _lse_masked(a_rel, valid)
-        lq_n = lq - _lse_masked(lq, valid)
-        q_n = tl.where(valid, tl.exp(lq_n), 0.0)
-        loss = tl.sum(tl.where(q_n > 0, q_n * (lq_n - lp_n), 0.0), 0)
-        g_s = tl.exp(lp_n) - q_n
-    loss = tl.where(bad, float("nan"), loss)
-    tl.store(loss_ptr + r, tl.where(counted, loss, 0.0))
-
+        loss, g_s = _renormalized_terms(a_s, lq, valid)
+    tl.store(loss_ptr + r, tl.where(counted, tl.where(bad, float("nan"), loss), 0.0))
     if WRITE_GRAD:
         factor = tl.where(counted, tl.load(scale_ptr + r * scale_stride) * inv_t, 0.0) + zero
-        for start in range(0, V, BLOCK):  # pass 2: outside the support (NaN at it: 0 written)
-            c = start + tl.arange(0, BLOCK)
-            mask = c < V
-            g = tl.zeros([BLOCK], dtype=zero.dtype)
-            if TAIL:
-                x = _load(s_row, c * ss_c, mask, zero, ACC_F64)
-                z, th = _capped(x, cap, HAS_CAP)
-                g = tl.where(x != x, 0.0, tl.exp(z * inv_t - ref) * coef)
-                if HAS_CAP:
-                    g = g * (1.0 - th * th)
-            tl.store(g_row + c * sg_c, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
-        tl.debug_barrier()
-        if HAS_CAP:
-            g_s = g_s * (1.0 - th_s * th_s)
-        tl.store(g_row + safe * sg_c, (tl.where(valid, g_s, 0.0) * factor).to(g_ptr.dtype.element_ty),
-                 mask=valid)
+        _topk_grad(s_row, g_ptr + r * sg_n, g_ptr, V, ss_c, sg_c, safe, valid, g_s, th_s, ref, coef, factor, cap,
+                   inv_t, zero, BLOCK, TAIL, HAS_CAP, ACC_F64)

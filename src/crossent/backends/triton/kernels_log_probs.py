@@ -15,7 +15,8 @@ A block of -inf logits before the first finite one keeps s = er = 0 (its rescali
 taken as 0, not exp(-inf + inf)); a row of -inf logits gives nan, as torch's log_softmax. An
 out-of-range target (unchecked on a GPU, as in torch) makes its row's outputs nan. The gradient
 may be written over the logits (the linear loop's chunk): each program reads its block before it
-writes it. Everything in float32 (float64 for float64 inputs).
+writes it. Everything in float32 (float64 for float64 inputs). The masked load, the softcap and
+the range check are kernels_rows.py's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import _tanh
+from .kernels_rows import acc_zero, capped, checked_index, load_acc
 
 LOG_FLOOR = tl.constexpr(-1e4)  # rows_log_probs.LOG_FLOOR (tests check that they agree)
 
@@ -31,17 +32,8 @@ LOG_FLOOR = tl.constexpr(-1e4)  # rows_log_probs.LOG_FLOOR (tests check that the
 @triton.jit
 def _tempered(x_row, offs, mask, cap, temp, ACC_F64: tl.constexpr, HAS_CAP: tl.constexpr):
     """Step 0 for one block: (z = c tanh(x / c) / T, -inf where masked; th = tanh(x / c) or 0)."""
-    x = tl.load(x_row + offs, mask=mask, other=0.0)
-    if ACC_F64:
-        x = x.to(tl.float64)
-    else:
-        x = x.to(tl.float32)
-    th = tl.zeros_like(x)
-    if HAS_CAP:
-        th = _tanh(x / cap)
-        x = th * cap
-    z = x / temp
-    return tl.where(mask, z, float("-inf")), th
+    x, th = capped(load_acc(x_row, offs, mask, "", ACC_F64), cap, HAS_CAP)
+    return tl.where(mask, x / temp, float("-inf")), th
 
 
 @triton.jit
@@ -53,10 +45,7 @@ def lp_forward_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * sx_n
     cols = tl.arange(0, BLOCK)
-    if ACC_F64:
-        zero = tl.full([], 0.0, tl.float64)
-    else:
-        zero = tl.full([], 0.0, tl.float32)
+    zero = acc_zero(ACC_F64)
     cap = tl.load(params_ptr)
     temp = tl.load(params_ptr + 1)
     m = zero + float("-inf")
@@ -79,8 +68,7 @@ def lp_forward_kernel(
     log_s = tl.log(s)
     t = tl.load(target_ptr + row)
     valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= C))
-    safe = tl.where(valid & (t >= 0) & (t < C), t, 0)  # (no `~`: kernels._hard_row)
+    bad, safe = checked_index(t, valid, C)
     z_t, _ = _tempered(x_row, safe * sx_c, safe >= 0, cap, temp, ACC_F64, HAS_CAP)
     lp = tl.where(bad, float("nan"), (z_t - m) - log_s)
     tl.store(lp_ptr + row, tl.where(valid, lp, 0.0))
