@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 import zlib
 
@@ -223,12 +224,6 @@ def test_extensions_match_reference(on_backend, reduction, z_loss, softcap, targ
 def test_dtype_float32_is_the_loss_of_the_upcast_input(request, on_backend, dtype, shape, reduction, target_kind):
     """dtype=torch.float32 on 16-bit logits: torch's loss of input.float() (float32, not rounded
     to 16 bits), with a gradient in the input's dtype; without dtype, torch's result dtype."""
-    if (on_backend, target_kind, dtype, shape, reduction) == ("triton", "probs", torch.bfloat16, (2, 7, 3), "mean"):
-        # Found when the pairwise design first ran this case on Triton (the disjoint thirds never
-        # had): its gradient is 3.7 bf16 units from torch's (2 of 42 elements; 3 allowed), under
-        # TRITON_INTERPRET on CPU ('none' on the same input passes). Open: not yet investigated.
-        request.applymarker(pytest.mark.xfail(reason="Triton: bf16 probability-target gradient with "
-                                              "dtype=float32, mean, 3.7 units off (open)", strict=True))
     gen = torch.Generator().manual_seed(0)
     x = (3 * torch.randn(shape, generator=gen)).to(dtype)
     if target_kind == "index":
@@ -246,7 +241,12 @@ def test_dtype_float32_is_the_loss_of_the_upcast_input(request, on_backend, dtyp
     (g_want,) = _grads(want, (xt,))
     assert g.dtype == dtype
     unit = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
-    torch.testing.assert_close(g.float(), g_want.float(), atol=1e-5, rtol=3 * unit)
+    # Triton's interpreter casts float32 to bfloat16 by truncation (triton/runtime/interpreter.py:
+    # cast_impl gives _convert_float no rounding mode), where a GPU rounds to nearest even: one more
+    # bf16 ulp (2 units) there. Measured on [(2, 7, 3), probs]: Triton 1.8-1.9 units from the float64
+    # gradient, every other path 0.8 (correctly rounded).
+    truncated = on_backend == "triton" and dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    torch.testing.assert_close(g.float(), g_want.float(), atol=1e-5, rtol=(5 if truncated else 3) * unit)
 
 
 def test_dtype_argument_of_linear_cross_entropy():
