@@ -16,7 +16,10 @@ c2 = log(beta) and d = (lp + c1) - (lq + c2), log m = log((1 - beta) p + beta q)
 
 (the JSD gradient: d/dp of D is (1 - beta) (log p - log m), then the softmax's Jacobian). The two
 softplus forms of lp - log m and lq - log m stay finite where the other distribution is 0 (d =
-+-inf); terms of weight 0 are 0, by where (0 log 0 = 0). The hard part is the student's
++-inf); terms of weight 0 are 0, by where (0 log 0 = 0). The fused step (`divergence_`) takes the
+same terms from the probabilities instead, kp = xlogy(p, p / m), kq = xlogy(q, q / m) with
+m = lerp(p, q, beta) (xlogy gives 0 at weight 0 in the same pass), and beta = 0, 1 from torch's
+log_softmax: fewer passes over a chunk, the same values to float rounding. The hard part is the student's
 cross-entropy at temperature 1: CE = log s1 - (z1_t - m1), dCE/dz1 = p1 - onehot(t). The row's
 loss l = soft_weight D + hard_weight CE and its gradient w.r.t. z1 is
 (soft_weight / T) dD/dz + hard_weight (p1 - onehot), times 1 - th^2 under the student's softcap.

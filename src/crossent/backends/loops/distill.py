@@ -56,7 +56,8 @@ class DenseTeacher:
             self.buffer = Chunk(rows, v, self.x.shape[1], self.x, None, kernels, row_major, False, buffers=_no_buffers)
 
     def losses(self, kernels, z, sl, counted, opts, **kw):
-        zt = self.buffer.logits(self.x[sl], self.w, self.b) if self.buffer is not None else None
+        alpha = alphas(kernels, opts)[1]
+        zt = self.buffer.logits(self.x[sl], self.w, self.b, alpha) if self.buffer is not None else None
         target = self.target[sl] if self.target is not None else None
         return kernels.distill_chunk(z, zt, target, counted[sl], opts, **kw)
 
@@ -78,6 +79,11 @@ class TopkTeacher:
         return kernels.topk_chunk(z, self.ids[sl], self.log_q[sl], opts, **kw)
 
 
+def alphas(kernels: RowKernels, opts: DistillationOptions) -> tuple[float, float]:
+    """(student, teacher) factors of the chunk logits inside their products (RowKernels.distill_alphas)."""
+    return kernels.distill_alphas(opts) if kernels.distill_alphas is not None else (1.0, 1.0)
+
+
 def distill_loop(x, weight, bias, teacher, opts: DistillationOptions, rows_, kernels: RowKernels, *,
                  scale, grads):
     """One pass over the token chunks (linear_chunks.run_chunks); per-token losses (N,) in the
@@ -95,7 +101,7 @@ def distill_loop(x, weight, bias, teacher, opts: DistillationOptions, rows_, ker
     def step(z, sl, grad):
         return teacher.losses(kernels, z, sl, counted, opts, grad=grad, scale=scale_rows(scale, sl), buffers=buffers)
 
-    return run_chunks(x, weight, bias, chunk, rows_, grads, step)
+    return run_chunks(x, weight, bias, chunk, rows_, grads, step, alpha=alphas(kernels, opts)[0])
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,12 @@ class Chunk:
         split = want_w and sixteen_bit and not self.fused_w
         self.w_part = _memory.empty((self.slice_rows, d), x.dtype, x.device) if split else None
 
-    def logits(self, xc, weight, bias):
-        """Z = xc @ weight.T (+ bias) (r, V), into the buffer, in its layout."""
+    def logits(self, xc, weight, bias, alpha=1.0):
+        """Z = xc @ weight.T (+ bias) (r, V), into the buffer, in its layout; times ``alpha`` inside
+        the product where it is not 1 (a distillation's 1 / T: no pass of its own)."""
         r, v = xc.shape[0], self.v
+        if alpha != 1.0:
+            return self._scaled_logits(xc, weight, bias, alpha)
         if self.row_major:
             z = self.z[: r * v].view(r, v)
             return torch.mm(xc, weight.t(), out=z) if bias is None else torch.addmm(bias, xc, weight.t(), out=z)
@@ -119,6 +122,20 @@ class Chunk:
             torch.mm(weight, xc.t(), out=zt)
         else:
             torch.addmm(bias.unsqueeze(1), weight, xc.t(), out=zt)
+        return zt.t()
+
+
+    def _scaled_logits(self, xc, weight, bias, alpha):
+        """alpha (xc @ weight.T + bias) by addmm's alpha and beta (beta 0: the buffer's old values,
+        read as addmm's input, are ignored, nan included)."""
+        r, v = xc.shape[0], self.v
+        if self.row_major:
+            z = self.z[: r * v].view(r, v)
+            return torch.addmm(z if bias is None else bias, xc, weight.t(), beta=0.0 if bias is None else alpha,
+                               alpha=alpha, out=z)
+        zt = self.z[: r * v].view(v, r)
+        torch.addmm(zt if bias is None else bias.unsqueeze(1), weight, xc.t(), beta=0.0 if bias is None else alpha,
+                    alpha=alpha, out=zt)
         return zt.t()
 
 
@@ -172,12 +189,13 @@ def scale_rows(scale, sl: slice):
     return scale[sl] if isinstance(scale, torch.Tensor) and scale.dim() > 0 else scale
 
 
-def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x=False):
+def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x=False, alpha=1.0):
     """The token-chunk loop every fused linear loss shares: per chunk of rows ``sl``, the logits
     z = x[sl] W^T (+ b) into ``chunk``'s buffer, ``step(z, sl, grad)`` -> the rows' losses, with
     grad = z itself (the step writes d(loss)/dz over it) when a gradient is wanted, else None;
-    then the three products of `chunk_gradients`. grads and add_x as in `chunk_loop`. Returns
-    the per-token losses (N,) in the compute dtype."""
+    then the three products of `chunk_gradients`. grads and add_x as in `chunk_loop`; alpha: a
+    factor of the logits inside their product (`Chunk.logits`). Returns the per-token losses (N,)
+    in the compute dtype."""
     n = x.shape[0]
     losses = torch.empty(n, dtype=compute_dtype(x.dtype), device=x.device)
     want_grad = any(t is not None for t in grads)
@@ -189,7 +207,7 @@ def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x
     for i in range(0, n, chunk_rows_):
         sl = slice(i, min(i + chunk_rows_, n))
         xc = x[sl]  # (r, D)
-        z = chunk.logits(xc, weight, bias)
+        z = chunk.logits(xc, weight, bias, alpha)
         losses[sl] = step(z, sl, z if want_grad else None)
         if want_grad:
             chunk_gradients(z, xc, weight, sl, grads, chunk, first=i == 0, add_x=add_x)
