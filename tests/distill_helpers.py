@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import crossent
 from conftest import assert_no_worse_than_torch
 
-
 BACKENDS = ["auto", "fused", "composite", "reference"]
 # Backends that run a third of each option grid (the offset of their third); the fused kernels and
 # the float64 reference run all of it. 'auto' dispatches to the fused kernels at these sizes; the
@@ -22,11 +21,11 @@ SLICED = {"auto": 0, "composite": 1}
 FULL_GRID = os.environ.get("CROSSENT_FULL_GRID") == "1"
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """The backend a test runs on (None: crossent's own choice); on a sliced backend, a test with
-    two or more other parameters runs the grid points whose index sum is its offset mod 3, which
-    still runs every value of every option on it."""
+def backend_fixture(request):
+    """The body of the test modules' ``backend`` fixture (params=BACKENDS): the backend a test runs
+    on (None: crossent's own choice); on a sliced backend, a test with two or more other
+    parameters runs the grid points whose index sum is its offset mod 3, which still runs every
+    value of every option on it."""
     offset = SLICED.get(request.param)
     if offset is not None and not FULL_GRID:
         indices = {k: i for k, i in request.node.callspec.indices.items() if k != "backend"}

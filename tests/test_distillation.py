@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distill_helpers import backend, check_dense, check_topk, dense_problem, leaves, topk_problem  # noqa: F401  (fixture)
+from distill_helpers import (
+    BACKENDS,
+    backend_fixture,
+    check_dense,
+    check_topk,
+    dense_problem,
+    leaves,
+    topk_problem,
+)
 
 import crossent
 from conftest import assert_close
 
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    yield from backend_fixture(request)
 
 
 CAPS = {"no caps": {}, "both caps": {"softcap": 2.5, "teacher_softcap": 4.0}}

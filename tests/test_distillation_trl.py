@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from distill_helpers import backend, dense_problem, grad_out, leaves, topk_problem  # noqa: F401  (fixture)
+from distill_helpers import BACKENDS, backend_fixture, dense_problem, grad_out, leaves, topk_problem
 
 import crossent
 from conftest import assert_close, assert_no_worse_than_torch
@@ -22,6 +22,10 @@ distillation_trainer = pytest.importorskip("trl.trainer.distillation_trainer")
 gkd_trainer = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
 server = pytest.importorskip("trl.experimental.server_distillation.server_distillation_trainer")
 
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    yield from backend_fixture(request)
 
 
 def _ours(x, w, b, xt, wt, bt, target, **kw):
