@@ -4,12 +4,38 @@ formulas on materialised logits), and the float64 reference."""
 from __future__ import annotations
 
 import math
+import os
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 import crossent
 from conftest import assert_no_worse_than_torch
+
+BACKENDS = ["auto", "fused", "composite", "reference"]
+# Backends that run a third of each option grid (the offset of their third); the fused kernels and
+# the float64 reference run all of it. 'auto' dispatches to the fused kernels at these sizes; the
+# composite formulas share the row math the fused kernels are checked on. CROSSENT_FULL_GRID=1: all.
+SLICED = {"auto": 0, "composite": 1}
+FULL_GRID = os.environ.get("CROSSENT_FULL_GRID") == "1"
+
+
+def backend_fixture(request):
+    """The body of the test modules' ``backend`` fixture (params=BACKENDS): the backend a test runs
+    on (None: crossent's own choice); on a sliced backend, a test with two or more other
+    parameters runs the grid points whose index sum is its offset mod 3, which still runs every
+    value of every option on it."""
+    offset = SLICED.get(request.param)
+    if offset is not None and not FULL_GRID:
+        indices = {k: i for k, i in request.node.callspec.indices.items() if k != "backend"}
+        if len(indices) >= 2 and sum(indices.values()) % 3 != offset:
+            pytest.skip(f"a third of the option grid runs on {request.param} (CROSSENT_FULL_GRID=1: all)")
+    if request.param == "auto":
+        yield None
+        return
+    with crossent.use_backend(request.param):
+        yield request.param
 
 
 def dense_problem(n=12, d=8, d_t=12, v=37, *, dtype=torch.float32, ignored=0.25, seed=0, scale=2.0, bias=True):

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distill_helpers import check_dense, check_topk, dense_problem, leaves, topk_problem
+from distill_helpers import (
+    BACKENDS,
+    backend_fixture,
+    check_dense,
+    check_topk,
+    dense_problem,
+    leaves,
+    topk_problem,
+)
 
 import crossent
 from conftest import assert_close
 
-BACKENDS = ["auto", "fused", "composite", "reference"]
-
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    if request.param == "auto":
-        yield None
-        return
-    with crossent.use_backend(request.param):
-        yield request.param
+    yield from backend_fixture(request)
 
 
 CAPS = {"no caps": {}, "both caps": {"softcap": 2.5, "teacher_softcap": 4.0}}

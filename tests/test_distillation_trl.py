@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from distill_helpers import dense_problem, grad_out, leaves, topk_problem
+from distill_helpers import BACKENDS, backend_fixture, dense_problem, grad_out, leaves, topk_problem
 
 import crossent
 from conftest import assert_close, assert_no_worse_than_torch
@@ -22,16 +22,10 @@ distillation_trainer = pytest.importorskip("trl.trainer.distillation_trainer")
 gkd_trainer = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
 server = pytest.importorskip("trl.experimental.server_distillation.server_distillation_trainer")
 
-BACKENDS = ["auto", "fused", "composite", "reference"]
-
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    if request.param == "auto":
-        yield None
-        return
-    with crossent.use_backend(request.param):
-        yield request.param
+    yield from backend_fixture(request)
 
 
 def _ours(x, w, b, xt, wt, bt, target, **kw):

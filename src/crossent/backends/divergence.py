@@ -16,7 +16,10 @@ c2 = log(beta) and d = (lp + c1) - (lq + c2), log m = log((1 - beta) p + beta q)
 
 (the JSD gradient: d/dp of D is (1 - beta) (log p - log m), then the softmax's Jacobian). The two
 softplus forms of lp - log m and lq - log m stay finite where the other distribution is 0 (d =
-+-inf); terms of weight 0 are 0, by where (0 log 0 = 0). The hard part is the student's
++-inf); terms of weight 0 are 0, by where (0 log 0 = 0). The fused step (`divergence_`) takes the
+same terms from the probabilities instead, kp = xlogy(p, p / m), kq = xlogy(q, q / m) with
+m = lerp(p, q, beta) (xlogy gives 0 at weight 0 in the same pass), and beta = 0, 1 from torch's
+log_softmax: fewer passes over a chunk, the same values to float rounding. The hard part is the student's
 cross-entropy at temperature 1: CE = log s1 - (z1_t - m1), dCE/dz1 = p1 - onehot(t). The row's
 loss l = soft_weight D + hard_weight CE and its gradient w.r.t. z1 is
 (soft_weight / T) dD/dz + hard_weight (p1 - onehot), times 1 - th^2 under the student's softcap.
@@ -91,45 +94,82 @@ def divergence(lp: torch.Tensor, lq: torch.Tensor, beta: float) -> torch.Tensor:
     return beta * row_sum(kq) + (1.0 - beta) * row_sum(kp)
 
 
-def log_probs_(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """In place: z (n, V) becomes lp = (z - m) - log s and the buffer e (like z) becomes p.
-    Returns the row max m (n,)."""
-    m = z.amax(1, keepdim=True)
-    z.sub_(reference_of(m))
-    torch.exp(z, out=e)
-    s = row_sum(e).unsqueeze(1)
-    z.sub_(torch.log(s))
-    e.div_(s)
-    return m.squeeze(1)
+def _dim_view(z: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(z, out, dim) seen so that the class dim is a contiguous run or the outer dim of a contiguous
+    tensor: a chunk of the CPU's linear loop is a transposed view of a (V, n) buffer, and torch's
+    softmax kernels copy a non-contiguous input but run on dim 0 of the buffer in place."""
+    if not z.is_contiguous() and z.t().is_contiguous() and out.t().is_contiguous():
+        return z.t(), out.t(), 0
+    return z, out, 1
 
 
-def divergence_(lp: torch.Tensor, lq: torch.Tensor, p: torch.Tensor, q: torch.Tensor, beta: float,
-                scratch: torch.Tensor) -> torch.Tensor:
-    """In place, the fused kernels' step: D per row (n,); lp (n, V) is overwritten with dD/dz (the
-    gradient w.r.t. the tempered student logits); lq, p, q are read, ``scratch`` (like lp) is
-    used. For 0 < beta < 1 one more temporary of the chunk's size is made (softplus)."""
-    x = scratch
-    if beta == 0.0:
-        torch.sub(lq, lp, out=x).mul_(q).masked_fill_(q == 0, 0.0)  # q (lq - lp)
-        d_row = row_sum(x)
-        torch.sub(p, q, out=lp)
-        return d_row
-    if beta == 1.0:
-        torch.sub(lp, lq, out=x).mul_(p).masked_fill_(p == 0, 0.0)  # p (lp - lq)
-        d_row = row_sum(x)
-        torch.mul(p, -d_row.unsqueeze(1), out=lp).add_(x)  # p (lp - lq) - p D
-        return d_row
-    c1, c2 = mixture_constants(beta)
-    keep_p, keep_q = p > 0, q > 0
-    torch.sub(lp, lq, out=x).add_(c1 - c2).masked_fill_(~(keep_p | keep_q), 0.0)  # d
-    y = softplus(x)  # softplus(d)
-    x.neg_()
-    kp = softplus(x).add_(c1).mul_(p).neg_().masked_fill_(~keep_p, 0.0)  # -p (c1 + softplus(-d))
-    torch.add(y, c2, out=x).mul_(q).neg_().masked_fill_(~keep_q, 0.0)  # kq
+def softmax_(z: torch.Tensor, out: torch.Tensor, *, log: bool = False) -> torch.Tensor:
+    """out (like z) = softmax(z) (log_softmax with ``log``) along dim 1 by torch's fused row kernel,
+    relative to the row max (a read for the max, one for the sum, one write, a few rows at a time
+    in cache), where amax, sub, exp, sum, log, div were six passes over the chunk."""
+    zz, oo, dim = _dim_view(z, out)
+    torch.log_softmax(zz, dim, out=oo)
+    # softmax as exp(log_softmax): torch 2.13's softmax kernel on a non-last dim gave other bits at
+    # 1 and 2 threads for a (3000, 24) input (log_softmax: the same bits at every size tried)
+    return out if log else out.exp_()
+
+
+def poisoned(*log_probs: torch.Tensor) -> torch.Tensor:
+    """(n,) rows whose log-softmax is nan: torch's kernel makes a whole row nan when one of its
+    logits is nan or +inf (or all are -inf), so one column tells."""
+    bad = torch.isnan(log_probs[0][:, 0])
+    for lp in log_probs[1:]:
+        bad = bad | torch.isnan(lp[:, 0])
+    return bad
+
+
+def _weighted(x: torch.Tensor) -> torch.Tensor:
+    """x = a * (log a - log b) in place, 0 where it is nan (a = 0 against a log that is -inf: 0 log 0
+    = 0), +-inf kept (a > 0 where the other log is -inf); a nan of a nan row is restored by
+    `poisoned`. One pass (compare + fill would be two)."""
+    return x.nan_to_num_(0.0, math.inf, -math.inf)
+
+
+def divergence_(s: torch.Tensor, u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, x: torch.Tensor,
+                beta: float, *, p_ready: bool) -> tuple[torch.Tensor, float]:
+    """In place, the fused kernels' step on a chunk: (D per row (n,), c) with s (n, V) overwritten by
+    dD/dz / c (the gradient w.r.t. the tempered student logits, up to the factor c the caller folds
+    into its own last multiply). s, u: the tempered student and teacher logits (scratch); p: the
+    student's softmax, already there with ``p_ready`` (else computed); q, x: buffers like s.
+
+    beta = 0 and 1 work on the logs (lq - lp, lp - lq), the mixture on the probabilities:
+    m = lerp(p, q, beta), kp = xlogy(p, p / m), kq = xlogy(q, q / m) (0 where the weight is 0, and
+    no cancellation: p / m is a ratio of nearby numbers where lp - log m subtracts two large logs),
+    m floored at the least float so that 0 / 0 (both underflow) reads 0 / tiny = 0. About 9 passes
+    over the chunk beside the two softmaxes."""
+    if beta == 0.0 or beta == 1.0:
+        softmax_(u, q, log=True)
+        softmax_(s, x, log=True)
+        bad = poisoned(q, x)
+        if not p_ready:
+            torch.exp(x, out=p)
+        if beta == 0.0:  # D = sum q (lq - lp), dD/dz = p - q
+            torch.sub(q, x, out=x)
+            q.exp_()
+            d_row = row_sum(_weighted(x.mul_(q)))
+            torch.sub(p, q, out=s)
+        else:  # D = sum p (lp - lq), dD/dz = p (lp - lq) - p D
+            d_row = row_sum(_weighted(x.sub_(q).mul_(p)))
+            torch.addcmul(x, p, d_row.unsqueeze(1), value=-1.0, out=s)
+        return torch.where(bad, math.nan, d_row), 1.0
+    if not p_ready:
+        softmax_(s, p)
+    softmax_(u, q)
+    torch.lerp(p, q, beta, out=x).clamp_min_(_TINY[x.dtype])  # m
+    kq = torch.special.xlogy(q, torch.div(q, x, out=u), out=u)
+    kp = torch.special.xlogy(p, torch.div(p, x, out=s), out=s)
     k_row = row_sum(kp)
-    d_row = beta * row_sum(x) + (1.0 - beta) * k_row
-    torch.mul(p, -k_row.unsqueeze(1), out=lp).add_(kp).mul_(1.0 - beta)  # (1 - beta) (kp - p K)
-    return d_row
+    d_row = beta * row_sum(kq) + (1.0 - beta) * k_row
+    s.addcmul_(p, k_row.unsqueeze(1), value=-1.0)  # kp - p K; dD/dz = (1 - beta) (kp - p K)
+    return d_row, 1.0 - beta
+
+
+_TINY = {dt: torch.finfo(dt).smallest_normal * torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}
 
 
 # ---------------------------------------------------------------------- top-k

@@ -177,7 +177,7 @@ KERNELS = loops.RowKernels(
     bce_forward=binary_kernel.bce_forward, chunk_rows=chunk_rows, row_major_logits=False,
     weight_grad_slice=0, name="fused", log_probs=LOG_PROB_KERNELS,
     distill_chunk=distill_kernel.distill_chunk, topk_chunk=distill_kernel.topk_chunk,
-    distill_buffers=distill_kernel.Buffers, distill_rows=distill_rows,
+    distill_buffers=distill_kernel.Buffers, distill_rows=distill_rows, distill_alphas=distill_kernel.alphas,
 )
 
 

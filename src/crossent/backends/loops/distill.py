@@ -32,7 +32,7 @@ from .. import autograd, composite_distill
 from ..common import compute_dtype, reduce, safe_reciprocal
 from .kernels import RowKernels
 from .linear import _grad_buffers
-from .linear_chunks import Chunk, chunk_gradients
+from .linear_chunks import Chunk, run_chunks, scale_rows
 
 
 def _no_buffers(size):
@@ -56,7 +56,8 @@ class DenseTeacher:
             self.buffer = Chunk(rows, v, self.x.shape[1], self.x, None, kernels, row_major, False, buffers=_no_buffers)
 
     def losses(self, kernels, z, sl, counted, opts, **kw):
-        zt = self.buffer.logits(self.x[sl], self.w, self.b) if self.buffer is not None else None
+        alpha = alphas(kernels, opts)[1]
+        zt = self.buffer.logits(self.x[sl], self.w, self.b, alpha) if self.buffer is not None else None
         target = self.target[sl] if self.target is not None else None
         return kernels.distill_chunk(z, zt, target, counted[sl], opts, **kw)
 
@@ -78,36 +79,29 @@ class TopkTeacher:
         return kernels.topk_chunk(z, self.ids[sl], self.log_q[sl], opts, **kw)
 
 
+def alphas(kernels: RowKernels, opts: DistillationOptions) -> tuple[float, float]:
+    """(student, teacher) factors of the chunk logits inside their products (RowKernels.distill_alphas)."""
+    return kernels.distill_alphas(opts) if kernels.distill_alphas is not None else (1.0, 1.0)
+
+
 def distill_loop(x, weight, bias, teacher, opts: DistillationOptions, rows_, kernels: RowKernels, *,
                  scale, grads):
-    """One pass over the token chunks; per-token losses (N,) in the compute dtype. scale: a
-    number, a 0-d tensor or (N,); grads as in linear_chunks.chunk_loop (written, not added)."""
+    """One pass over the token chunks (linear_chunks.run_chunks); per-token losses (N,) in the
+    compute dtype. scale: a number, a 0-d tensor or (N,); grads as in linear_chunks.chunk_loop
+    (written, not added)."""
     n, d = x.shape
     v = weight.shape[0]
-    gx, gw, gb = grads
-    losses = torch.empty(n, dtype=compute_dtype(x.dtype), device=x.device)
-    if n == 0:
-        for t in (gw, gb):
-            if t is not None:
-                t.zero_()
-        return losses
-    want_grad = any(t is not None for t in grads)
-    rows_ = min(rows_, n)
+    rows_ = max(1, min(rows_, n))
     row_major = kernels.row_major_logits
-    chunk = Chunk(rows_, v, d, x, None, kernels, row_major, gw is not None, buffers=_no_buffers)
+    chunk = Chunk(rows_, v, d, x, None, kernels, row_major, grads[1] is not None, buffers=_no_buffers)
     teacher.begin(rows_, v, kernels, row_major, opts)
     buffers = kernels.distill_buffers(rows_ * v, x.dtype, teacher.dtype, opts, x.device)
     counted = teacher.counted(n, opts)
-    per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
-    for i in range(0, n, rows_):
-        sl = slice(i, min(i + rows_, n))
-        xc = x[sl]
-        z = chunk.logits(xc, weight, bias)
-        losses[sl] = teacher.losses(kernels, z, sl, counted, opts, grad=z if want_grad else None,
-                                    scale=scale[sl] if per_token else scale, buffers=buffers)
-        if want_grad:
-            chunk_gradients(z, xc, weight, sl, grads, chunk, first=sl.start == 0)
-    return losses
+
+    def step(z, sl, grad):
+        return teacher.losses(kernels, z, sl, counted, opts, grad=grad, scale=scale_rows(scale, sl), buffers=buffers)
+
+    return run_chunks(x, weight, bias, chunk, rows_, grads, step, alpha=alphas(kernels, opts)[0])
 
 
 @dataclass(frozen=True)

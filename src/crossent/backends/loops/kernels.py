@@ -38,6 +38,9 @@ class RowKernels:
     distill_buffers(numel, dtype, teacher_dtype, opts, device) -> what those need beside the
         chunk's logits (allocated once per call)
     distill_rows(n, d, d_teacher, v, dtype, teacher_dtype, opts) -> tokens per chunk
+    distill_alphas(opts) -> (student, teacher): factors the loop multiplies into each model's
+        chunk logits inside their product (1 / T where the kernel takes them tempered); None:
+        (1, 1), the kernels take raw logits
     scale_grad(g, factor) -> g  backward's g *= factor (one element, on g's device) in place, for a
         gradient forward finished: the backend's kernel, which reads the factor on the device and
         does nothing when it is 1 (no host sync); None: torch's multiply, skipped only for a factor
@@ -58,6 +61,7 @@ class RowKernels:
     distill_buffers: Callable | None = None
     distill_rows: Callable | None = None
     scale_grad: Callable | None = None
+    distill_alphas: Callable | None = None
 
 
 @dataclass(frozen=True)

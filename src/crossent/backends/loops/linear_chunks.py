@@ -108,9 +108,12 @@ class Chunk:
         split = want_w and sixteen_bit and not self.fused_w
         self.w_part = _memory.empty((self.slice_rows, d), x.dtype, x.device) if split else None
 
-    def logits(self, xc, weight, bias):
-        """Z = xc @ weight.T (+ bias) (r, V), into the buffer, in its layout."""
+    def logits(self, xc, weight, bias, alpha=1.0):
+        """Z = xc @ weight.T (+ bias) (r, V), into the buffer, in its layout; times ``alpha`` inside
+        the product where it is not 1 (a distillation's 1 / T: no pass of its own)."""
         r, v = xc.shape[0], self.v
+        if alpha != 1.0:
+            return self._scaled_logits(xc, weight, bias, alpha)
         if self.row_major:
             z = self.z[: r * v].view(r, v)
             return torch.mm(xc, weight.t(), out=z) if bias is None else torch.addmm(bias, xc, weight.t(), out=z)
@@ -119,6 +122,20 @@ class Chunk:
             torch.mm(weight, xc.t(), out=zt)
         else:
             torch.addmm(bias.unsqueeze(1), weight, xc.t(), out=zt)
+        return zt.t()
+
+
+    def _scaled_logits(self, xc, weight, bias, alpha):
+        """alpha (xc @ weight.T + bias) by addmm's alpha and beta (beta 0: the buffer's old values,
+        read as addmm's input, are ignored, nan included)."""
+        r, v = xc.shape[0], self.v
+        if self.row_major:
+            z = self.z[: r * v].view(r, v)
+            return torch.addmm(z if bias is None else bias, xc, weight.t(), beta=0.0 if bias is None else alpha,
+                               alpha=alpha, out=z)
+        zt = self.z[: r * v].view(v, r)
+        torch.addmm(zt if bias is None else bias.unsqueeze(1), weight, xc.t(), beta=0.0 if bias is None else alpha,
+                    alpha=alpha, out=zt)
         return zt.t()
 
 
@@ -157,27 +174,43 @@ def chunk_loop(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, kernels: Ro
            chunks add to them.
     """
     n, d = x.shape
-    v = weight.shape[0]
-    gx, gw, gb = grads
+    row_major = tg.probs is not None or kernels.row_major_logits
+    chunk = Chunk(max(1, min(chunk_rows_, n)), weight.shape[0], d, x, opts, kernels, row_major, grads[1] is not None)
+
+    def step(z, sl, grad):
+        return kernels.ce_chunk(z, tg.rows(sl), opts, grad=grad, scale=scale_rows(scale, sl),
+                                buffers=chunk.buffers, x_is_scratch=True)[0]
+
+    return run_chunks(x, weight, bias, chunk, chunk_rows_, grads, step, add_x=add_x)
+
+
+def scale_rows(scale, sl: slice):
+    """The rows ``sl`` of a per-token scale (N,); a number or a 0-d tensor as it is."""
+    return scale[sl] if isinstance(scale, torch.Tensor) and scale.dim() > 0 else scale
+
+
+def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x=False, alpha=1.0):
+    """The token-chunk loop every fused linear loss shares: per chunk of rows ``sl``, the logits
+    z = x[sl] W^T (+ b) into ``chunk``'s buffer, ``step(z, sl, grad)`` -> the rows' losses, with
+    grad = z itself (the step writes d(loss)/dz over it) when a gradient is wanted, else None;
+    then the three products of `chunk_gradients`. grads and add_x as in `chunk_loop`; alpha: a
+    factor of the logits inside their product (`Chunk.logits`). Returns the per-token losses (N,)
+    in the compute dtype."""
+    n = x.shape[0]
     losses = torch.empty(n, dtype=compute_dtype(x.dtype), device=x.device)
+    want_grad = any(t is not None for t in grads)
     if n == 0:
-        for t in (gw, gb):
+        for t in grads[1:]:
             if t is not None:
                 t.zero_()
         return losses
-    want_grad = any(t is not None for t in grads)
-    row_major = tg.probs is not None or kernels.row_major_logits
-    chunk = Chunk(min(chunk_rows_, n), v, d, x, opts, kernels, row_major, gw is not None)
-    per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
     for i in range(0, n, chunk_rows_):
-        j = min(i + chunk_rows_, n)
-        xc = x[i:j]  # (r, D)
-        z = chunk.logits(xc, weight, bias)
-        losses[i:j], _ = kernels.ce_chunk(
-            z, tg.rows(slice(i, j)), opts, grad=z if want_grad else None,
-            scale=scale[i:j] if per_token else scale, buffers=chunk.buffers, x_is_scratch=True,
-        )
-        chunk_gradients(z, xc, weight, slice(i, j), grads, chunk, first=i == 0, add_x=add_x)
+        sl = slice(i, min(i + chunk_rows_, n))
+        xc = x[sl]  # (r, D)
+        z = chunk.logits(xc, weight, bias, alpha)
+        losses[sl] = step(z, sl, z if want_grad else None)
+        if want_grad:
+            chunk_gradients(z, xc, weight, sl, grads, chunk, first=i == 0, add_x=add_x)
     return losses
 
 

@@ -51,7 +51,7 @@ import transformers
 from torch import nn
 
 from ..._checks import integrations as _checks
-from . import _contract, _forward, _head, _layers, _trl
+from . import _contract, _forward, _head, _layers, _trl, _trl_distill
 
 
 def _unwrap(obj: Any) -> Any:
@@ -90,7 +90,13 @@ def is_patched(obj: Any) -> bool:
     wrappers), or on every model a trainer runs. Not for an unpatched layer left inert under
     another wrapper, nor for a patched model that TRL's fused LM head wrapped afterwards (its
     training calls bypass crossent until the trainer is patched)."""
+    if _distillation_trainer(obj):
+        return _trl_distill.is_patched(obj)
     return all(_in_effect(m) for m in _models("is_patched", obj))
+
+
+def _distillation_trainer(obj: Any) -> bool:
+    return _is_trainer(obj) and _trl.is_trl_trainer(obj) and _trl_distill.trainer_name(obj) is not None
 
 
 def _in_effect(model: nn.Module) -> bool:
@@ -118,6 +124,8 @@ def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
       * a TRL ``GRPOTrainer``, ``RLOOTrainer`` or ``KTOTrainer`` (TRL >= 1.15) likewise: the
         per-token ``log_probs`` and ``entropy`` of its policy, reference model (and KTO's KL batch),
         language or vision-language, by ``crossent.linear_log_probs`` with both gradients.
+      * a TRL ``DistillationTrainer`` (TRL >= 1.16, a local teacher): its generalized-JSD loss by
+        ``crossent.linear_distillation_loss`` (``_trl_distill``; the models are not patched).
     Anything else raises here, at patch time, never a silent no-op or another loss: a head
     crossent would bypass, an encoder-decoder model, a loss the probe does not recognise, an
     unsupported TRL version or trainer option (``Unsupported``, a ValueError).
@@ -139,6 +147,10 @@ def patch(obj: Any, *, chunk_size: int | None = None) -> Any:
     """
     fn = "patch"
     chunk_size = _checks.chunk_size(fn, chunk_size)
+    if _distillation_trainer(obj):  # its loss is one function of both heads (_trl_distill)
+        _trl_distill.check(fn, obj, _trl.version())
+        _trl_distill.patch(obj, chunk_size)
+        return obj
     models = _models(fn, obj)
     trl_trainer = _is_trainer(obj) and _trl.is_trl_trainer(obj)
     states = [_check_model(fn, m, chunk_size, trl_trainer) for m in models]  # all, then patch
@@ -151,6 +163,9 @@ def unpatch(obj: Any) -> Any:
     """Undo ``patch(obj)``; returns ``obj``. A model whose crossent layer is the outermost forward
     is left exactly as before; one wrapped since (by TRL, accelerate) keeps the wrapper, with
     crossent's layer inside it now a pass-through."""
+    if _distillation_trainer(obj):
+        _trl_distill.unpatch("unpatch", obj)
+        return obj
     for model in _models("unpatch", obj):
         state = _layers.active(model)
         if state is None:

@@ -34,7 +34,7 @@ from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
 from ..._checks import integrations as _checks
-from . import _forward, _layers, _stats, _trl_rl
+from . import _forward, _layers, _stats, _trl_distill, _trl_rl
 from ._common import IGNORE_INDEX
 
 MIN_VERSION = (1, 15)  # trl.trainer.utils.add_fused_lm_head first appears in TRL 1.15.0
@@ -109,8 +109,12 @@ def check_trainer(fn: str, trainer: Any) -> list[nn.Module]:
     if _trl_rl.trainer_name(trainer) is not None:
         return _trl_rl.check_trainer(fn, trainer)
     name = next((c.__name__ for c in type(trainer).__mro__ if c.__name__ in TRAINERS), None)
+    if any(c.__name__ == "GKDTrainer" for c in type(trainer).__mro__):  # an SFTTrainer whose loss is
+        # a divergence of both models' full logits: patching its fused LM head would change nothing
+        _checks.trl_option_unsupported(fn, trainer, "GKD's generalized JSD on the full logits (use TRL's "
+                                       "DistillationTrainer, which crossent patches)")
     if name is None:
-        _checks.trl_trainer_unsupported(fn, trainer, TRAINERS + _trl_rl.TRAINERS)
+        _checks.trl_trainer_unsupported(fn, trainer, TRAINERS + _trl_rl.TRAINERS + _trl_distill.TRAINERS)
     # Where SFTTrainer computes its loss from the full logits instead (the fused outputs then only
     # feed the metrics), crossent would not compute the loss: say so instead of a silent no-op.
     if getattr(trainer, "compute_loss_func", None) is not None:
