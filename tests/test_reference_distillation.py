@@ -7,13 +7,15 @@ from __future__ import annotations
 import ast
 import inspect
 
+import pytest
 from test_reference import BANNED
 
-from crossent import _reference_distillation, reference
+from crossent import _reference_distillation, _reference_softmax, reference
 
 
-def test_the_distillation_reference_uses_only_elementary_ops():
-    tree = ast.parse(inspect.getsource(_reference_distillation))
+@pytest.mark.parametrize("module", [_reference_distillation, _reference_softmax], ids=lambda m: m.__name__)
+def test_the_distillation_reference_uses_only_elementary_ops(module):
+    tree = ast.parse(inspect.getsource(module))
     used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert not used & BANNED

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import reference as _ref
+from ._reference_softmax import log_p_and_lse as _log_softmax
 
 
 def _head(x: Tensor, w: Tensor, b: Tensor | None, cap: float | None, precision) -> Tensor:
@@ -109,11 +109,11 @@ def linear_distillation_loss(
     counted = torch.ones(z.shape[0], dtype=torch.bool) if target is None else target != ignore_index
     loss = torch.zeros(z.shape[0], dtype=precision)
     if soft_weight != 0.0:
-        log_p, _ = _ref._log_softmax(z / temperature, 1)
-        log_q, _ = _ref._log_softmax(u / temperature, 1)
+        log_p, _ = _log_softmax(z / temperature, 1)
+        log_q, _ = _log_softmax(u / temperature, 1)
         loss = loss + soft_weight * generalized_jsd(log_p, log_q, beta)
     if hard_weight != 0.0:
-        log_p1, _ = _ref._log_softmax(z, 1)
+        log_p1, _ = _log_softmax(z, 1)
         picked = log_p1.gather(1, torch.where(counted, target, 0).unsqueeze(1)).squeeze(1)
         loss = loss - hard_weight * picked
     loss = torch.where(counted, loss, 0.0)
@@ -151,7 +151,7 @@ def linear_topk_distillation_loss(
     mass sums to 1).
     """
     z = _head(input, linear_weight, linear_bias, softcap, precision) / temperature
-    log_p, _ = _ref._log_softmax(z, 1)  # (N, V)
+    log_p, _ = _log_softmax(z, 1)  # (N, V)
     valid = teacher_ids != ignore_index  # (N, k)
     safe = torch.where(valid, teacher_ids, 0)
     log_q = torch.where(valid, teacher_log_probs.detach().to(precision), float("-inf"))

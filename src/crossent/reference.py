@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._reference_softmax import log_p_and_lse as _log_softmax
+
 
 def cross_entropy(
     input: Tensor,
@@ -195,17 +197,6 @@ def binary_cross_entropy_with_logits(
     if weight is not None:
         loss = loss * weight.to(precision)
     return _reduce(loss, reduction, denominator=loss.numel())
-
-
-def _log_softmax(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """(log p, lse) with lse = log sum_c exp(x_c) = m + log sum_c exp(x_c - m), m = max_c x_c.
-
-    Shifting by m keeps exp from overflowing. lse does not depend on m, and neither does its
-    gradient (the m terms cancel: 1 - sum_c p_c = 0), so m is detached rather than differentiated.
-    """
-    m = x.amax(dim, keepdim=True).detach()
-    lse = m + torch.log(torch.exp(x - m).sum(dim, keepdim=True))
-    return x - lse, lse.squeeze(dim)
 
 
 def _class_weight(weight: Tensor | None, ndim: int, class_dim: int, precision) -> Tensor | float:
