@@ -170,7 +170,10 @@ def launch_ce(x, tg, opts: LossOptions, *, grad, scale, stats=None):
         loss, stats, rows, c, d, *_strides(x), *_strides(g), *_strides(p), s_stride, opts.ignore_index,
         BLOCK=block, SINGLE=single, VEC=vec, STAGES=_stages(single, tg, opts, acc), SOFT=probs is not None,
         HAS_WEIGHT=w is not None, SMOOTH=opts.label_smoothing > 0.0, HAS_CAP=opts.softcap is not None,
-        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64, num_warps=_warps(block),
+        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64,
+        # a one-block row with probabilities holds x and p per class: twice the warps (Triton 3.6,
+        # the GPU image's, spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)
+        num_warps=_warps(block * 2 if single and probs is not None else block),
     )
     return loss, stats
 
