@@ -185,12 +185,18 @@ def sweep() -> dict:
 
 
 def main(argv) -> int:
+    return report(lambda: sweep() if "--sweep" in argv else launched())
+
+
+def report(variants) -> int:
+    """Compiles every variant of ``variants()`` (name -> launch) for sm_90 and prints one JSON line
+    per compiled kernel: registers, spilled bytes, warps and argument types. Shared by the
+    distillation and log-probs checks (aot_compile_distill.py, aot_compile_log_probs.py)."""
     # (before the first launch defines the kernels: under TRITON_INTERPRET they would be
     # interpreted functions, which compile nothing; importing this module changes nothing)
     os.environ.pop("TRITON_INTERPRET", None)
     _install()
-    variants = sweep() if "--sweep" in argv else launched()
-    for name, launch in variants.items():
+    for name, launch in variants().items():
         start = len(_COMPILED)
         launch()
         for kernel in _COMPILED[start:]:

@@ -10,8 +10,6 @@ rejects: a plain float global and a loop-carried '_' changing type.)
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import aot_compile
@@ -62,16 +60,7 @@ VARIANTS = {
 
 
 def main() -> int:
-    os.environ.pop("TRITON_INTERPRET", None)
-    aot_compile._install()
-    for name, launch in VARIANTS.items():
-        start = len(aot_compile._COMPILED)
-        launch()
-        for kernel in aot_compile._COMPILED[start:]:
-            regs, spills = aot_compile.ptxas_info(kernel)
-            print(json.dumps({"variant": name, "kernel": kernel.name, "registers": regs, "spill_bytes": spills}),
-                  flush=True)
-    return 0
+    return aot_compile.report(lambda: VARIANTS)
 
 
 if __name__ == "__main__":
