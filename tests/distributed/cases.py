@@ -43,6 +43,16 @@ def _load():
 F64 = dict(atol=1e-11, rtol=1e-10)
 
 
+def raises(call, exc, pattern):
+    """call() raises exc with ``pattern`` in its message (in a rank: no pytest there)."""
+    try:
+        call()
+    except exc as err:
+        assert pattern in str(err), str(err)
+    else:
+        raise AssertionError(f"accepted: {pattern}")
+
+
 def close(actual, expected, what: str, **tol):
     torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True,
                                msg=lambda m: f"{what}: {m}", **(tol or F64))

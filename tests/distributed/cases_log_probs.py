@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from cases import F64, case, close, gen, grid, vocab_slice
+from cases import F64, case, close, gen, grid, raises, vocab_slice
 from cases_linear import _Largest
 
 import crossent
@@ -208,15 +208,6 @@ def log_probs_collectives_bits_memory(rank, world):
     assert mode.numel <= bound < n * v_r, (mode.numel, bound, n * v_r)
 
 
-def _raises(call, exc, pattern):
-    try:
-        call()
-    except exc as err:
-        assert pattern in str(err), str(err)
-    else:
-        raise AssertionError(f"accepted: {pattern}")
-
-
 @case(2)
 def log_probs_errors(rank, world):
     """A target outside the global classes, a bad vocab_range and a second derivative are refused
@@ -233,13 +224,13 @@ def log_probs_errors(rank, world):
     wf, xf = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
     close(vp_llp(xf, distribute_tensor(wf, mesh, [Shard(0)]), t), crossent.linear_log_probs(xf, wf, t),
           "a DTensor weight")
-    _raises(lambda: vp_llp(x, w, torch.tensor([0, 8, 1])), ValueError,
+    raises(lambda: vp_llp(x, w, torch.tensor([0, 8, 1])), ValueError,
             "target contains 8 at index (1,), outside the classes [0, 8)")
-    _raises(lambda: vp_llp(x, w, t, vocab_range=(0, 3), num_classes=8), InvalidArgument, "vocab_range must")
-    _raises(lambda: vp_llp(x, w, t, temperature=0), ValueError, "temperature must be > 0, got 0.0")
+    raises(lambda: vp_llp(x, w, t, vocab_range=(0, 3), num_classes=8), InvalidArgument, "vocab_range must")
+    raises(lambda: vp_llp(x, w, t, temperature=0), ValueError, "temperature must be > 0, got 0.0")
     xr = x.clone().requires_grad_()
     lp = vp_llp(xr, w, t, num_classes=8)
-    _raises(lambda: torch.autograd.grad(lp.sum(), xr, create_graph=True), InvalidArgument, "second derivatives")
+    raises(lambda: torch.autograd.grad(lp.sum(), xr, create_graph=True), InvalidArgument, "second derivatives")
     groups = [dist.new_group([r]) for r in range(world)]  # (every rank creates every group)
     solo = groups[rank]
     wf = torch.randn(6, 4, dtype=torch.float64)

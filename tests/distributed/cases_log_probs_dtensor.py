@@ -7,7 +7,7 @@ meshes with even, uneven and empty shards, plain or DTensor input / target / bia
 from __future__ import annotations
 
 import torch
-from cases import case, close, gen, grid, vocab_slice
+from cases import case, close, gen, grid, raises, vocab_slice
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
@@ -110,15 +110,6 @@ def log_probs_dtensor_head_2d(rank, world):
         _check(x, w, b, t, a, cc, opts, xd, wd, bd, td, f"2-D c={c}", chunk=None)
 
 
-def _raises(call, exc, pattern):
-    try:
-        call()
-    except exc as err:
-        assert pattern in str(err), str(err)
-    else:
-        raise AssertionError(f"accepted: {pattern}")
-
-
 @case(4)
 def log_probs_dtensor_head_errors(rank, world):
     """FSDP2 on TP (dim 0 sharded twice), a weight sharded on D, another group, a contradicting
@@ -131,23 +122,23 @@ def log_probs_dtensor_head_errors(rank, world):
     w, x = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
     t = torch.randint(0, 8, (6,), generator=g)
     twice = distribute_tensor(w, mesh, [Shard(0), Shard(0)])
-    _raises(lambda: vp_llp(x, twice, t), InvalidArgument, "must be sharded by exactly one mesh dim")
-    _raises(lambda: vp_llp(x, distribute_tensor(w, mesh, [Replicate(), Shard(1)]), t), InvalidArgument,
+    raises(lambda: vp_llp(x, twice, t), InvalidArgument, "must be sharded by exactly one mesh dim")
+    raises(lambda: vp_llp(x, distribute_tensor(w, mesh, [Replicate(), Shard(1)]), t), InvalidArgument,
             "must be sharded by exactly one mesh dim")
     wd = distribute_tensor(w, mesh, [Replicate(), Shard(0)])
-    _raises(lambda: vp_llp(x, wd, t, group=mesh["dp"].get_group()), InvalidArgument,
+    raises(lambda: vp_llp(x, wd, t, group=mesh["dp"].get_group()), InvalidArgument,
             "pass group=None (the weight's shard group)")
-    _raises(lambda: vp_llp(x, wd, t, vocab_range=(0, 1)), InvalidArgument, "pass vocab_range=None")
-    _raises(lambda: vp_llp(x, wd, t, num_classes=9), InvalidArgument, "pass num_classes=None")
+    raises(lambda: vp_llp(x, wd, t, vocab_range=(0, 1)), InvalidArgument, "pass vocab_range=None")
+    raises(lambda: vp_llp(x, wd, t, num_classes=9), InvalidArgument, "pass num_classes=None")
     for placements in ([Replicate(), Shard(0)], [Replicate(), Shard(1)], [Shard(1), Replicate()]):
         xd = distribute_tensor(x, mesh, placements)
-        _raises(lambda: vp_llp(xd, wd, t), InvalidArgument, "Replicate on that dim")
+        raises(lambda: vp_llp(xd, wd, t), InvalidArgument, "Replicate on that dim")
     bd = distribute_tensor(torch.randn(8, generator=g), mesh, [Replicate(), Shard(0)])
-    _raises(lambda: vp_llp(x, w[:2], t, linear_bias=bd), InvalidArgumentType, "linear_bias is a DTensor")
-    _raises(lambda: vp_llp(x, wd, t, linear_bias=distribute_tensor(torch.randn(8, generator=g), mesh, [Replicate(), Replicate()])),
+    raises(lambda: vp_llp(x, w[:2], t, linear_bias=bd), InvalidArgumentType, "linear_bias is a DTensor")
+    raises(lambda: vp_llp(x, wd, t, linear_bias=distribute_tensor(torch.randn(8, generator=g), mesh, [Replicate(), Replicate()])),
             InvalidArgument, "linear_bias is a DTensor placed")
     td = distribute_tensor(t, mesh, [Shard(0), Replicate()])
-    _raises(lambda: vp_llp(x, wd, td), InvalidArgument, "target is a DTensor placed")
+    raises(lambda: vp_llp(x, wd, td), InvalidArgument, "target is a DTensor placed")
     # the same group given explicitly, and the layout restated, are accepted
     lp = vp_llp(x, wd, t, group=mesh["tp"], num_classes=8)
     close(lp, crossent.linear_log_probs(x, w, t), "explicit group")
