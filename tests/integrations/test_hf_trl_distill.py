@@ -34,15 +34,7 @@ if _trl.version()[:2] < (1, 16):
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls of crossent.functional.linear_distillation_loss (what the patch calls)."""
-    count = {"n": 0}
-    real = crossent.functional.linear_distillation_loss
-
-    def counted(*args, **kwargs):
-        count["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(crossent.functional, "linear_distillation_loss", counted)
-    return count
+    return H.count_calls(monkeypatch, crossent.functional, "linear_distillation_loss")
 
 
 def _prompts(rows=8, seed=1):

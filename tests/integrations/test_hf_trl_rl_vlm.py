@@ -29,6 +29,7 @@ except Exception as exc:  # a TRL too new or too old for this transformers
 if int(transformers.__version__.split(".")[0]) < 5:  # the tiny configs use transformers 5's API
     pytest.skip("the VLM helpers are written for transformers >= 5", allow_module_level=True)
 hf = pytest.importorskip("crossent.integrations.transformers")
+import trl_helpers as H  # noqa: E402
 import vlm_helpers as V  # noqa: E402
 
 import crossent.functional  # noqa: E402
@@ -70,14 +71,7 @@ def test_grpo_vlm_policy_equals_trls_fused_head(family, monkeypatch):
     trainer = _grpo(model, ref)
     hf.patch(trainer)
     assert hf.is_patched(trainer)
-    calls = {"n": 0}
-    real = crossent.functional.linear_log_probs
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(crossent.functional, "linear_log_probs", counted)
+    calls = H.count_calls(monkeypatch, crossent.functional, "linear_log_probs")
     g = torch.Generator().manual_seed(7)
     shape = (labels.shape[0], labels.shape[1] - 1)  # (TRL scores the shifted positions)
     adv, bonus = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
