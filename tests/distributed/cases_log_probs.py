@@ -208,6 +208,35 @@ def log_probs_collectives_bits_memory(rank, world):
     assert mode.numel <= bound < n * v_r, (mode.numel, bound, n * v_r)
 
 
+@case(2, 4)
+def log_probs_default_chunk_is_the_single_process_rule(rank, world):
+    """Without chunk_size the tokens per chunk come from the single-process rule
+    (chunked.log_prob_rows: at least 256 tokens within 256 MiB), not the linear loss's 16 MiB
+    budget alone: a small head (D=4, 9000 classes per rank) gets 256-token chunks, not 128 or 176."""
+    from crossent._options import LossOptions
+    from crossent.backends import chunked
+    from crossent.distributed import log_probs as module
+
+    n, d, v_r = 512, 4, 9000
+    x, w, b, t, a, cc = _problem(3800, (n,), d, v_r * world, bias=False, dtype=torch.float32)
+    sl = vocab_slice(v_r * world, world, rank)
+    seen, real = [], module.run_linear_log_probs
+    module.run_linear_log_probs = lambda call, *args: seen.append(call.rows) or real(call, *args)
+    try:
+        for entropy in (True, False):
+            xr, wr, _ = _leaves(sl, x, w, None)
+            out = vp_llp(xr, wr, t, return_entropy=entropy, temperature=0.9)
+            ref = crossent.linear_log_probs(x, w, t, return_entropy=entropy, temperature=0.9)
+            for o, r in zip(out if entropy else (out,), ref if entropy else (ref,)):
+                close(o, r, f"default chunk, entropy={entropy}", atol=1e-5, rtol=1e-5)
+            extra = 2 if entropy else 1
+            rule = chunked.log_prob_rows(n, d, v_r, torch.float32, LossOptions(), extra_buffers=extra)
+            budget_only = chunked.chunk_rows(n, d, v_r, torch.float32, LossOptions(), extra_buffers=extra)
+            assert seen[-1] == rule == 256 > budget_only, (seen, rule, budget_only)
+    finally:
+        module.run_linear_log_probs = real
+
+
 @case(2)
 def log_probs_errors(rank, world):
     """A target outside the global classes, a bad vocab_range and a second derivative are refused

@@ -25,7 +25,8 @@ saved in forward (3 numbers per token), then grad_x = G W_r (a partial sum over 
 classes: one all_reduce SUM of N D, float32), grad_W_r += G^T x, grad_b_r += sum G. As in
 loops/linear_log_probs.py, backward computes the logits again (g and h arrive only then):
 2 N D V_r FLOPs forward, 6 N D V_r backward per rank; nothing N x V_r is kept, one chunk's
-logits at a time (``chunk_size`` tokens; default: the single-device rule for V_r classes).
+logits at a time (``chunk_size`` tokens; default: the single-device rule for V_r classes,
+`backends.chunked.log_prob_rows`: at least 256 tokens while they fit in 256 MiB).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .._checks import log_probs as _checks
 from .._options import LossOptions
 from ..backends import rows, rows_log_probs
 from ..backends.autograd import Handover
-from ..backends.chunked import chunk_rows, log_prob_kernel
+from ..backends.chunked import log_prob_kernel, log_prob_rows
 from ..backends.common import compute_dtype
 from ..backends.loops.linear_log_probs import run as run_linear_log_probs
 from . import _comm, _layout
@@ -202,8 +203,8 @@ def vocab_parallel_linear_log_probs(input, linear_weight, target, *, linear_bias
             return flat_call(single, input, linear_weight, target, linear_bias, opts, entropy)
         shape = input.shape[:-1]
         x, index = input.reshape(-1, input.shape[-1]), target.reshape(-1)
-        rows_ = opts.chunk_size or chunk_rows(x.shape[0], x.shape[1], linear_weight.shape[0], x.dtype, opts,
-                                              extra_buffers=2 if entropy else 1)
+        rows_ = opts.chunk_size or log_prob_rows(x.shape[0], x.shape[1], linear_weight.shape[0], x.dtype, opts,
+                                                 extra_buffers=2 if entropy else 1)
         out = run_linear_log_probs(_Call(vocab[0], opts, comm, entropy, max(1, rows_)), x, linear_weight, index,
                                    linear_bias)
     if entropy:

@@ -153,14 +153,22 @@ LP_MIN_ROWS = 256
 LP_FLOOR_BYTES = 256 << 20
 
 
-def _lp_linear_rows(n, d, v, dtype, opts, entropy):
-    """The linear loss's rule, with the entropy's exp buffer counted, floored at LP_MIN_ROWS."""
-    extra = 1 if entropy else 0
-    rows = chunk_rows(n, d, v, dtype, opts, extra_buffers=extra)
+def log_prob_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions, *,
+                  extra_buffers: int) -> int:
+    """Tokens per chunk of the linear log-probabilities (this backend's and the vocab-parallel
+    one's): `chunk_rows` with ``extra_buffers`` chunk-sized compute-dtype buffers counted, and at
+    least LP_MIN_ROWS (balanced) while those fit in LP_FLOOR_BYTES."""
+    rows = chunk_rows(n, num_features, num_classes, dtype, opts, extra_buffers=extra_buffers)
     if rows >= min(n, LP_MIN_ROWS):
         return rows
-    cap = chunk_rows(n, d, v, dtype, opts, budget_bytes=LP_FLOOR_BYTES, extra_buffers=extra)
+    cap = chunk_rows(n, num_features, num_classes, dtype, opts, budget_bytes=LP_FLOOR_BYTES,
+                     extra_buffers=extra_buffers)
     return max(rows, min(loops.balanced_rows(n, LP_MIN_ROWS), cap))
+
+
+def _lp_linear_rows(n, d, v, dtype, opts, entropy):
+    """`log_prob_rows` with the entropy's exp buffer counted."""
+    return log_prob_rows(n, d, v, dtype, opts, extra_buffers=1 if entropy else 0)
 
 
 def _lp_logits_rows(n, c, device):
