@@ -33,6 +33,7 @@ def _load():
     import cases_ce  # noqa: F401  (registering modules)
     import cases_dtensor  # noqa: F401
     import cases_linear  # noqa: F401
+    import cases_linear_dtensor  # noqa: F401
     import cases_log_probs  # noqa: F401
     import cases_log_probs_dtensor  # noqa: F401
     import cases_torchtitan  # noqa: F401

@@ -288,7 +288,9 @@ def dtensor_group_matches(fn: str, given, shard_group, mesh_dim: int) -> None:
     if sorted(mine) != sorted(want):
         raise InvalidArgument(
             f"{fn}: group holds ranks {sorted(mine)}, but linear_weight (a DTensor) is sharded over "
-            f"mesh dim {mesh_dim}, ranks {sorted(want)}; pass group=None (the weight's shard group)"
+            f"mesh dim {mesh_dim}, ranks {sorted(want)}; pass group=None (the weight's shard group). "
+            f"An FSDP2-sharded weight (its rows over data-parallel ranks) is no vocabulary shard: "
+            f"call the loss from the module that owns it (VocabParallelLinearCrossEntropyLoss)"
         )
 
 

@@ -1,5 +1,6 @@
-"""A DTensor output layer handed to vocab_parallel_linear_log_probs: unpacked into this rank's rows,
-the vocab-parallel group and the class range, and the outputs wrapped back.
+"""A DTensor output layer handed to vocab_parallel_linear_log_probs or
+vocab_parallel_linear_cross_entropy: unpacked into this rank's rows, the vocab-parallel group and
+the class range, and the outputs wrapped back.
 
 How a DTensor stack hands the head (torch.distributed.tensor.parallel.ColwiseParallel on
 ``lm_head``, as torchtitan's loss-parallel plan): ``lm_head.weight`` is a DTensor Shard(0) on the
@@ -44,12 +45,32 @@ class Unpacked:
     out_placements: tuple | None = None
 
     def wrap(self, out: torch.Tensor, shape) -> torch.Tensor:
+        """A per-token output: placed as the input's tokens for a DTensor input, else plain."""
         if self.out_placements is None:
             return out
         from torch.distributed.tensor import DTensor
 
         return DTensor.from_local(out, self.out_mesh, self.out_placements, run_check=False,
                                   shape=torch.Size(shape), stride=_contiguous_stride(shape))
+
+    def wrap_scalar(self, out: torch.Tensor) -> torch.Tensor:
+        """A scalar already reduced over every token (`data_groups` included): Replicate
+        everywhere for a DTensor input, else plain."""
+        if self.out_placements is None:
+            return out
+        from torch.distributed.tensor import DTensor, Replicate
+
+        return DTensor.from_local(out, self.out_mesh, [Replicate()] * len(self.out_placements), run_check=False,
+                                  shape=torch.Size(()), stride=())
+
+    def data_groups(self) -> tuple:
+        """The groups of the mesh dims whose ranks hold distinct tokens (a DTensor input sharded
+        there): a scalar loss's sum and count are summed over them."""
+        if self.out_placements is None:
+            return ()
+        from torch.distributed.tensor import Shard
+
+        return tuple(self.out_mesh.get_group(i) for i, p in enumerate(self.out_placements) if type(p) is Shard)
 
 
 def _contiguous_stride(shape) -> tuple[int, ...]:
@@ -60,9 +81,13 @@ def _contiguous_stride(shape) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def unpack(fn, input, weight, bias, target, group, vocab_range, num_classes) -> Unpacked:
+def unpack(fn, input, weight, bias, target, group, vocab_range, num_classes, *,
+           input_grad_partial: bool = False) -> Unpacked:
     """Check the DTensor operands against each other and the caller's group / layout arguments;
-    their local tensors and the vocab-parallel group (the weight's Shard(0) mesh dim)."""
+    their local tensors and the vocab-parallel group (the weight's Shard(0) mesh dim).
+    input_grad_partial: the call returns this rank's partial sum of grad_x over its classes (the
+    linear loss's reduce_input_grad=False): a DTensor input's gradient is then Partial on the
+    weight's shard dim (DTensor sums it when it is redistributed), not taken as the full one."""
     _dchecks.dtensor_weight_only_with_bias(fn, weight, bias)
     mesh, dim = weight.device_mesh, _dchecks.dtensor_head_dim(fn, weight)
     if bias is not None and _dchecks.is_dtensor(bias):
@@ -86,7 +111,7 @@ def unpack(fn, input, weight, bias, target, group, vocab_range, num_classes) -> 
         bias = bias.to_local(grad_placements=grads)
     weight = weight.to_local(grad_placements=grads)
     if out_placements is not None:
-        input = input.to_local()
+        input = input.to_local(grad_placements=_input_grad_placements(input, dim) if input_grad_partial else None)
     return Unpacked(input, weight, bias, target, tp, (start, stop), total, out_mesh, out_placements)
 
 
@@ -99,3 +124,11 @@ def _param_grad_placements(weight, input, dim: int) -> tuple:
     sharded = [type(p) is Shard for p in input.placements] if _dchecks.is_dtensor(input) else []
     return tuple(Shard(0) if i == dim else Partial() if i < len(sharded) and sharded[i] else Replicate()
                  for i in range(len(weight.placements)))
+
+
+def _input_grad_placements(input, dim: int) -> tuple:
+    """A DTensor input's gradient when each rank returns its partial sum over its classes: Partial
+    on the weight's shard dim, the input's own placement on the others."""
+    from torch.distributed.tensor import Partial
+
+    return tuple(Partial() if i == dim else p for i, p in enumerate(input.placements))

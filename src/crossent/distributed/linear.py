@@ -29,6 +29,11 @@ backward of Megatron's ColumnParallelLinear / a DTensor Replicate -> Partial inp
 (rank order, equal counts per rank), the target covers the gathered N tokens, and backward
 reduce-scatters grad_x (N/W D per rank) instead of all-reducing it.
 
+A DTensor head (the weight Shard(0) on one mesh dim; `_dtensor_head`, shared with
+vocab_parallel_linear_log_probs) runs this on its local tensors; a DTensor input sharded on the
+tokens by other mesh dims adds them to the reduction of a scalar loss (its sum and 'mean'
+denominator: one all_reduce SUM of 2 numbers per such dim, `_stats.reduce`).
+
 Memory beyond inputs and gradients: one chunk's logits in the input dtype plus float32 temporaries
 (n V_r each; n from the single-device fused loss's rule, `backends.chunked.chunk_rows`, or
 ``chunk_size``), per-token statistics (a few N floats), and the saved input (N D; under sequence
@@ -213,12 +218,45 @@ def vocab_parallel_linear_cross_entropy(
     deterministic: bool = False,
 ) -> torch.Tensor:
     fn = _FN
+    options = dict(weight=weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                   z_loss=z_loss, softcap=softcap, normalizer=normalizer, chunk_size=chunk_size, dtype=dtype,
+                   sequence_parallel=sequence_parallel, reduce_input_grad=reduce_input_grad)
+    deterministic = _dchecks.deterministic(fn, deterministic)
+    if _dchecks.is_dtensor(linear_weight) or _dchecks.is_dtensor(linear_bias):  # a DTensor head
+        return _dtensor_head_loss(input, linear_weight, target, linear_bias, group, vocab_range, num_classes,
+                                  deterministic, options)
     _dchecks.plain_parameter(fn, "linear_weight", linear_weight)
     _dchecks.plain_parameter(fn, "linear_bias", linear_bias)
     _dchecks.plain_input(fn, input)
+    comm = _layout.Comm(_dchecks.group(fn, group), (), deterministic)
+    return _loss(input, linear_weight, target, linear_bias, comm, vocab_range, num_classes, **options)
+
+
+def _dtensor_head_loss(input, linear_weight, target, linear_bias, group, vocab_range, num_classes, deterministic,
+                       options):
+    """The loss of a DTensor head (`_dtensor_head`): the call on its local tensors, with the
+    statistics over the weight's shard group and a scalar loss's sum and 'mean' count over the mesh
+    dims where a DTensor input holds distinct tokens; a DTensor input gives a DTensor loss (the
+    global scalar, Replicate; 'none': placed as the input's tokens)."""
+    from ._dtensor_head import unpack
+
+    fn = _FN
+    dt = unpack(fn, input, linear_weight, linear_bias, target, group, vocab_range, num_classes,
+                input_grad_partial=not options["reduce_input_grad"])
+    comm = _layout.Comm(dt.group, dt.data_groups(), deterministic)
+    loss = _loss(dt.input, dt.weight, dt.target, dt.bias, comm, dt.vocab_range, dt.num_classes, **options)
+    if loss.dim() == 0:
+        return dt.wrap_scalar(loss)
+    return dt.wrap(loss, tuple(input.shape[:-1]) + tuple(linear_weight.shape[1:-1]))
+
+
+def _loss(input, linear_weight, target, linear_bias, comm, vocab_range, num_classes, *, weight, reduction,
+          ignore_index, label_smoothing, z_loss, softcap, normalizer, chunk_size, dtype, sequence_parallel,
+          reduce_input_grad):
+    """The loss on plain local tensors (this rank's rows) over ``comm``."""
+    fn = _FN
     weight = _dchecks.replicated(fn, "weight", weight)
     reduction = _checks.deprecated_reduction(reduction)
-    comm = _layout.Comm(_dchecks.group(fn, group), (), _dchecks.deterministic(fn, deterministic))
     _dchecks.sequence_parallel(fn, sequence_parallel, reduce_input_grad)
     _checks.linear_operands(fn, input, linear_weight, linear_bias)
     unbatched = input.dim() == 1
@@ -247,7 +285,7 @@ def vocab_parallel_linear_cross_entropy(
     chunk_size = _checks.count(fn, "chunk_size", chunk_size, what=" (tokens per chunk)")
     rows = chunk_size or chunk_rows(rows_total, x.shape[1], local_classes * math.prod(out), x.dtype, opts,
                                     soft=soft, class_weight=weight is not None)
-    if _comm.size(comm.tp) == 1:  # one rank holds every class: the single-device fused loss
+    if _comm.size(comm.tp) == 1 and not comm.dp:  # one rank holds every class: the single-device loss
         return _single(input, linear_weight, target, linear_bias, weight, opts, chunk_size)
     index, probs = (None, target) if soft else (target, None)
     out_dtype = output_dtype(input, target, opts)
@@ -290,8 +328,15 @@ vocab_parallel_linear_cross_entropy.__doc__ = """The fused linear cross-entropy 
         input: (N, D) tokens (or (D,)), the same on every rank of ``group``; with
             ``sequence_parallel=True`` this rank's (N/W, D) slice of them (equal counts).
         linear_weight: this rank's rows (V_r, D) of the output layer, or (V_r, d1..dk, D) for
-            K-dim heads; a plain tensor (a DTensor / ZeRO-3 parameter raises: use
-            `VocabParallelLinearCrossEntropyLoss`, which owns its weight).
+            K-dim heads; or the whole layer as a DTensor sharded on its rows (Shard(0), as
+            ColwiseParallel places lm_head.weight) by one mesh dim, Replicate on the others, as
+            in `vocab_parallel_linear_log_probs`: the group and the layout are then the
+            DTensor's (pass group=None), its ``.grad`` a DTensor placed alike (Partial on a mesh
+            dim where a DTensor input holds distinct tokens), and a DTensor input (Replicate on
+            that mesh dim, Shard(0) or Replicate on the others) gives a DTensor loss: the global
+            'mean' / 'sum' over every token (Replicate), 'none' placed as the tokens; with
+            reduce_input_grad=False its gradient is Partial on that mesh dim. (A ZeRO-3
+            placeholder raises: use `VocabParallelLinearCrossEntropyLoss`, which owns its weight.)
         target: global class indices (N[, d1..dk]) replicated over ``group``, or this rank's
             class probabilities (N, V_r[, d1..dk]); not differentiated.
         linear_bias: this rank's (V_r[, d1..dk]) bias rows.
