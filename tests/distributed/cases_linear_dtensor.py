@@ -117,7 +117,7 @@ def linear_dtensor_head_errors(rank, world):
     """The DTensor head's refusals, through the linear loss: FSDP2 on TP (dim 0 sharded twice), a
     weight sharded on D, another group (an FSDP2 weight's dp group is not the vocabulary's), a
     contradicting vocab_range / num_classes, an input sharded on the TP dim, a DTensor bias beside a
-    plain weight; a ZeRO-3 placeholder is still refused."""
+    plain weight, sequence parallelism on a DTensor input; a ZeRO-3 placeholder is still refused."""
     from crossent._checks import InvalidArgument, InvalidArgumentType
 
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
@@ -137,6 +137,8 @@ def linear_dtensor_head_errors(rank, world):
            "Replicate on that dim")
     bd = distribute_tensor(torch.randn(8, generator=g, dtype=torch.float64), mesh, [Replicate(), Shard(0)])
     raises(lambda: vp_lce(x, w[:2], t, linear_bias=bd, group=None), InvalidArgumentType, "linear_bias is a DTensor")
+    raises(lambda: vp_lce(distribute_tensor(x, mesh, [Replicate(), Replicate()]), wd, t, group=None,
+                          sequence_parallel=True), InvalidArgument, "sequence_parallel=True with a DTensor input")
     zero = torch.nn.Parameter(torch.empty(0))
     zero.ds_id, zero.ds_status, zero.ds_shape = 3, "NOT_AVAILABLE", (8, 4)
     raises(lambda: vp_lce(x, zero, t, group=None), InvalidArgumentType, "ZeRO-3")

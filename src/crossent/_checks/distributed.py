@@ -339,3 +339,14 @@ def dtensor_replicated(fn: str, name: str, t: torch.Tensor) -> bool:
             f"Replicate (or as a plain tensor: the same tokens on every rank of the group)"
         )
     return True
+
+
+def dtensor_input_not_sequence_parallel(fn: str, input: object, sequence_parallel: bool) -> None:
+    """A DTensor input beside a DTensor head is Replicate on the vocabulary's mesh dim: every token
+    is already on each rank, so gathering them (sequence parallelism) would count each W times."""
+    if sequence_parallel and is_dtensor(input):
+        raise InvalidArgument(
+            f"{fn}: sequence_parallel=True with a DTensor input (placements {_placements(input)}); a "
+            f"DTensor input holds every token of the vocabulary's group already: pass "
+            f"sequence_parallel=False, or this rank's slice of the tokens as a plain tensor"
+        )

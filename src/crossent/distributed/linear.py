@@ -241,6 +241,7 @@ def _dtensor_head_loss(input, linear_weight, target, linear_bias, group, vocab_r
     from ._dtensor_head import unpack
 
     fn = _FN
+    _dchecks.dtensor_input_not_sequence_parallel(fn, input, options["sequence_parallel"])
     dt = unpack(fn, input, linear_weight, linear_bias, target, group, vocab_range, num_classes,
                 input_grad_partial=not options["reduce_input_grad"])
     comm = _layout.Comm(dt.group, dt.data_groups(), deterministic)
