@@ -12,15 +12,19 @@ from crossent.backends import chunked
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("entropy", [True, False])
+@pytest.mark.parametrize("extra", [0, 1, 2])
 @pytest.mark.parametrize("n,d,v", [(2048, 128, 32768), (512, 512, 32768), (4096, 1024, 128256),
                                    (4096, 64, 256000), (100, 128, 32768), (7, 5, 10), (0, 8, 100)])
-def test_linear_rows_floor(n, d, v, dtype, entropy):
+def test_linear_rows_floor(n, d, v, dtype, extra):
+    """log_prob_rows (this backend's rule, with 0-1 extra buffers, and the vocab-parallel one's,
+    with 1-2: crossent.distributed.log_probs counts one more)."""
     opts = LossOptions()
-    rule = chunked.chunk_rows(n, d, v, dtype, opts, extra_buffers=int(entropy))
-    rows = chunked._lp_linear_rows(n, d, v, dtype, opts, entropy)
+    rule = chunked.chunk_rows(n, d, v, dtype, opts, extra_buffers=extra)
+    rows = chunked.log_prob_rows(n, d, v, dtype, opts, extra_buffers=extra)
+    if extra < 2:
+        assert chunked._lp_linear_rows(n, d, v, dtype, opts, bool(extra)) == rows
     assert rows >= rule  # never fewer than the memory rule gives
-    fit = chunked.chunk_rows(n, d, v, dtype, opts, budget_bytes=chunked.LP_FLOOR_BYTES, extra_buffers=int(entropy))
+    fit = chunked.chunk_rows(n, d, v, dtype, opts, budget_bytes=chunked.LP_FLOOR_BYTES, extra_buffers=extra)
     if rule >= min(n, chunked.LP_MIN_ROWS):
         assert rows == rule  # large heads: the rule unchanged
     else:
