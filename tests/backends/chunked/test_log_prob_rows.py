@@ -34,3 +34,29 @@ def test_linear_rows_floor(n, d, v, dtype, extra):
 
 def test_small_head_gets_the_floor():
     assert chunked._lp_linear_rows(2048, 128, 32768, torch.float32, LossOptions(), True) == chunked.LP_MIN_ROWS
+
+
+def test_linear_cross_entropy_takes_the_floor(monkeypatch):
+    """linear_cross_entropy's chunks follow the same floored rule (the fused backend's chunk_rows
+    entry is floored_rows): a small head (D=8, V=20000) runs 256-token chunks, not the 16 MiB
+    budget's 176, and the loss and gradients are those of any other chunking."""
+    import crossent
+    from crossent.backends.loops import linear_chunks
+
+    assert chunked.KERNELS.chunk_rows is chunked.floored_rows
+    n, d, v = 512, 8, 20000
+    assert chunked.chunk_rows(n, d, v, torch.float32, LossOptions()) == 176
+    assert chunked.floored_rows(n, d, v, torch.float32, LossOptions()) == 256
+    seen, real = [], linear_chunks.chunk_loop
+    monkeypatch.setattr(linear_chunks, "chunk_loop", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(n, d, generator=g, requires_grad=True), torch.randn(v, d, generator=g, requires_grad=True)
+    t = torch.randint(0, v, (n,), generator=g)
+    with crossent.use_backend("fused"):
+        loss = crossent.linear_cross_entropy(x, w, t)
+        other = crossent.linear_cross_entropy(x, w, t, chunk_size=100)
+    assert seen == [256, 100]
+    grads = torch.autograd.grad(loss, (x, w)), torch.autograd.grad(other, (x, w))
+    torch.testing.assert_close(loss, other)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -143,27 +143,36 @@ def _lp_backward(x, tg, opts, m, log_s, entropy, g, h, *, grad, buffers):
     return log_prob_kernel.backward(x, tg, opts, m, log_s, entropy, g, h, grad=grad, **buffers.views(x))
 
 
-# linear_log_probs' chunks hold at least LP_MIN_ROWS tokens (while that is at most LP_FLOOR_BYTES of
-# logits and buffers): the linear loss's rule gives small heads a 16 MiB budget, 64 tokens at
-# V=32768 with the entropy, and there its products ran ~2.2x slower. Measured (2 cores, float32,
-# forward+backward of log-probs + entropy, N=512, D=128, V=32768, 3 interleaved rounds, medians,
-# /tmp bench under load ~35): 64 rows 14.97 s, 256 rows 6.46 s, 1024 rows 7.03 s; the torch
-# composition 12.35 s. Heads with D >= ~600 at V=128256 already get more rows from the budget.
+# The linear losses' chunks (linear_cross_entropy's and linear_log_probs', single-process and
+# vocab-parallel) hold at least LP_MIN_ROWS tokens (while that is at most LP_FLOOR_BYTES of logits
+# and buffers): `chunk_rows` gives small heads a 16 MiB budget, 64 tokens at V=32768 with the
+# entropy, and there the products ran ~2.2x slower. Measured (2 cores, float32, forward+backward):
+# log-probs + entropy, N=512, D=128, V=32768, 3 interleaved rounds, medians, /tmp bench under load
+# ~35: 64 rows 14.97 s, 256 rows 6.46 s, 1024 rows 7.03 s; the torch composition 12.35 s.
+# linear_cross_entropy (mean), N=512, 5 interleaved rounds, medians, load 11-17 (2026-12-05),
+# the rule's rows -> 256: D=64 V=32000 128 -> 256 1.31x faster, D=128 V=32000 128 -> 256 1.44x,
+# D=256 V=32000 176 -> 256 1.30x, D=64 V=128256 56 -> 256 1.36x. Heads with 7D/8 >= 256 (float32:
+# D >= 293) already get more rows from the budget: the floor changes nothing there.
 LP_MIN_ROWS = 256
 LP_FLOOR_BYTES = 256 << 20
+
+
+def floored_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions,
+                 **rule) -> int:
+    """Tokens per chunk of the linear losses: `chunk_rows` (``rule``: its keywords), and at least
+    LP_MIN_ROWS (balanced) while those fit in LP_FLOOR_BYTES."""
+    rows = chunk_rows(n, num_features, num_classes, dtype, opts, **rule)
+    if rows >= min(n, LP_MIN_ROWS):
+        return rows
+    cap = chunk_rows(n, num_features, num_classes, dtype, opts, **{**rule, "budget_bytes": LP_FLOOR_BYTES})
+    return max(rows, min(loops.balanced_rows(n, LP_MIN_ROWS), cap))
 
 
 def log_prob_rows(n: int, num_features: int, num_classes: int, dtype: torch.dtype, opts: LossOptions, *,
                   extra_buffers: int) -> int:
     """Tokens per chunk of the linear log-probabilities (this backend's and the vocab-parallel
-    one's): `chunk_rows` with ``extra_buffers`` chunk-sized compute-dtype buffers counted, and at
-    least LP_MIN_ROWS (balanced) while those fit in LP_FLOOR_BYTES."""
-    rows = chunk_rows(n, num_features, num_classes, dtype, opts, extra_buffers=extra_buffers)
-    if rows >= min(n, LP_MIN_ROWS):
-        return rows
-    cap = chunk_rows(n, num_features, num_classes, dtype, opts, budget_bytes=LP_FLOOR_BYTES,
-                     extra_buffers=extra_buffers)
-    return max(rows, min(loops.balanced_rows(n, LP_MIN_ROWS), cap))
+    one's): `floored_rows` with ``extra_buffers`` chunk-sized compute-dtype buffers counted."""
+    return floored_rows(n, num_features, num_classes, dtype, opts, extra_buffers=extra_buffers)
 
 
 def _lp_linear_rows(n, d, v, dtype, opts, entropy):
@@ -182,7 +191,7 @@ LOG_PROB_KERNELS = loops.LogProbKernels(
 
 KERNELS = loops.RowKernels(
     ce_forward=kernel.ce_forward, ce_chunk=_ce_chunk, chunk_buffers=_Buffers,
-    bce_forward=binary_kernel.bce_forward, chunk_rows=chunk_rows, row_major_logits=False,
+    bce_forward=binary_kernel.bce_forward, chunk_rows=floored_rows, row_major_logits=False,
     weight_grad_slice=0, name="fused", log_probs=LOG_PROB_KERNELS,
     distill_chunk=distill_kernel.distill_chunk, topk_chunk=distill_kernel.topk_chunk,
     distill_buffers=distill_kernel.Buffers, distill_rows=distill_rows, distill_alphas=distill_kernel.alphas,
