@@ -154,7 +154,7 @@ def _lp_backward(x, tg, opts, m, log_s, entropy, g, h, *, grad, buffers):
 # D=256 V=32000 176 -> 256 1.30x, D=64 V=128256 56 -> 256 1.36x; a second run (load 13-17):
 # N=1024 D=64 V=32000 128 -> 256 1.18x, N=512 D=128 V=128256 104 -> 256 2.12x (a first 3-round
 # run at load ~9 had N=1024 D=64 V=32000 at 0.64x, D=128 1.24x, D=256 0.92x: the only slower
-# figure, not reproduced). Heads with 7D/8 >= 256 (float32: D >= 293; bfloat16 D >= 585) already
+# figure, not reproduced). Heads with 7D/8 >= 256 (float32: D >= 293; bfloat16, 7D/12: D >= 439) already
 # get more rows from the budget: the floor changes nothing there (N=4096, V=128256: D=1024 824
 # rows, D=4096 2048 rows, as before).
 LP_MIN_ROWS = 256
