@@ -99,7 +99,8 @@ def linear_dtensor_head_2d(rank, world):
         wd = distribute_tensor(w, mesh, [Replicate(), Shard(0)]).requires_grad_()
         bd = distribute_tensor(b, mesh, [Replicate(), Shard(0)]).requires_grad_()
         xd = distribute_tensor(x, mesh, [Shard(0), Replicate()]).requires_grad_()
-        td = distribute_tensor(t, mesh, [Shard(0), Replicate()]) if i % 2 else distribute_tensor(t, mesh, [Shard(0), Replicate()]).to_local()
+        td = distribute_tensor(t, mesh, [Shard(0), Replicate()])
+        td = td if i % 2 else td.to_local()  # (a plain target: this rank's tokens)
         grad_out = torch.rand(() if ax["reduction"] != "none" else (8,), generator=g, dtype=torch.float64) + 0.5
         _check(x, w, b, t, cw, opts, xd, wd, bd, td, f"2-D {ax} {opts}", grad_out=grad_out, chunk=None,
                reduce_input_grad=ax["reduce"])

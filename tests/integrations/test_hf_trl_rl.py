@@ -88,21 +88,22 @@ def _kto_dataset(rows=8, seed=5):
     })
 
 
-# Gradients of two optimizer steps, patched vs TRL's own run: per parameter and step,
-# ||g_crossent - g_TRL|| <= GRAD_RTOL * ||g_TRL|| (Frobenius norms). Not elementwise: both runs are
-# float32 and sum in different orders, and the second step's gradient carries each run's own noise:
+# Gradients of two optimizer steps, patched vs TRL's own run: per parameter and step, ||g_crossent -
+# g_TRL|| <= GRAD_RTOL * ||g_TRL|| (Frobenius norms). Not elementwise: both runs are float32 and sum
+# in different orders, and the second step's gradient carries each run's own noise:
 # num_iterations=1, so each sequence's gradient is scaled by exp(logps - old_logps), 1 in exact
-# arithmetic, whose float32 value (the training call's log-probs minus the generation call's) was
-# up to 3.8e-6 in TRL's run and 7.6e-6 in crossent's at step 2 (RLOO, seed 0). Measured against a
+# arithmetic, whose float32 value (the training call's log-probs minus the generation call's) was up
+# to 3.8e-6 in TRL's run and 7.6e-6 in crossent's at step 2 (RLOO, seed 0). Measured against a
 # float64 run of the same steps (same seeds; the model in float64, TRL's fused head computed by a
 # float64 log_softmax + gather + entropy composition), RLOO as below, TRL 1.15.0 (model seeds 0-3)
-# and 1.16.0 (seed 0): TRL's own float32 gradients are up to 1.3e-6 (step 1) and 4.0e-6 (step 2)
-# of the norm from the float64 ones per parameter, crossent's up to 1.4e-6 and 5.8e-6, crossent -
-# TRL up to 4.3e-7 and 4.5e-6 (seed 2's step 2: both float32 runs 4.4e-3 from the float64 one, a
-# discrete divergence of the float64 run, and 4.4e-6 from each other); elementwise, TRL's own step-2 o_proj gradient was 1.5e-5 from the float64 one,
-# beyond the former atol of 1e-5 (what failed on TRL 1.15). On the head's own inputs of those steps
-# crossent's kernel is as close to float64 as TRL's (grad_x 2.0-2.9e-7 vs 2.2-2.9e-7 of the norm).
-# Outputs scaled by (1 + 1e-4) move every gradient by ~1e-4 of its norm: 5x this tolerance.
+# and 1.16.0 (seed 0): TRL's own float32 gradients are up to 1.3e-6 (step 1) and 4.0e-6 (step 2) of
+# the norm from the float64 ones per parameter, crossent's up to 1.4e-6 and 5.8e-6, crossent - TRL
+# up to 4.3e-7 and 4.5e-6 (seed 2's step 2: both float32 runs 4.4e-3 from the float64 one, a
+# discrete divergence of the float64 run, and 4.4e-6 from each other); elementwise, TRL's own step-2
+# o_proj gradient was 1.5e-5 from the float64 one, beyond the former atol of 1e-5 (what failed on
+# TRL 1.15). On the head's own inputs of those steps crossent's kernel is as close to float64 as
+# TRL's (grad_x 2.0-2.9e-7 vs 2.2-2.9e-7 of the norm). Outputs scaled by (1 + 1e-4) move every
+# gradient by ~1e-4 of its norm: 5x this tolerance. (The distances: trl_rl_float64.py.)
 GRAD_RTOL = 2e-5
 
 
