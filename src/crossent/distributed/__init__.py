@@ -8,6 +8,8 @@ global token count for data-parallel 'mean' losses.
     VocabParallelLinearCrossEntropyLoss   that layer as a module owning its shard (FSDP2 / ZeRO-3)
     VocabParallelCrossEntropyLoss         the logits loss as a module
     vocab_parallel_linear_log_probs       per-token log-probs (and entropy) of that weight split
+    vocab_parallel_linear_distillation_loss  a student's and a teacher's heads split alike: the dense
+                                          distillation loss (generalized JSD + hard CE), no logits
     global_normalizer                     the step's counted tokens over the data-parallel ranks
 
 Every value and gradient equals the single-process crossent loss on the concatenated logits /
@@ -16,6 +18,7 @@ backward none. Modules: `_stats` (math), `_comm` (collectives), `_layout` (who h
 """
 
 from .cross_entropy import vocab_parallel_cross_entropy
+from .distillation import vocab_parallel_linear_distillation_loss
 from .linear import vocab_parallel_linear_cross_entropy
 from .log_probs import vocab_parallel_linear_log_probs
 from .nn import VocabParallelCrossEntropyLoss, VocabParallelLinearCrossEntropyLoss
@@ -27,5 +30,6 @@ __all__ = [
     "global_normalizer",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_distillation_loss",
     "vocab_parallel_linear_log_probs",
 ]
