@@ -241,7 +241,6 @@ def distill_errors(rank, world):
     from crossent._checks import InvalidArgument
 
     x, xt, w, wt = torch.randn(3, 4), torch.randn(3, 6), torch.randn(4, 4), torch.randn(4, 6)
-    t = torch.tensor([0, 1, 2])
     raises(lambda: vp_ld(x, w, xt, torch.randn(3, 6)), InvalidArgument,
            "teacher_linear_weight must hold the same vocabulary rows as linear_weight on each rank "
            "(this rank's linear_weight has 4 rows), got 3 rows")
@@ -270,3 +269,38 @@ def distill_errors(rank, world):
     kw = dict(target=ts, beta=0.3, hard_weight=0.5, temperature=1.4)
     assert torch.equal(vp_ld(xs, ws, xts, wts, group=groups[rank], **kw),
                        crossent.linear_distillation_loss(xs, ws, xts, wts, **kw))
+
+
+@case(2, 4)
+def distill_module(rank, world):
+    """VocabParallelLinearDistillationLoss: from_linear holds this rank's rows of a full nn.Linear;
+    its loss and its parameters' gradients equal the single-process loss on the full layer; the
+    default initialisation is nn.Linear's rows under one seed; a normalizer per call."""
+    from crossent.distributed import VocabParallelLinearDistillationLoss
+
+    c = 10
+    sl = vocab_slice(c, world, rank)
+    x, w, b, xt, wt, bt, t, a = _problem(5900, 6, c)
+    linear = torch.nn.Linear(D, c, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight.copy_(w), linear.bias.copy_(b)
+    opts = dict(beta=0.3, temperature=1.2, hard_weight=0.5, softcap=3.0)
+    head = VocabParallelLinearDistillationLoss.from_linear(linear, chunk_size=4, **opts)
+    assert head.vocab_range == (sl.start, sl.stop) and head.linear_weight.shape == (sl.stop - sl.start, D)
+    xr = x.clone().requires_grad_()
+    loss = head(xr, xt, wt[sl], t, teacher_linear_bias=bt[sl], normalizer=7.0)
+    loss.backward()
+    ref_leaves = _leaves(slice(None), x, w, b)
+    ref = crossent.linear_distillation_loss(ref_leaves[0], ref_leaves[1], xt, wt, linear_bias=ref_leaves[2],
+                                            teacher_linear_bias=bt, target=t, normalizer=7.0, **opts)
+    ref.backward()
+    close(loss, ref, "module loss")
+    close(xr.grad, ref_leaves[0].grad, "module grad_x")
+    close(head.linear_weight.grad, ref_leaves[1].grad[sl], "module grad_W")
+    close(head.linear_bias.grad, ref_leaves[2].grad[sl], "module grad_b")
+    torch.manual_seed(0)
+    fresh = VocabParallelLinearDistillationLoss(D, c, bias=True, dtype=torch.float64)
+    torch.manual_seed(0)
+    full = torch.nn.Linear(D, c, dtype=torch.float64)
+    assert torch.equal(fresh.linear_weight, full.weight[sl]) and torch.equal(fresh.linear_bias, full.bias[sl])
+    assert "beta=0.5" in repr(fresh)

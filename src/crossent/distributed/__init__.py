@@ -7,6 +7,7 @@ global token count for data-parallel 'mean' losses.
     vocab_parallel_linear_cross_entropy   the output layer's weight split by rows; no logits
     VocabParallelLinearCrossEntropyLoss   that layer as a module owning its shard (FSDP2 / ZeRO-3)
     VocabParallelCrossEntropyLoss         the logits loss as a module
+    VocabParallelLinearDistillationLoss   the distillation loss as a module owning the student's shard
     vocab_parallel_linear_log_probs       per-token log-probs (and entropy) of that weight split
     vocab_parallel_linear_distillation_loss  a student's and a teacher's heads split alike: the dense
                                           distillation loss (generalized JSD + hard CE), no logits
@@ -21,12 +22,17 @@ from .cross_entropy import vocab_parallel_cross_entropy
 from .distillation import vocab_parallel_linear_distillation_loss
 from .linear import vocab_parallel_linear_cross_entropy
 from .log_probs import vocab_parallel_linear_log_probs
-from .nn import VocabParallelCrossEntropyLoss, VocabParallelLinearCrossEntropyLoss
+from .nn import (
+    VocabParallelCrossEntropyLoss,
+    VocabParallelLinearCrossEntropyLoss,
+    VocabParallelLinearDistillationLoss,
+)
 from .normalizer import global_normalizer
 
 __all__ = [
     "VocabParallelCrossEntropyLoss",
     "VocabParallelLinearCrossEntropyLoss",
+    "VocabParallelLinearDistillationLoss",
     "global_normalizer",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
