@@ -38,7 +38,8 @@ never as 1 - sum_S p, which cancels when S holds nearly all the mass) and R = lo
 
 Who uses what: backends/chunked/distill_kernel.py (the in-place steps on a chunk of rows),
 backends/composite.py's distillation (`divergence`, `topk_row_terms` through autograd),
-backends/triton/kernels_distill.py (mirrored), distributed/distillation.py (per shard).
+backends/triton/kernels_distill.py (mirrored), distributed/_distill_shards.py (per vocabulary
+shard: `divergence_terms_` on the shard, the row totals all-reduced, `divergence_finish_`).
 """
 
 from __future__ import annotations

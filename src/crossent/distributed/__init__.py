@@ -15,7 +15,8 @@ global token count for data-parallel 'mean' losses.
 
 Every value and gradient equals the single-process crossent loss on the concatenated logits /
 weight; forward runs two small all-reduces (row max; stacked per-row sums), the logits loss's
-backward none. Modules: `_stats` (math), `_comm` (collectives), `_layout` (who holds what).
+backward none (the distillation loss: three per token chunk, the divergence's row totals being the
+third, see `_distill_shards`). Modules: `_stats` (math), `_comm` (collectives), `_layout` (who holds what).
 """
 
 from .cross_entropy import vocab_parallel_cross_entropy
