@@ -130,7 +130,8 @@ def distill_uneven_shards_and_options(rank, world):
 
 @case(2, 4)
 def distill_float32_no_grad_collectives_bits_memory(rank, world):
-    """float32 with the default chunking; no gradient equals the gradient path's value; per chunk 3
+    """float32 with the default chunking; bfloat16 and autocast against crossent's own 16-bit call; no
+    gradient equals the gradient path's value; per chunk 3
     all_reduces forward (num_classes given), 1 backward (none without an input gradient), 'none''s
     backward none but grad_x's; two runs bitwise equal, ranks agree (deterministic too); no tensor
     of N x V_r elements."""
@@ -140,6 +141,23 @@ def distill_float32_no_grad_collectives_bits_memory(rank, world):
     sl = vocab_slice(c, world, rank)
     opts = dict(beta=0.4, temperature=0.9, softcap=4.0, hard_weight=0.3)
     _compare(rank, world, 5500, 9, c, opts=opts, chunk=None, dtype=torch.float32, tol=dict(atol=2e-5, rtol=2e-5))
+    for dtype in (torch.bfloat16, "autocast"):  # 16-bit products, float32 statistics: crossent's own 16-bit call
+        x, w, b, xt, wt, bt, t, a = _problem(5505, 8, c, dtype=torch.float32 if dtype == "autocast" else dtype)
+        outs = []
+        for rows_ in (sl, slice(None)):
+            xr, wr, br = _leaves(rows_, x, w, b)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "autocast"):
+                if rows_ == sl:
+                    loss = vp_ld(xr, wr, xt, wt[sl], linear_bias=br, teacher_linear_bias=bt[sl], target=t, **opts)
+                else:
+                    loss = crossent.linear_distillation_loss(xr, wr, xt, wt, linear_bias=br, teacher_linear_bias=bt,
+                                                             target=t, **opts)
+            outs.append((loss, *_grads(loss, a, (xr, wr, br))))
+        assert outs[0][0].dtype == outs[1][0].dtype, (dtype, outs[0][0].dtype, outs[1][0].dtype)
+        close(outs[0][0], outs[1][0], f"{dtype} loss", atol=1e-2, rtol=1e-2)
+        for gm, gt, name in zip(outs[0][1:], (outs[1][1], outs[1][2][sl], outs[1][3][sl]), "xWb"):
+            assert gm.dtype == gt.dtype, (dtype, name, gm.dtype, gt.dtype)
+            close(gm, gt, f"{dtype} grad_{name}", atol=3e-2, rtol=3e-2)
     x, w, b, xt, wt, bt, t, a = _problem(5510, 8, c)
     with torch.no_grad():
         v0 = vp_ld(x, w[sl], xt, wt[sl], linear_bias=b[sl], teacher_linear_bias=bt[sl], target=t, chunk_size=3,
@@ -241,9 +259,12 @@ def distill_errors(rank, world):
     from crossent._checks import InvalidArgument
 
     x, xt, w, wt = torch.randn(3, 4), torch.randn(3, 6), torch.randn(4, 4), torch.randn(4, 6)
-    raises(lambda: vp_ld(x, w, xt, torch.randn(3, 6)), InvalidArgument,
+    raises(lambda: vp_ld(x, w, xt, torch.randn(3, 6), num_classes=8), InvalidArgument,
            "teacher_linear_weight must hold the same vocabulary rows as linear_weight on each rank "
            "(this rank's linear_weight has 4 rows), got 3 rows")
+    # one rank's teacher shard only: the gathered sizes refuse it on every rank (no rank left waiting)
+    raises(lambda: vp_ld(x, w, xt, torch.randn(3 if rank == 1 else 4, 6)), InvalidArgument,
+           "got 3 rows beside linear_weight's 4 on rank 1 of 2")
     raises(lambda: vp_ld(x, w, xt, torch.randn(4, 5)), InvalidArgument, "teacher_linear_weight must have shape")
     raises(lambda: vp_ld(x, w, torch.randn(2, 6), wt), InvalidArgument, "teacher_input must have one row per row")
     raises(lambda: vp_ld(x, w, xt, wt, target=torch.tensor([0, 8, 1]), hard_weight=1.0), ValueError,

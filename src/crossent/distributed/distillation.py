@@ -18,14 +18,40 @@ from . import _comm, _layout
 from ._distill_shards import _FN, _Call, _DistillFn, _loop
 
 
-def _shard_rows(fn, linear_weight, teacher_linear_weight, linear_bias, teacher_linear_bias):
-    """Both heads hold the same vocabulary rows on this rank (a mismatch is a layout error, named)."""
-    v, vt = linear_weight.shape[0], teacher_linear_weight.shape[0]
-    if v != vt:
+def _shard_rows(fn, comm, linear_weight, teacher_linear_weight, num_classes):
+    """Both heads hold the same vocabulary rows on each rank. Where the shard sizes are all-gathered
+    anyway (no ``num_classes``), both heads' are, so that a mismatch on one rank is refused on every
+    rank (rather than the others waiting in the first collective). Returns the ranks' sizes (None
+    when not gathered)."""
+    v, vt = linear_weight.shape[0], getattr(teacher_linear_weight, "shape", (None,))[0]
+    world = _comm.size(comm.tp)
+    sizes = None
+    if num_classes is None and world > 1 and isinstance(vt, int):
+        sizes = _layout.all_gather_int_rows([v, vt], comm.tp)
+        bad = [r for r, (a, b) in enumerate(sizes) if a != b]
+        if bad:
+            r = bad[0]
+            raise InvalidArgument(
+                f"{fn}: teacher_linear_weight must hold the same vocabulary rows as linear_weight on each rank, "
+                f"got {sizes[r][1]} rows beside linear_weight's {sizes[r][0]} on rank {r} of {world}; shard both "
+                f"heads with the same boundaries (vocab_range applies to both)")
+    elif isinstance(vt, int) and v != vt:
         raise InvalidArgument(
             f"{fn}: teacher_linear_weight must hold the same vocabulary rows as linear_weight on each rank "
             f"(this rank's linear_weight has {v} rows), got {vt} rows; shard both heads with the same "
             f"boundaries (vocab_range applies to both)")
+    return sizes
+
+
+def _vocab(fn, comm, local, sizes, vocab_range, num_classes):
+    """This rank's Vocab (`_layout.resolve_vocab`), from the gathered sizes when there are some."""
+    if sizes is not None:
+        rank = torch.distributed.get_rank(comm.tp)
+        num_classes = sum(a for a, _ in sizes)
+        if vocab_range is None:
+            start = sum(a for a, _ in sizes[:rank])
+            vocab_range = (start, start + local)
+    return _layout.resolve_vocab(fn, comm.tp, local, vocab_range, num_classes, None)
 
 
 def _heads_in_autocast(input, linear_weight, linear_bias, teacher_input, teacher_linear_weight, teacher_linear_bias):
@@ -95,14 +121,14 @@ def vocab_parallel_linear_distillation_loss(
                                teacher_linear_bias)
     with _autocast.maybe_off(input):
         _checks.head(fn, "", input, linear_weight, linear_bias)
-        _shard_rows(fn, linear_weight, teacher_linear_weight, linear_bias, teacher_linear_bias)
+        sizes = _shard_rows(fn, comm, linear_weight, teacher_linear_weight, num_classes)
         _checks.teacher_head(fn, input, linear_weight, teacher_input, teacher_linear_weight, teacher_linear_bias)
         n, v_r = input.shape[0], linear_weight.shape[0]
         opts = _checks.options(
             fn, topk=False, beta=beta, temperature=temperature, softcap=softcap, teacher_softcap=teacher_softcap,
             hard_weight=hard_weight, soft_weight=soft_weight, ignore_index=ignore_index, reduction=reduction,
             normalizer=normalizer, chunk_size=chunk_size, dtype=dtype, shape=(n, input.shape[1], max(v_r, 1)))
-        vocab = _layout.resolve_vocab(fn, comm.tp, v_r, vocab_range, num_classes, None)
+        vocab = _vocab(fn, comm, v_r, sizes, vocab_range, num_classes)
         target = _checks.distill_target(fn, target, input, vocab.num_classes, opts.ignore_index, opts.hard_weight)
         if _comm.size(comm.tp) == 1:
             kw.update(linear_bias=linear_bias, teacher_linear_bias=teacher_linear_bias, target=target)
