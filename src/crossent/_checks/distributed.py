@@ -337,3 +337,27 @@ def dtensor_replicated(fn: str, name: str, t: torch.Tensor) -> bool:
             f"Replicate (or as a plain tensor: the same tokens on every rank of the group)"
         )
     return True
+
+
+def dtensor_pair(fn: str, name: str, t: object) -> None:
+    """One head a DTensor, the other not (vocab_parallel_linear_distillation_loss)."""
+    raise InvalidArgumentType(
+        f"{fn}: {name} must be a DTensor too when the other head is one (both Shard(0) on the same "
+        f"mesh dim), got {type(t).__name__}; pass both heads as DTensors or both as this rank's rows"
+    )
+
+
+def dtensor_pair_layout(fn: str, weight, teacher_weight) -> None:
+    raise InvalidArgument(
+        f"{fn}: teacher_linear_weight must be sharded as linear_weight (the same mesh, the same Shard(0) "
+        f"mesh dim, the same number of rows), got shape {tuple(teacher_weight.shape)} placed "
+        f"{_placements(teacher_weight)} beside shape {tuple(weight.shape)} placed {_placements(weight)}"
+    )
+
+
+def dtensor_scalar_of_sharded_tokens(fn: str, input, reduction: str) -> None:
+    raise InvalidArgument(
+        f"{fn}: input is a DTensor placed {_placements(input)} (distinct tokens on some mesh dim) with "
+        f"reduction={reduction!r}; the scalar would be each rank's own: use reduction='none' (a DTensor "
+        f"placed as the input) and reduce it, or pass input Replicate"
+    )
