@@ -178,6 +178,7 @@ def measure_cold(name, n, d, v, dtype) -> int:
     peak-RSS counter, run the full-size call once: VmHWM - VmRSS before, in bytes."""
     step(name, make_inputs(BATCH * 4, 16, 64, "cpu", dtype))
     inputs = make_inputs(n, d, v, "cpu", dtype)
+    crossent.empty_cache()  # (nothing large is cached after the tiny warm-up; as in _harness)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
     before = _status_kb("VmRSS")

@@ -18,6 +18,7 @@ _EXPORTS = {
     "Backend": "._dispatch",
     "use_backend": "._dispatch",
     "check_values": "._checks",
+    "empty_cache": ".backends._memory",
     "binary_cross_entropy": ".functional",
     "binary_cross_entropy_with_logits": ".functional",
     "cross_entropy": ".functional",
@@ -36,6 +37,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "check_values",
     "cross_entropy",
+    "empty_cache",
     "linear_cross_entropy",
     "linear_log_probs",
     "log_probs",
@@ -64,6 +66,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers see the real names
     from . import nn
+    from .backends._memory import empty_cache
     from ._checks import check_values
     from ._dispatch import Backend, use_backend
     from ._distillation import linear_distillation_loss, linear_topk_distillation_loss

@@ -31,6 +31,7 @@ def applicable(world: int):
 
 def _load():
     import cases_ce  # noqa: F401  (registering modules)
+    import cases_distill  # noqa: F401
     import cases_dtensor  # noqa: F401
     import cases_linear  # noqa: F401
     import cases_linear_dtensor  # noqa: F401

@@ -147,3 +147,89 @@ def test_gkd_trainer_is_refused_not_silently_ignored(tmp_path):
                          processing_class=H.tokenizer())
     with pytest.raises(Unsupported, match="GKD"):
         hf.patch(trainer)
+
+
+def _batch(seed=2, rows=3, prompt=4, completion=5):
+    """The tensors DistillationTrainer.compute_loss takes (after its generation step): prompt and
+    completion ids and masks, some completion tokens masked."""
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(rows, completion, generator=g) > 0.3).long()
+    mask[:, 0] = 1
+    return {"prompt_ids": torch.randint(4, H.VOCAB, (rows, prompt), generator=g),
+            "prompt_mask": torch.ones(rows, prompt, dtype=torch.long),
+            "completion_ids": torch.randint(4, H.VOCAB, (rows, completion), generator=g),
+            "completion_mask": mask}
+
+
+def test_the_seam_is_per_trainer_across_threads(tmp_path, calls, monkeypatch):
+    """A patched and an unpatched DistillationTrainer computing their losses at the same moment in two
+    threads: the unpatched one's loss runs while the patched one's call is inside crossent's, and
+    each gets its own path (the calls counted by thread), with the losses and gradients of the two
+    run alone."""
+    import threading
+
+    from trl.trainer import distillation_trainer as module
+
+    from crossent.integrations.transformers import _trl_distill
+
+    patched, _ = _trainer(tmp_path / "a", patch=True, beta=0.5)
+    plain, _ = _trainer(tmp_path / "b", patch=False, beta=0.5)
+    router = getattr(module, "_chunked_divergence_loss")
+    assert isinstance(router, _trl_distill.Router)
+    inputs = _batch()
+
+    def run(trainer):
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+
+    alone = {id(t): run(t) for t in (patched, plain)}  # (sequential: each its own path)
+    assert calls["n"] == 1
+    who = {"crossent": [], "trl": []}
+    a_inside, b_inside = threading.Event(), threading.Event()
+    real_crossent, real_trl = crossent.functional.linear_distillation_loss, router.original
+
+    def crossent_side(*args, **kwargs):
+        who["crossent"].append(threading.current_thread().name)
+        if threading.current_thread().name == "patched":
+            a_inside.set()
+            assert b_inside.wait(60), "the other trainer's loss never ran while this one was inside crossent"
+        else:  # (the unpatched trainer sent to crossent: the bug this test is for)
+            b_inside.set()
+        return real_crossent(*args, **kwargs)
+
+    def trl_side(*args, **kwargs):
+        who["trl"].append(threading.current_thread().name)
+        b_inside.set()
+        return real_trl(*args, **kwargs)
+
+    monkeypatch.setattr(crossent.functional, "linear_distillation_loss", crossent_side)
+    monkeypatch.setattr(router, "original", trl_side)
+    results, errors = {}, []
+
+    def thread_main(trainer, name):
+        try:
+            results[name] = run(trainer)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append((name, exc))
+            a_inside.set(), b_inside.set()
+
+    ta = threading.Thread(target=thread_main, args=(patched, "patched"), name="patched")
+    tb = threading.Thread(target=thread_main, args=(plain, "plain"), name="plain")
+    ta.start()
+    assert a_inside.wait(120), "the patched trainer never reached crossent's loss"
+    tb.start()  # while the patched trainer's call is inside crossent's loss
+    ta.join(120), tb.join(120)
+    assert who == {"crossent": ["patched"], "trl": ["plain"]}, who
+    assert not errors, errors
+    for trainer, name in ((patched, "patched"), (plain, "plain")):
+        loss, grads = results[name]
+        want_loss, want_grads = alone[id(trainer)]
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+        assert len(grads) == len(want_grads)
+        for g, w in zip(grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    hf.unpatch(patched)  # the router stays, transparent: TRL's function for every trainer now
+    run(patched)
+    assert who["trl"] == ["plain", "MainThread"], who

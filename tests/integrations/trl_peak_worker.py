@@ -14,6 +14,7 @@ import trl
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import trl_helpers as H  # noqa: E402
 
+import crossent  # noqa: E402
 import crossent.integrations.transformers as hf  # noqa: E402
 
 
@@ -29,6 +30,7 @@ class Peak(transformers.TrainerCallback):
         self.rise = []
 
     def on_step_begin(self, args, state, control, **kwargs):
+        crossent.empty_cache()  # buffers kept from the last step are this step's memory too
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := current RSS
         self.start = kb("VmRSS")

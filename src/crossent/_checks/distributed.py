@@ -350,3 +350,27 @@ def dtensor_input_not_sequence_parallel(fn: str, input: object, sequence_paralle
             f"DTensor input holds every token of the vocabulary's group already: pass "
             f"sequence_parallel=False, or this rank's slice of the tokens as a plain tensor"
         )
+
+
+def dtensor_pair(fn: str, name: str, t: object) -> None:
+    """One head a DTensor, the other not (vocab_parallel_linear_distillation_loss)."""
+    raise InvalidArgumentType(
+        f"{fn}: {name} must be a DTensor too when the other head is one (both Shard(0) on the same "
+        f"mesh dim), got {type(t).__name__}; pass both heads as DTensors or both as this rank's rows"
+    )
+
+
+def dtensor_pair_layout(fn: str, weight, teacher_weight) -> None:
+    raise InvalidArgument(
+        f"{fn}: teacher_linear_weight must be sharded as linear_weight (the same mesh, the same Shard(0) "
+        f"mesh dim, the same number of rows), got shape {tuple(teacher_weight.shape)} placed "
+        f"{_placements(teacher_weight)} beside shape {tuple(weight.shape)} placed {_placements(weight)}"
+    )
+
+
+def dtensor_scalar_of_sharded_tokens(fn: str, input, reduction: str) -> None:
+    raise InvalidArgument(
+        f"{fn}: input is a DTensor placed {_placements(input)} (distinct tokens on some mesh dim) with "
+        f"reduction={reduction!r}; the scalar would be each rank's own: use reduction='none' (a DTensor "
+        f"placed as the input) and reduce it, or pass input Replicate"
+    )

@@ -38,7 +38,8 @@ never as 1 - sum_S p, which cancels when S holds nearly all the mass) and R = lo
 
 Who uses what: backends/chunked/distill_kernel.py (the in-place steps on a chunk of rows),
 backends/composite.py's distillation (`divergence`, `topk_row_terms` through autograd),
-backends/triton/kernels_distill.py (mirrored), distributed/distillation.py (per shard).
+backends/triton/kernels_distill.py (mirrored), distributed/_distill_shards.py (per vocabulary
+shard: `divergence_terms_` on the shard, the row totals all-reduced, `divergence_finish_`).
 """
 
 from __future__ import annotations
@@ -137,36 +138,63 @@ def divergence_(s: torch.Tensor, u: torch.Tensor, p: torch.Tensor, q: torch.Tens
     into its own last multiply). s, u: the tempered student and teacher logits (scratch); p: the
     student's softmax, already there with ``p_ready`` (else computed); q, x: buffers like s.
 
-    beta = 0 and 1 work on the logs (lq - lp, lp - lq), the mixture on the probabilities:
-    m = lerp(p, q, beta), kp = xlogy(p, p / m), kq = xlogy(q, q / m) (0 where the weight is 0, and
-    no cancellation: p / m is a ratio of nearby numbers where lp - log m subtracts two large logs),
-    m floored at the least float so that 0 / 0 (both underflow) reads 0 / tiny = 0. About 9 passes
-    over the chunk beside the two softmaxes."""
+    The two softmaxes by torch's row kernel, then `divergence_terms_` and `divergence_finish_` with
+    the row's own sums (a vocabulary shard runs the same two steps with its partial sums added over
+    the ranks in between: distributed/distillation.py). About 9 passes over the chunk beside the
+    two softmaxes."""
     if beta == 0.0 or beta == 1.0:
         softmax_(u, q, log=True)
         softmax_(s, x, log=True)
         bad = poisoned(q, x)
         if not p_ready:
             torch.exp(x, out=p)
-        if beta == 0.0:  # D = sum q (lq - lp), dD/dz = p - q
-            torch.sub(q, x, out=x)
-            q.exp_()
-            d_row = row_sum(_weighted(x.mul_(q)))
-            torch.sub(p, q, out=s)
-        else:  # D = sum p (lp - lq), dD/dz = p (lp - lq) - p D
-            d_row = row_sum(_weighted(x.sub_(q).mul_(p)))
-            torch.addcmul(x, p, d_row.unsqueeze(1), value=-1.0, out=s)
-        return torch.where(bad, math.nan, d_row), 1.0
+        d_row, k_row = divergence_terms_(s, u, p, q, x, beta)
+        return torch.where(bad, math.nan, d_row), divergence_finish_(s, p, k_row, beta)
     if not p_ready:
         softmax_(s, p)
     softmax_(u, q)
+    d_row, k_row = divergence_terms_(s, u, p, q, x, beta)
+    return d_row, divergence_finish_(s, p, k_row, beta)
+
+
+def divergence_terms_(s: torch.Tensor, u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, x: torch.Tensor,
+                      beta: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The divergence's per-class terms on a block of classes (n, V_b) of distributions normalised over
+    ALL classes: (D_b, K_b) the block's sums of D's terms and of the gradient's row factor, and s (n, V_b)
+    overwritten by the gradient's per-class part, so that dD/dz / c = s - p K with the rows' total
+    K = sum_b K_b (`divergence_finish_`). Inputs: beta = 0 and 1: x = lp, q = lq (log-probs),
+    p = exp(lp); else p, q the probabilities (x scratch). u is scratch.
+
+    beta = 0      terms q (lq - lp),  s = p - q,          K None (the gradient needs no row sum)
+    beta = 1      terms p (lp - lq),  s = p (lp - lq),    K = D
+    else          m = lerp(p, q, beta), kp = xlogy(p, p / m), kq = xlogy(q, q / m),
+                  D = beta sum kq + (1 - beta) sum kp,  s = kp,  K = sum kp
+
+    The logs work on lq - lp, lp - lq; the mixture on the probabilities: xlogy gives 0 at weight 0 in
+    the same pass, and p / m is a ratio of nearby numbers where lp - log m subtracts two large logs;
+    m is floored at the least float so that 0 / 0 (both underflow) reads 0 / tiny = 0."""
+    if beta == 0.0:  # D = sum q (lq - lp), dD/dz = p - q
+        torch.sub(q, x, out=x)
+        q.exp_()
+        d_row = row_sum(_weighted(x.mul_(q)))
+        torch.sub(p, q, out=s)
+        return d_row, None
+    if beta == 1.0:  # D = sum p (lp - lq), dD/dz = p (lp - lq) - p D
+        d_row = row_sum(_weighted(torch.sub(x, q, out=s).mul_(p)))
+        return d_row, d_row
     torch.lerp(p, q, beta, out=x).clamp_min_(_TINY[x.dtype])  # m
     kq = torch.special.xlogy(q, torch.div(q, x, out=u), out=u)
     kp = torch.special.xlogy(p, torch.div(p, x, out=s), out=s)
     k_row = row_sum(kp)
-    d_row = beta * row_sum(kq) + (1.0 - beta) * k_row
-    s.addcmul_(p, k_row.unsqueeze(1), value=-1.0)  # kp - p K; dD/dz = (1 - beta) (kp - p K)
-    return d_row, 1.0 - beta
+    return beta * row_sum(kq) + (1.0 - beta) * k_row, k_row
+
+
+def divergence_finish_(s: torch.Tensor, p: torch.Tensor, k_row: torch.Tensor | None, beta: float) -> float:
+    """s -= p K (K the rows' total of `divergence_terms_`' K_b), in place: s is then dD/dz / c; returns
+    c (1 - beta for the mixture: the JSD's gradient is (1 - beta) (kp - p K); else 1)."""
+    if k_row is not None:
+        s.addcmul_(p, k_row.unsqueeze(1), value=-1.0)
+    return 1.0 - beta if 0.0 < beta < 1.0 else 1.0
 
 
 _TINY = {dt: torch.finfo(dt).smallest_normal * torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}

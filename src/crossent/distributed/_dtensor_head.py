@@ -132,3 +132,39 @@ def _input_grad_placements(input, dim: int) -> tuple:
     from torch.distributed.tensor import Partial
 
     return tuple(Partial() if i == dim else p for i, p in enumerate(input.placements))
+
+
+@dataclass(frozen=True)
+class UnpackedPair:
+    """Two DTensor heads on the same layout (vocab_parallel_linear_distillation_loss): the student's
+    `Unpacked` (output wrapping, group, layout) and the teacher's local operands."""
+
+    student: Unpacked
+    teacher_input: torch.Tensor
+    teacher_weight: torch.Tensor
+    teacher_bias: torch.Tensor | None
+
+    def __getattr__(self, name):  # input, weight, bias, target, group, vocab_range, num_classes, wrap
+        return getattr(self.student, name)
+
+
+def unpack_pair(fn, input, weight, bias, teacher_input, teacher_weight, teacher_bias, target, group, vocab_range,
+                num_classes, reduction) -> UnpackedPair:
+    """Both heads DTensors Shard(0) on the same mesh dim with the same rows (then the same classes per
+    rank); each checked as `unpack` checks one. A DTensor input with a batch dim sharded (distinct tokens
+    per rank) is for reduction 'none' only: a scalar 'mean' / 'sum' would be each rank's own."""
+    for name, t in (("linear_weight", weight), ("teacher_linear_weight", teacher_weight)):
+        if not _dchecks.is_dtensor(t):
+            _dchecks.dtensor_pair(fn, name, t)
+    student = unpack(fn, input, weight, bias, target, group, vocab_range, num_classes)
+    teacher = unpack(fn, teacher_input, teacher_weight, teacher_bias, None, group, vocab_range, num_classes)
+    if teacher.vocab_range != student.vocab_range or teacher.num_classes != student.num_classes or \
+            teacher_weight.device_mesh != weight.device_mesh or \
+            _dchecks.dtensor_head_dim(fn, teacher_weight) != _dchecks.dtensor_head_dim(fn, weight):
+        _dchecks.dtensor_pair_layout(fn, weight, teacher_weight)
+    if student.out_placements is not None and reduction != "none":
+        from torch.distributed.tensor import Replicate
+
+        if any(type(p) is not Replicate for p in student.out_placements):
+            _dchecks.dtensor_scalar_of_sharded_tokens(fn, input, reduction)
+    return UnpackedPair(student, teacher.input, teacher.weight, teacher.bias)

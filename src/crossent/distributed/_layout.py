@@ -78,6 +78,13 @@ def all_gather_ints(value: int, group) -> list[int]:
     return [int(v) for v in _wait(_torch_version.all_gather_single(t, 0, group)).tolist()]
 
 
+def all_gather_int_rows(values: list[int], group) -> list[list[int]]:
+    """Every rank's few integers, in rank order (one all_gather of W x len(values) numbers)."""
+    t = torch.tensor(values, dtype=torch.int64, device=_group_device(group)).reshape(1, -1)
+    out = _wait(_torch_version.all_gather_single(t, 0, group))
+    return [[int(v) for v in row] for row in out.reshape(-1, len(values)).tolist()]
+
+
 def _group_device(group) -> torch.device:
     """The device a group's collectives take tensors on (gloo: CPU; nccl: this rank's GPU)."""
     backend = dist.get_backend(group)

@@ -20,9 +20,10 @@ from .._checks import distributed as _dchecks
 from ..nn import keep_options
 from . import _layout
 from .cross_entropy import vocab_parallel_cross_entropy
+from .distillation import vocab_parallel_linear_distillation_loss
 from .linear import vocab_parallel_linear_cross_entropy
 
-__all__ = ["VocabParallelCrossEntropyLoss", "VocabParallelLinearCrossEntropyLoss"]
+__all__ = ["VocabParallelCrossEntropyLoss", "VocabParallelLinearCrossEntropyLoss", "VocabParallelLinearDistillationLoss"]
 
 _NAME = "VocabParallelLinearCrossEntropyLoss"
 
@@ -61,6 +62,35 @@ def _init_linear_rows(weight: torch.Tensor, bias: torch.Tensor | None, vocab_ran
             b = torch.empty(num_classes, device=bias.device, dtype=bias.dtype)
             torch.nn.init.uniform_(b, -bound, bound)
             bias.copy_(b[start:stop])
+
+
+def _own_rows(module, name, in_features, num_classes, bias, group, vocab_range, device, dtype) -> None:
+    """A head module's layout and parameters: ``group``, ``vocab_range`` (default torch.chunk's),
+    ``num_classes``, ``in_features``, ``linear_weight`` (V_r, D) and ``linear_bias`` (V_r,) or None,
+    uninitialised (`_init_linear_rows`)."""
+    module.group = _dchecks.group(name, group)
+    num_classes = _dchecks.num_classes(name, num_classes)
+    if vocab_range is None:
+        import torch.distributed as dist
+
+        vocab_range = _layout.ceil_div_range(num_classes, dist.get_world_size(module.group),
+                                             dist.get_rank(module.group))
+    start, stop = vocab_range
+    module.vocab_range = _dchecks.vocab_range(name, tuple(vocab_range), stop - start, num_classes)
+    module.num_classes = num_classes
+    module.in_features = in_features
+    factory = dict(device=device, dtype=dtype)
+    module.linear_weight = torch.nn.Parameter(torch.empty(stop - start, in_features, **factory))
+    module.linear_bias = torch.nn.Parameter(torch.empty(stop - start, **factory)) if bias else None
+
+
+def _copy_rows(module, linear: torch.nn.Linear) -> None:
+    """This rank's rows of a full ``nn.Linear(D, C)`` into the module's parameters."""
+    start, stop = module.vocab_range
+    with torch.no_grad():
+        module.linear_weight.copy_(linear.weight[start:stop])
+        if linear.bias is not None:
+            module.linear_bias.copy_(linear.bias[start:stop])
 
 
 class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
@@ -103,21 +133,7 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        self.group = _dchecks.group(_NAME, group)
-        num_classes = _dchecks.num_classes(_NAME, num_classes)
-        if vocab_range is None:
-            import torch.distributed as dist
-
-            vocab_range = _layout.ceil_div_range(
-                num_classes, dist.get_world_size(self.group), dist.get_rank(self.group)
-            )
-        start, stop = vocab_range
-        self.vocab_range = _dchecks.vocab_range(_NAME, tuple(vocab_range), stop - start, num_classes)
-        self.num_classes = num_classes
-        self.in_features = in_features
-        factory = dict(device=device, dtype=dtype)
-        self.linear_weight = torch.nn.Parameter(torch.empty(stop - start, in_features, **factory))
-        self.linear_bias = torch.nn.Parameter(torch.empty(stop - start, **factory)) if bias else None
+        _own_rows(self, _NAME, in_features, num_classes, bias, group, vocab_range, device, dtype)
         self.register_buffer("weight", weight)
         self.weight: torch.Tensor | None
         keep_options(self, ignore_index=ignore_index, reduction=_checks.reduction(_NAME, reduction),
@@ -141,11 +157,7 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
         """This rank's rows of a full ``nn.Linear(D, C)`` (copied), with the module's options."""
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                      device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
-        start, stop = module.vocab_range
-        with torch.no_grad():
-            module.linear_weight.copy_(linear.weight[start:stop])
-            if linear.bias is not None:
-                module.linear_bias.copy_(linear.bias[start:stop])
+        _copy_rows(module, linear)
         return module
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
@@ -193,3 +205,64 @@ class VocabParallelCrossEntropyLoss(torch.nn.Module):
             normalizer=self.normalizer if normalizer is None else normalizer, dtype=self.dtype,
             deterministic=self.deterministic,
         )
+
+
+_DISTILL = "VocabParallelLinearDistillationLoss"
+
+
+class VocabParallelLinearDistillationLoss(torch.nn.Module):
+    """The student's output layer of ``num_classes`` classes split over the ranks of ``group`` and its
+    distillation loss against a teacher's head split alike.
+
+    Owns this rank's rows [start, stop) of the student's (num_classes, in_features) layer as its
+    parameters ``linear_weight`` and ``linear_bias``, initialised as ``nn.Linear``'s, exactly as
+    `VocabParallelLinearCrossEntropyLoss` (why a module owns them: this module's docstring). The teacher
+    is a constant: ``forward(input, teacher_input, teacher_linear_weight, target=None,
+    teacher_linear_bias=None, normalizer=None)`` takes this rank's rows of the teacher's head (the same
+    ``vocab_range``) and is one call to `vocab_parallel_linear_distillation_loss` (see it for shapes,
+    semantics and collectives); a ``normalizer`` given there overrides ``self.normalizer``.
+    `from_linear` takes this rank's rows of a full ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, bias: bool = False, group=None,
+                 vocab_range: tuple[int, int] | None = None, beta: float = 0.5, temperature: float = 1.0,
+                 softcap: float | None = None, teacher_softcap: float | None = None, hard_weight: float = 0.0,
+                 soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+                 normalizer: float | torch.Tensor | None = None, chunk_size: int | None = None,
+                 deterministic: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        _own_rows(self, _DISTILL, in_features, num_classes, bias, group, vocab_range, device, dtype)
+        keep_options(self, beta=beta, temperature=temperature, softcap=softcap, teacher_softcap=teacher_softcap,
+                     hard_weight=hard_weight, soft_weight=soft_weight, ignore_index=ignore_index,
+                     reduction=_checks.reduction(_DISTILL, reduction), normalizer=normalizer,
+                     chunk_size=chunk_size, deterministic=deterministic)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear(in_features, num_classes)``'s initialisation, sharded (as the CE head's)."""
+        _init_linear_rows(self.linear_weight, self.linear_bias, self.vocab_range, self.num_classes)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> VocabParallelLinearDistillationLoss:
+        """This rank's rows of a full ``nn.Linear(D, C)`` (copied), with the module's options."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
+        _copy_rows(module, linear)
+        return module
+
+    def forward(self, input: torch.Tensor, teacher_input: torch.Tensor, teacher_linear_weight: torch.Tensor,
+                target: torch.Tensor | None = None, teacher_linear_bias: torch.Tensor | None = None,
+                normalizer=None) -> torch.Tensor:
+        return vocab_parallel_linear_distillation_loss(
+            input, self.linear_weight, teacher_input, teacher_linear_weight, group=self.group,
+            linear_bias=self.linear_bias, teacher_linear_bias=teacher_linear_bias, target=target, beta=self.beta,
+            temperature=self.temperature, softcap=self.softcap, teacher_softcap=self.teacher_softcap,
+            hard_weight=self.hard_weight, soft_weight=self.soft_weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, normalizer=self.normalizer if normalizer is None else normalizer,
+            chunk_size=self.chunk_size, vocab_range=self.vocab_range, num_classes=self.num_classes,
+            deterministic=self.deterministic)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, num_classes={self.num_classes}, vocab_range={self.vocab_range}, "
+                f"bias={self.linear_bias is not None}, beta={self.beta}, temperature={self.temperature}, "
+                f"hard_weight={self.hard_weight}, soft_weight={self.soft_weight}, reduction={self.reduction}")

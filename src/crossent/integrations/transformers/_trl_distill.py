@@ -4,9 +4,14 @@
 The trainer does not use the models' losses nor TRL's fused LM head: its ``_compute_loss`` runs both
 backbones for their last hidden states and hands them, with both ``lm_head`` weights and biases, to
 the module function ``trl.trainer.distillation_trainer._chunked_divergence_loss`` (TRL's chunked
-generalized JSD), which returns ``(loss, entropy_sum, n_valid)``. That function is the one seam:
-``patch(trainer)`` wraps the trainer's ``_compute_loss`` (an instance attribute; ``unpatch`` deletes
-it) so that, for the duration of each call, the module's name answers with `divergence_loss`:
+generalized JSD), which returns ``(loss, entropy_sum, n_valid)``. That function is the one seam,
+made per trainer (`Router`): the first ``patch`` replaces the module's name, once and for good, by a
+router that calls `divergence_loss` when the current context (a ContextVar) says so and TRL's
+original otherwise; ``patch(trainer)`` wraps that trainer's ``_compute_loss`` (an instance attribute;
+``unpatch`` deletes it) so that the ContextVar says so for the duration of its calls. A ContextVar is
+per thread (and per asyncio task): an unpatched DistillationTrainer running at the same moment in
+another thread keeps TRL's own loss (swapping the module attribute for the call's duration would have
+handed it crossent's). What crossent computes:
 
 * the logits as TRL makes them, z = softcap(logit_scale (h W^T + b)) / T for each model (TRL reads
   ``logit_scale`` & co. and ``final_logit_softcapping`` from each config): crossent's input and bias
@@ -31,6 +36,7 @@ subclass computing its loss from both models' full logits) is refused by ``_trl`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import sys
 from typing import Any
@@ -79,6 +85,33 @@ def check(fn: str, trainer: Any, version) -> None:
         _checks.trl_option_unsupported(fn, trainer, "crossent's patch already installed (unpatch it first)")
 
 
+class Router:
+    """The module function ``_chunked_divergence_loss`` once patched: ``seam``'s current value (set by a
+    patched trainer's ``_compute_loss`` in this thread / task) if any, else ``original`` (TRL's)."""
+
+    def __init__(self, original):
+        self.original = original
+        functools.update_wrapper(self, original)
+
+    def __call__(self, *args, **kwargs):
+        seam = _ACTIVE.get()
+        return (seam if seam is not None else self.original)(*args, **kwargs)
+
+
+# The crossent seam of the patched trainer whose _compute_loss runs in this context (None: TRL's).
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("crossent_distillation_seam", default=None)
+
+
+def router(module) -> Router:
+    """The module's Router, installed over the module's function if it is not there yet (also when
+    something replaced it since: that replacement becomes the fallback)."""
+    current = getattr(module, _SEAM)
+    if not isinstance(current, Router):
+        current = Router(current)
+        setattr(module, _SEAM, current)
+    return current
+
+
 def patch(trainer: Any, chunk_size: int | None) -> None:
     original = trainer._compute_loss
     module = sys.modules[_MODULE]
@@ -86,9 +119,11 @@ def patch(trainer: Any, chunk_size: int | None) -> None:
 
     @functools.wraps(original)
     def compute_loss(*args, **kwargs):
-        with _swapped(module, seam):
+        router(module)  # (again at each call: cheap, and robust to a module reloaded or re-patched)
+        with _routed(seam):
             return original(*args, **kwargs)
 
+    router(module)
     setattr(compute_loss, _MARK, True)
     trainer._compute_loss = compute_loss
 
@@ -104,15 +139,14 @@ def unpatch(fn: str, trainer: Any) -> None:
 
 
 @contextlib.contextmanager
-def _swapped(module, seam):
-    """module._chunked_divergence_loss is ``seam`` inside (the module's name, read at call time by
-    DistillationTrainer._compute_loss; restored after, also on an error)."""
-    old = getattr(module, _SEAM)
-    setattr(module, _SEAM, seam)
+def _routed(seam):
+    """The module's router calls ``seam`` inside, in this context only (reset after, also on an
+    error; a nested call restores the outer seam)."""
+    token = _ACTIVE.set(seam)
     try:
         yield
     finally:
-        setattr(module, _SEAM, old)
+        _ACTIVE.reset(token)
 
 
 def _full(t):
