@@ -66,10 +66,10 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers see the real names
     from . import nn
-    from .backends._memory import empty_cache
     from ._checks import check_values
     from ._dispatch import Backend, use_backend
     from ._distillation import linear_distillation_loss, linear_topk_distillation_loss
+    from .backends._memory import empty_cache
     from .functional import (
         binary_cross_entropy,
         binary_cross_entropy_with_logits,

@@ -59,14 +59,10 @@ from ..backends import composite_distill, rows
 from ..backends import divergence as dv
 from ..backends.autograd import Handover
 from ..backends.common import compute_dtype, deterministic_sum, safe_reciprocal
-from . import _comm, _layout
+from . import _comm, _head_products, _layout
 
 _FN = "vocab_parallel_linear_distillation_loss"
 _NEG_INF = float("-inf")
-
-
-def _logits(x, w, b):
-    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
 
 
 def _softmax_partials(a: torch.Tensor):
@@ -237,20 +233,18 @@ def _loop(call: _Call, heads, tg: rows.Targets, counted, *, saved=None, scale=No
     """Every chunk: (losses (N,) or None, statistics (k', N) or None, (grad_x partial, grad_W_r,
     grad_b_r) in the compute dtype, None where not wanted)."""
     x, w, b, xt, wt, bt = heads
-    n, d = x.shape
+    n = x.shape[0]
     acc = compute_dtype(x.dtype)
     want_x, want_w, want_b = call.want if scale is not None else (False, False, False)
-    gx = torch.zeros(n, d, dtype=acc, device=x.device) if want_x else None
-    gw = torch.zeros(w.shape, dtype=acc, device=x.device) if want_w else None
-    gb = torch.zeros(w.shape[0], dtype=acc, device=x.device) if want_b and b is not None else None
+    gx, gw, gb = _head_products.zero_grads(x, w, (want_x, want_w, want_b and b is not None), acc)
     losses = torch.zeros(n, dtype=acc, device=x.device) if saved is None else None
     stats = torch.zeros(len(call.stat_rows()), n, dtype=acc, device=x.device) if saved is None else None
     if saved is not None and w.shape[0] == 0:  # an empty shard: no collective in backward, nothing to add
         return None, None, (gx, gw, gb)
     for i in range(0, n, call.rows):
         cut = slice(i, min(i + call.rows, n))
-        zs = _logits(x[cut], w, b)
-        zt = _logits(xt[cut], wt, bt) if call.soft else None
+        zs = _head_products.logits(x[cut], w, b)
+        zt = _head_products.logits(xt[cut], wt, bt) if call.soft else None
         sc = scale[cut] if isinstance(scale, torch.Tensor) and scale.dim() else scale
         loss_c, stats_c, g = _chunk(call, zs, zt, tg.rows(cut), counted[cut],
                                     None if saved is None else saved[:, cut], sc)
@@ -258,13 +252,7 @@ def _loop(call: _Call, heads, tg: rows.Targets, counted, *, saved=None, scale=No
             losses[cut], stats[:, cut] = loss_c, stats_c
         if g is None:
             continue
-        if gb is not None:
-            gb += g.sum(0)
-        low = g.to(x.dtype)  # the products in the input dtype, as F.linear's
-        if gx is not None:
-            gx[cut] = torch.mm(low, w).to(acc)
-        if gw is not None:
-            gw += torch.mm(low.t(), x[cut]).to(acc)
+        _head_products.add_chunk_grads(g, x, w, cut, (gx, gw, gb))
     return losses, stats, (gx, gw, gb)
 
 

@@ -44,7 +44,7 @@ from ..backends.autograd import Handover
 from ..backends.chunked import log_prob_kernel, log_prob_rows
 from ..backends.common import compute_dtype
 from ..backends.loops.linear_log_probs import run as run_linear_log_probs
-from . import _comm, _layout
+from . import _comm, _head_products, _layout
 
 _FN = "vocab_parallel_linear_log_probs"
 
@@ -85,10 +85,6 @@ def combine(m, parts, tg: rows.Targets, comm: _layout.Comm):
     return m_all, log_s, lp, ent
 
 
-def _logits(x, w, b):
-    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
-
-
 def forward_pass(x, w, b, tg: rows.Targets, call: _Call):
     """(log_probs, entropy or None, stats (3, N): M, log s, H) in the compute dtype."""
     n, acc = x.shape[0], compute_dtype(x.dtype)
@@ -96,7 +92,7 @@ def forward_pass(x, w, b, tg: rows.Targets, call: _Call):
     parts = torch.empty(3 if call.entropy else 2, n, dtype=acc, device=x.device)
     for i in range(0, n, call.rows):
         j = min(i + call.rows, n)
-        z, _ = rows_log_probs.tempered(_logits(x[i:j], w, b), call.opts, acc)
+        z, _ = rows_log_probs.tempered(_head_products.logits(x[i:j], w, b), call.opts, acc)
         m[i:j], parts[:, i:j] = shard_partials(z, tg.rows(slice(i, j)), call.entropy)
     m_all, log_s, lp, ent = combine(m, parts, tg, call.comm)
     stats = torch.stack([m_all, log_s, ent if ent is not None else torch.zeros_like(lp)])
@@ -106,28 +102,19 @@ def forward_pass(x, w, b, tg: rows.Targets, call: _Call):
 def backward_pass(x, w, b, tg: rows.Targets, call: _Call, stats, g, h, want):
     """This rank's (grad_x partial (N, D) compute dtype, grad_W_r, grad_b_r) of sum g lp + h H."""
     acc = compute_dtype(x.dtype)
-    n, d = x.shape
-    want_x, want_w, want_b = want
-    gx = torch.zeros(n, d, dtype=acc, device=x.device) if want_x else None
-    gw = torch.zeros(w.shape, dtype=acc, device=x.device) if want_w else None
-    gb = torch.zeros(w.shape[0], dtype=acc, device=x.device) if want_b else None
+    n = x.shape[0]
+    gx, gw, gb = _head_products.zero_grads(x, w, want, acc)
     g, h = rows_log_probs.upstream(g, tg, acc), rows_log_probs.upstream(h, tg, acc)
     if w.shape[0] == 0:
         return gx, gw, gb
     for i in range(0, n, call.rows):
         j = min(i + call.rows, n)
         cut = slice(i, j)
-        z = _logits(x[cut], w, b)
+        z = _head_products.logits(x[cut], w, b)
         grad = z if z.dtype == acc else torch.empty(z.shape, dtype=acc, device=z.device)
         log_prob_kernel.backward(z, tg.rows(cut), call.opts, stats[0, cut], stats[1, cut], stats[2, cut],
                                  None if g is None else g[cut], None if h is None else h[cut], grad=grad)
-        if gb is not None:
-            gb += grad.sum(0)
-        low = grad.to(x.dtype)  # the products in the input dtype, as F.linear's
-        if gx is not None:
-            gx[cut] = torch.mm(low, w).to(acc)
-        if gw is not None:
-            gw += torch.mm(low.t(), x[cut]).to(acc)
+        _head_products.add_chunk_grads(grad, x, w, cut, (gx, gw, gb))
     return gx, gw, gb
 
 
