@@ -39,7 +39,6 @@ import crossent
 
 from ._harness import machine, measure_here, peak_extra_bytes, report_measure
 
-
 # Steps per round of the small case: 200 x ~0.25 ms = 50 ms, long enough that a timer tick or one
 # context switch (~0.1 ms under load) moves a round by well under 1%.
 SMALL_STEPS = 200
