@@ -26,7 +26,9 @@ out_dtype=torch.float32)``, `float32_products`: CUDA, torch >= 2.9), grad_W accu
 that product instead: no slice buffer, no separate add (per chunk at the Llama-3 head, V=128256,
 D=4096, bfloat16: the 16-bit slices written and read back, 2 x 1.05 GB, and the float32 add,
 2 x 2.1 GB, become the product's own read and write of the float32 accumulator, 2 x 2.1 GB, which
-stay behind its 2 n V D FLOPs when n >= MIN_FUSED_ROWS).
+stay behind its 2 n V D FLOPs when n >= MIN_FUSED_ROWS). A 16-bit weight's float32 grad_W may be
+a `weight_grad.SplitWeightGrad` (two row blocks, the first inside the 16-bit result's storage):
+every product into it is cut at the blocks' boundary (`weight_grad_blocks`).
 """
 
 from __future__ import annotations
