@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from memory_probe import peak_extra_bytes
 
 import crossent
 from crossent.backends.loops import linear as linear_mod
 from crossent.backends.loops import weight_grad
 from linear_helpers import leaves, make
-from memory_probe import peak_extra_bytes
 
 
 def _filled(shape, dtype, seed=0):

@@ -193,3 +193,51 @@ def test_linear_cross_entropy_compiled_equals_eager(gpu):
     want.backward()
     torch.testing.assert_close(xa.grad, xe.grad, **TOL[torch.bfloat16])
     torch.testing.assert_close(wa.grad, we.grad, **TOL[torch.bfloat16])
+
+
+def test_float32_accumulating_product_is_exact_in_place(gpu):
+    """linear_chunks.float32_products only asks whether addmm(..., out_dtype=float32, out=c) runs;
+    here its values: c += a @ b in place, against float64 (torch issue 154086 reported out= with
+    out_dtype broken in a 2025 build)."""
+    from crossent.backends.loops import linear_chunks
+
+    if not linear_chunks.float32_products(torch.device(gpu), torch.bfloat16):
+        pytest.skip("this torch has no float32-accumulating addmm on CUDA: the slice path runs")
+    gen = torch.Generator(device=gpu).manual_seed(3)
+    a = torch.randn(300, 130, device=gpu, generator=gen).bfloat16()
+    b = torch.randn(130, 70, device=gpu, generator=gen).bfloat16()
+    c = torch.randn(300, 70, device=gpu, generator=gen)
+    want = c.double() + a.double() @ b.double()
+    linear_chunks.weight_grad_product(c, a, b, first=False)
+    torch.testing.assert_close(c.double(), want, atol=1e-4, rtol=1e-5)
+    linear_chunks.weight_grad_product(c, a, b, first=True)
+    torch.testing.assert_close(c.double(), a.double() @ b.double(), atol=1e-4, rtol=1e-5)
+
+
+def test_linear_weight_gradient_peak_is_the_accumulator(gpu):
+    """bfloat16 head V=65536, D=2048: the float32 grad_W (512 MiB) is finished into its own
+    storage, so the step's peak is forward's (accumulator + one chunk + grad_x), not the
+    accumulator plus a 256 MiB 16-bit copy at the end of backward (loops/weight_grad.py)."""
+    from crossent._options import LossOptions
+    from crossent.backends import triton
+    from crossent.backends.loops import weight_grad
+
+    n, d, v = 2048, 2048, 65536
+    gen = torch.Generator(device=gpu).manual_seed(4)
+    x = (torch.randn(n, d, device=gpu, generator=gen) * 0.5).bfloat16().requires_grad_()
+    w = (torch.randn(v, d, device=gpu, generator=gen) / 45).bfloat16().requires_grad_()
+    t = torch.randint(0, v, (n,), device=gpu, generator=gen)
+    with crossent.use_backend("triton"):
+        crossent.linear_cross_entropy(x, w, t).backward()  # warm-up (Triton compiles here)
+    x.grad = w.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with crossent.use_backend("triton"):
+        crossent.linear_cross_entropy(x, w, t).backward()
+    peak = torch.cuda.max_memory_allocated() - base
+    rows = triton.chunk_rows(n, d, v, torch.bfloat16, LossOptions())
+    expected = weight_grad.memory(v, d)["finishing"] + rows * v * 2 + n * d * 2
+    assert w.grad.dtype == torch.bfloat16
+    # (a .to() copy at the end of backward would add v d 2 bytes = 256 MiB)
+    assert peak < expected + (48 << 20), (peak / 2**20, expected / 2**20)
