@@ -83,6 +83,20 @@ def _warps(block: int) -> int:
     return max(1, min(16, block // 256))
 
 
+# Registers per thread of the sm_90 register file (64K per SM) when PROGRAMS_PER_SM programs of
+# ``warps`` warps share an SM, at most 255 (the ISA's cap).
+REGISTER_FILE = 65536
+
+
+def persistent_maxnreg(warps: int) -> int:
+    """``maxnreg`` of a persistent-grid launch (schedule.long_row_programs: PROGRAMS_PER_SM
+    programs per SM): the registers each thread may take with that many programs resident. ptxas,
+    left to itself, sized 16-warp loop programs for two per SM (64 registers) and spilled 4 bytes
+    (bf16 C=50257 with label smoothing, Triton 3.6 and 3.7, sm_90); the grid never puts two on an
+    SM, and with .maxnreg 128 the same kernel took 96 registers, no spill."""
+    return min(255, REGISTER_FILE // (32 * warps * schedule.PROGRAMS_PER_SM))
+
+
 def block_for(num_classes: int, soft: bool, f64: bool, elem_size: int = 2) -> tuple[int, bool]:
     """(BLOCK, SINGLE) of the CE kernel for a row of ``num_classes`` logits of ``elem_size``
     bytes. Probability targets and float64 keep more per class in registers: their one-block rows
@@ -164,16 +178,17 @@ def launch_ce(x, tg, opts: LossOptions, *, grad, scale, stats=None):
     vec = schedule.vector_width(x, grad, probs)
     programs = rows if single else schedule.long_row_programs(
         rows, c * (x.element_size() + (p.element_size() if probs is not None else 0)), dev)
+    # a one-block row with probabilities holds x and p per class: twice the warps (Triton 3.6,
+    # the GPU image's, spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)
+    warps = _warps(block * 2 if single and probs is not None else block)
+    persistent = {} if single else {"maxnreg": persistent_maxnreg(warps)}
     _kernels()[0].ce_kernel[(programs,)](
         x, g, index.reshape(-1).contiguous() if index is not None else loss, p,
         w if w is not None else loss, w_sum if w_sum is not None else loss, s, _params(opts, acc, dev),
         loss, stats, rows, c, d, *_strides(x), *_strides(g), *_strides(p), s_stride, opts.ignore_index,
         BLOCK=block, SINGLE=single, VEC=vec, STAGES=_stages(single, tg, opts, acc), SOFT=probs is not None,
         HAS_WEIGHT=w is not None, SMOOTH=opts.label_smoothing > 0.0, HAS_CAP=opts.softcap is not None,
-        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64,
-        # a one-block row with probabilities holds x and p per class: twice the warps (Triton 3.6,
-        # the GPU image's, spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)
-        num_warps=_warps(block * 2 if single and probs is not None else block),
+        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64, num_warps=warps, **persistent,
     )
     return loss, stats
 
