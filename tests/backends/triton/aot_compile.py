@@ -166,6 +166,27 @@ def launched() -> dict:
                                                       reduction="none", grad=False)
     for dt in DTYPES:
         v[f"scale {dt}"] = lambda dt=dt: scale(dt)
+    v.update(gpu_tests())
+    return v
+
+
+def gpu_tests() -> dict:
+    """The CE launches of test_triton_gpu.py not among the above, one name per specialization it
+    compiles: 1000 classes (one block) and 32000 (the loop; 128256 and 65536 bind the same
+    variant) in each 16-bit and float32 dtype, plain and with smoothing; the options torch lacks
+    at 50000 classes (float32); GPT-2's 50257 with smoothing; z_loss in bfloat16 (the no-sync,
+    compile and linear tests)."""
+    v = {}
+    for dt in ("bf16", "f16", "f32"):
+        for c in (1000, 32000):
+            for flags in ((), ("smoothing",)):
+                v[f"ce {dt} C={c} {'+'.join(flags) or 'plain'} (gpu tests)"] = \
+                    lambda dt=dt, c=c, flags=flags: ce(dt, c, flags)
+    for flags in (("z_loss",), ("softcap",), ("weight", "smoothing")):
+        v[f"ce f32 C=50000 {'+'.join(flags)} (gpu tests)"] = lambda flags=flags: ce("f32", 50000, flags)
+    for dt in ("bf16", "f32"):
+        v[f"ce {dt} C=50257 smoothing (gpu tests)"] = lambda dt=dt: ce(dt, 50257, ("smoothing",))
+    v["ce bf16 C=32000 z_loss (gpu tests)"] = lambda: ce("bf16", 32000, ("z_loss",))
     return v
 
 

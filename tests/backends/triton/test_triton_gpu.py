@@ -241,3 +241,33 @@ def test_linear_weight_gradient_peak_is_the_accumulator(gpu):
     assert w.grad.dtype == torch.bfloat16
     # (a .to() copy at the end of backward would add v d 2 bytes = 256 MiB)
     assert peak < expected + (48 << 20), (peak / 2**20, expected / 2**20)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_log_probs_and_entropy_match_the_reference(gpu, dtype):
+    """The log-probs / entropy kernels (issue 22) on the GPU: GPT-2's unaligned vocabulary, a
+    temperature and softcap, values and the logits' gradient against the float64 reference."""
+    x, t = _logits(gpu, 512, 50257, dtype, seed=5)
+    out = {}
+    for backend, z in (("triton", x), ("reference", x.double())):
+        za = z.clone().requires_grad_()
+        with crossent.use_backend(backend):
+            lp, h = crossent.log_probs(za, t, return_entropy=True, temperature=0.8, softcap=30.0)
+        g, = torch.autograd.grad((lp * 1.5 - 0.7 * h).sum(), za)
+        out[backend] = (lp, h, g)
+    tol = TOL[dtype] if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for a, b in zip(out["triton"], out["reference"]):
+        torch.testing.assert_close(a.double(), b.double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_distillation_kernels_no_worse_than_torch(gpu, dtype):
+    """The distillation kernels (issue 23) on the GPU: dense JSD with temperature and a hard
+    term, and top-k, each no worse than the torch composition against the float64 reference."""
+    from distill_helpers import check_dense, check_topk, dense_problem, topk_problem
+
+    dense = tuple(a.to(gpu) if a is not None else None for a in dense_problem(512, 256, 384, 32000, seed=7))
+    topk = tuple(a.to(gpu) for a in topk_problem(512, 256, 32000, 8, seed=8))
+    with crossent.use_backend("triton"):
+        check_dense(dense, dtype, beta=0.5, temperature=2.0, hard_weight=0.3)
+        check_topk(topk, dtype, temperature=2.0)
