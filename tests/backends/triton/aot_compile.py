@@ -99,6 +99,13 @@ def ptxas_info(compiled) -> tuple[int, int]:
     return int(regs[0]), sum(int(m) for m in spills)
 
 
+def vector_accesses(compiled) -> int:
+    """Static count of 16-byte global accesses in the kernel's PTX: ld/st .v4.b32 or .v2.b64, and
+    the pipelined loops' cp.async.cg (16-byte copies into shared memory)."""
+    ptx = compiled.asm["ptx"]
+    return len(re.findall(r"(?:ld|st)\.global\S*\.(?:v4\.b32|v2\.b64)|cp\.async\.cg\.shared\.global", ptx))
+
+
 # ---------------------------------------------------------------- the launches
 
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, "f64": torch.float64}
@@ -239,7 +246,8 @@ def report(variants) -> int:
             regs, spills = ptxas_info(kernel)
             types = {k: t for k, t in kernel.src.signature.items() if t != "constexpr"}
             print(json.dumps({"variant": name, "kernel": kernel.name, "registers": regs, "spill_bytes": spills,
-                              "num_warps": kernel.metadata.num_warps, "types": types}), flush=True)
+                              "num_warps": kernel.metadata.num_warps, "vector_16B": vector_accesses(kernel),
+                              "types": types}), flush=True)
     return 0
 
 
