@@ -17,6 +17,8 @@ and the argument types Triton bound.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -84,19 +86,29 @@ def _triton_ptxas_flags() -> list:
     return ["--regAllocOptLevel=2"] if "--regAllocOptLevel=2" in inspect.getsource(compiler) else []
 
 
-def ptxas_info(compiled) -> tuple[int, int]:
-    """(registers per thread, spill-store bytes) as ptxas reports them for sm_90 (Triton's flags)."""
+def _parse_ptxas(text: str) -> tuple[int, int] | None:
+    regs = re.findall(r"Used (\d+) registers", text)
+    spills = re.findall(r"(\d+) bytes spill stores", text)
+    return (int(regs[0]), sum(int(m) for m in spills)) if regs and spills else None
+
+
+def ptxas_info(compiled, log: str = "") -> tuple[int, int]:
+    """(registers per thread, spill-store bytes) as ptxas reports them for sm_90: from the log of
+    Triton's own ptxas call when it compiled the kernel just now (``log``: one kernel's), else
+    (a kernel from Triton's cache) by running ptxas on its PTX with Triton's flags."""
+    parsed = _parse_ptxas(log)
+    if parsed is not None:
+        return parsed
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
     out = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", *_PTXAS_FLAGS, f.name, "-o", os.devnull],
                          capture_output=True, text=True)
     os.unlink(f.name)
     text = out.stdout + out.stderr
-    regs = re.findall(r"Used (\d+) registers", text)
-    spills = re.findall(r"(\d+) bytes spill stores", text)
-    if not regs or not spills:
+    parsed = _parse_ptxas(text)
+    if parsed is None:
         raise RuntimeError(f"ptxas reported no register use: {text[-500:]}")
-    return int(regs[0]), sum(int(m) for m in spills)
+    return parsed
 
 
 def vector_accesses(compiled) -> int:
@@ -239,11 +251,16 @@ def report(variants) -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     _install()
     _PTXAS_FLAGS[:] = _triton_ptxas_flags()
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # (Triton prints its ptxas log: no second ptxas run)
     for name, launch in variants().items():
         start = len(_COMPILED)
-        launch()
-        for kernel in _COMPILED[start:]:
-            regs, spills = ptxas_info(kernel)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            launch()
+        logs = printed.getvalue().split("Compiling entry function")[1:]
+        kernels = _COMPILED[start:]
+        for i, kernel in enumerate(kernels):
+            regs, spills = ptxas_info(kernel, logs[0] if len(logs) == 1 and len(kernels) == 1 else "")
             types = {k: t for k, t in kernel.src.signature.items() if t != "constexpr"}
             print(json.dumps({"variant": name, "kernel": kernel.name, "registers": regs, "spill_bytes": spills,
                               "num_warps": kernel.metadata.num_warps, "vector_16B": vector_accesses(kernel),
