@@ -231,7 +231,7 @@ def sweep() -> dict:
         for flags in itertools.combinations(OPTION_FLAGS, k):
             for grad, dt in itertools.product((True, False), DTYPES):
                 soft = "soft" in flags
-                single_c = ops.SINGLE_BLOCK_MAX >> int(soft) >> int(dt == "f64")
+                single_c = ops.single_block_max(soft, dt == "f64", bool(set(flags) - {"soft"}))
                 for c in (single_c, 50257):
                     name = f"ce {dt} C={c} {'+'.join(flags) or 'plain'}{'' if grad else ' loss only'}"
                     v[name] = lambda dt=dt, c=c, flags=flags, grad=grad: ce(dt, c, flags, grad=grad)

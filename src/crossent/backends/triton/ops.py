@@ -97,13 +97,30 @@ def persistent_maxnreg(warps: int) -> int:
     return min(255, REGISTER_FILE // (32 * warps * schedule.PROGRAMS_PER_SM))
 
 
-def block_for(num_classes: int, soft: bool, f64: bool, elem_size: int = 2) -> tuple[int, bool]:
+def single_block_max(soft: bool, f64: bool, options: bool = False) -> int:
+    """The longest row the CE kernel holds as one block. Probability targets and float64 keep more
+    per class in registers: their one-block rows are half as long (each halving measured as
+    needed by aot_compile.py: at 8192, soft bfloat16 spilled 20 bytes, soft float64 276); float64
+    with any option (class weights, smoothing, z_loss, softcap) half again (at 4096 with 16 or 32
+    warps, Triton 3.6/3.7, sm_90: every option spilled 176-184 bytes, weight+smoothing+z_loss 28,
+    smoothing+z_loss+softcap 4)."""
+    return SINGLE_BLOCK_MAX >> int(soft) >> int(f64) >> int(f64 and options)
+
+
+def single_warps(block: int, elem_size: int, soft: bool) -> int:
+    """Warps of a one-block row: as `_warps`, twice as many with probability targets (x and p per
+    class: Triton 3.6 spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8), and 32
+    for a float32 row of 8192 classes (16 warps hold 16 values a thread: 28 bytes spilled with
+    class weights and smoothing, Triton 3.7; 32 warps, 64 registers, none)."""
+    warps = _warps(block * 2 if soft else block)
+    return 32 if elem_size == 4 and block >= 8192 else warps
+
+
+def block_for(num_classes: int, soft: bool, f64: bool, elem_size: int = 2, options: bool = False) -> tuple[int, bool]:
     """(BLOCK, SINGLE) of the CE kernel for a row of ``num_classes`` logits of ``elem_size``
-    bytes. Probability targets and float64 keep more per class in registers: their one-block rows
-    are half as long (each halving measured as needed by aot_compile.py: at 8192, soft bfloat16
-    spilled 20 bytes, soft float64 276). The loop's block holds LOOP_BLOCK 16-bit values' bytes."""
-    single_max = SINGLE_BLOCK_MAX >> int(soft) >> int(f64)
-    if num_classes <= single_max:
+    bytes: one block up to `single_block_max`; the loop's block holds LOOP_BLOCK 16-bit values'
+    bytes. ``options``: class weights, smoothing, z_loss or a softcap."""
+    if num_classes <= single_block_max(soft, f64, options):
         return triton_next_pow2(num_classes), True
     return max(1, LOOP_BLOCK * 2 // max(2, elem_size)), False
 
@@ -129,6 +146,11 @@ def _scale_arg(scale, acc, device):
             return s.reshape(1), 0
         return s.reshape(-1).contiguous(), 1
     return torch.full((1,), float(scale), dtype=acc, device=device), 0
+
+
+def _any_option(tg, opts: LossOptions) -> bool:
+    return (tg.weight is not None or opts.label_smoothing > 0.0 or bool(opts.z_loss)
+            or opts.softcap is not None)
 
 
 def _stages(single, tg, opts: LossOptions, acc) -> int:
@@ -174,13 +196,11 @@ def launch_ce(x, tg, opts: LossOptions, *, grad, scale, stats=None):
     g = grad if grad is not None else x
     p = probs if probs is not None else x
     s, s_stride = _scale_arg(scale, acc, dev)
-    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size())
+    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size(), _any_option(tg, opts))
     vec = schedule.vector_width(x, grad, probs)
     programs = rows if single else schedule.long_row_programs(
         rows, c * (x.element_size() + (p.element_size() if probs is not None else 0)), dev)
-    # a one-block row with probabilities holds x and p per class: twice the warps (Triton 3.6,
-    # the GPU image's, spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)
-    warps = _warps(block * 2 if single and probs is not None else block)
+    warps = single_warps(block, x.element_size(), probs is not None) if single else _warps(block)
     persistent = {} if single else {"maxnreg": persistent_maxnreg(warps)}
     _kernels()[0].ce_kernel[(programs,)](
         x, g, index.reshape(-1).contiguous() if index is not None else loss, p,
@@ -205,7 +225,7 @@ def launch_ce_grad(x, tg, opts: LossOptions, stats, *, grad, scale):
     probs, index = tg.probs, tg.index
     p = probs if probs is not None else x
     s, s_stride = _scale_arg(scale, acc, dev)
-    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size())
+    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size(), _any_option(tg, opts))
     dummy = stats.reshape(-1)
     _kernels()[0].ce_grad_kernel[(rows,)](
         x, grad, index.reshape(-1).contiguous() if index is not None else dummy, p,
