@@ -97,30 +97,28 @@ def persistent_maxnreg(warps: int) -> int:
     return min(255, REGISTER_FILE // (32 * warps * schedule.PROGRAMS_PER_SM))
 
 
-def single_block_max(soft: bool, f64: bool, options: bool = False) -> int:
+def single_block_max(soft: bool, f64: bool, options: bool = False, elem_size: int = 2) -> int:
     """The longest row the CE kernel holds as one block. Probability targets and float64 keep more
     per class in registers: their one-block rows are half as long (each halving measured as
-    needed by aot_compile.py: at 8192, soft bfloat16 spilled 20 bytes, soft float64 276); float64
-    with any option (class weights, smoothing, z_loss, softcap) half again (at 4096 with 16 or 32
-    warps, Triton 3.6/3.7, sm_90: every option spilled 176-184 bytes, weight+smoothing+z_loss 28,
-    smoothing+z_loss+softcap 4)."""
-    return SINGLE_BLOCK_MAX >> int(soft) >> int(f64) >> int(f64 and options)
+    needed by aot_compile.py: at 8192, soft bfloat16 spilled 20 bytes, soft float64 276); rows of
+    4- and 8-byte values with any option (class weights, smoothing, z_loss, softcap) half again
+    (sm_90: float32 at 8192 with every option spilled 28 bytes on 16 warps with Triton 3.7 and on
+    32 warps with 3.6; float64 at 4096 176-184 bytes with every option, 28 with
+    weight+smoothing+z_loss, 4 with smoothing+z_loss+softcap, on 16 or 32 warps)."""
+    return SINGLE_BLOCK_MAX >> int(soft) >> int(f64) >> int(options and elem_size >= 4)
 
 
-def single_warps(block: int, elem_size: int, soft: bool) -> int:
+def single_warps(block: int, soft: bool) -> int:
     """Warps of a one-block row: as `_warps`, twice as many with probability targets (x and p per
-    class: Triton 3.6 spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8), and 32
-    for a float32 row of 8192 classes (16 warps hold 16 values a thread: 28 bytes spilled with
-    class weights and smoothing, Triton 3.7; 32 warps, 64 registers, none)."""
-    warps = _warps(block * 2 if soft else block)
-    return 32 if elem_size == 4 and block >= 8192 else warps
+    class: Triton 3.6 spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)."""
+    return _warps(block * 2 if soft else block)
 
 
 def block_for(num_classes: int, soft: bool, f64: bool, elem_size: int = 2, options: bool = False) -> tuple[int, bool]:
     """(BLOCK, SINGLE) of the CE kernel for a row of ``num_classes`` logits of ``elem_size``
     bytes: one block up to `single_block_max`; the loop's block holds LOOP_BLOCK 16-bit values'
     bytes. ``options``: class weights, smoothing, z_loss or a softcap."""
-    if num_classes <= single_block_max(soft, f64, options):
+    if num_classes <= single_block_max(soft, f64, options, elem_size):
         return triton_next_pow2(num_classes), True
     return max(1, LOOP_BLOCK * 2 // max(2, elem_size)), False
 
@@ -200,7 +198,7 @@ def launch_ce(x, tg, opts: LossOptions, *, grad, scale, stats=None):
     vec = schedule.vector_width(x, grad, probs)
     programs = rows if single else schedule.long_row_programs(
         rows, c * (x.element_size() + (p.element_size() if probs is not None else 0)), dev)
-    warps = single_warps(block, x.element_size(), probs is not None) if single else _warps(block)
+    warps = single_warps(block, probs is not None) if single else _warps(block)
     persistent = {} if single else {"maxnreg": persistent_maxnreg(warps)}
     _kernels()[0].ce_kernel[(programs,)](
         x, g, index.reshape(-1).contiguous() if index is not None else loss, p,
