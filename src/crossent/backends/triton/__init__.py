@@ -6,7 +6,7 @@ handed over in backward, 'mean' folded into it, the linear loss's token-chunk lo
 matrix products); the row kernels under them are Triton's (kernels.py, launched by ops.py):
 
   cross_entropy   one program per sample row over all rows at once: loss and gradient in one
-                  kernel (rows up to ops.SINGLE_BLOCK_MAX classes read once; longer rows twice,
+                  kernel (rows up to ops.single_block_max classes read once; longer rows twice,
                   the second read mostly from L2); every option (class weights, ignore_index,
                   smoothing, probability targets, z_loss, softcap, K-dim, in place)
   nll_loss        the fused backend's gather / scatter (two small torch kernels: nothing to fuse)
