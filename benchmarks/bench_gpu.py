@@ -13,6 +13,10 @@ every row, so a run killed at any point keeps what it measured):
   linear     linear_cross_entropy forward+backward: Llama-3-8B head (N=8192, D=4096, V=128256
              bf16) and Gemma-2-2B (N=8192, D=2304, V=256000 bf16, softcap 30); the fraction of
              the 6 N D V FLOP floor at the measured matmul peak;
+  distill    linear_distillation_loss forward+backward (generalized JSD, beta 0.5, temperature 2):
+             student and teacher heads N=4096, D=D_t=1024, V=128256 bf16, against the torch
+             composition (benchmarks/bench_distillation.py's) -- the distillation kernels (issue 23);
+             the log-probs kernels (issue 22) run after this bench (benchmarks/bench_log_probs.py);
   crossover  Triton forced vs torch over 0.26M-268M elements (benchmarks/_gpu_crossover.py), CE
              at two class counts and BCE, both dtypes; prints the thresholds it suggests;
   compiled   torch.compile rows (CE and the linear head), last: compiling is slow, so they are
@@ -151,7 +155,7 @@ class Bench:
     def __init__(self, dev, out_dir, budget_s, smoke, prov):
         self.dev, self.out_dir, self.smoke, self.prov = dev, out_dir, smoke, prov
         self.deadline = time.monotonic() + budget_s
-        self.rows = {"ce": [], "linear": [], "small": [], "crossover": [], "compiled": []}
+        self.rows = {"ce": [], "linear": [], "small": [], "distill": [], "crossover": [], "compiled": []}
         self.floors = {}
 
     def left(self) -> float:
@@ -239,6 +243,25 @@ def linear_section(b: Bench, peers, compiled=False):
                10, floor_ms)
 
 
+def distill_section(b: Bench):
+    from .bench_distillation import TEMPERATURE, _composition
+
+    n, d, v = (4096, 1024, 128256) if not b.smoke else (16, 8, 64)
+    dtype = torch.bfloat16
+    x, w, _ = _head(b.dev, n, d, v, dtype)
+    gen = torch.Generator(device=b.dev).manual_seed(1)
+    xt = (torch.randn(n, d, device=b.dev, generator=gen) * 0.5).to(dtype)
+    wt = (torch.randn(v, d, device=b.dev, generator=gen) * (1.5 / d**0.5)).to(dtype)
+    candidates = {
+        "torch composition": lambda x, w, xt, wt: _composition(x, w, xt, wt, 0.5),
+        "crossent": lambda x, w, xt, wt: crossent.linear_distillation_loss(x, w, xt, wt, beta=0.5,
+                                                                            temperature=TEMPERATURE),
+    }
+    floor_ms = 8 * n * d * v / b.floors["matmul_FLOPs"] * 1e3  # both heads' logits, grad_x, grad_W
+    row = {"case": f"linear_distillation_loss JSD N={n} D={d} V={v} bf16"}
+    b.case("distill", row, candidates, ([x, w], [xt, wt]), 5, floor_ms)
+
+
 def small_section(b: Bench):
     x0 = torch.randn(64, 10, device=b.dev)
     t = torch.randint(0, 10, (64,), device=b.dev)
@@ -298,7 +321,8 @@ def main(argv=None):
     b.save()
     # (section, seconds it needs at least to start: a section that cannot finish is skipped whole)
     sections = [(lambda: small_section(b), 5), (lambda: ce_section(b, peers), 30),
-                (lambda: linear_section(b, peers), 60), (lambda: crossover_section(b), 60),
+                (lambda: linear_section(b, peers), 60), (lambda: distill_section(b), 40),
+                (lambda: crossover_section(b), 60),
                 (lambda: ce_section(b, peers, compiled=True), 60), (lambda: linear_section(b, peers, compiled=True), 90)]
     for run, needs in sections:
         if b.left() < (needs if not smoke else 0):

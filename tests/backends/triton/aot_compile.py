@@ -17,6 +17,8 @@ and the argument types Triton bound.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -52,6 +54,7 @@ class _Sm90Driver:
 
 
 _COMPILED: list = []
+_PTXAS_FLAGS: list = []
 
 
 def _install() -> None:
@@ -73,18 +76,46 @@ def _ptxas() -> str:
     return get_ptxas(90).path
 
 
-def ptxas_info(compiled) -> tuple[int, int]:
-    """(registers per thread, spill-store bytes) as ptxas reports them for sm_90."""
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(compiled.asm["ptx"])
-    out = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
-    os.unlink(f.name)
-    text = out.stdout + out.stderr
+def _triton_ptxas_flags() -> list:
+    """The register-allocation flag Triton's own ptxas call adds (3.7: --regAllocOptLevel=2, for a
+    ptxas 13 bug; 3.6: none), so that the counts are those of the cubin Triton builds."""
+    import inspect
+
+    from triton.backends.nvidia import compiler
+
+    return ["--regAllocOptLevel=2"] if "--regAllocOptLevel=2" in inspect.getsource(compiler) else []
+
+
+def _parse_ptxas(text: str) -> tuple[int, int] | None:
     regs = re.findall(r"Used (\d+) registers", text)
     spills = re.findall(r"(\d+) bytes spill stores", text)
-    if not regs or not spills:
+    return (int(regs[0]), sum(int(m) for m in spills)) if regs and spills else None
+
+
+def ptxas_info(compiled, log: str = "") -> tuple[int, int]:
+    """(registers per thread, spill-store bytes) as ptxas reports them for sm_90: from the log of
+    Triton's own ptxas call when it compiled the kernel just now (``log``: one kernel's), else
+    (a kernel from Triton's cache) by running ptxas on its PTX with Triton's flags."""
+    parsed = _parse_ptxas(log)
+    if parsed is not None:
+        return parsed
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    out = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", *_PTXAS_FLAGS, f.name, "-o", os.devnull],
+                         capture_output=True, text=True)
+    os.unlink(f.name)
+    text = out.stdout + out.stderr
+    parsed = _parse_ptxas(text)
+    if parsed is None:
         raise RuntimeError(f"ptxas reported no register use: {text[-500:]}")
-    return int(regs[0]), sum(int(m) for m in spills)
+    return parsed
+
+
+def vector_accesses(compiled) -> int:
+    """Static count of 16-byte global accesses in the kernel's PTX: ld/st .v4.b32 or .v2.b64, and
+    the pipelined loops' cp.async.cg (16-byte copies into shared memory)."""
+    ptx = compiled.asm["ptx"]
+    return len(re.findall(r"(?:ld|st)\.global\S*\.(?:v4\.b32|v2\.b64)|cp\.async\.cg\.shared\.global", ptx))
 
 
 # ---------------------------------------------------------------- the launches
@@ -150,6 +181,11 @@ def launched() -> dict:
     for dt, c in (("bf16", 128256), ("f32", 128256), ("bf16", 32000), ("f16", 32000), ("bf16", 256000),
                   ("bf16", 8192), ("f32", 2048), ("f32", 10)):
         v[f"ce {dt} C={c} plain"] = lambda dt=dt, c=c: ce(dt, c)
+    # the longest one-block rows with every option: the register-heaviest one-block variants (the
+    # sweep found spills there: 28 bytes in float32 at 8192 classes, 176 in float64 at 4096)
+    for dt in DTYPES:
+        c = ops.single_block_max(False, dt == "f64", True, DTYPES[dt].itemsize)
+        v[f"ce {dt} C={c} every option (longest one block)"] = lambda dt=dt, c=c: ce(dt, c, ALL)
     v["ce bf16 C=128256 loss only"] = lambda: ce("bf16", 128256, grad=False)
     v["ce f32 C=1000 loss only, every option"] = lambda: ce("f32", 1000, ALL, grad=False)
     v["ce bf16 K-dim (16, 1000, 5) every option"] = lambda: ce("bf16", 1000, ALL, d=5)
@@ -166,18 +202,41 @@ def launched() -> dict:
                                                       reduction="none", grad=False)
     for dt in DTYPES:
         v[f"scale {dt}"] = lambda dt=dt: scale(dt)
+    v.update(gpu_tests())
+    return v
+
+
+def gpu_tests() -> dict:
+    """The CE launches of test_triton_gpu.py not among the above, one name per specialization it
+    compiles: 1000 classes (one block) and 32000 (the loop; 128256 and 65536 bind the same
+    variant) in each 16-bit and float32 dtype, plain and with smoothing; the options torch lacks
+    at 50000 classes (float32); GPT-2's 50257 with smoothing; z_loss in bfloat16 (the no-sync,
+    compile and linear tests)."""
+    v = {}
+    for dt in ("bf16", "f16", "f32"):
+        for c in (1000, 32000):
+            for flags in ((), ("smoothing",)):
+                v[f"ce {dt} C={c} {'+'.join(flags) or 'plain'} (gpu tests)"] = \
+                    lambda dt=dt, c=c, flags=flags: ce(dt, c, flags)
+    for flags in (("z_loss",), ("softcap",), ("weight", "smoothing")):
+        v[f"ce f32 C=50000 {'+'.join(flags)} (gpu tests)"] = lambda flags=flags: ce("f32", 50000, flags)
+    for dt in ("bf16", "f32"):
+        v[f"ce {dt} C=50257 smoothing (gpu tests)"] = lambda dt=dt: ce(dt, 50257, ("smoothing",))
+    v["ce bf16 C=32000 z_loss (gpu tests)"] = lambda: ce("bf16", 32000, ("z_loss",))
     return v
 
 
 def sweep() -> dict:
     """Every option combination of the CE kernel (2^5), with and without a gradient, in every
-    dtype, one-block (C = the largest one-block row) and loop (C = 50257)."""
+    dtype, one-block (C = the largest one-block row) and loop (C = 50257): 512 variants, the
+    combinations with the most options first (the likeliest to spill: a run cut short has
+    covered them in every dtype)."""
     v = {}
-    for dt, grad in itertools.product(DTYPES, (True, False)):
-        for k in range(len(OPTION_FLAGS) + 1):
-            for flags in itertools.combinations(OPTION_FLAGS, k):
+    for k in range(len(OPTION_FLAGS), -1, -1):
+        for flags in itertools.combinations(OPTION_FLAGS, k):
+            for grad, dt in itertools.product((True, False), DTYPES):
                 soft = "soft" in flags
-                single_c = ops.SINGLE_BLOCK_MAX >> int(soft) >> int(dt == "f64")
+                single_c = ops.single_block_max(soft, dt == "f64", bool(set(flags) - {"soft"}), DTYPES[dt].itemsize)
                 for c in (single_c, 50257):
                     name = f"ce {dt} C={c} {'+'.join(flags) or 'plain'}{'' if grad else ' loss only'}"
                     v[name] = lambda dt=dt, c=c, flags=flags, grad=grad: ce(dt, c, flags, grad=grad)
@@ -196,14 +255,21 @@ def report(variants) -> int:
     # interpreted functions, which compile nothing; importing this module changes nothing)
     os.environ.pop("TRITON_INTERPRET", None)
     _install()
+    _PTXAS_FLAGS[:] = _triton_ptxas_flags()
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # (Triton prints its ptxas log: no second ptxas run)
     for name, launch in variants().items():
         start = len(_COMPILED)
-        launch()
-        for kernel in _COMPILED[start:]:
-            regs, spills = ptxas_info(kernel)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            launch()
+        logs = printed.getvalue().split("Compiling entry function")[1:]
+        kernels = _COMPILED[start:]
+        for i, kernel in enumerate(kernels):
+            regs, spills = ptxas_info(kernel, logs[0] if len(logs) == 1 and len(kernels) == 1 else "")
             types = {k: t for k, t in kernel.src.signature.items() if t != "constexpr"}
             print(json.dumps({"variant": name, "kernel": kernel.name, "registers": regs, "spill_bytes": spills,
-                              "num_warps": kernel.metadata.num_warps, "types": types}), flush=True)
+                              "num_warps": kernel.metadata.num_warps, "vector_16B": vector_accesses(kernel),
+                              "types": types}), flush=True)
     return 0
 
 

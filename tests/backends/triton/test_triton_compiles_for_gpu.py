@@ -38,6 +38,12 @@ def test_kernels_compile_for_sm90_without_spills():
     # bound as on a GPU: small integers as int32 (Triton's specialization), pointers typed by dtype
     ce = next(r for r in rows if r["variant"] == "ce bf16 C=50257 every option")
     assert ce["types"]["C"] == "i32" and ce["types"]["x_ptr"] == "*bf16" and ce["types"]["loss_ptr"] == "*fp32"
+    # 16-byte loads and stores of the logits and the gradient at class counts whose rows are not
+    # 16-byte aligned (one block: ld/st.global.v4; the loop: cp.async.cg + st.global.v4)
+    for dt in ("bf16", "f16", "f32", "f64"):
+        for c in (1000, 50257):
+            r = next(r for r in rows if r["variant"] == f"ce {dt} C={c} every option")
+            assert r["vector_16B"] >= 2, r
 
 
 def test_distillation_kernels_compile_for_sm90_without_spills():

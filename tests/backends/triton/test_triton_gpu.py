@@ -50,7 +50,10 @@ def test_options_torch_lacks_match_the_reference(gpu, kw):
     if kw.pop("weight", False):
         kw["weight"] = torch.rand(50000, device=gpu) + 0.1
     xa, xr = x.clone().requires_grad_(), x.double().requires_grad_()
-    ours = crossent.cross_entropy(xa, t, **kw)  # the rule: options torch lacks -> Triton
+    # forced: 12.8M logits are below TRITON_MIN_NUMEL, and torch has class weights and smoothing,
+    # so the dispatch would send that case to torch's kernel
+    with crossent.use_backend("triton"):
+        ours = crossent.cross_entropy(xa, t, **kw)
     ref = crossent.reference.cross_entropy(xr, t, **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()})
     torch.testing.assert_close(ours.double(), ref, **TOL[torch.float32])
     torch.testing.assert_close(torch.autograd.grad(ours, xa)[0].double(), torch.autograd.grad(ref, xr)[0], **TOL[torch.float32])
@@ -193,3 +196,81 @@ def test_linear_cross_entropy_compiled_equals_eager(gpu):
     want.backward()
     torch.testing.assert_close(xa.grad, xe.grad, **TOL[torch.bfloat16])
     torch.testing.assert_close(wa.grad, we.grad, **TOL[torch.bfloat16])
+
+
+def test_float32_accumulating_product_is_exact_in_place(gpu):
+    """linear_chunks.float32_products only asks whether addmm(..., out_dtype=float32, out=c) runs;
+    here its values: c += a @ b in place, against float64 (torch issue 154086 reported out= with
+    out_dtype broken in a 2025 build)."""
+    from crossent.backends.loops import linear_chunks
+
+    if not linear_chunks.float32_products(torch.device(gpu), torch.bfloat16):
+        pytest.skip("this torch has no float32-accumulating addmm on CUDA: the slice path runs")
+    gen = torch.Generator(device=gpu).manual_seed(3)
+    a = torch.randn(300, 130, device=gpu, generator=gen).bfloat16()
+    b = torch.randn(130, 70, device=gpu, generator=gen).bfloat16()
+    c = torch.randn(300, 70, device=gpu, generator=gen)
+    want = c.double() + a.double() @ b.double()
+    linear_chunks.weight_grad_product(c, a, b, first=False)
+    torch.testing.assert_close(c.double(), want, atol=1e-4, rtol=1e-5)
+    linear_chunks.weight_grad_product(c, a, b, first=True)
+    torch.testing.assert_close(c.double(), a.double() @ b.double(), atol=1e-4, rtol=1e-5)
+
+
+def test_linear_weight_gradient_peak_is_the_accumulator(gpu):
+    """bfloat16 head V=65536, D=2048: the float32 grad_W (512 MiB) is finished into its own
+    storage, so the step's peak is forward's (accumulator + one chunk + grad_x), not the
+    accumulator plus a 256 MiB 16-bit copy at the end of backward (loops/weight_grad.py)."""
+    from crossent._options import LossOptions
+    from crossent.backends import triton
+    from crossent.backends.loops import weight_grad
+
+    n, d, v = 2048, 2048, 65536
+    gen = torch.Generator(device=gpu).manual_seed(4)
+    x = (torch.randn(n, d, device=gpu, generator=gen) * 0.5).bfloat16().requires_grad_()
+    w = (torch.randn(v, d, device=gpu, generator=gen) / 45).bfloat16().requires_grad_()
+    t = torch.randint(0, v, (n,), device=gpu, generator=gen)
+    with crossent.use_backend("triton"):
+        crossent.linear_cross_entropy(x, w, t).backward()  # warm-up (Triton compiles here)
+    x.grad = w.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with crossent.use_backend("triton"):
+        crossent.linear_cross_entropy(x, w, t).backward()
+    peak = torch.cuda.max_memory_allocated() - base
+    rows = triton.chunk_rows(n, d, v, torch.bfloat16, LossOptions())
+    expected = weight_grad.memory(v, d)["finishing"] + rows * v * 2 + n * d * 2
+    assert w.grad.dtype == torch.bfloat16
+    # (a .to() copy at the end of backward would add v d 2 bytes = 256 MiB)
+    assert peak < expected + (48 << 20), (peak / 2**20, expected / 2**20)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_log_probs_and_entropy_match_the_reference(gpu, dtype):
+    """The log-probs / entropy kernels (issue 22) on the GPU: GPT-2's unaligned vocabulary, a
+    temperature and softcap, values and the logits' gradient against the float64 reference."""
+    x, t = _logits(gpu, 512, 50257, dtype, seed=5)
+    out = {}
+    for backend, z in (("triton", x), ("reference", x.double())):
+        za = z.clone().requires_grad_()
+        with crossent.use_backend(backend):
+            lp, h = crossent.log_probs(za, t, return_entropy=True, temperature=0.8, softcap=30.0)
+        g, = torch.autograd.grad((lp * 1.5 - 0.7 * h).sum(), za)
+        out[backend] = (lp, h, g)
+    tol = TOL[dtype] if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for a, b in zip(out["triton"], out["reference"]):
+        torch.testing.assert_close(a.double(), b.double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_distillation_kernels_no_worse_than_torch(gpu, dtype):
+    """The distillation kernels (issue 23) on the GPU: dense JSD with temperature and a hard
+    term, and top-k, each no worse than the torch composition against the float64 reference."""
+    from distill_helpers import check_dense, check_topk, dense_problem, topk_problem
+
+    dense = tuple(a.to(gpu) if a is not None else None for a in dense_problem(512, 256, 384, 32000, seed=7))
+    topk = tuple(a.to(gpu) for a in topk_problem(512, 256, 32000, 8, seed=8))
+    with crossent.use_backend("triton"):
+        check_dense(dense, dtype, beta=0.5, temperature=2.0, hard_weight=0.3)
+        check_topk(topk, dtype, temperature=2.0)

@@ -100,3 +100,23 @@ def test_neg_inf_bias_masks_a_class_as_torch(eps):
     torch.testing.assert_close(ours, theirs, equal_nan=True)
     for u, v in zip(torch.autograd.grad(ours, (xa, wa, ba)), torch.autograd.grad(theirs, (xt, wt, bt))):
         torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_16bit_weight_gradient_bit_for_bit_as_one_accumulator(monkeypatch, reduction):
+    """The float32 accumulator in two row blocks finished inside the result's storage
+    (loops/weight_grad.py) gives the bits one accumulator cast by .to() gave, on the Triton chunk
+    loop (row-major logits: the blocks' products read strided column slices of G)."""
+    from crossent.backends.loops import linear as linear_mod
+
+    x64, w64, b64, t = make(12, 8, 29, torch.float64, seed=6)
+    out = {}
+    for split in (True, False):
+        if not split:
+            monkeypatch.setattr(linear_mod, "narrows", lambda *a: False)
+        xa, wa, ba = leaves(x64.bfloat16(), w64.bfloat16(), b64.bfloat16())
+        loss = crossent.linear_cross_entropy(xa, wa, t, linear_bias=ba, chunk_size=5, reduction=reduction,
+                                             z_loss=1e-3)
+        out[split] = (loss,) + torch.autograd.grad(loss, (xa, wa, ba), torch.full_like(loss, 0.6))
+    for a, b in zip(out[True], out[False]):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -27,7 +27,10 @@ Memory. Beyond the inputs and the gradients themselves (N D + V D + V), one chun
 elements of the input dtype for Z, plus what the backend's ce_chunk needs beside them
 (`RowKernels.chunk_buffers`); the backend's `chunk_rows` picks n (``chunk_size`` overrides it):
 peak extra memory O(n V + V D), never O(N V). With 16-bit inputs the weight and bias gradients are
-accumulated in float32 (V D float32) and cast once at the end.
+accumulated in float32 (V D float32) and cast once at the end; the weight gradient's float32
+accumulator is narrowed to 16 bits inside the storage of the returned gradient (weight_grad.py),
+so it and its 16-bit copy are never alive together: 4 V D bytes at most (2.10 GB at the Llama-3
+head, V=128256, D=4096; cast by ``.to()``: 6 V D, 3.15 GB), 2 V D held after backward.
 
 Precision. Products run in the input dtype (bfloat16/float16 matrix products, as F.linear would);
 softmax math in float32 (float64 for float64 inputs); the weight and bias gradients accumulate in
@@ -48,6 +51,7 @@ from .. import _memory, autograd, composite
 from ..common import compute_dtype, output_dtype, reduce, safe_reciprocal
 from .kernels import RowKernels
 from .linear_chunks import Problem
+from .weight_grad import SplitWeightGrad, narrows
 
 
 @dataclass(frozen=True)
@@ -64,28 +68,32 @@ class LinearCall:
     handover: autograd.Handover = field(default_factory=autograd.Handover, compare=False)
 
 
-def precompute(problem: Problem, weight, call: LinearCall):
+def precompute(problem: Problem, weight, call: LinearCall, *, split_w: bool = False):
     """Forward's work for a scalar reduction: (per-token losses, 'mean' denominator, gradients,
     post_scale). 1/den is folded into the gradients now (one rounding of a bfloat16 gradient);
     float16 keeps O(1) values, scaled once in backward (an AMP loss scale multiplies before
-    anything can underflow)."""
+    anything can underflow). ``split_w``: a 16-bit weight's gradient as a `SplitWeightGrad`."""
     x, opts = problem.x, call.opts
     acc = compute_dtype(x.dtype)
     den = problem.denominator(weight, opts, acc)
     inv_den = safe_reciprocal(den) if den is not None else None
     fold = inv_den is not None and x.dtype != torch.float16
-    grads = _grad_buffers(x, problem.linear_weight, problem.linear_bias, call.want, acc)
+    grads = _grad_buffers(x, problem.linear_weight, problem.linear_bias, call.want, acc, split_w=split_w)
     losses = problem.run(weight, opts, call.rows, call.kernels, scale=inv_den if fold else 1.0, grads=grads)
     return losses, den, grads, None if fold else inv_den
 
 
-def _grad_buffers(x, weight, bias, want, acc):
+def _grad_buffers(x, weight, bias, want, acc, *, split_w=False):
     """Uninitialised gradient buffers for the wanted inputs (grad_x in x's dtype, the others in
-    acc, of the parameters' shapes): the chunk loop writes every element."""
+    acc, of the parameters' shapes): the chunk loop writes every element. ``split_w``: the weight's
+    as a `SplitWeightGrad` where it is returned in a dtype of half acc's size."""
     want_x, want_w, want_b = want
     dev = x.device
     gx = _memory.empty(x.shape, x.dtype, dev) if want_x else None
-    gw = _memory.empty(weight.shape, acc, dev) if want_w else None
+    if want_w and split_w and narrows(weight.dtype, acc):
+        gw = SplitWeightGrad(weight.shape, weight.dtype, acc, dev)
+    else:
+        gw = _memory.empty(weight.shape, acc, dev) if want_w else None
     gb = torch.empty(bias.shape, dtype=acc, device=dev) if want_b and bias is not None else None
     return gx, gw, gb
 
@@ -103,7 +111,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
         if opts.reduction == "none":
             losses = problem.run(weight, opts, call.rows, call.kernels, scale=1.0, grads=(None, None, None))
             return reduce(losses, None, opts, call.out_shape, call.out_dtype)
-        losses, den, grads, post_scale = precompute(problem, weight, call)
+        losses, den, grads, post_scale = precompute(problem, weight, call, split_w=True)
         call.handover.put((grads, post_scale))
         return reduce(losses, den, opts, call.out_shape, call.out_dtype)
 
@@ -117,7 +125,8 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
         loss = lambda x, w, b: composite.linear_cross_entropy(x, w, target, b, weight, opts)
 
         def regrad(x, w, b):
-            return precompute(Problem(x, w, index, probs, b), weight, call)[2:]
+            grads, post_scale = precompute(Problem(x, w, index, probs, b), weight, call, split_w=True)[2:]
+            return _flatten(ctx, grads), post_scale
 
         # Held strongly: (N, D) + (V, D) + (V,), no N x V; the weight and bias are parameters
         # anyway, and an input made inline (h.reshape(-1, D)) would otherwise be gone.
@@ -128,7 +137,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             ctx.grads = None
         else:
             grads, post_scale = call.handover.take()
-            autograd.stash(ctx, grads, post_scale=post_scale, keep=opts.allow_retain_graph,
+            autograd.stash(ctx, _flatten(ctx, grads), post_scale=post_scale, keep=opts.allow_retain_graph,
                            scale_grad=call.kernels.scale_grad)
 
     @staticmethod
@@ -141,16 +150,37 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             input, linear_weight, index, probs, linear_bias, weight = ctx.saved_tensors
             acc = compute_dtype(input.dtype)
             problem = Problem(input, linear_weight, index, probs, linear_bias)
-            grads = _grad_buffers(input, linear_weight, linear_bias, call.want, acc)
+            grads = _grad_buffers(input, linear_weight, linear_bias, call.want, acc, split_w=True)
             scale = grad_out.reshape(input.shape[0], problem.heads).to(acc)  # (N, P)
             problem.run(weight, call.opts, call.rows, call.kernels, scale=scale, grads=grads)
+            gx, gw, gb = grads
+            gw = gw.finish() if isinstance(gw, SplitWeightGrad) else gw
         else:
-            grads = autograd.release(ctx, grad_out)
-        gx, gw, gb = grads
+            gx, gw, gb = _unflatten(ctx, autograd.release(ctx, grad_out))
         w_dtype, b_dtype = ctx.dtypes
         gw = gw.to(w_dtype) if gw is not None else None
         gb = gb.to(b_dtype) if gb is not None else None
         return None, gx, gw, None, None, gb, None
+
+
+def _flatten(ctx, grads) -> tuple:
+    """(grad_x, grad_b, *grad_W's tensors): what `autograd.release` scales, one tensor each; a
+    `SplitWeightGrad` is kept in ctx.split for `_unflatten`."""
+    gx, gw, gb = grads
+    ctx.split = gw if isinstance(gw, SplitWeightGrad) else None
+    return (gx, gb) + (gw.tensors() if ctx.split is not None else (gw,))
+
+
+def _unflatten(ctx, grads) -> tuple:
+    """(grad_x, grad_W, grad_b) from `release`'s scaled `_flatten` tuple: a split grad_W finished
+    in the weight's dtype (in its own storage when the tensors were handed over, else copied)."""
+    gx, gb, *gw = grads
+    if ctx.split is None:
+        return gx, gw[0], gb
+    split = ctx.split
+    if ctx.grads is None:  # handed over: nothing may use the blocks again
+        ctx.split = None
+    return gx, split.finish(tuple(gw)), gb
 
 
 def split_target(target, opts: LossOptions):

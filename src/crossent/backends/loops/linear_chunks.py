@@ -26,7 +26,9 @@ out_dtype=torch.float32)``, `float32_products`: CUDA, torch >= 2.9), grad_W accu
 that product instead: no slice buffer, no separate add (per chunk at the Llama-3 head, V=128256,
 D=4096, bfloat16: the 16-bit slices written and read back, 2 x 1.05 GB, and the float32 add,
 2 x 2.1 GB, become the product's own read and write of the float32 accumulator, 2 x 2.1 GB, which
-stay behind its 2 n V D FLOPs when n >= MIN_FUSED_ROWS).
+stay behind its 2 n V D FLOPs when n >= MIN_FUSED_ROWS). A 16-bit weight's float32 grad_W may be
+a `weight_grad.SplitWeightGrad` (two row blocks, the first inside the 16-bit result's storage):
+every product into it is cut at the blocks' boundary (`weight_grad_blocks`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from .. import _memory, rows
 from ..common import compute_dtype, mean_denominator
 from .kernels import RowKernels
+from .weight_grad import SplitWeightGrad
 
 # Chunks of a multiple of 8 rows: the transposed product W @ x_c.T ran at full-size speed for
 # r = 384, 408, ..., 512 and ~40% slower for r = 410 or 500 (MKL, AVX2).
@@ -139,9 +142,21 @@ class Chunk:
         return zt.t()
 
 
+def weight_grad_blocks(gw) -> list:
+    """grad_W as row blocks ``[(v0, v1, tensor)]``: a `SplitWeightGrad`'s views of one head (a
+    list, as `Problem.run` passes them) or one block for a plain tensor."""
+    return gw if isinstance(gw, list) else [(0, gw.shape[0], gw)]
+
+
 def _accumulate_weight_grad(gw, g, xc, chunk, first):
     """grad_W (+)= G.T @ x_c, in float32 for 16-bit inputs (inside the product where torch can,
-    else through the rounded slice buffer)."""
+    else through the rounded slice buffer); per row block of grad_W (weight_grad.py)."""
+    for b0, b1, block in weight_grad_blocks(gw):
+        if b1 > b0:
+            _accumulate_block(block, g[:, b0:b1], xc, chunk, first)
+
+
+def _accumulate_block(gw, g, xc, chunk, first):
     if chunk.fused_w:
         weight_grad_product(gw, g.t(), xc, first)
         return
@@ -200,9 +215,10 @@ def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x
     losses = torch.empty(n, dtype=compute_dtype(x.dtype), device=x.device)
     want_grad = any(t is not None for t in grads)
     if n == 0:
-        for t in grads[1:]:
-            if t is not None:
-                t.zero_()
+        if grads[2] is not None:
+            grads[2].zero_()
+        for _, _, t in weight_grad_blocks(grads[1]) if grads[1] is not None else ():
+            t.zero_()
         return losses
     for i in range(0, n, chunk_rows_):
         sl = slice(i, min(i + chunk_rows_, n))
@@ -258,7 +274,8 @@ class Problem:
     def run(self, class_weight, opts, rows_, kernels, *, scale, grads):
         """All heads; per-(token, head) losses (N, P). scale: a number, a 0-d tensor or (N, P)."""
         gx, gw, gb = grads
-        gw3 = gw.view(self.w.shape) if gw is not None else None
+        split = isinstance(gw, SplitWeightGrad)
+        gw3 = gw.view(self.w.shape) if gw is not None and not split else None
         gb2 = gb.view(self.b.shape) if gb is not None else None
         per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
         acc = compute_dtype(self.x.dtype)
@@ -271,7 +288,8 @@ class Problem:
             out.append(chunk_loop(
                 self.x, self.w[:, j], self.b[:, j] if self.b is not None else None, tg, opts, rows_,
                 kernels, scale=scale[:, j] if per_token else scale,
-                grads=(gx, gw3[:, j] if gw3 is not None else None, gb2[:, j] if gb2 is not None else None),
+                grads=(gx, gw.head_views(self.w.shape, j) if split else gw3[:, j] if gw3 is not None else None,
+                       gb2[:, j] if gb2 is not None else None),
                 add_x=j > 0,
             ))
         return torch.stack(out, 1) if self.heads > 1 else out[0].unsqueeze(1)

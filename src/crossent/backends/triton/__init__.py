@@ -6,7 +6,7 @@ handed over in backward, 'mean' folded into it, the linear loss's token-chunk lo
 matrix products); the row kernels under them are Triton's (kernels.py, launched by ops.py):
 
   cross_entropy   one program per sample row over all rows at once: loss and gradient in one
-                  kernel (rows up to ops.SINGLE_BLOCK_MAX classes read once; longer rows twice,
+                  kernel (rows up to ops.single_block_max classes read once; longer rows twice,
                   the second read mostly from L2); every option (class weights, ignore_index,
                   smoothing, probability targets, z_loss, softcap, K-dim, in place)
   nll_loss        the fused backend's gather / scatter (two small torch kernels: nothing to fuse)
@@ -19,7 +19,12 @@ matrix products); the row kernels under them are Triton's (kernels.py, launched 
                   (loops/linear_chunks.py). FLOPs 6 N D V ('none': 8 N D V). Extra memory beyond
                   the returned gradients: one (n, V) chunk in the input dtype, n V <= V D / 4 (a
                   quarter of the 16-bit weight gradient: n = 1024 at the Llama-3 head; 16-bit
-                  chunks at least 1024 rows) and the float32 grad_W (V D); never N x V.
+                  chunks at least 1024 rows) and the float32 grad_W (V D), whose first half of
+                  rows lives in the returned 16-bit gradient's storage and is narrowed there in
+                  place (loops/weight_grad.py): grad_W and its 16-bit result take 4 V D bytes
+                  together at most (2.10 GB at the Llama-3 head; a .to() cast took 6 V D,
+                  3.15 GB), 2 V D after; never N x V. Traffic and peak per head:
+                  linear_cost.weight_grad_table() (docs/PERFORMANCE.md).
   torch.compile   cross_entropy, the binary losses and the linear loss ('mean'/'sum') as custom
                   ops (loops/cross_entropy_op.py, loops/binary_op.py, loops/linear_op.py): the
                   graph keeps these kernels.

@@ -83,13 +83,42 @@ def _warps(block: int) -> int:
     return max(1, min(16, block // 256))
 
 
-def block_for(num_classes: int, soft: bool, f64: bool, elem_size: int = 2) -> tuple[int, bool]:
+# Registers per thread of the sm_90 register file (64K per SM) when PROGRAMS_PER_SM programs of
+# ``warps`` warps share an SM, at most 255 (the ISA's cap).
+REGISTER_FILE = 65536
+
+
+def persistent_maxnreg(warps: int) -> int:
+    """``maxnreg`` of a persistent-grid launch (schedule.long_row_programs: PROGRAMS_PER_SM
+    programs per SM): the registers each thread may take with that many programs resident. ptxas,
+    left to itself, sized 16-warp loop programs for two per SM (64 registers) and spilled 4 bytes
+    (bf16 C=50257 with label smoothing, Triton 3.6 and 3.7, sm_90); the grid never puts two on an
+    SM, and with .maxnreg 128 the same kernel took 96 registers, no spill."""
+    return min(255, REGISTER_FILE // (32 * warps * schedule.PROGRAMS_PER_SM))
+
+
+def single_block_max(soft: bool, f64: bool, options: bool = False, elem_size: int = 2) -> int:
+    """The longest row the CE kernel holds as one block. Probability targets and float64 keep more
+    per class in registers: their one-block rows are half as long (each halving measured as
+    needed by aot_compile.py: at 8192, soft bfloat16 spilled 20 bytes, soft float64 276); rows of
+    4- and 8-byte values with any option (class weights, smoothing, z_loss, softcap) half again
+    (sm_90: float32 at 8192 with every option spilled 28 bytes on 16 warps with Triton 3.7 and on
+    32 warps with 3.6; float64 at 4096 176-184 bytes with every option, 28 with
+    weight+smoothing+z_loss, 4 with smoothing+z_loss+softcap, on 16 or 32 warps)."""
+    return SINGLE_BLOCK_MAX >> int(soft) >> int(f64) >> int(options and elem_size >= 4)
+
+
+def single_warps(block: int, soft: bool) -> int:
+    """Warps of a one-block row: as `_warps`, twice as many with probability targets (x and p per
+    class: Triton 3.6 spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)."""
+    return _warps(block * 2 if soft else block)
+
+
+def block_for(num_classes: int, soft: bool, f64: bool, elem_size: int = 2, options: bool = False) -> tuple[int, bool]:
     """(BLOCK, SINGLE) of the CE kernel for a row of ``num_classes`` logits of ``elem_size``
-    bytes. Probability targets and float64 keep more per class in registers: their one-block rows
-    are half as long (each halving measured as needed by aot_compile.py: at 8192, soft bfloat16
-    spilled 20 bytes, soft float64 276). The loop's block holds LOOP_BLOCK 16-bit values' bytes."""
-    single_max = SINGLE_BLOCK_MAX >> int(soft) >> int(f64)
-    if num_classes <= single_max:
+    bytes: one block up to `single_block_max`; the loop's block holds LOOP_BLOCK 16-bit values'
+    bytes. ``options``: class weights, smoothing, z_loss or a softcap."""
+    if num_classes <= single_block_max(soft, f64, options, elem_size):
         return triton_next_pow2(num_classes), True
     return max(1, LOOP_BLOCK * 2 // max(2, elem_size)), False
 
@@ -115,6 +144,11 @@ def _scale_arg(scale, acc, device):
             return s.reshape(1), 0
         return s.reshape(-1).contiguous(), 1
     return torch.full((1,), float(scale), dtype=acc, device=device), 0
+
+
+def _any_option(tg, opts: LossOptions) -> bool:
+    return (tg.weight is not None or opts.label_smoothing > 0.0 or bool(opts.z_loss)
+            or opts.softcap is not None)
 
 
 def _stages(single, tg, opts: LossOptions, acc) -> int:
@@ -160,20 +194,19 @@ def launch_ce(x, tg, opts: LossOptions, *, grad, scale, stats=None):
     g = grad if grad is not None else x
     p = probs if probs is not None else x
     s, s_stride = _scale_arg(scale, acc, dev)
-    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size())
+    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size(), _any_option(tg, opts))
     vec = schedule.vector_width(x, grad, probs)
     programs = rows if single else schedule.long_row_programs(
         rows, c * (x.element_size() + (p.element_size() if probs is not None else 0)), dev)
+    warps = single_warps(block, probs is not None) if single else _warps(block)
+    persistent = {} if single else {"maxnreg": persistent_maxnreg(warps)}
     _kernels()[0].ce_kernel[(programs,)](
         x, g, index.reshape(-1).contiguous() if index is not None else loss, p,
         w if w is not None else loss, w_sum if w_sum is not None else loss, s, _params(opts, acc, dev),
         loss, stats, rows, c, d, *_strides(x), *_strides(g), *_strides(p), s_stride, opts.ignore_index,
         BLOCK=block, SINGLE=single, VEC=vec, STAGES=_stages(single, tg, opts, acc), SOFT=probs is not None,
         HAS_WEIGHT=w is not None, SMOOTH=opts.label_smoothing > 0.0, HAS_CAP=opts.softcap is not None,
-        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64,
-        # a one-block row with probabilities holds x and p per class: twice the warps (Triton 3.6,
-        # the GPU image's, spilled 4 bytes at C=1000 soft bf16/f16 with 4 warps; none with 8)
-        num_warps=_warps(block * 2 if single and probs is not None else block),
+        WRITE_GRAD=grad is not None, ACC_F64=acc == torch.float64, num_warps=warps, **persistent,
     )
     return loss, stats
 
@@ -190,7 +223,7 @@ def launch_ce_grad(x, tg, opts: LossOptions, stats, *, grad, scale):
     probs, index = tg.probs, tg.index
     p = probs if probs is not None else x
     s, s_stride = _scale_arg(scale, acc, dev)
-    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size())
+    block, single = block_for(c, probs is not None, acc == torch.float64, x.element_size(), _any_option(tg, opts))
     dummy = stats.reshape(-1)
     _kernels()[0].ce_grad_kernel[(rows,)](
         x, grad, index.reshape(-1).contiguous() if index is not None else dummy, p,
