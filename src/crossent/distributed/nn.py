@@ -93,7 +93,29 @@ def _copy_rows(module, linear: torch.nn.Linear) -> None:
             module.linear_bias.copy_(linear.bias[start:stop])
 
 
-class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
+class _ShardedLinearHead(torch.nn.Module):
+    """What the modules owning rows of an output layer share: its initialisation and `from_linear`
+    (their constructors take ``(in_features, num_classes, *, bias, device, dtype, ...)``)."""
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear(in_features, num_classes)``'s initialisation, sharded: every rank draws the
+        whole layer from the global generator, as that module would, and keeps its rows. So after
+        one seed the shards are those of the single-device layer, and every rank's generator moves
+        by the same amount (data order, dropout and anything drawn later stay replicated across the
+        group; drawing only the local rows would move it by different amounts for uneven shards,
+        and give every even shard the same values)."""
+        _init_linear_rows(self.linear_weight, self.linear_bias, self.vocab_range, self.num_classes)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> _ShardedLinearHead:
+        """This rank's rows of a full ``nn.Linear(D, C)`` (copied), with the module's options."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
+        _copy_rows(module, linear)
+        return module
+
+
+class VocabParallelLinearCrossEntropyLoss(_ShardedLinearHead):
     """The output layer of ``num_classes`` classes split over the ranks of ``group`` and its loss.
 
     The module owns this rank's rows [start, stop) of the full (num_classes, in_features) layer as
@@ -143,22 +165,6 @@ class VocabParallelLinearCrossEntropyLoss(torch.nn.Module):
                      deterministic=deterministic, loss_dtype=loss_dtype)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """``nn.Linear(in_features, num_classes)``'s initialisation, sharded: every rank draws the
-        whole layer from the global generator, as that module would, and keeps its rows. So after
-        one seed the shards are those of the single-device layer, and every rank's generator moves
-        by the same amount (data order, dropout and anything drawn later stay replicated across the
-        group; drawing only the local rows would move it by different amounts for uneven shards,
-        and give every even shard the same values)."""
-        _init_linear_rows(self.linear_weight, self.linear_bias, self.vocab_range, self.num_classes)
-
-    @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> VocabParallelLinearCrossEntropyLoss:
-        """This rank's rows of a full ``nn.Linear(D, C)`` (copied), with the module's options."""
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                     device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
-        _copy_rows(module, linear)
-        return module
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
         return vocab_parallel_linear_cross_entropy(
@@ -210,7 +216,7 @@ class VocabParallelCrossEntropyLoss(torch.nn.Module):
 _DISTILL = "VocabParallelLinearDistillationLoss"
 
 
-class VocabParallelLinearDistillationLoss(torch.nn.Module):
+class VocabParallelLinearDistillationLoss(_ShardedLinearHead):
     """The student's output layer of ``num_classes`` classes split over the ranks of ``group`` and its
     distillation loss against a teacher's head split alike.
 
@@ -238,17 +244,6 @@ class VocabParallelLinearDistillationLoss(torch.nn.Module):
                      chunk_size=chunk_size, deterministic=deterministic)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """``nn.Linear(in_features, num_classes)``'s initialisation, sharded (as the CE head's)."""
-        _init_linear_rows(self.linear_weight, self.linear_bias, self.vocab_range, self.num_classes)
-
-    @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, **kwargs) -> VocabParallelLinearDistillationLoss:
-        """This rank's rows of a full ``nn.Linear(D, C)`` (copied), with the module's options."""
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                     device=linear.weight.device, dtype=linear.weight.dtype, **kwargs)
-        _copy_rows(module, linear)
-        return module
 
     def forward(self, input: torch.Tensor, teacher_input: torch.Tensor, teacher_linear_weight: torch.Tensor,
                 target: torch.Tensor | None = None, teacher_linear_bias: torch.Tensor | None = None,
