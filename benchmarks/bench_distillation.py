@@ -3,7 +3,7 @@ composition vs TRL's chunked divergence; and the top-k loss vs TRL's server comp
 
 Usage:  python -m benchmarks.bench_distillation [--n 4096] [--d 1024] [--d-teacher 1024]
                                                 [--v 128256] [--k 64] [--beta 0.5] [--rounds 3]
-                                                [--quick]
+                                                [--quick] [--groups dense,topk]
 
 Dense cases (the generalized JSD at beta, temperature 2, both models' logits from their heads;
 each returns the gradients w.r.t. the student's hidden states and head weight):
@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="N=512, D=256, D_t=384, V=32000: a smoke run")
+    ap.add_argument("--groups", default="dense,topk", help="which case groups to run: dense, topk or both")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -155,11 +156,12 @@ def main() -> None:
         return
 
     has_trl = _trl() is not None
-    dense = ["crossent", "torch composition"] + (["TRL chunked"] if has_trl else [])
-    topk = ["crossent top-k"] + (["TRL top-k"] if has_trl else [])
+    groups = args.groups.split(",")
+    dense = (["crossent", "torch composition"] + (["TRL chunked"] if has_trl else [])) if "dense" in groups else []
+    topk = (["crossent top-k"] + (["TRL top-k"] if has_trl else [])) if "topk" in groups else []
     inputs = make_inputs(*shape)
     # Correctness guard: the same gradients from every case of a group before anything is timed.
-    for group in (dense, topk):
+    for group in (g for g in (dense, topk) if g):
         ref = step(group[0], inputs, args.beta)
         for name in group[1:]:
             for g, r in zip(step(name, inputs, args.beta), ref):
@@ -176,8 +178,10 @@ def main() -> None:
           f"beta={args.beta}, T={TEMPERATURE}, float32, CPU; {machine()}")
     print(f"one model's logits N*V: {n * v * 4 / 2**20:.0f} MiB; {args.rounds} interleaved rounds; memory: "
           "fresh subprocess per case, peak RSS of one step beyond its inputs")
-    _table("dense teacher (generalized JSD)", dense, "crossent", times, mem)
-    _table(f"top-k teacher (forward KL, tail bucket, k={args.k})", topk, "crossent top-k", times, mem)
+    if dense:
+        _table("dense teacher (generalized JSD)", dense, "crossent", times, mem)
+    if topk:
+        _table(f"top-k teacher (forward KL, tail bucket, k={args.k})", topk, "crossent top-k", times, mem)
     print("\nper round (s): " + "; ".join(f"{name} " + " ".join(f"{t:.2f}" for t in times[name]) for name in cases))
 
 
