@@ -35,7 +35,7 @@ tokens by other mesh dims adds them to the reduction of a scalar loss (its sum a
 denominator: one all_reduce SUM of 2 numbers per such dim, `_stats.reduce`).
 
 Memory beyond inputs and gradients: one chunk's logits in the input dtype plus float32 temporaries
-(n V_r each; n from the single-device fused loss's rule, `backends.chunked.floored_rows`, or
+(n V_r each; n from the single-device fused loss's rule, `backends.chunked.chunk_rows`, or
 ``chunk_size``), per-token statistics (a few N floats), and the saved input (N D; under sequence
 parallelism the gathered one). grad_W and grad_b accumulate in float32 for 16-bit weights.
 """
@@ -51,7 +51,7 @@ from .. import _checks
 from .._checks import distributed as _dchecks
 from .._options import LossOptions
 from ..backends.autograd import Handover
-from ..backends.chunked import floored_rows
+from ..backends.chunked import chunk_rows
 from ..backends.common import compute_dtype, output_dtype
 from . import _comm, _layout, _stats
 
@@ -284,8 +284,8 @@ def _loss(input, linear_weight, target, linear_bias, comm, vocab_range, num_clas
         soft=soft, dtype=dtype,
     )
     chunk_size = _checks.count(fn, "chunk_size", chunk_size, what=" (tokens per chunk)")
-    rows = chunk_size or floored_rows(rows_total, x.shape[1], local_classes * math.prod(out), x.dtype, opts,
-                                      soft=soft, class_weight=weight is not None)
+    rows = chunk_size or chunk_rows(rows_total, x.shape[1], local_classes * math.prod(out), x.dtype, opts,
+                                    soft=soft, class_weight=weight is not None)
     if _comm.size(comm.tp) == 1 and not comm.dp:  # one rank holds every class: the single-device loss
         return _single(input, linear_weight, target, linear_bias, weight, opts, chunk_size)
     index, probs = (None, target) if soft else (target, None)

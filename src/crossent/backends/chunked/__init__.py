@@ -143,8 +143,7 @@ def _lp_backward(x, tg, opts, m, log_s, entropy, g, h, *, grad, buffers):
     return log_prob_kernel.backward(x, tg, opts, m, log_s, entropy, g, h, grad=grad, **buffers.views(x))
 
 
-# The linear losses' chunks (linear_cross_entropy's and linear_log_probs', single-process and
-# vocab-parallel) hold at least LP_MIN_ROWS tokens (while that is at most LP_FLOOR_BYTES of logits
+# linear_log_probs' chunks (single-process and vocab-parallel) hold at least LP_MIN_ROWS tokens (while that is at most LP_FLOOR_BYTES of logits
 # and buffers): `chunk_rows` gives small heads a 16 MiB budget, 64 tokens at V=32768 with the
 # entropy, and there the products ran ~2.2x slower. Measured (2 cores, float32, forward+backward):
 # log-probs + entropy, N=512, D=128, V=32768, 3 interleaved rounds, medians, /tmp bench under load
@@ -156,7 +155,10 @@ def _lp_backward(x, tg, opts, m, log_s, entropy, g, h, *, grad, buffers):
 # run at load ~9 had N=1024 D=64 V=32000 at 0.64x, D=128 1.24x, D=256 0.92x: the only slower
 # figure, not reproduced). Heads with 7D/8 >= 256 (float32: D >= 293; bfloat16, 7D/12: D >= 439) already
 # get more rows from the budget: the floor changes nothing there (N=4096, V=128256: D=1024 824
-# rows, D=4096 2048 rows, as before).
+# rows, D=4096 2048 rows, as before). linear_cross_entropy keeps `chunk_rows` (16 MiB): with the
+# floor a patched Llama step (512 tokens, V=32000, D=32) held a 32 MiB chunk and its peak (42 MB)
+# rose above half its logits (31 MB), the memory the fused loss promises
+# (tests/integrations/test_hf_transformers.py); the speed-up above is given up there.
 LP_MIN_ROWS = 256
 LP_FLOOR_BYTES = 256 << 20
 
@@ -195,7 +197,7 @@ LOG_PROB_KERNELS = loops.LogProbKernels(
 
 KERNELS = loops.RowKernels(
     ce_forward=kernel.ce_forward, ce_chunk=_ce_chunk, chunk_buffers=_Buffers,
-    bce_forward=binary_kernel.bce_forward, chunk_rows=floored_rows, row_major_logits=False,
+    bce_forward=binary_kernel.bce_forward, chunk_rows=chunk_rows, row_major_logits=False,
     weight_grad_slice=0, name="fused", log_probs=LOG_PROB_KERNELS,
     distill_chunk=distill_kernel.distill_chunk, topk_chunk=distill_kernel.topk_chunk,
     distill_buffers=distill_kernel.Buffers, distill_rows=distill_rows, distill_alphas=distill_kernel.alphas,
