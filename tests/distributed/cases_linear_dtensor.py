@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from cases import case, close, gen, grid, raises, targets, vocab_slice
+from dtensor_helpers import check_head_grads
+from dtensor_helpers import full as _full
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
@@ -25,10 +27,6 @@ def _problem(seed, n, d, c, *, bias, weighted):
     cw = torch.rand(c, generator=g, dtype=torch.float64).add_(0.5) if weighted else None
     t = targets(g, (n,), c, ignore_every=3)
     return g, x, w, b, cw, t
-
-
-def _full(v):
-    return v.full_tensor() if isinstance(v, DTensor) else v
 
 
 def _reference(x, w, b, t, cw, opts, grad_out):
@@ -51,12 +49,7 @@ def _check(x, w, b, t, cw, opts, xd, wd, bd, td, what, *, grad_out, bias_rows=No
         loss.backward(distribute_tensor(grad_out, loss.device_mesh, loss.placements))
     else:
         loss.backward(grad_out)
-    assert isinstance(wd.grad, DTensor), type(wd.grad)
-    for got, want, name in ((xd.grad, ref_grads[0], "x"), (wd.grad, ref_grads[1], "W"),
-                            (None if bd is None else bd.grad, ref_grads[2], "b")):
-        if want is not None:
-            plain_rows = name == "b" and not isinstance(got, DTensor)
-            close(_full(got), want[bias_rows] if plain_rows else want, f"grad_{name} {what}")
+    check_head_grads(xd, wd, bd, ref_grads, bias_rows, what)
 
 
 @case(2, 4)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from cases import case, close, gen, grid, raises, vocab_slice
+from dtensor_helpers import check_head_grads
+from dtensor_helpers import full as _full
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
@@ -24,10 +26,6 @@ def _problem(seed, lead, d, c, bias):
     t.view(-1)[1::3] = -100
     return x, w, b, t, torch.randn(lead, generator=g, dtype=torch.float64), torch.randn(lead, generator=g,
                                                                                        dtype=torch.float64)
-
-
-def _full(v):
-    return v.full_tensor() if isinstance(v, DTensor) else v
 
 
 def _reference(x, w, b, t, a, cc, opts):
@@ -55,12 +53,7 @@ def _check(x, w, b, t, a, cc, opts, xd, wd, bd, td, what, chunk=3, bias_rows=Non
         total = total + (outs[1] * _like(cc, outs[1])).sum()
     total = _full(total)
     total.backward()
-    assert isinstance(wd.grad, DTensor), type(wd.grad)
-    for got, want, name in ((xd.grad, ref_grads[0], "x"), (wd.grad, ref_grads[1], "W"),
-                            (None if bd is None else bd.grad, ref_grads[2], "b")):
-        if want is not None:
-            plain_rows = name == "b" and not isinstance(got, DTensor)
-            close(_full(got), want[bias_rows] if plain_rows else want, f"grad_{name} {what}")
+    check_head_grads(xd, wd, bd, ref_grads, bias_rows, what)
 
 
 def _like(v, out):
