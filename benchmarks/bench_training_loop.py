@@ -1,7 +1,7 @@
 """The loss as a training loop meets it: torch's and crossent's, inside a real training step.
 
 Usage:  python -m benchmarks.bench_training_loop [--rounds 7] [--busy 0,1,2,4] [--cases NAME,...]
-                                                [--quick] [--json FILE]
+                                                [--quick] [--aa] [--json FILE]
 
 Each step is what a training loop does: a model (an MLP head, a 1x1-convolution segmentation head,
 or the hidden states of a language model's last layer) produces *fresh* logits from its input, the
@@ -42,6 +42,8 @@ from ._harness import machine, measure_here, peak_extra_bytes, report_measure
 # Steps per round of the small case: 200 x ~0.25 ms = 50 ms, long enough that a timer tick or one
 # context switch (~0.1 ms under load) moves a round by well under 1%.
 SMALL_STEPS = 200
+# --aa: torch's loss in both columns, to show the noise floor of the ratio (an A/A test)
+AA = False
 
 
 class _Case:
@@ -83,12 +85,12 @@ class _Case:
         start = time.perf_counter()
         if self.name == "linear":
             w = self.head.weight
-            if impl == "crossent":
+            if impl == "crossent" and not AA:
                 loss = crossent.linear_cross_entropy(leaf, w, self.t)
             else:
                 loss = F.cross_entropy(F.linear(leaf, w), self.t)
         else:
-            loss = (crossent.cross_entropy if impl == "crossent" else F.cross_entropy)(leaf, self.t)
+            loss = (crossent.cross_entropy if impl == "crossent" and not AA else F.cross_entropy)(leaf, self.t)
         loss.backward()  # to the logits (and the head's weight for 'linear')
         seconds = time.perf_counter() - start
         out.backward(leaf.grad)  # the model's own backward
@@ -116,15 +118,23 @@ class _Busy:
 
 
 def run_case(name: str, rounds: int) -> dict:
-    """Interleaved rounds of one step each with torch's loss and crossent's: the loss times."""
+    """Interleaved rounds with torch's loss and crossent's: the loss times. A round is one step of
+    each (``SMALL_STEPS`` of each for the small case, alternating step by step, so that a slow
+    stretch of the machine falls on both: with whole blocks of 200 steps per loss, an A/A run of
+    torch against itself gave ratios of 0.96-1.10; step by step, see --aa)."""
     case = _Case(name)
     times = {"torch": [], "crossent": []}
     for impl in times:  # warm-up
         case.round(impl)
+    steps = SMALL_STEPS if name == "small" else 1
     for r in range(rounds):
-        order = ("torch", "crossent") if r % 2 == 0 else ("crossent", "torch")
-        for impl in order:
-            times[impl].append(case.round(impl))
+        total = dict.fromkeys(times, 0.0)
+        for s in range(steps):
+            order = ("torch", "crossent") if (r + s) % 2 == 0 else ("crossent", "torch")
+            for impl in order:
+                total[impl] += case.step(impl)
+        for impl in times:
+            times[impl].append(total[impl] / steps)
     return times
 
 
@@ -152,6 +162,7 @@ def main() -> None:
     ap.add_argument("--cases", default="ce,kdim,linear,small")
     ap.add_argument("--quick", action="store_true", help="3 rounds, no busy processes, no memory")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--aa", action="store_true", help="torch's loss in both columns (the ratio's noise floor)")
     ap.add_argument("--measure", nargs=2, metavar=("CASE", "IMPL"))
     args = ap.parse_args()
     if args.measure:
@@ -159,7 +170,10 @@ def main() -> None:
         return
     if args.quick:
         args.rounds, args.busy = 3, "0"
-    print(f"# {machine()}")
+    if args.aa:
+        global AA
+        AA = True
+    print(f"# {machine()}" + ("  (A/A: torch's loss in both columns)" if AA else ""))
     results = []
     for k in (int(b) for b in args.busy.split(",")):
         with _Busy(k):
@@ -167,7 +181,7 @@ def main() -> None:
                 row = {"case": name, "busy": k, **summary(run_case(name, args.rounds))}
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    if not args.quick:
+    if not (args.quick or args.aa):
         for name in args.cases.split(","):
             for impl in ("torch", "crossent"):
                 mib = peak_extra_bytes("benchmarks.bench_training_loop", name, impl) / 2**20

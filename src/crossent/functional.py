@@ -37,7 +37,7 @@ __all__ = [
     "nll_loss",
 ]
 
-_REFUSED = object()
+_REFUSED = _dispatch.REFUSED  # torch's kernel refused the arguments
 
 
 def _torch_first(kernel, *args):
@@ -80,14 +80,23 @@ def cross_entropy(
     inplace_backward: bool = False,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction(size_average, reduce, reduction)
-    small = _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
-    if small:
-        loss = _torch_first(_torch.cross_entropy_unchecked, input, target, weight, ignore_index,
-                            reduction, label_smoothing, dtype)
-        if loss is not _REFUSED:
+    loss = None
+    if (size_average is None and reduce is None and dtype is None and softcap is None and not z_loss
+            and not inplace_backward):  # the commonest call: rule 2 and torch's kernel at once
+        loss = _dispatch.plain_cross_entropy_on_torch(input, target, weight, ignore_index, reduction, label_smoothing)
+        if loss is not None and loss is not _REFUSED:
             return loss
+    elif size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if loss is _REFUSED:  # torch's kernel refused the arguments: the checks say why
+        small = True
+    else:
+        small = _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
+        if small:
+            loss = _torch_first(_torch.cross_entropy_unchecked, input, target, weight, ignore_index,
+                                reduction, label_smoothing, dtype)
+            if loss is not _REFUSED:
+                return loss
     reduction = _checks.deprecated_reduction(reduction)
     if _autocast.active(input) and isinstance(target, torch.Tensor):
         target, weight, dtype = _autocast.cross_entropy_args(input, target, weight, dtype)
