@@ -272,3 +272,64 @@ def test_importing_crossent_does_not_import_triton():
     code = ("import sys, torch, crossent; crossent.cross_entropy(torch.randn(64, 5000, requires_grad=True), "
             "torch.randint(0, 5000, (64,)), z_loss=1e-3); assert 'triton' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- the commonest small call
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_plain_small_call_is_torchs_kernel_bit_for_bit(paths, dtype):
+    """`plain_cross_entropy_on_torch`: every argument torch has, on the shapes torch takes, gives
+    torch's loss and gradient bit for bit, through torch's kernel called once."""
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(0)
+    shapes = [((8, 5), (8,)), ((5,), ()), ((2, 5, 3, 3), (2, 3, 3))]
+    for (xs, ts) in shapes:
+        c = xs[0] if len(xs) == 1 else xs[1]
+        x = torch.randn(*xs, generator=gen, dtype=dtype)
+        index = torch.randint(0, c, ts, generator=gen)
+        probs = torch.rand(*xs, generator=gen, dtype=dtype).softmax(0 if len(xs) == 1 else 1)
+        for target in (index, probs):
+            for weight in (None, torch.rand(c, generator=gen, dtype=dtype)):
+                for reduction in ("none", "mean", "sum"):
+                    for ignore_index in (-100, 1) if target is index else (-100,):  # (torch refuses it)
+                        for smoothing in (0.0, 0.2):
+                            kw = dict(weight=weight, reduction=reduction, ignore_index=ignore_index,
+                                      label_smoothing=smoothing)
+                            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+                            del paths[:]
+                            got, want = crossent.cross_entropy(a, target, **kw), F.cross_entropy(b, target, **kw)
+                            assert paths == ["torch"], (xs, kw)
+                            assert torch.equal(got, want), (xs, kw)
+                            got.sum().backward()
+                            want.sum().backward()
+                            assert torch.equal(a.grad, b.grad), (xs, kw)
+
+
+def test_the_plain_small_call_leaves_overrides_to_torchs_wrapper():
+    """Under a __torch_function__ mode torch's kernel is not called behind the mode's back: the
+    mode sees cross_entropy, as it does for F.cross_entropy."""
+    seen = []
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with Mode():
+        got = crossent.cross_entropy(x, t)
+    assert "cross_entropy" in seen
+    assert torch.equal(got, torch.nn.functional.cross_entropy(x, t))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, t: crossent.cross_entropy(x, t, reduction="average"), "reduction"),
+    (lambda x, t: crossent.cross_entropy(x, t, label_smoothing=1.5), "label_smoothing"),
+    (lambda x, t: crossent.cross_entropy(x, t[:2]), "target"),
+    (lambda x, t: crossent.cross_entropy(x, t.float()), "target"),
+])
+def test_the_plain_small_call_leaves_bad_arguments_to_the_checks(call, message):
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        call(x, t)

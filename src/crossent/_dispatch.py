@@ -214,7 +214,7 @@ def plain_cross_entropy_on_torch(input, target, weight, ignore_index, reduction,
 
 def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
     """Rules 1-2 for cross_entropy on the raw arguments. On the path of every small call: written
-    for speed (~250 ns; the common case passes the first test and returns at the last line)."""
+    for speed (the common case passes the first test and returns at the last line)."""
     if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced.active
             or _ENV_BACKEND or not 0.0 <= label_smoothing <= 1.0):
         return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
