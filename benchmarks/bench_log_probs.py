@@ -1,7 +1,7 @@
 """Per-token log-probs + entropy of a linear head, forward+backward: crossent vs TRL's two ways.
 
 Usage:  python -m benchmarks.bench_log_probs [--n N --d D --v V | --quick] [--rounds 3]
-                                             [--device cpu|cuda] [--dtype float32|bfloat16]
+                                             [--device cpu|cuda] [--dtype float32|bfloat16] [--profile]
 
 Without --n/--d/--v: on the CPU two shapes that finish in a few minutes on a small machine
 (N=1024, D=128, V=32768, where the softmax work dominates; N=512, D=512, V=32768, where the
@@ -31,6 +31,9 @@ Peak extra memory: on the CPU a fresh subprocess per case (glibc's mmap threshol
 buffers leave the resident set) builds the inputs, warms the code up on a tiny shape, then reports
 VmHWM - VmRSS before the full-size call (the gradients included); on a GPU
 torch.cuda.max_memory_allocated over the second call, minus the inputs.
+--profile: one call of each case under torch's profiler instead of the rounds and the memory:
+wall time, the matrix products' self time with their rate, and the rest (what says whether a shape
+is product-bound, where crossent's 8 N D V FLOPs against the composition's 6 decide).
 Targets (issue 22): peak memory below a quarter of the composition's, time no worse than it.
 Prints a markdown table per shape.
 """
@@ -216,6 +219,32 @@ def run_shape(n, d, v, args, cases):
           flush=True)
 
 
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
+
+
+def profile_shape(n, d, v, args, cases) -> None:
+    """--profile: one call of each case on fresh copies, under torch's profiler: the wall time, the
+    matrix products' self time (their FLOPs: 2 N D V each) and everything else."""
+    dtype = getattr(torch, args.dtype)
+    inputs = make_inputs(n, d, v, args.device, dtype)
+    for name in cases:  # (warm-up on a tiny shape: the code paths, not the sizes)
+        step(name, make_inputs(BATCH * 4, 16, 64, args.device, dtype))
+    print(f"\n### N={n}, D={d}, V={v}, {args.dtype}, {args.device}: one profiled call each\n")
+    print("| case | time (s) | products (s) | product FLOPs | GFLOP/s | rest (s) |")
+    print("|---|---|---|---|---|---|")
+    for name in cases:
+        args_ = fresh(inputs)
+        start = time.perf_counter()
+        with torch.profiler.profile() as prof:
+            step(name, args_)
+        wall = time.perf_counter() - start
+        products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in PRODUCTS) / 1e6
+        flops = {"crossent": 8, "composition": 6, "trl chunked": 8}[name] * n * d * v
+        print(f"| {name} | {wall:.1f} | {products:.1f} | {flops / 1e12:.2f} T | {flops / products / 1e9:.0f} "
+              f"| {wall - products:.1f} |", flush=True)
+        del args_
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int)
@@ -226,6 +255,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--measure", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true",
+                    help="one profiled call per case: products' time and the rest (no rounds, no memory)")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.measure:
@@ -244,7 +275,7 @@ def main() -> None:
     if not cuda:
         print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for n, d, v in shapes:
-        run_shape(n, d, v, args, available())
+        (profile_shape if args.profile else run_shape)(n, d, v, args, available())
     if not cuda:
         print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
