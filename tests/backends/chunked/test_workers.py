@@ -150,6 +150,7 @@ def test_a_fused_cross_entropy_runs_its_per_sample_ops_on_one_thread(two_threads
     from crossent.backends import rows
     from crossent.backends.chunked import kernel
 
+    monkeypatch.setattr(workers, "contended", lambda: True)  # (few chunks: the workers when contended)
     seen = {"targets": [], "chunks": []}
     real_targets, real_chunk = rows.targets, kernel.ce_chunk
     monkeypatch.setattr(rows, "targets", lambda *a, **k: (seen["targets"].append(
@@ -203,8 +204,13 @@ def test_concurrent_callers_each_get_their_own_result(two_threads):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_computes_after_the_parent_used_the_workers():
+    # (the workers forced: 3 chunks on a quiet CPU would run in the calling thread, on an OpenMP
+    # team of 2, after which GNU OpenMP cannot start a team in a forked child -- as after any
+    # parallel torch op; torch's DataLoader gives its workers one thread for that reason)
     code = """
 import os, torch, crossent
+from crossent.backends.chunked import workers
+workers.contended = lambda: True
 torch.set_num_threads(2)
 x = torch.randn(3000, 1000); t = torch.randint(0, 1000, (3000,))
 with crossent.use_backend("fused"):
@@ -259,3 +265,63 @@ def test_a_dispatch_mode_sees_every_op_of_the_loss(two_threads):
             crossent.cross_entropy(x, t)
     assert set(names) == {threading.current_thread().name}
     assert mode.ops > 3 * 5  # the chunks' ops ran where the mode is (3 chunks, ~5 ops each)
+
+
+# ---------------------------------------------------------------- few chunks on a quiet CPU
+
+
+def test_few_chunks_on_a_quiet_cpu_run_in_the_calling_thread_with_all_its_threads(two_threads, monkeypatch):
+    """Below min_items and not contended: the calling thread, with the caller's threads also inside
+    serial_caller (which leaves the caller one for its own ops); contended: the workers."""
+    if not _pool_in_use():
+        pytest.skip("no OpenMP runtime found: the chunks run in the calling thread")
+    me = threading.current_thread().name
+    probe = lambda i, s: (threading.current_thread().name, torch.get_num_threads())
+    monkeypatch.setattr(workers, "contended", lambda: False)
+    assert workers.map_chunks(probe, [0, 1, 2], CPU, min_items=4) == [(me, 2)] * 3
+    with workers.serial_caller():
+        assert torch.get_num_threads() == 1
+        assert workers.map_chunks(probe, [0, 1, 2], CPU, min_items=4) == [(me, 2)] * 3
+        assert torch.get_num_threads() == 1  # the caller's own ops stay on one thread
+        assert all(n.startswith("crossent-chunks") and k == 1
+                   for n, k in workers.map_chunks(probe, [0, 1, 2, 3], CPU, min_items=4))
+    assert torch.get_num_threads() == 2
+    monkeypatch.setattr(workers, "contended", lambda: True)
+    assert all(n.startswith("crossent-chunks") for n, _ in workers.map_chunks(probe, [0, 1, 2], CPU, min_items=4))
+
+
+def test_contended_is_the_share_of_time_waiting_for_a_core_since_the_last_look(monkeypatch):
+    waited, clock = [0], [100.0]
+    monkeypatch.setattr(workers, "_run_queue_wait_ns", lambda: waited[0])
+    monkeypatch.setattr(workers.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(workers, "_last_look", threading.local())
+    share = workers.BUSY_WAIT_SHARE
+    assert workers.contended() is False  # a thread's first look: quiet
+    for seconds, wait_share, busy in [(1.0, share / 2, False), (2.0, share * 3, True), (0.5, share * 0.8, False)]:
+        clock[0] += seconds
+        waited[0] += int(seconds * wait_share * 1e9)
+        assert workers.contended() is busy, (seconds, wait_share)
+    monkeypatch.setattr(workers, "_run_queue_wait_ns", lambda: None)
+    assert workers.contended() is True  # no count: the workers
+
+
+def test_the_run_queue_wait_is_read_where_linux_has_it():
+    got = workers._run_queue_wait_ns()
+    if not os.path.exists(workers._SCHEDSTAT):
+        assert got is None
+    else:
+        assert isinstance(got, int) and got >= 0
+
+
+def test_the_kernel_gives_the_same_bits_in_the_calling_thread_and_on_the_workers(two_threads, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 1000, generator=gen)  # 3 chunks of 1M elements
+    t = torch.randint(0, 1000, (3000,), generator=gen)
+    out = {}
+    for busy in (False, True):
+        monkeypatch.setattr(workers, "contended", lambda b=busy: b)
+        xr = x.clone().requires_grad_()
+        loss = crossent.cross_entropy(xr, t)
+        loss.backward()
+        out[busy] = (loss, xr.grad)
+    assert torch.equal(out[False][0], out[True][0]) and torch.equal(out[False][1], out[True][1])

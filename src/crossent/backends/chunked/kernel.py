@@ -140,5 +140,5 @@ def ce_forward(x: torch.Tensor, tg: rows.Targets, opts: LossOptions, *, grad, sc
             scale=scale[sample] if per_row_scale else scale, work=scratch["work"], tanh_work=scratch["tanh"],
         )
 
-    workers.map_chunks(one_chunk, list(_chunks(x)), x.device)
+    workers.map_chunks(one_chunk, list(_chunks(x)), x.device, min_items=workers.MIN_CHUNKS)
     return losses

@@ -29,6 +29,7 @@ import ctypes
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -185,20 +186,72 @@ def in_calling_thread(fn: Callable[[T, dict], R], items: Sequence[T]) -> list[R]
     return [fn(item, scratch) for item in items]
 
 
-def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.device) -> list[R]:
+# Fewer chunks than this run in the calling thread, with all its threads, unless the CPU is
+# contended (`contended`). Measured 2026-12-05, 2-core VM, forward+backward float32, ratio to torch
+# eager, workers / calling thread: quiet, 4 chunks of 1M elements (4096 x 1000) 0.67 / 0.44 on
+# fresh inputs and 1.01-1.04 / 0.75 on a reused one, (16, 21, 128, 128) ~6 chunks 0.76 / 0.65,
+# 16 chunks 0.46 / 0.43, 32 0.45 / 0.40, 128 (4096 x 32000) 0.40 / 0.41; under k = 1, 2, 4 busy
+# processes the (16, 21, 128, 128) training step in the calling thread took 1.15x / 1.52x / 4.69x
+# torch's time (bench_training_loop), with the workers 0.62x / 0.86x / 0.75x.
+MIN_CHUNKS = 16
+# The share of wall time the calling thread spent waiting for a core (runnable, not running) since
+# the previous look, above which the CPU counts as contended. Measured 2026-12-05 (2-core VM,
+# 4096 x 1000 forward+backward calls for 2 s, k spinning processes beside them): chunks in the
+# calling thread 0.000 / 0.30 / 0.48 / 0.63 at k = 0 / 1 / 2 / 4; on the workers (the calling
+# thread mostly sleeps on them then) 0.023 / 0.12 / 0.20 / 0.17. 0.05 parts both routes' quiet
+# figures from both routes' loaded ones.
+BUSY_WAIT_SHARE = 0.05
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+_last_look = threading.local()  # per thread: (time.monotonic(), run-queue wait in ns) at its previous look
+
+
+def _run_queue_wait_ns() -> int | None:
+    """This thread's total time waiting on a run queue (Linux schedstat's second field), or None."""
+    try:
+        with open(_SCHEDSTAT, "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def contended() -> bool:
+    """Whether other runnable threads kept this thread from a core since its previous look: the
+    share of the wall time between two looks that it spent runnable but waiting (Linux schedstat;
+    ~10 us to read). Where the count is missing, True (the workers, which lose little where they
+    are not needed). The first look of a thread counts as quiet."""
+    waited = _run_queue_wait_ns()
+    if waited is None:
+        return True
+    now = time.monotonic()
+    then, before = getattr(_last_look, "value", (now, waited))
+    _last_look.value = (now, waited)
+    return (waited - before) * 1e-9 > BUSY_WAIT_SHARE * max(now - then, 1e-6)
+
+
+def map_chunks(fn: Callable[[T, dict], R], items: Sequence[T], device: torch.device, *,
+               min_items: int = 2) -> list[R]:
     """[fn(item, scratch) for item in items], the items spread over single-threaded workers, one per
     intra-op thread of the caller; ``scratch`` is a dict private to one worker for this call (for
     its reusable buffers). Runs in the calling thread where workers cannot help: one item, one
     thread, a non-CPU device, no OpenMP runtime found, a call from a worker itself, or a torch
     function/dispatch mode active in the caller (modes are per thread: a FlopCounterMode or a
-    debugging mode must see every op). Workers run in the caller's inference mode."""
-    threads = getattr(_caller, "threads", None) or torch.get_num_threads()
+    debugging mode must see every op), or fewer than ``min_items`` items on a CPU that is not
+    `contended` (then with all the caller's threads, also inside `serial_caller`). Workers run in
+    the caller's inference mode."""
+    caller_threads = getattr(_caller, "threads", None)
+    threads = caller_threads or torch.get_num_threads()
     pool = None
     if (device.type == "cpu" and len(items) > 1 and threads > 1 and not _is_worker()
-            and not _modes_active()):
+            and not _modes_active() and (len(items) >= min_items or contended())):
         pool = _workers(threads)
     if pool is None:
-        return in_calling_thread(fn, items)
+        if caller_threads is None:
+            return in_calling_thread(fn, items)
+        _set_own_threads(caller_threads)  # (serial_caller left this thread one)
+        try:
+            return in_calling_thread(fn, items)
+        finally:
+            _set_own_threads(1)
     results: list = [None] * len(items)
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for i in range(len(items)):
