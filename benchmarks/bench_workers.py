@@ -26,7 +26,7 @@ from ._harness import machine
 from .bench_training_loop import _Busy
 
 
-def _serial(fn, items, device):
+def _serial(fn, items, device, **_):
     return workers.in_calling_thread(fn, items)
 
 

@@ -144,6 +144,9 @@ def test_asyncio_tasks_each_see_their_own_backend(monkeypatch):
 def test_no_dispatch_decision_is_made_on_a_chunk_worker(monkeypatch):
     """The workers run row kernels only: the rule (and the forced backend it reads) runs in the
     caller's thread, before the chunks are handed out."""
+    from crossent.backends.chunked import workers
+
+    monkeypatch.setattr(workers, "contended", lambda: True)  # (2 chunks: the workers when contended)
     rule_threads, chunk_threads = [], []
     for name in ("forced", "_choose", "fused_for"):
         real = getattr(_dispatch, name)
