@@ -188,3 +188,22 @@ def skip_without_fsdp2():
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+
+def skip_if_products_depend_on_threads(m: int, k: int, n: int):
+    """Skip a test of thread-count independence where the BLAS library itself gives a different
+    (m, k) @ (k, n) float32 product at one and two threads: MKL on AVX-512 CPUs splits a long inner
+    dimension across threads (seen on an Intel Xeon from k ~ 1000 at m = 24..64, n = 16), and
+    crossent's linear losses multiply with torch's products, as F.linear does."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(k, m, generator=gen).t(), torch.randn(k, n, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs.append(torch.mm(a, b))
+    finally:
+        torch.set_num_threads(threads)
+    if not torch.equal(*outs):
+        pytest.skip(f"this BLAS's ({m}, {k}) @ ({k}, {n}) product depends on the thread count")

@@ -174,12 +174,12 @@ def test_ignore_index_may_be_any_integer_including_a_valid_class(backend):
 
 
 def test_environment_backend_is_validated_at_the_first_call(monkeypatch):
-    from crossent import _dispatch
+    from crossent import _backends
 
-    monkeypatch.setattr(_dispatch, "_ENV_BACKEND", "nonsense")  # as if set before import
+    monkeypatch.setattr(_backends, "ENV_BACKEND", "nonsense")  # as if set before import
     with pytest.raises(ValueError, match="CROSSENT_BACKEND: backend must be one of"):
         crossent.cross_entropy(x, t)
-    monkeypatch.setattr(_dispatch, "_ENV_BACKEND", "reference")
+    monkeypatch.setattr(_backends, "ENV_BACKEND", "reference")
     assert crossent.cross_entropy(x, t).dtype == torch.float32
 
 

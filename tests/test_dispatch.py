@@ -6,15 +6,15 @@ import pytest
 import torch
 
 import crossent
-from crossent import _dispatch
+from crossent import _dispatch, _to_torch
 
 
 @pytest.fixture(autouse=True)
 def small_thresholds(monkeypatch):
     """Pin the rule's logic with small thresholds (the real ones are measured crossovers)."""
-    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL", 4096)
-    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL_NO_GRAD", 16384)
-    monkeypatch.setattr(_dispatch, "BINARY_TORCH_MAX_NUMEL", 4096)
+    monkeypatch.setattr(_to_torch, "TORCH_MAX_NUMEL", 4096)
+    monkeypatch.setattr(_to_torch, "TORCH_MAX_NUMEL_NO_GRAD", 16384)
+    monkeypatch.setattr(_to_torch, "BINARY_TORCH_MAX_NUMEL", 4096)
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def paths(monkeypatch):
                 real = getattr(module, name)
                 monkeypatch.setattr(module, name, lambda *a, _r=real, _b=b.value, **k: (seen.append(_b), _r(*a, **k))[1])
     # the commonest small cross_entropy calls torch's kernel from the rule itself
-    real_kernel = _dispatch._ce_kernel
-    monkeypatch.setattr(_dispatch, "_ce_kernel", lambda *a: (seen.append("torch"), real_kernel(*a))[1])
+    real_kernel = _to_torch._ce_kernel
+    monkeypatch.setattr(_to_torch, "_ce_kernel", lambda *a: (seen.append("torch"), real_kernel(*a))[1])
     return seen
 
 
@@ -92,8 +92,8 @@ def test_probability_targets_and_binary_losses_on_torch_reduce_in_a_fixed_order(
     count."""
     from crossent.backends import common
 
-    monkeypatch.setattr(_dispatch, "TORCH_MAX_NUMEL", 1 << 20)
-    monkeypatch.setattr(_dispatch, "BINARY_TORCH_MAX_NUMEL", 1 << 20)
+    monkeypatch.setattr(_to_torch, "TORCH_MAX_NUMEL", 1 << 20)
+    monkeypatch.setattr(_to_torch, "BINARY_TORCH_MAX_NUMEL", 1 << 20)
     n, c = 400, 100  # 40000 elements: above SERIAL_REDUCTION (32768), on the torch route
     assert n * c > common.SERIAL_REDUCTION
     gen = torch.Generator().manual_seed(0)
@@ -166,7 +166,7 @@ def test_errors_that_are_not_about_the_arguments_propagate(monkeypatch, error):
     for name in ("cross_entropy_unchecked", "nll_loss_unchecked", "binary_cross_entropy_with_logits_unchecked",
                  "linear_cross_entropy_unchecked"):
         monkeypatch.setattr(torch_kernels, name, fail)
-    monkeypatch.setattr(_dispatch, "_ce_kernel", fail)
+    monkeypatch.setattr(_to_torch, "_ce_kernel", fail)
     x = _x(4, 5)
     t = torch.randint(0, 5, (4,))
     for call in (lambda: crossent.cross_entropy(x, t), lambda: crossent.nll_loss(x, t),
@@ -188,13 +188,13 @@ def test_linear_small_problems_take_the_composition_and_large_ones_the_fused(pat
     assert set(paths) == {"torch"}
     crossent.linear_cross_entropy(x, w, t, z_loss=1e-3)  # an option torch lacks: fused at any size
     assert paths[-1] == "fused"
-    monkeypatch.setattr(_dispatch, "LINEAR_TORCH_MAX_LOGITS", 1000)  # 1024 logits: above it
+    monkeypatch.setattr(_to_torch, "LINEAR_TORCH_MAX_LOGITS", 1000)  # 1024 logits: above it
     crossent.linear_cross_entropy(x, w, t)
     assert paths[-1] == "fused"
 
 
 def test_linear_never_falls_back_to_the_logits_silently(monkeypatch):
-    monkeypatch.setattr(_dispatch, "LINEAR_TORCH_MAX_LOGITS", 0)
+    monkeypatch.setattr(_to_torch, "LINEAR_TORCH_MAX_LOGITS", 0)
     x, w = torch.randn(4, 3), torch.randn(6, 3)
     p = torch.rand(4, 6).softmax(-1).requires_grad_()
     with pytest.raises(ValueError, match=r"target requires grad, .* crossent.use_backend\('reference'\)"):
@@ -227,8 +227,8 @@ def test_on_an_accelerator_triton_runs_from_its_threshold_and_torch_below(monkey
     monkeypatch.setattr(triton, "DESCRIPTOR", replace(triton.DESCRIPTOR, picked_on=lambda device: True))
     small = torch.empty(8, 10_000, device="meta", requires_grad=True)  # 80K: under the threshold
     large = torch.empty(8, 10_000 * 8, device="meta", requires_grad=True)  # 640K
-    assert _dispatch._to_torch_by_size(small, 4096, 16384)
-    assert not _dispatch._to_torch_by_size(large, 4096, 16384)
+    assert _to_torch.by_size(small, 4096, 16384)
+    assert not _to_torch.by_size(large, 4096, 16384)
     opts = crossent._options.LossOptions()
     t = torch.empty(8, dtype=torch.long, device="meta")
     assert _dispatch.cross_entropy(large, t, None, opts, small=False) is crossent.Backend.TRITON
@@ -243,7 +243,7 @@ def test_on_an_accelerator_triton_runs_from_its_threshold_and_torch_below(monkey
     h = torch.empty(4096, 16, device="meta", requires_grad=True)
     tt = torch.empty(4096, dtype=torch.long, device="meta")
     assert _dispatch.linear_cross_entropy(h, w, tt, None, None, opts) is crossent.Backend.TRITON
-    assert not _dispatch.linear_to_torch(h[:8], w, tt[:8], None, None, None, 0.0, False)
+    assert not _to_torch.linear_to_torch(h[:8], w, tt[:8], None, None, None, 0.0, False)
 
 
 def test_triton_is_never_chosen_on_the_cpu_unless_forced(paths):
@@ -333,3 +333,69 @@ def test_the_plain_small_call_leaves_bad_arguments_to_the_checks(call, message):
     x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     with pytest.raises((ValueError, RuntimeError), match=message):
         call(x, t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_plain_small_linear_call_is_torchs_composition_bit_for_bit(paths, dtype):
+    """`plain_linear_cross_entropy_on_torch`: every argument torch's composition has gives its
+    loss and gradients bit for bit, through torch's kernel called once."""
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(1)
+    n, d, v = 6, 4, 5
+    x, w, b = (torch.randn(*s, generator=gen, dtype=dtype) for s in ((n, d), (v, d), (v,)))
+    index = torch.randint(0, v, (n,), generator=gen)
+    probs = torch.rand(n, v, generator=gen, dtype=dtype).softmax(1)
+    for target in (index, probs):
+        for bias in (None, b):
+            for weight in (None, torch.rand(v, generator=gen, dtype=dtype)):
+                for reduction in ("none", "mean", "sum"):
+                    for ignore_index in (None, 1) if target is index else (None,):
+                        for smoothing in (0.0, 0.2):
+                            ours, theirs = [[t.clone().requires_grad_() if t is not None else None for t in (x, w, bias)]
+                                            for _ in range(2)]
+                            del paths[:]
+                            got = crossent.linear_cross_entropy(
+                                ours[0], ours[1], target, linear_bias=ours[2], weight=weight, reduction=reduction,
+                                ignore_index=ignore_index, label_smoothing=smoothing)
+                            want = F.cross_entropy(
+                                F.linear(theirs[0], theirs[1], theirs[2]), target, weight=weight,
+                                reduction=reduction, ignore_index=-100 if ignore_index is None else ignore_index,
+                                label_smoothing=smoothing)
+                            assert paths == ["torch"]
+                            assert torch.equal(got, want)
+                            got.sum().backward()
+                            want.sum().backward()
+                            for a, c in zip(ours, theirs):
+                                assert a is None or torch.equal(a.grad, c.grad)
+
+
+def test_the_plain_small_linear_call_leaves_overrides_to_torchs_wrappers():
+    seen = []
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    x, w, t = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
+    with Mode():
+        got = crossent.linear_cross_entropy(x, w, t)
+    assert "linear" in seen and "cross_entropy" in seen
+    assert torch.equal(got, torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w), t))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w, t, reduction="average"), "reduction"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w, t, label_smoothing=-0.5), "label_smoothing"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w, t[:2]), "target"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w[:, :2], t), "linear_weight"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w, t.float()), "target"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w, t, linear_bias=torch.zeros(3)), "linear_bias"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w.double(), t), "dtype"),
+    (lambda x, w, t: crossent.linear_cross_entropy(x, w, torch.rand(4, 5), ignore_index=1),
+     "ignore_index"),
+])
+def test_the_plain_small_linear_call_leaves_bad_arguments_to_the_checks(call, message):
+    x, w, t = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
+    with pytest.raises((ValueError, RuntimeError, TypeError), match=message):
+        call(x, w, t)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import crossent
-from crossent import _dispatch, _forced
+from crossent import _dispatch, _forced, _to_torch
 from crossent.backends.chunked import kernel
 
 F = torch.nn.functional
@@ -36,14 +36,14 @@ def _ran(monkeypatch):
                 return _r(*a, **k)
 
             monkeypatch.setattr(module, name, wrapped)
-    real_kernel = _dispatch._ce_kernel  # the commonest small call's kernel, called by the rule itself
+    real_kernel = _to_torch._ce_kernel  # the commonest small call's kernel, called by the rule itself
 
     def kernel_wrapped(*a):
         with lock:
             seen.append((threading.current_thread().name, "torch"))
         return real_kernel(*a)
 
-    monkeypatch.setattr(_dispatch, "_ce_kernel", kernel_wrapped)
+    monkeypatch.setattr(_to_torch, "_ce_kernel", kernel_wrapped)
     return seen
 
 

@@ -1,4 +1,6 @@
-"""Which backend runs a call. The whole rule is written here and nowhere else.
+"""Which backend runs a call. The whole rule is described here and written in three modules:
+rule 1 and the backends' registry in `_backends` (re-exported here), rule 2 on the raw arguments,
+asked before the checks, in `_to_torch`, and the rest below.
 
 Backends (``Backend``; each a module or folder under backends/ with the functions of the contract
 and a `DESCRIPTOR` -- where it runs, where the rule picks it, its size thresholds, its row
@@ -57,243 +59,19 @@ backend reduces probability targets and the binary losses in crossent's fixed or
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import importlib
-import os
-
 import torch
 
-from . import _checks, _forced
+from . import _checks, _to_torch
+from ._backends import (  # noqa: F401  (rule 1, in its own module; re-exported)
+    FUSED_ORDER,
+    Backend,
+    backend,
+    descriptor,
+    forced,
+    fused_for,
+    use_backend,
+)
 from ._options import LossOptions
-
-
-class Backend(str, enum.Enum):
-    FUSED = "fused"
-    TORCH = "torch"
-    COMPOSITE = "composite"
-    REFERENCE = "reference"
-    TRITON = "triton"
-
-
-# Each backend's module (a new backend adds its entry here). They are imported with this module,
-# not at first use: torch.compile cannot trace an import.
-_MODULES = {
-    Backend.FUSED: ".backends.chunked",
-    Backend.TORCH: ".backends.torch_kernels",
-    Backend.COMPOSITE: ".backends.composite",
-    Backend.REFERENCE: ".backends.reference",
-    Backend.TRITON: ".backends.triton",  # (imports Triton only at its first launch)
-}
-_loaded = {b: importlib.import_module(name, __package__) for b, name in _MODULES.items()}
-# The fused algorithms' backends, in the rule's order of preference (rule 4).
-FUSED_ORDER = (Backend.TRITON, Backend.FUSED)
-
-
-def backend(b: Backend):
-    """The module of backend ``b``."""
-    return _loaded[b]
-
-
-def descriptor(b: Backend):
-    return _loaded[b].DESCRIPTOR
-
-
-# The CPU crossovers of rule 2 (the fused backend's descriptor has them with their measurements),
-# as module values: read on the path of every small call, and pinned by tests.
-_cpu = _loaded[Backend.FUSED]
-_torch_kernels = _loaded[Backend.TORCH]
-SERIAL_REDUCTION = _torch_kernels.SERIAL_REDUCTION
-# torch's cross-entropy kernel and what its arguments need, for `plain_cross_entropy_on_torch`
-_ce_kernel, _REDUCTION_ENUM = _torch_kernels.CE_KERNEL, _torch_kernels.REDUCTION_ENUM
-_has_torch_function = _torch_kernels.has_torch_function
-_BAD_INPUT, _NOT_BAD_INPUT = _torch_kernels.BAD_INPUT, _torch_kernels.NOT_BAD_INPUT
-TORCH_MAX_NUMEL = _cpu.TORCH_MAX_NUMEL
-TORCH_MAX_NUMEL_NO_GRAD = _cpu.TORCH_MAX_NUMEL_NO_GRAD
-BINARY_TORCH_MAX_NUMEL = _cpu.BINARY_TORCH_MAX_NUMEL
-LINEAR_TORCH_MAX_LOGITS = _cpu.LINEAR_TORCH_MAX_LOGITS
-
-_ENV_BACKEND = os.environ.get("CROSSENT_BACKEND") or None
-
-
-@contextlib.contextmanager
-def use_backend(name: str | Backend):
-    """Force every crossent loss inside the ``with`` block onto one backend (tests, debugging).
-
-    ``torch`` is honoured only where torch has the requested options; elsewhere the call runs on
-    ``fused``. The block forces the calls of its own thread (or asyncio task) only, and nested
-    blocks restore the outer one's backend on exit, exceptions included (`_forced`).
-    """
-    with _forced.block(_parse(name, "use_backend")):
-        yield
-
-
-def _parse(name, where: str) -> Backend:
-    try:
-        return Backend(name)
-    except ValueError:
-        _checks.unknown_backend(where, name, [b.value for b in Backend])
-
-
-def forced() -> Backend | None:
-    """The backend forced in this thread or task: its innermost use_backend block, else the
-    environment's CROSSENT_BACKEND."""
-    b = _forced.here()
-    if b is not None:
-        return b
-    return _parse(_ENV_BACKEND, "CROSSENT_BACKEND") if _ENV_BACKEND else None
-
-
-_Tensor = torch.Tensor
-_grad_enabled = torch.is_grad_enabled
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def fused_for(device) -> Backend:
-    """The fused algorithms' backend on ``device``: a forced 'fused' or 'triton' (where it cannot
-    run, it says so), else the first of FUSED_ORDER whose descriptor picks the device."""
-    f = forced()
-    if f in FUSED_ORDER:
-        return f
-    for b in FUSED_ORDER:
-        if descriptor(b).picked_on(device):
-            return b
-    return Backend.FUSED
-
-
-# ---------------------------------------------------------------- rule 2, before the checks
-
-
-def _to_torch_by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy") -> bool:
-    """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
-    gradient will be needed) on the CPU; off it, below the device's fused backend's threshold.
-    Ordered for the small call: one numel() and done."""
-    n = input.numel()
-    if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
-        return True
-    if not input.is_cpu:
-        needs_grad = input.requires_grad and _grad_enabled()
-        return n <= descriptor(fused_for(input.device)).torch_below(family, needs_grad, input.device)
-    return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
-
-
-_INT64 = torch.int64
-REFUSED = object()  # torch's kernel refused the arguments of a call
-
-
-def plain_cross_entropy_on_torch(input, target, weight, ignore_index, reduction, label_smoothing):
-    """Rules 1-2 and torch's kernel in one call, for the commonest small call: the caller has
-    seen no crossent-only option and no legacy argument; here nothing is forced, the input is a
-    tensor of at most TORCH_MAX_NUMEL elements, no __torch_function__ override or mode is active,
-    the reduction is torch's and the smoothing in [0, 1]. Returns torch's loss; None when the
-    whole rule must decide (any other call); REFUSED when torch refused the arguments (then the
-    checks name them, without asking torch again).
-    Above torch's serial grain only int64 class indices go this way (torch's probability-target
-    path ends in a thread-dependent sum, which `cross_entropy_unchecked` reorders); below it the
-    target is torch's to accept or refuse, so the tiny call pays no test of it.
-
-    Written flat for speed (its except clause is `functional._torch_first`'s, inlined: each call
-    layer costs 0.1-0.3 us here). At 64 x 10 (forward, minimum over 60 x 2000 interleaved calls,
-    each call's cost above torch's kernel): F.cross_entropy 0.7-1.4 us, this path 2.4 us (the
-    two-step path before it, `cross_entropy_to_torch` then `_torch_first`, 2.8-3.0 us). What
-    remains is the size test: any tensor accessor (numel, dim, shape, nbytes) costs 0.35-0.5 us
-    beside a kernel call; torch makes none."""
-    if _forced.active or _ENV_BACKEND or not isinstance(input, _Tensor):
-        return None
-    n = input.numel()
-    if n > TORCH_MAX_NUMEL or (n > SERIAL_REDUCTION and getattr(target, "dtype", None) is not _INT64):
-        return None
-    r = _REDUCTION_ENUM.get(reduction)
-    if r is None or _ce_kernel is None or not 0.0 <= label_smoothing <= 1.0 or _has_torch_function(input, target, weight):
-        return None
-    try:
-        return _ce_kernel(input, target, weight, r, ignore_index, label_smoothing)
-    except _BAD_INPUT as err:
-        if isinstance(err, _NOT_BAD_INPUT):
-            raise
-        return REFUSED
-
-
-def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
-    """Rules 1-2 for cross_entropy on the raw arguments. On the path of every small call: written
-    for speed (the common case passes the first test and returns at the last line)."""
-    if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced.active
-            or _ENV_BACKEND or not 0.0 <= label_smoothing <= 1.0):
-        return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
-    if not isinstance(input, _Tensor):
-        return False
-    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-
-
-def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
-    if z_loss or inplace_backward or softcap is not None:
-        return False
-    if not 0.0 <= label_smoothing <= 1.0:  # torch silently accepts negative and nan smoothing
-        return False
-    if dtype is not None and not (dtype is torch.float32 and isinstance(input, _Tensor) and input.dtype in _HALF):
-        return False
-    return nll_loss_to_torch(input)
-
-
-def nll_loss_to_torch(input) -> bool:
-    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option); the tail of
-    cross_entropy's."""
-    if (_forced.active or _ENV_BACKEND) and (f := forced()) is not None:
-        return f is Backend.TORCH
-    if not isinstance(input, _Tensor):
-        return False
-    return _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
-
-
-def binary_to_torch(input) -> bool:
-    """Rules 1-2 for the binary losses on the raw arguments."""
-    if (_forced.active or _ENV_BACKEND) and (f := forced()) is not None:
-        return f is Backend.TORCH
-    return isinstance(input, _Tensor) and _to_torch_by_size(
-        input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL, "binary")
-
-
-def _one_device(first, *others) -> bool:
-    """Every tensor (None skipped) on first's device, and that not meta: torch would compute a
-    meta loss from a meta weight, silently, and meet a mixed-device call with its own message,
-    not crossent's. (Callers test ``is_cpu`` first: torch.device objects, built per ``.device``
-    access, cost ~0.5 us more on the small CPU call.)"""
-    dev = first.device
-    if dev.type == "meta":
-        return False
-    for t in others:
-        if t is not None and t.device != dev:
-            return False
-    return True
-
-
-def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
-                    extensions: bool) -> bool:
-    """Rules 1-2 for linear_cross_entropy on the raw arguments: the composition F.linear +
-    cross_entropy for small problems with 2-D input, where the fused loop's Python cost
-    dominates. ``extensions``: any crossent-only argument (or ``options``) is set. Written for
-    speed: what torch itself refuses (dtypes, shapes, a K-dim weight F.linear cannot take) is not
-    tested here -- torch raises, and crossent's checks run."""
-    if extensions or not 0.0 <= label_smoothing <= 1.0:
-        return False
-    if type(input) is not _Tensor or type(linear_weight) is not _Tensor or type(target) is not _Tensor:
-        return False  # (subclasses take the checked path)
-    if (linear_bias is not None and type(linear_bias) is not _Tensor) or (
-        weight is not None and type(weight) is not _Tensor
-    ):
-        return False
-    if input.dim() != 2:
-        return False
-    if not (input.is_cpu and linear_weight.is_cpu and target.is_cpu  # (the small CPU call: ~0.2 us)
-            and (linear_bias is None or linear_bias.is_cpu) and (weight is None or weight.is_cpu)):
-        if not _one_device(input, linear_weight, target, linear_bias, weight):
-            return False
-    if ignore_index is not None and target.is_floating_point():
-        return False  # torch refuses ignore_index with probabilities: the checks say so
-    if (_forced.active or _ENV_BACKEND) and (f := forced()) is not None:
-        return f is Backend.TORCH
-    return input.shape[0] * linear_weight.shape[0] <= LINEAR_TORCH_MAX_LOGITS
-
 
 # ---------------------------------------------------------------- the rule, after the checks
 
@@ -383,7 +161,7 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
     torch_ok = not opts.z_loss and opts.softcap is None and opts.chunk_size is None
     logits = input.shape[0] * linear_weight.numel() // max(linear_weight.shape[-1], 1)
     tensors = (input, linear_weight, target, linear_bias, weight)
-    b = _choose(tensors, torch_ok, logits <= LINEAR_TORCH_MAX_LOGITS, False)
+    b = _choose(tensors, torch_ok, logits <= _to_torch.LINEAR_TORCH_MAX_LOGITS, False)
     fn = backend(b).linear_cross_entropy
     if (b is Backend.COMPOSITE and _compiling is not None and _compiling() and opts.reduction != "none"
             and forced() is not Backend.COMPOSITE):
@@ -405,7 +183,7 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, opts
 
 
 def log_probs(input, target, opts: LossOptions, entropy: bool):
-    small = _to_torch_by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    small = _to_torch.by_size(input, _to_torch.TORCH_MAX_NUMEL, _to_torch.TORCH_MAX_NUMEL_NO_GRAD)
     b = _choose((input, target), True, small, False)
     return backend(b).log_probs(input, target, opts, entropy)
 
@@ -414,7 +192,7 @@ def linear_log_probs(input, linear_weight, target, linear_bias, opts: LossOption
     """input (N, D), linear_weight (V, D), target (N,): checked."""
     logits = input.shape[0] * linear_weight.shape[0]
     if input.is_cpu:
-        small = logits <= LINEAR_TORCH_MAX_LOGITS
+        small = logits <= _to_torch.LINEAR_TORCH_MAX_LOGITS
     else:
         small = logits <= descriptor(fused_for(input.device)).torch_below("linear", True, input.device)
     tensors = (input, linear_weight, target, linear_bias)

@@ -26,7 +26,9 @@ _DTYPE = """\
 _DETERMINISM = """\
     Results are deterministic: the same inputs on the same device give bitwise-identical loss and
     gradients, run after run and for any number of threads (torch.func and torch.compile, which
-    run the composite formulas, are deterministic for a fixed thread count).
+    run the composite formulas, are deterministic for a fixed thread count; the linear losses'
+    matrix products are the BLAS library's, which may split a long inner dimension across
+    threads, as MKL does on AVX-512 CPUs: there, as for F.linear, a fixed thread count).
 
     Autograd: everything torch's loss supports. torch.func (grad, vjp, jacrev, vmap) and
     torch.compile (fullgraph=True) trace crossent's formulas as plain torch ops. Under
@@ -199,7 +201,8 @@ _LOG_PROB_AUTOGRAD = """\
     (create_graph=True) differentiate the composite formulas (which build the logits then);
     torch.func and torch.compile trace the composite formulas; under torch.autocast the product
     runs in the autocast dtype and the softmax math in float32, as torch's would. Results are
-    deterministic run to run and for any number of threads."""
+    deterministic run to run and, where the BLAS library's products are, for any number of
+    threads (MKL on AVX-512 CPUs splits a long inner dimension across threads)."""
 
 LOG_PROBS = f"""Per-token log-probability of the target class, and optionally the entropy, of logits.
 
@@ -266,7 +269,7 @@ _DISTILL_COMMON = """\
     teacher is kept beyond one chunk. Memory: one chunk of logits (of each model) beyond the
     inputs and the gradients, never O(N V); 16-bit products run in the inputs' dtypes, the
     softmax math in float32 (float64 for float64 inputs). Deterministic on every path (the
-    fused kernels bitwise, for any thread count). torch.func and torch.compile run the composite
+    fused kernels bitwise, for any thread count where the BLAS library's products are). torch.func and torch.compile run the composite
     formulas (which build the (N, V) logits); second derivatives recompute through them; under
     torch.autocast each head's product runs in the autocast dtype and the loss is float32.
     (``crossent.reference`` has the contract in float64, executable.)"""

@@ -4,7 +4,7 @@ Each function resolves torch's deprecated ``size_average``/``reduce`` into ``red
 torch's warning), checks its arguments (`_checks`), packs the options, and calls the backend
 function that `_dispatch` returns. Nothing below this module sees the legacy arguments.
 
-Small CPU calls first try torch's own kernel on the raw arguments (`_dispatch`'s rule 2, before
+Small CPU calls first try torch's own kernel on the raw arguments (rule 2, `_to_torch`, before
 the checks, for speed); if torch refuses the arguments (one of `torch_kernels.BAD_INPUT`), the
 checks run and name the problem (they accept what torch accepts: a call they pass is dispatched
 again). Errors that say nothing about the arguments (out of memory, a device error, a bug)
@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from . import _autocast, _checks, _dispatch, _docs
+from . import _autocast, _checks, _dispatch, _docs, _to_torch
 from ._functional_log_probs import linear_log_probs, log_probs  # noqa: F401  (re-exported)
 from .backends import torch_kernels as _torch
 
@@ -37,7 +37,7 @@ __all__ = [
     "nll_loss",
 ]
 
-_REFUSED = _dispatch.REFUSED  # torch's kernel refused the arguments
+_REFUSED = _to_torch.REFUSED  # torch's kernel refused the arguments
 
 
 def _torch_first(kernel, *args):
@@ -83,7 +83,7 @@ def cross_entropy(
     loss = None
     if (size_average is None and reduce is None and dtype is None and softcap is None and not z_loss
             and not inplace_backward):  # the commonest call: rule 2 and torch's kernel at once
-        loss = _dispatch.plain_cross_entropy_on_torch(input, target, weight, ignore_index, reduction, label_smoothing)
+        loss = _to_torch.plain_cross_entropy_on_torch(input, target, weight, ignore_index, reduction, label_smoothing)
         if loss is not None and loss is not _REFUSED:
             return loss
     elif size_average is not None or reduce is not None:
@@ -91,7 +91,7 @@ def cross_entropy(
     if loss is _REFUSED:  # torch's kernel refused the arguments: the checks say why
         small = True
     else:
-        small = _dispatch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
+        small = _to_torch.cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
         if small:
             loss = _torch_first(_torch.cross_entropy_unchecked, input, target, weight, ignore_index,
                                 reduction, label_smoothing, dtype)
@@ -129,7 +129,7 @@ def nll_loss(
 ) -> torch.Tensor:
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
-    small = _dispatch.nll_loss_to_torch(input)
+    small = _to_torch.nll_loss_to_torch(input)
     if small:
         loss = _torch_first(_torch.nll_loss_unchecked, input, target, weight, ignore_index, reduction)
         if loss is not _REFUSED:
@@ -184,7 +184,7 @@ def binary_cross_entropy_with_logits(
 def _binary(fn, input, target, weight, reduction, pos_weight):
     """Both binary losses after their legacy arguments: the torch-first try, the checks, dispatch."""
     logits = fn == "binary_cross_entropy_with_logits"
-    small = _dispatch.binary_to_torch(input)
+    small = _to_torch.binary_to_torch(input)
     if small:
         if logits:
             loss = _torch_first(_torch.binary_cross_entropy_with_logits_unchecked, input, target,
@@ -233,7 +233,13 @@ def linear_cross_entropy(
         options is not None or z_loss or softcap is not None or normalizer is not None
         or chunk_size is not None or dtype is not None
     )
-    if _dispatch.linear_to_torch(
+    loss = None
+    if not extensions:  # the commonest call: rule 2 and torch's composition at once (CPU)
+        loss = _to_torch.plain_linear_cross_entropy_on_torch(
+            input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing)
+        if loss is not None and loss is not _REFUSED:
+            return loss
+    if loss is None and _to_torch.linear_to_torch(
         input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing, extensions
     ):
         loss = _torch_first(_torch.linear_cross_entropy_unchecked, input, linear_weight, target,

@@ -166,11 +166,13 @@ def test_dataframe_through_the_python_api(tmp_path):
     result = api.train(frame, "animal", out=tmp_path / "m", epochs=3, lr=0.02)
     pd.testing.assert_frame_equal(frame, before)  # the caller's frame is not changed
     assert len(result.history) == 3 and (tmp_path / "m" / "model.safetensors").exists()
-    table = api.predict(tmp_path / "m", frame.drop(columns=["animal"]).head(5))
+    # every row in both: a float32 product's rounding may depend on its row count (MKL picks its
+    # kernel by shape), so the same rows go through the same shapes here
+    table = api.predict(tmp_path / "m", frame.drop(columns=["animal"]))
     assert list(table.columns) == ["predicted", "prob_cat", "prob_dog", "prob_eel"]
     csv = tmp_path / "toy.csv"
     frame.to_csv(csv, index=False)
     from_csv = run("predict", "--model", tmp_path / "m", "--data", csv).stdout
-    assert from_csv.splitlines()[1:6] == table.to_csv(index=False).splitlines()[1:6]
+    assert from_csv.splitlines()[1:] == table.to_csv(index=False).splitlines()[1:]
     metrics = api.evaluate(tmp_path / "m", frame)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["rows"] == 60

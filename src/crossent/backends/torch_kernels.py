@@ -39,7 +39,7 @@ _has_torch_function = torch.overrides.has_torch_function_variadic
 # (TypeError), so crossent's checks name it
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}
 _ce_kernel = getattr(torch._C._nn, "cross_entropy_loss", None)
-# (public names for `_dispatch.plain_cross_entropy_on_torch`, which calls the kernel itself)
+# (public names for `_to_torch.plain_cross_entropy_on_torch`, which calls the kernel itself)
 CE_KERNEL, REDUCTION_ENUM, has_torch_function = _ce_kernel, _REDUCTION_ENUM, _has_torch_function
 _nll_kernel = getattr(torch._C._nn, "nll_loss_nd", None)
 
@@ -94,7 +94,7 @@ def binary_cross_entropy_with_logits_unchecked(input, target, weight, reduction,
 def linear_cross_entropy_unchecked(input, linear_weight, target, linear_bias, weight, reduction,
                                    ignore_index, label_smoothing):
     """torch's reference linear cross-entropy, literally: F.linear, then cross_entropy.
-    (`_dispatch.linear_to_torch` sends only 2-D input and weight here; nothing else is checked.)"""
+    (`_to_torch.linear_to_torch` sends only 2-D input and weight here; nothing else is checked.)"""
     logits = _torch_F.linear(input, linear_weight, linear_bias)  # (N, V)
     return _ce(logits, target, weight, -100 if ignore_index is None else ignore_index, reduction,
                label_smoothing)

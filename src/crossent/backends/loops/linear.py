@@ -16,12 +16,15 @@ With reduction 'mean' or 'sum' the loss is a scalar, so each token's gradient sc
 (or 1) is known in forward: the three gradients are finished there and backward only multiplies
 them by grad_output (nothing when it is 1). With reduction 'none' s_i is grad_output[i], known only
 in backward, and grad_W = sum_i s_i G_i.T x_i cannot be folded earlier; so forward computes the
-losses alone (one mm per chunk) and backward recomputes Z and runs the loop with s = grad_output.
-Saving G instead would be the N x V tensor this module exists to avoid.
+losses (one mm per chunk) and, in float32/float64 with one head, the last chunk's unscaled G,
+kept for backward (linear_kept.py); backward takes that chunk's share with s
+applied to the products' small operands and recomputes Z for the chunks before it with s =
+grad_output. Saving every chunk's G would be the N x V tensor this module exists to avoid.
 
 Cost. 'mean'/'sum': three matrix products, 6 N D V FLOPs (the floor of any exact method: Z, grad_x
-and grad_W each need one), plus ~10 N V elementwise operations. 'none': 8 N D V (the logits are
-computed twice). Loss only (no gradient needed): 2 N D V.
+and grad_W each need one), plus ~10 N V elementwise operations. 'none': 6 N D V where N x V fits one
+chunk (float32/float64), up to 8 N D V (every chunk's logits but the kept last one computed
+twice). Loss only (no gradient needed): 2 N D V.
 
 Memory. Beyond the inputs and the gradients themselves (N D + V D + V), one chunk's buffers: n V
 elements of the input dtype for Z, plus what the backend's ce_chunk needs beside them
@@ -51,6 +54,7 @@ from .. import _memory, autograd, composite
 from ..common import compute_dtype, output_dtype, reduce, safe_reciprocal
 from .kernels import RowKernels
 from .linear_chunks import Problem
+from .linear_kept import keeps_last_chunk, problem_backward_with_kept, run_keeping_last
 from .weight_grad import SplitWeightGrad, narrows
 
 
@@ -109,7 +113,11 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
         problem = Problem(input, linear_weight, index, probs, linear_bias)
         opts = call.opts
         if opts.reduction == "none":
-            losses = problem.run(weight, opts, call.rows, call.kernels, scale=1.0, grads=(None, None, None))
+            if keeps_last_chunk(problem, input):  # (G of the last chunk kept for backward)
+                losses, kept = run_keeping_last(problem, weight, opts, call.rows, call.kernels, want_w=call.want[1])
+                call.handover.put(kept)
+            else:
+                losses = problem.run(weight, opts, call.rows, call.kernels, scale=1.0, grads=(None, None, None))
             return reduce(losses, None, opts, call.out_shape, call.out_dtype)
         losses, den, grads, post_scale = precompute(problem, weight, call, split_w=True)
         call.handover.put((grads, post_scale))
@@ -135,6 +143,8 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
         if opts.reduction == "none":
             ctx.save_for_backward(input, linear_weight, index, probs, linear_bias, weight)
             ctx.grads = None
+            ctx.kept = call.handover.take()  # the last chunk's G; None where `keeps_last_chunk` said no
+            ctx.keeps = ctx.kept is not None
         else:
             grads, post_scale = call.handover.take()
             autograd.stash(ctx, _flatten(ctx, grads), post_scale=post_scale, keep=opts.allow_retain_graph,
@@ -152,7 +162,13 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             problem = Problem(input, linear_weight, index, probs, linear_bias)
             grads = _grad_buffers(input, linear_weight, linear_bias, call.want, acc, split_w=True)
             scale = grad_out.reshape(input.shape[0], problem.heads).to(acc)  # (N, P)
-            problem.run(weight, call.opts, call.rows, call.kernels, scale=scale, grads=grads)
+            # (the kept buffer is reused below and released: a repeated backward recomputes it)
+            kept, ctx.kept = ctx.kept, None
+            if ctx.keeps:
+                problem_backward_with_kept(problem, weight, call.opts, call.rows, call.kernels, kept, scale=scale,
+                                           grads=grads)
+            else:
+                problem.run(weight, call.opts, call.rows, call.kernels, scale=scale, grads=grads)
             gx, gw, gb = grads
             gw = gw.finish() if isinstance(gw, SplitWeightGrad) else gw
         else:

@@ -204,13 +204,15 @@ def scale_rows(scale, sl: slice):
     return scale[sl] if isinstance(scale, torch.Tensor) and scale.dim() > 0 else scale
 
 
-def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x=False, alpha=1.0):
+def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x=False, alpha=1.0,
+               stop=None, written=False):
     """The token-chunk loop every fused linear loss shares: per chunk of rows ``sl``, the logits
     z = x[sl] W^T (+ b) into ``chunk``'s buffer, ``step(z, sl, grad)`` -> the rows' losses, with
     grad = z itself (the step writes d(loss)/dz over it) when a gradient is wanted, else None;
     then the three products of `chunk_gradients`. grads and add_x as in `chunk_loop`; alpha: a
-    factor of the logits inside their product (`Chunk.logits`). Returns the per-token losses (N,)
-    in the compute dtype."""
+    factor of the logits inside their product (`Chunk.logits`); ``stop``: the rows before it only;
+    ``written``: grad_W and grad_b already hold a chunk's share (`kept_chunk_gradients`), so every
+    chunk adds. Returns the per-token losses (N,) in the compute dtype."""
     n = x.shape[0]
     losses = torch.empty(n, dtype=compute_dtype(x.dtype), device=x.device)
     want_grad = any(t is not None for t in grads)
@@ -220,13 +222,13 @@ def run_chunks(x, weight, bias, chunk: Chunk, chunk_rows_, grads, step, *, add_x
         for _, _, t in weight_grad_blocks(grads[1]) if grads[1] is not None else ():
             t.zero_()
         return losses
-    for i in range(0, n, chunk_rows_):
+    for i in range(0, n if stop is None else stop, chunk_rows_):
         sl = slice(i, min(i + chunk_rows_, n))
         xc = x[sl]  # (r, D)
         z = chunk.logits(xc, weight, bias, alpha)
         losses[sl] = step(z, sl, z if want_grad else None)
         if want_grad:
-            chunk_gradients(z, xc, weight, sl, grads, chunk, first=i == 0, add_x=add_x)
+            chunk_gradients(z, xc, weight, sl, grads, chunk, first=i == 0 and not written, add_x=add_x)
     return losses
 
 
@@ -293,3 +295,9 @@ class Problem:
                 add_x=j > 0,
             ))
         return torch.stack(out, 1) if self.heads > 1 else out[0].unsqueeze(1)
+
+    def targets(self, class_weight, opts):
+        """The one head's row targets (`keeps_last_chunk` problems)."""
+        index = self.index[:, 0] if self.index is not None else None
+        probs = self.probs[:, :, 0] if self.probs is not None else None
+        return rows.targets(index, probs, class_weight, opts, compute_dtype(self.x.dtype), num_classes=self.w.shape[0])

@@ -1,0 +1,201 @@
+"""Rule 2 of the routing rule (`_dispatch` has the whole rule), on the raw arguments: does torch's
+own kernel take this call. Asked *before* crossent's checks, for speed: these predicates are on the
+path of every small call (a few hundred nanoseconds); their answer is handed to the rule after the
+checks. `plain_cross_entropy_on_torch` also calls torch's kernel, for the commonest small call.
+
+The CPU crossovers are module values (the fused backend's descriptor has them with their
+measurements): read on the path of every small call, by `_dispatch`'s log-probability rule too
+(one value for both), and pinned by tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backends, _forced
+from ._backends import Backend, descriptor, forced, fused_for
+
+_cpu = _backends.backend(Backend.FUSED)
+_torch_kernels = _backends.backend(Backend.TORCH)
+SERIAL_REDUCTION = _torch_kernels.SERIAL_REDUCTION
+# torch's cross-entropy kernel and what its arguments need, for `plain_cross_entropy_on_torch`
+_ce_kernel, _REDUCTION_ENUM = _torch_kernels.CE_KERNEL, _torch_kernels.REDUCTION_ENUM
+_has_torch_function = _torch_kernels.has_torch_function
+_BAD_INPUT, _NOT_BAD_INPUT = _torch_kernels.BAD_INPUT, _torch_kernels.NOT_BAD_INPUT
+TORCH_MAX_NUMEL = _cpu.TORCH_MAX_NUMEL
+TORCH_MAX_NUMEL_NO_GRAD = _cpu.TORCH_MAX_NUMEL_NO_GRAD
+BINARY_TORCH_MAX_NUMEL = _cpu.BINARY_TORCH_MAX_NUMEL
+LINEAR_TORCH_MAX_LOGITS = _cpu.LINEAR_TORCH_MAX_LOGITS
+
+_Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
+_HALF = (torch.float16, torch.bfloat16)
+
+
+
+def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy") -> bool:
+    """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
+    gradient will be needed) on the CPU; off it, below the device's fused backend's threshold.
+    Ordered for the small call: one numel() and done."""
+    n = input.numel()
+    if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
+        return True
+    if not input.is_cpu:
+        needs_grad = input.requires_grad and _grad_enabled()
+        return n <= descriptor(fused_for(input.device)).torch_below(family, needs_grad, input.device)
+    return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
+
+
+_INT64 = torch.int64
+REFUSED = object()  # torch's kernel refused the arguments of a call
+
+
+def plain_cross_entropy_on_torch(input, target, weight, ignore_index, reduction, label_smoothing):
+    """Rules 1-2 and torch's kernel in one call, for the commonest small call: the caller has
+    seen no crossent-only option and no legacy argument; here nothing is forced, the input is a
+    tensor of at most TORCH_MAX_NUMEL elements, no __torch_function__ override or mode is active,
+    the reduction is torch's and the smoothing in [0, 1]. Returns torch's loss; None when the
+    whole rule must decide (any other call); REFUSED when torch refused the arguments (then the
+    checks name them, without asking torch again).
+    Above torch's serial grain only int64 class indices go this way (torch's probability-target
+    path ends in a thread-dependent sum, which `cross_entropy_unchecked` reorders); below it the
+    target is torch's to accept or refuse, so the tiny call pays no test of it.
+
+    Written flat for speed (its except clause is `functional._torch_first`'s, inlined: each call
+    layer costs 0.1-0.3 us here). At 64 x 10 (forward, minimum over 60 x 2000 interleaved calls,
+    each call's cost above torch's kernel): F.cross_entropy 0.7-1.4 us, this path 2.4 us (the
+    two-step path before it, `cross_entropy_to_torch` then `_torch_first`, 2.8-3.0 us). What
+    remains is the size test: any tensor accessor (numel, dim, shape, nbytes) costs 0.35-0.5 us
+    beside a kernel call; torch makes none."""
+    if _forced.active or _backends.ENV_BACKEND or not isinstance(input, _Tensor):
+        return None
+    n = input.numel()
+    if n > TORCH_MAX_NUMEL or (n > SERIAL_REDUCTION and getattr(target, "dtype", None) is not _INT64):
+        return None
+    r = _REDUCTION_ENUM.get(reduction)
+    if r is None or _ce_kernel is None or not 0.0 <= label_smoothing <= 1.0 or _has_torch_function(input, target, weight):
+        return None
+    try:
+        return _ce_kernel(input, target, weight, r, ignore_index, label_smoothing)
+    except _BAD_INPUT as err:
+        if isinstance(err, _NOT_BAD_INPUT):
+            raise
+        return REFUSED
+
+
+def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
+    """Rules 1-2 for cross_entropy on the raw arguments. On the path of every small call: written
+    for speed (the common case passes the first test and returns at the last line)."""
+    if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced.active
+            or _backends.ENV_BACKEND or not 0.0 <= label_smoothing <= 1.0):
+        return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
+    if not isinstance(input, _Tensor):
+        return False
+    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+
+
+def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
+    if z_loss or inplace_backward or softcap is not None:
+        return False
+    if not 0.0 <= label_smoothing <= 1.0:  # torch silently accepts negative and nan smoothing
+        return False
+    if dtype is not None and not (dtype is torch.float32 and isinstance(input, _Tensor) and input.dtype in _HALF):
+        return False
+    return nll_loss_to_torch(input)
+
+
+def nll_loss_to_torch(input) -> bool:
+    """Rules 1-2 for nll_loss on the raw arguments (it has no crossent-only option); the tail of
+    cross_entropy's."""
+    if (_forced.active or _backends.ENV_BACKEND) and (f := forced()) is not None:
+        return f is Backend.TORCH
+    if not isinstance(input, _Tensor):
+        return False
+    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+
+
+def binary_to_torch(input) -> bool:
+    """Rules 1-2 for the binary losses on the raw arguments."""
+    if (_forced.active or _backends.ENV_BACKEND) and (f := forced()) is not None:
+        return f is Backend.TORCH
+    return isinstance(input, _Tensor) and by_size(
+        input, BINARY_TORCH_MAX_NUMEL, BINARY_TORCH_MAX_NUMEL, "binary")
+
+
+def _one_device(first, *others) -> bool:
+    """Every tensor (None skipped) on first's device, and that not meta: torch would compute a
+    meta loss from a meta weight, silently, and meet a mixed-device call with its own message,
+    not crossent's. (Callers test ``is_cpu`` first: torch.device objects, built per ``.device``
+    access, cost ~0.5 us more on the small CPU call.)"""
+    dev = first.device
+    if dev.type == "meta":
+        return False
+    for t in others:
+        if t is not None and t.device != dev:
+            return False
+    return True
+
+
+def linear_to_torch(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
+                    extensions: bool) -> bool:
+    """Rules 1-2 for linear_cross_entropy on the raw arguments: the composition F.linear +
+    cross_entropy for small problems with 2-D input, where the fused loop's Python cost
+    dominates. ``extensions``: any crossent-only argument (or ``options``) is set. Written for
+    speed: what torch itself refuses (dtypes, shapes, a K-dim weight F.linear cannot take) is not
+    tested here -- torch raises, and crossent's checks run."""
+    if extensions or not 0.0 <= label_smoothing <= 1.0:
+        return False
+    if type(input) is not _Tensor or type(linear_weight) is not _Tensor or type(target) is not _Tensor:
+        return False  # (subclasses take the checked path)
+    if (linear_bias is not None and type(linear_bias) is not _Tensor) or (
+        weight is not None and type(weight) is not _Tensor
+    ):
+        return False
+    if input.dim() != 2:
+        return False
+    if not (input.is_cpu and linear_weight.is_cpu and target.is_cpu  # (the small CPU call: ~0.2 us)
+            and (linear_bias is None or linear_bias.is_cpu) and (weight is None or weight.is_cpu)):
+        if not _one_device(input, linear_weight, target, linear_bias, weight):
+            return False
+    if ignore_index is not None and target.is_floating_point():
+        return False  # torch refuses ignore_index with probabilities: the checks say so
+    if (_forced.active or _backends.ENV_BACKEND) and (f := forced()) is not None:
+        return f is Backend.TORCH
+    return input.shape[0] * linear_weight.shape[0] <= LINEAR_TORCH_MAX_LOGITS
+
+
+_linear = torch._C._nn.linear
+
+
+def plain_linear_cross_entropy_on_torch(input, linear_weight, target, linear_bias, weight, reduction,
+                                        ignore_index, label_smoothing):
+    """`plain_cross_entropy_on_torch` for linear_cross_entropy: rules 1-2 and torch's composition
+    (F.linear, then its cross-entropy kernel) in one call, for a call without crossent-only
+    arguments whose tensors are all plain CPU tensors and whose input is 2-D. Returns the loss;
+    None when the whole rule must decide (`linear_to_torch` then asks again, for other devices);
+    REFUSED when torch refused the arguments. What torch refuses is not tested here (as in
+    `linear_to_torch`, which this is on the CPU)."""
+    if _forced.active or _backends.ENV_BACKEND or type(input) is not _Tensor or type(linear_weight) is not _Tensor:
+        return None
+    if type(target) is not _Tensor or (linear_bias is not None and type(linear_bias) is not _Tensor) or (
+            weight is not None and type(weight) is not _Tensor):
+        return None  # (subclasses take the checked path)
+    if not (input.is_cpu and linear_weight.is_cpu and target.is_cpu
+            and (linear_bias is None or linear_bias.is_cpu) and (weight is None or weight.is_cpu)):
+        return None
+    if input.dim() != 2 or len(input) * len(linear_weight) > LINEAR_TORCH_MAX_LOGITS:
+        return None
+    r = _REDUCTION_ENUM.get(reduction)
+    if (r is None or _ce_kernel is None or not 0.0 <= label_smoothing <= 1.0
+            or _has_torch_function(input, linear_weight, target)):
+        return None
+    if ignore_index is None:
+        ignore_index = -100
+    elif target.is_floating_point():
+        return None  # torch refuses ignore_index with probabilities: the checks say so
+    try:
+        return _ce_kernel(_linear(input, linear_weight, linear_bias), target, weight, r, ignore_index, label_smoothing)
+    except _BAD_INPUT as err:
+        if isinstance(err, _NOT_BAD_INPUT):
+            raise
+        return REFUSED
