@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import crossent
-from crossent import _dispatch, _to_torch
+from crossent import _dispatch, _to_torch, functional
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,8 @@ def paths(monkeypatch):
                 monkeypatch.setattr(module, name, lambda *a, _r=real, _b=b.value, **k: (seen.append(_b), _r(*a, **k))[1])
     # the commonest small cross_entropy calls torch's kernel from the rule itself
     real_kernel = _to_torch._ce_kernel
-    monkeypatch.setattr(_to_torch, "_ce_kernel", lambda *a: (seen.append("torch"), real_kernel(*a))[1])
+    for module in (_to_torch, functional):
+        monkeypatch.setattr(module, "_ce_kernel", lambda *a: (seen.append("torch"), real_kernel(*a))[1])
     return seen
 
 
@@ -167,6 +168,7 @@ def test_errors_that_are_not_about_the_arguments_propagate(monkeypatch, error):
                  "linear_cross_entropy_unchecked"):
         monkeypatch.setattr(torch_kernels, name, fail)
     monkeypatch.setattr(_to_torch, "_ce_kernel", fail)
+    monkeypatch.setattr(functional, "_ce_kernel", fail)
     x = _x(4, 5)
     t = torch.randint(0, 5, (4,))
     for call in (lambda: crossent.cross_entropy(x, t), lambda: crossent.nll_loss(x, t),
@@ -279,7 +281,7 @@ def test_importing_crossent_does_not_import_triton():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_plain_small_call_is_torchs_kernel_bit_for_bit(paths, dtype):
-    """`plain_cross_entropy_on_torch`: every argument torch has, on the shapes torch takes, gives
+    """The commonest call (`functional.cross_entropy`'s inline rule 2): every argument torch has, on the shapes torch takes, gives
     torch's loss and gradient bit for bit, through torch's kernel called once."""
     F = torch.nn.functional
     gen = torch.Generator().manual_seed(0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import crossent
-from crossent import _dispatch, _forced, _to_torch
+from crossent import _dispatch, _forced, _to_torch, functional
 from crossent.backends.chunked import kernel
 
 F = torch.nn.functional
@@ -44,6 +44,7 @@ def _ran(monkeypatch):
         return real_kernel(*a)
 
     monkeypatch.setattr(_to_torch, "_ce_kernel", kernel_wrapped)
+    monkeypatch.setattr(functional, "_ce_kernel", kernel_wrapped)
     return seen
 
 

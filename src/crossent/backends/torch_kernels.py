@@ -39,7 +39,7 @@ _has_torch_function = torch.overrides.has_torch_function_variadic
 # (TypeError), so crossent's checks name it
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}
 _ce_kernel = getattr(torch._C._nn, "cross_entropy_loss", None)
-# (public names for `_to_torch.plain_cross_entropy_on_torch`, which calls the kernel itself)
+# (public names for `functional.cross_entropy` and `_to_torch`, which call the kernel themselves)
 CE_KERNEL, REDUCTION_ENUM, has_torch_function = _ce_kernel, _REDUCTION_ENUM, _has_torch_function
 _nll_kernel = getattr(torch._C._nn, "nll_loss_nd", None)
 
