@@ -83,8 +83,8 @@ def cross_entropy(
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     loss = None
-    if (size_average is None and reduce is None and dtype is None and softcap is None and not z_loss
-            and not inplace_backward):
+    if (size_average is reduce is dtype is softcap is None
+            and not (z_loss or inplace_backward or _forced.active or _backends.ENV_BACKEND)):
         # The commonest call: rules 1-2 (`_to_torch`) and torch's kernel at once, inline. Nothing is
         # forced, the input is a tensor of at most TORCH_MAX_NUMEL elements, no __torch_function__
         # override or mode is active (it sees F.cross_entropy, as with torch), the reduction is
@@ -94,20 +94,19 @@ def cross_entropy(
         # without asking torch again. Inline, not a predicate's call: at 64 x 10 inside a training
         # step the forward cost 0.35 us above F.cross_entropy's with the call, 0.19 us without;
         # what remains is the size test (numel, ~55 ns) and the option tests torch has no need of.
-        if not (_forced.active or _backends.ENV_BACKEND):
-            try:
-                n = input.numel()
-            except AttributeError:  # (not a tensor: the checks say so)
-                n = _NOT_SMALL
-            if n <= _to_torch.TORCH_MAX_NUMEL and (n <= _SERIAL or getattr(target, "dtype", None) is _INT64):
-                r = _REDUCTION_ENUM.get(reduction)
-                if r is not None and 0.0 <= label_smoothing <= 1.0 and not _has_torch_function(input, target, weight):
-                    try:
-                        return _ce_kernel(input, target, weight, r, ignore_index, label_smoothing)
-                    except _BAD_INPUT as err:
-                        if isinstance(err, _NOT_BAD_INPUT):
-                            raise
-                        loss = _REFUSED
+        try:
+            n = input.numel()
+        except AttributeError:  # (not a tensor: the checks say so)
+            n = _NOT_SMALL
+        if n <= _to_torch.TORCH_MAX_NUMEL and (n <= _SERIAL or getattr(target, "dtype", None) is _INT64):
+            r = _REDUCTION_ENUM.get(reduction)
+            if r is not None and 0.0 <= label_smoothing <= 1.0 and not _has_torch_function(input, target, weight):
+                try:
+                    return _ce_kernel(input, target, weight, r, ignore_index, label_smoothing)
+                except _BAD_INPUT as err:
+                    if isinstance(err, _NOT_BAD_INPUT):
+                        raise
+                    loss = _REFUSED
     elif size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce, reduction)
     if loss is _REFUSED:  # torch's kernel refused the arguments: the checks say why
