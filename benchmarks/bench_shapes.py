@@ -8,7 +8,8 @@ ratio <= 1.10 on every row, <= 0.5 on rows whose logits are 64 MB or more. Rows:
   - cross_entropy forward+backward: small to LLM-sized (N, C), K-dim segmentation, probability
     targets, label smoothing with class weights, ignore_index on a quarter of the targets;
   - the same forward-only, under torch.no_grad() and on inputs that do not require grad;
-  - binary_cross_entropy_with_logits (pos_weight), binary_cross_entropy, nll_loss;
+  - binary_cross_entropy_with_logits (pos_weight), binary_cross_entropy (below and above the
+    fused kernel's crossover), nll_loss;
   - linear_cross_entropy vs F.cross_entropy(F.linear(h, W), t): small to medium (N, D) x V,
     probability targets, reduction='none' (whose backward recomputes the logits), no_grad;
   - the seed tutorial's training loop (SimpleNN = Linear(1, 2), SGD, 1000 epochs).
@@ -157,6 +158,10 @@ def rows(quick: bool):
     yield "bce_with_logits (4096, 100)", _binary_case((4096, 100), *bce_l)
     yield "bce_with_logits pos_weight (16, 1, 256, 256)", _binary_case((16, 1, 256, 256), *bce_l, pos_weight=True)
     yield "bce (4096, 100)", _binary_case((4096, 100), crossent.binary_cross_entropy, F.binary_cross_entropy, probs=True)
+    # above BINARY_TORCH_MAX_NUMEL (4.2M): the fused kernel
+    yield "bce_with_logits (4096, 2048)", _binary_case((4096, 2048), *bce_l)
+    yield "bce_with_logits pos_weight (16, 1, 1024, 1024)", _binary_case((16, 1, 1024, 1024), *bce_l, pos_weight=True)
+    yield "bce (4096, 2048)", _binary_case((4096, 2048), crossent.binary_cross_entropy, F.binary_cross_entropy, probs=True)
     yield "nll_loss (64, 10)", _nll_case((64, 10))
     yield "linear_cross_entropy (64, 32) x 10", _linear_case(64, 32, 10)
     yield "linear_cross_entropy (512, 128) x 1000", _linear_case(512, 128, 1000)
