@@ -59,6 +59,8 @@ SMALL = 4096  # classes: 16 rows stay under the no-grad threshold, 64 rows excee
         (lambda: crossent.cross_entropy(_x(16, 10) * 1, torch.randint(0, 10, (16,)), inplace_backward=True), "fused"),
         # large inputs: fused
         (lambda: crossent.cross_entropy(_x(64, SMALL), torch.randint(0, SMALL, (64,))), "fused"),
+        # ... except nll_loss on the CPU: a gather and a scatter, torch's kernel at every size
+        (lambda: crossent.nll_loss(_x(64, SMALL), torch.randint(0, SMALL, (64,))), "torch"),
         (lambda: crossent.binary_cross_entropy_with_logits(_x(64, 128), torch.rand(64, 128)), "fused"),
         # large, with a gradient the fused kernel does not give (probability target): composite
         (lambda: crossent.cross_entropy(_x(64, SMALL), torch.rand(64, SMALL).softmax(1).requires_grad_()), "composite"),

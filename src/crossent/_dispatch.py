@@ -29,7 +29,8 @@ Rule, per call (`cross_entropy`, ..., `linear_cross_entropy` below run it and ca
      chunking options; a normalizer divides torch's sum, dtype=float32 casts the small input) and
      the input has at most the fused backend's ``torch_below`` elements on its device (the
      crossovers measured by benchmarks/bench_shapes.py on the reference machine, with and without
-     a gradient, per family; for linear_cross_entropy, N * V logits, every tensor on one device).
+     a gradient, per family; for linear_cross_entropy, N * V logits, every tensor on one device;
+     nll_loss on the CPU at every size: a gather and a scatter, no fused pass to win).
      Below them torch's row-fused C++ kernels beat any Python-level chunk loop, above them its fresh
      N x C temporaries (page faults) cost more than crossent's single pass. On an accelerator the
      fused backend is Triton where it runs (its threshold: host overhead), else there is none and

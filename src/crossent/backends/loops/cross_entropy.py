@@ -175,7 +175,7 @@ class _NLLFn(torch.autograd.Function):
             coef = -w_t * grad_out.reshape(w_t.shape).to(w_t.dtype)
         else:
             coef = -w_t * (grad_out.to(w_t.dtype) * safe_reciprocal(den))
-        g = torch.zeros(nc_shape, dtype=dtype, device=safe.device).scatter(1, safe, coef.unsqueeze(1).to(dtype))
+        g = torch.zeros(nc_shape, dtype=dtype, device=safe.device).scatter_(1, safe, coef.unsqueeze(1).to(dtype))
         return None, g.view(x_shape), None, None
 
 
