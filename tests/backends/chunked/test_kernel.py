@@ -150,3 +150,22 @@ def test_bfloat16_gradients_as_accurate_as_float32_rounded_once(opts):
         ours = grad(crossent.cross_entropy, x, w)
     l1 = lambda g: ((g - g64).abs().sum() / g64.abs().sum()).item()
     assert l1(ours) <= 1.05 * l1(g32), (l1(ours), l1(g32))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 4), (2, 2, 4), (3, 3, 8), (2, 7, 16), (1, 1000, 16), (2, 1001, 5),
+                                   (4, 32000, 8), (2, 33, 17), (3, 64, 1)])
+def test_class_max_is_amax_bit_for_bit(shape):
+    """The tree of maxima over the classes (K-dim chunks of at most TREE_MAX_POSITIONS positions)
+    gives amax's values exactly, nan and infinities included, for odd and even class counts."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    z = torch.randn(shape, generator=gen)
+    if shape[1] > 3:
+        z[0, shape[1] - 1, 0] = float("nan")
+        z[-1, shape[1] // 2, -1] = float("inf")
+        z[-1, :, 0] = float("-inf")
+    before = z.clone()
+    got, want = kernel.class_max(z), z.amax(1, keepdim=True)
+    assert got.shape == want.shape
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    assert torch.equal(z.isnan(), before.isnan()) and torch.equal(z.nan_to_num(), before.nan_to_num())  # not written

@@ -88,7 +88,7 @@ def ce_chunk(x: torch.Tensor, tg: rows.Targets, opts: LossOptions, *, grad=None,
         e = _take(work, x.shape, acc, x.device)
     th_buf = _take(tanh_work, x.shape, acc, x.device) if opts.softcap is not None else None
     z, th = rows.capped(x, opts, acc, out=e, tanh_out=th_buf)
-    m = z.amax(1, keepdim=True)
+    m = class_max(z)
     r = rows.relative_(z, m, e)  # z - m, in the buffer that then holds exp(z - m)
     sums = rows.class_sums(r, m, tg, opts)
     s = rows.row_sum(r.exp_())
@@ -99,6 +99,35 @@ def ce_chunk(x: torch.Tensor, tg: rows.Targets, opts: LossOptions, *, grad=None,
     if e is not grad:
         grad.copy_(e)
     return loss, lse
+
+
+# K-dim chunks (n, C, D) whose positions D are at most this many: torch's amax over C runs there
+# far below its sum's speed (2 x 32000 x D float32, 2 threads, the Intel VM: amax 0.29 / 0.58 /
+# 1.16 ms at D = 4 / 8 / 16 against sum's 0.06 at 16), and a tree of elementwise maxima runs at
+# 0.16 / 0.18 / 0.26 ms; from D = 32 amax is the faster (0.14 ms against 0.45).
+TREE_MAX_POSITIONS = 16
+
+
+def class_max(z: torch.Tensor) -> torch.Tensor:
+    """max over the classes (dim 1), keepdim: amax, or for K-dim chunks of at most
+    TREE_MAX_POSITIONS positions a pairwise tree of `torch.maximum` over halves of the classes
+    (the first level into a new buffer, then in place). The maximum is exact and propagates nan as
+    amax does, so the result is bitwise amax's."""
+    if z.dim() != 3 or z.shape[2] > TREE_MAX_POSITIONS or z.shape[1] < 2:
+        return z.amax(1, keepdim=True)
+    c = z.shape[1]
+    half = c // 2
+    m = torch.maximum(z[:, :half], z[:, half:2 * half])
+    if c % 2:
+        m[:, :1] = torch.maximum(m[:, :1], z[:, 2 * half:])
+    while m.shape[1] > 1:
+        c = m.shape[1]
+        half = c // 2
+        if c % 2:
+            m[:, :1] = torch.maximum(m[:, :1], m[:, 2 * half:])
+        torch.maximum(m[:, :half], m[:, half:2 * half], out=m[:, :half])
+        m = m[:, :half]
+    return m
 
 
 def _take(buf: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
