@@ -144,6 +144,9 @@ def rows(quick: bool):
         yield "cross_entropy (4096, 32000)", _ce_case((4096, 32000))
         yield "cross_entropy (2048, 128256)", _ce_case((2048, 128256))
         yield "cross_entropy K-dim (16, 21, 128, 128)", _ce_case((16, 21, 128, 128))
+        # few positions, many classes (a (B, V, T) layout): torch's amax over V is slow there
+        yield "cross_entropy K-dim (8, 32000, 16)", _ce_case((8, 32000, 16))
+    yield "cross_entropy K-dim (2, 32000, 16)", _ce_case((2, 32000, 16))
     yield "cross_entropy probs (512, 100)", _ce_case((512, 100), probs=True)
     yield "cross_entropy smoothing 0.1 + weights (4096, 1000)", _ce_case((4096, 1000), smoothing_weights=True)
     yield "cross_entropy ignore 1/4 (4096, 1000)", _ce_case((4096, 1000), ignore_quarter=True)
@@ -163,6 +166,8 @@ def rows(quick: bool):
     yield "bce_with_logits pos_weight (16, 1, 1024, 1024)", _binary_case((16, 1, 1024, 1024), *bce_l, pos_weight=True)
     yield "bce (4096, 2048)", _binary_case((4096, 2048), crossent.binary_cross_entropy, F.binary_cross_entropy, probs=True)
     yield "nll_loss (64, 10)", _nll_case((64, 10))
+    if big:
+        yield "nll_loss (2048, 32000)", _nll_case((2048, 32000))
     yield "linear_cross_entropy (64, 32) x 10", _linear_case(64, 32, 10)
     yield "linear_cross_entropy (512, 128) x 1000", _linear_case(512, 128, 1000)
     yield "linear_cross_entropy (1024, 128) x 4096", _linear_case(1024, 128, 4096)
