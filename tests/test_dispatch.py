@@ -403,3 +403,15 @@ def test_the_plain_small_linear_call_leaves_bad_arguments_to_the_checks(call, me
     x, w, t = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 4])
     with pytest.raises((ValueError, RuntimeError, TypeError), match=message):
         call(x, w, t)
+
+
+@pytest.mark.parametrize("where", ["linear_weight", "linear_bias", "target", "weight"])
+def test_the_plain_small_linear_call_names_a_tensor_on_another_device(where):
+    """A CPU input with one tensor on the meta device: torch would compute F.linear of a CPU input
+    and a meta weight silently; crossent names the tensor and the remedy."""
+    kw = dict(x=torch.randn(4, 3), linear_weight=torch.randn(5, 3), target=torch.tensor([0, 1, 2, 4]),
+              linear_bias=torch.randn(5), weight=torch.rand(5))
+    kw[where] = kw[where].to("meta")
+    with pytest.raises(ValueError, match=f"{where} is on meta but input is on cpu"):
+        crossent.linear_cross_entropy(kw["x"], kw["linear_weight"], kw["target"], linear_bias=kw["linear_bias"],
+                                      weight=kw["weight"])
