@@ -139,6 +139,8 @@ def rows(quick: bool):
     yield "cross_entropy (64, 10) float64", _ce_case((64, 10), dtype=torch.float64)
     yield "cross_entropy (512, 100)", _ce_case((512, 100))
     yield "cross_entropy (512, 100) float64", _ce_case((512, 100), dtype=torch.float64)
+    yield "cross_entropy (1024, 1000)", _ce_case((1024, 1000))  # (about the crossover)
+    yield "cross_entropy (2048, 1000)", _ce_case((2048, 1000))
     yield "cross_entropy (4096, 1000)", _ce_case((4096, 1000))
     if big:
         yield "cross_entropy (4096, 32000)", _ce_case((4096, 32000))
@@ -147,6 +149,8 @@ def rows(quick: bool):
         # few positions, many classes (a (B, V, T) layout): torch's amax over V is slow there
         yield "cross_entropy K-dim (8, 32000, 16)", _ce_case((8, 32000, 16))
     yield "cross_entropy K-dim (2, 32000, 16)", _ce_case((2, 32000, 16))
+    yield "cross_entropy K-dim (4, 16, 128, 128)", _ce_case((4, 16, 128, 128))
+    yield "cross_entropy K-dim (8, 16, 128, 128)", _ce_case((8, 16, 128, 128))
     yield "cross_entropy probs (512, 100)", _ce_case((512, 100), probs=True)
     yield "cross_entropy smoothing 0.1 + weights (4096, 1000)", _ce_case((4096, 1000), smoothing_weights=True)
     yield "cross_entropy ignore 1/4 (4096, 1000)", _ce_case((4096, 1000), ignore_quarter=True)

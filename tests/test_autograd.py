@@ -11,6 +11,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import crossent
 from crossent import Backend
+from crossent.backends.chunked import TORCH_MAX_NUMEL
 
 PATHS = [Backend.FUSED, Backend.TORCH, Backend.COMPOSITE, Backend.REFERENCE]
 
@@ -110,7 +111,8 @@ def test_linear_cross_entropy_gradcheck_and_gradgradcheck(path, opts):
 # ---------------------------------------------------------------- second order at fused sizes
 
 
-N, C = 2000, 500  # 1M logits: above TORCH_MAX_NUMEL, so the rule picks the fused kernels
+C = 500
+N = TORCH_MAX_NUMEL // C + 16  # logits just above TORCH_MAX_NUMEL, so the rule picks the fused kernels
 
 
 def _fused_size_problem(seed=0, dtype=torch.float32):

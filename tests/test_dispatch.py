@@ -15,6 +15,7 @@ def small_thresholds(monkeypatch):
     monkeypatch.setattr(_to_torch, "TORCH_MAX_NUMEL", 4096)
     monkeypatch.setattr(_to_torch, "TORCH_MAX_NUMEL_NO_GRAD", 16384)
     monkeypatch.setattr(_to_torch, "BINARY_TORCH_MAX_NUMEL", 4096)
+    monkeypatch.setattr(_to_torch, "KDIM_TORCH_MAX_NUMEL", 8192)
 
 
 @pytest.fixture
@@ -415,3 +416,20 @@ def test_the_plain_small_linear_call_names_a_tensor_on_another_device(where):
     with pytest.raises(ValueError, match=f"{where} is on meta but input is on cpu"):
         crossent.linear_cross_entropy(kw["x"], kw["linear_weight"], kw["target"], linear_bias=kw["linear_bias"],
                                       weight=kw["weight"])
+
+
+def test_k_dim_inputs_have_their_own_crossover(paths):
+    """(N, C, d1..dk) with a gradient: torch's kernel up to KDIM_TORCH_MAX_NUMEL (8192 here),
+    where a 2-D input of the same size is already fused; above it fused; log-probabilities'
+    leading dimensions are not K-dim."""
+    kdim = torch.randn(2, 12, 16, 16, requires_grad=True)  # 6144 elements
+    crossent.cross_entropy(kdim, torch.randint(0, 12, (2, 16, 16))).sum().backward()
+    assert paths == ["torch"]
+    del paths[:]
+    flat = torch.randn(512, 12, requires_grad=True)  # 6144 elements
+    crossent.cross_entropy(flat, torch.randint(0, 12, (512,))).backward()
+    assert paths == ["fused"]
+    del paths[:]
+    big = torch.randn(2, 12, 32, 32, requires_grad=True)  # 24576 elements
+    crossent.cross_entropy(big, torch.randint(0, 12, (2, 32, 32))).backward()
+    assert paths == ["fused"]

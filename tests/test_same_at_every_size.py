@@ -13,6 +13,7 @@ import torch.nn.functional as TF
 
 import crossent
 from crossent import Backend
+from crossent.backends.chunked import TORCH_MAX_NUMEL
 
 HAS_TORCH_LINEAR = hasattr(TF, "linear_cross_entropy")  # torch >= 2.13
 
@@ -31,8 +32,8 @@ def _torch_linear_cross_entropy(h, w, t, **kwargs):
 
 FORCED = [b for b in Backend if b is not Backend.TORCH]
 # (N, C): torch's kernel below the dispatch thresholds; crossent's kernels above them (with a
-# gradient: TORCH_MAX_NUMEL 786K elements, BINARY_TORCH_MAX_NUMEL 4.2M)
-SMALL, LARGE, LARGE_BINARY = (6, 5), (1024, 1000), (2100, 2048)
+# gradient: TORCH_MAX_NUMEL 1.57M elements, BINARY_TORCH_MAX_NUMEL 4.2M)
+SMALL, LARGE, LARGE_BINARY = (6, 5), (TORCH_MAX_NUMEL // 1000 + 16, 1000), (2100, 2048)
 
 
 def _outcome(call):

@@ -28,6 +28,7 @@ TORCH_MAX_NUMEL = _cpu.TORCH_MAX_NUMEL
 TORCH_MAX_NUMEL_NO_GRAD = _cpu.TORCH_MAX_NUMEL_NO_GRAD
 BINARY_TORCH_MAX_NUMEL = _cpu.BINARY_TORCH_MAX_NUMEL
 LINEAR_TORCH_MAX_LOGITS = _cpu.LINEAR_TORCH_MAX_LOGITS
+KDIM_TORCH_MAX_NUMEL = _cpu.KDIM_TORCH_MAX_NUMEL
 
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
@@ -35,16 +36,20 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 
-def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy") -> bool:
+def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy", *,
+            kdim_limit: int | None = None) -> bool:
     """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
-    gradient will be needed) on the CPU; off it, below the device's fused backend's threshold.
-    Ordered for the small call: one numel() and done."""
+    gradient will be needed; ``kdim_limit`` for an input of more than two dimensions, classes in
+    dim 1) on the CPU; off it, below the device's fused backend's threshold. Ordered for the small
+    call: one numel() and done."""
     n = input.numel()
     if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
         return True
     if not input.is_cpu:
         needs_grad = input.requires_grad and _grad_enabled()
         return n <= descriptor(fused_for(input.device)).torch_below(family, needs_grad, input.device)
+    if kdim_limit is not None and n <= kdim_limit and input.dim() > 2:
+        return True
     return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
 
 
@@ -59,7 +64,7 @@ def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_back
         return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
     if not isinstance(input, _Tensor):
         return False
-    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD, kdim_limit=KDIM_TORCH_MAX_NUMEL)
 
 
 def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
@@ -73,7 +78,7 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
         return f is Backend.TORCH
     if not isinstance(input, _Tensor):
         return False
-    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD)
+    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD, kdim_limit=KDIM_TORCH_MAX_NUMEL)
 
 
 def nll_loss_to_torch(input) -> bool:

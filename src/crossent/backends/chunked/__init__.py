@@ -16,11 +16,26 @@ from ..common import compute_dtype
 from . import binary_kernel, distill_kernel, kernel, log_prob_kernel, workers
 
 # Crossovers (elements of the input) below which torch's own kernel beats this backend on the CPU,
-# measured with benchmarks/bench_shapes.py. 2 threads, float32, fused/torch time (2026-11-23):
+# measured with benchmarks/bench_shapes.py. 2 threads, float32, fused/torch time (2026-11-23, the
+# AMD EPYC VM):
 #   forward+backward  0.52M elements 1.41, 1.05M 0.90, 2.05M 0.77, 16.4M 0.40
 #   forward only      8.2M 1.51, 16.4M 0.55, 32.8M 0.50
-TORCH_MAX_NUMEL = 3 << 18  # 786K
+# and forward+backward on the Intel Xeon VM (2026-12-05, `use_backend('fused')` against
+# F.cross_entropy, min of 9 interleaved rounds): (800, 1000) 1.26, (1024, 1000) 1.27, (512, 2000)
+# 1.31, (1536, 1000) 1.00, (2048, 1000) 0.59; K-dim (16, 64, 1024) 1.27, (4, 16, 128, 128) 2.13,
+# (2, 32000, 16) 1.08-1.31: torch's passes stay in this CPU's cache up to ~1.5M elements (its time
+# triples from 1.5M to 2M). The larger of the two machines' crossovers: below it crossent runs
+# torch's kernel, so it is never the slower one there, and above it the fused path won on both.
+TORCH_MAX_NUMEL = 3 << 19  # 1.57M
 TORCH_MAX_NUMEL_NO_GRAD = 3 << 22  # 12.6M
+# K-dimensional inputs (N, C, d1..dk) with a gradient: torch's softmax over C is one vectorized
+# pass along the positions there, the fused kernel's ~10 strided ops are not. Fused/torch on the
+# Intel VM (2026-12-05, min of 7): (8, 16, 128, 128) 2.1M 1.05, (8, 21, 128, 128) 2.8M 1.56,
+# (4, 150, 64, 64) 2.5M 1.52, (8, 4, 256, 256) 2.1M 2.2; (12, 16, 128, 128) 3.1M 0.57,
+# (12, 21, 128, 128) 4.1M 0.91, (16, 16, 128, 128) 4.2M 0.51, (8, 150, 64, 64) 4.9M 0.65,
+# (16, 21, 128, 128) 5.5M 0.50-0.90. Four classes stay slower further: (16, 4, 256, 256) 4.2M
+# 1.52, (32, 4, 256, 256) 8.4M 1.05.
+KDIM_TORCH_MAX_NUMEL = 1 << 22  # 4.2M
 BINARY_TORCH_MAX_NUMEL = 1 << 22  # BCE-with-logits fused/torch: 0.41M 1.16, 1.05M 1.18, 4.2M 0.96
 # linear_cross_entropy: at most this many logits (N * V) on the CPU, the composition F.linear +
 # cross_entropy (its logits, 4 MiB in float32, are then smaller than the one 16 MiB chunk the fused
