@@ -19,7 +19,6 @@ from ._backends import Backend, descriptor, forced, fused_for
 
 _cpu = _backends.backend(Backend.FUSED)
 _torch_kernels = _backends.backend(Backend.TORCH)
-SERIAL_REDUCTION = _torch_kernels.SERIAL_REDUCTION
 # torch's cross-entropy kernel and what its arguments need, for `plain_linear_cross_entropy_on_torch`
 _ce_kernel, _REDUCTION_ENUM = _torch_kernels.CE_KERNEL, _torch_kernels.REDUCTION_ENUM
 _has_torch_function = _torch_kernels.has_torch_function
