@@ -433,3 +433,11 @@ def test_k_dim_inputs_have_their_own_crossover(paths):
     big = torch.randn(2, 12, 32, 32, requires_grad=True)  # 24576 elements
     crossent.cross_entropy(big, torch.randint(0, 12, (2, 32, 32))).backward()
     assert paths == ["fused"]
+
+
+def test_k_dim_inputs_of_at_most_four_classes_take_torchs_kernel_at_every_size(paths):
+    for c, expected in ((2, "torch"), (4, "torch"), (5, "fused")):
+        del paths[:]
+        x = torch.randn(2, c, 64, 64, requires_grad=True)  # above every pinned threshold
+        crossent.cross_entropy(x, torch.randint(0, c, (2, 64, 64))).backward()
+        assert paths == [expected], c

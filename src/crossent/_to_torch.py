@@ -28,6 +28,7 @@ TORCH_MAX_NUMEL_NO_GRAD = _cpu.TORCH_MAX_NUMEL_NO_GRAD
 BINARY_TORCH_MAX_NUMEL = _cpu.BINARY_TORCH_MAX_NUMEL
 LINEAR_TORCH_MAX_LOGITS = _cpu.LINEAR_TORCH_MAX_LOGITS
 KDIM_TORCH_MAX_NUMEL = _cpu.KDIM_TORCH_MAX_NUMEL
+KDIM_TORCH_ANY_SIZE_CLASSES = _cpu.KDIM_TORCH_ANY_SIZE_CLASSES
 
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
@@ -39,7 +40,7 @@ def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy"
             kdim_limit: int | None = None) -> bool:
     """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
     gradient will be needed; ``kdim_limit`` for an input of more than two dimensions, classes in
-    dim 1) on the CPU; off it, below the device's fused backend's threshold. Ordered for the small
+    dim 1, and any size with at most KDIM_TORCH_ANY_SIZE_CLASSES classes) on the CPU; off it, below the device's fused backend's threshold. Ordered for the small
     call: one numel() and done."""
     n = input.numel()
     if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
@@ -47,7 +48,7 @@ def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy"
     if not input.is_cpu:
         needs_grad = input.requires_grad and _grad_enabled()
         return n <= descriptor(fused_for(input.device)).torch_below(family, needs_grad, input.device)
-    if kdim_limit is not None and n <= kdim_limit and input.dim() > 2:
+    if kdim_limit is not None and input.dim() > 2 and (n <= kdim_limit or input.shape[1] <= KDIM_TORCH_ANY_SIZE_CLASSES):
         return True
     return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
 

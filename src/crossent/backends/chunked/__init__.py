@@ -33,9 +33,13 @@ TORCH_MAX_NUMEL_NO_GRAD = 3 << 22  # 12.6M
 # Intel VM (2026-12-05, min of 7): (8, 16, 128, 128) 2.1M 1.05, (8, 21, 128, 128) 2.8M 1.56,
 # (4, 150, 64, 64) 2.5M 1.52, (8, 4, 256, 256) 2.1M 2.2; (12, 16, 128, 128) 3.1M 0.57,
 # (12, 21, 128, 128) 4.1M 0.91, (16, 16, 128, 128) 4.2M 0.51, (8, 150, 64, 64) 4.9M 0.65,
-# (16, 21, 128, 128) 5.5M 0.50-0.90. Four classes stay slower further: (16, 4, 256, 256) 4.2M
-# 1.52, (32, 4, 256, 256) 8.4M 1.05.
+# (16, 21, 128, 128) 5.5M 0.50-0.90.
 KDIM_TORCH_MAX_NUMEL = 1 << 22  # 4.2M
+# ... and at every size for K-dim inputs of at most this many classes, where the fused kernel lost
+# at every size measured: (32, 2, 256, 256) 4.2M 2.6; (8, 4, 256, 256) 2.1M 2.2, (16, 4, 256, 256)
+# 4.2M 1.52, (32, 4, 256, 256) 8.4M 1.05, (64, 4, 256, 256) 16.8M 1.10 (eight classes: 8.4M 1.03,
+# 16.8M 0.59).
+KDIM_TORCH_ANY_SIZE_CLASSES = 4
 BINARY_TORCH_MAX_NUMEL = 1 << 22  # BCE-with-logits fused/torch: 0.41M 1.16, 1.05M 1.18, 4.2M 0.96
 # linear_cross_entropy: at most this many logits (N * V) on the CPU, the composition F.linear +
 # cross_entropy (its logits, 4 MiB in float32, are then smaller than the one 16 MiB chunk the fused
