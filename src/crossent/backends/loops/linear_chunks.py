@@ -188,15 +188,28 @@ def chunk_loop(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, kernels: Ro
            ``add_x``), and the first chunk writes grad_W and grad_b (no zero-fill pass), later
            chunks add to them.
     """
-    n, d = x.shape
+    chunk = chunk_for(x, weight, tg, opts, chunk_rows_, kernels, want_w=grads[1] is not None)
+    return run_chunks(x, weight, bias, chunk, chunk_rows_, grads, ce_step(tg, opts, kernels, chunk, scale),
+                      add_x=add_x)
+
+
+def chunk_for(x, weight, tg: rows.Targets, opts, chunk_rows_, kernels: RowKernels, *, want_w) -> Chunk:
+    """The reused buffers of a cross-entropy pass over x (N, D) in chunks of ``chunk_rows_`` rows:
+    row-major logits for probability targets or where the backend asks for them."""
     row_major = tg.probs is not None or kernels.row_major_logits
-    chunk = Chunk(max(1, min(chunk_rows_, n)), weight.shape[0], d, x, opts, kernels, row_major, grads[1] is not None)
+    return Chunk(max(1, min(chunk_rows_, x.shape[0])), weight.shape[0], x.shape[1], x, opts, kernels, row_major,
+                 want_w)
+
+
+def ce_step(tg: rows.Targets, opts, kernels: RowKernels, chunk: Chunk, scale):
+    """`run_chunks`' step for cross-entropy: the backend's ce_chunk over a chunk's logits, the
+    rows' targets and gradient scale (`scale_rows`), in ``chunk``'s buffers."""
 
     def step(z, sl, grad):
         return kernels.ce_chunk(z, tg.rows(sl), opts, grad=grad, scale=scale_rows(scale, sl),
                                 buffers=chunk.buffers, x_is_scratch=True)[0]
 
-    return run_chunks(x, weight, bias, chunk, chunk_rows_, grads, step, add_x=add_x)
+    return step
 
 
 def scale_rows(scale, sl: slice):

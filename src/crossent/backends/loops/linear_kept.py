@@ -19,7 +19,7 @@ import torch
 from .. import rows
 from ..common import compute_dtype
 from .kernels import RowKernels
-from .linear_chunks import Chunk, run_chunks
+from .linear_chunks import ce_step, chunk_for, run_chunks
 
 
 def keeps_last_chunk(problem, x) -> bool:
@@ -33,34 +33,28 @@ def chunk_loop_keeping_last(x, weight, bias, tg: rows.Targets, opts, chunk_rows_
     """Forward of reduction 'none': every chunk's losses, and the last chunk's G = dl/dZ (scale 1)
     left in its buffer. Returns (losses (N,), kept) for `backward_with_kept` (None when N = 0)."""
     n = x.shape[0]
-    chunk = _chunk_for(x, weight, tg, opts, chunk_rows_, kernels, want_w)
-    last = ((n - 1) // chunk_rows_) * chunk_rows_ if n else 0
-
-    def step(z, sl, grad):
-        return kernels.ce_chunk(z, tg.rows(sl), opts, grad=grad, scale=1.0, buffers=chunk.buffers,
-                                x_is_scratch=True)[0]
-
+    chunk = chunk_for(x, weight, tg, opts, chunk_rows_, kernels, want_w=want_w)
+    step = ce_step(tg, opts, kernels, chunk, 1.0)
+    last = _last_start(n, chunk_rows_)
     losses = run_chunks(x, weight, bias, chunk, chunk_rows_, (None, None, None), step, stop=last)
     if n == 0:
         return losses, None
-    kept, losses[last:] = _last_chunk_gradient(x, weight, bias, tg, opts, chunk_rows_, kernels, chunk)
-    return losses, kept
+    kept = _last_chunk_gradient(x, weight, bias, step, chunk, last)
+    losses[last:] = kept[3]
+    return losses, kept[:3]
 
 
-def _chunk_for(x, weight, tg, opts, chunk_rows_, kernels, want_w) -> Chunk:
-    row_major = tg.probs is not None or kernels.row_major_logits
-    return Chunk(max(1, min(chunk_rows_, x.shape[0])), weight.shape[0], x.shape[1], x, opts, kernels, row_major,
-                 want_w)
+def _last_start(n: int, chunk_rows_: int) -> int:
+    """The first row of the last chunk of ``run_chunks``' pass over n rows."""
+    return ((n - 1) // chunk_rows_) * chunk_rows_ if n else 0
 
 
-def _last_chunk_gradient(x, weight, bias, tg, opts, chunk_rows_, kernels, chunk):
-    """((chunk, rows, G), losses): the last chunk's logits and their unscaled gradient G (r, V),
-    in ``chunk``'s buffer."""
-    n = x.shape[0]
-    sl = slice(((n - 1) // chunk_rows_) * chunk_rows_, n)
+def _last_chunk_gradient(x, weight, bias, step, chunk, start):
+    """(chunk, rows, G, losses): the logits of rows ``start:`` and their unscaled gradient G (r, V)
+    in ``chunk``'s buffer, by ``step`` with scale 1."""
+    sl = slice(start, x.shape[0])
     z = chunk.logits(x[sl], weight, bias)
-    losses = kernels.ce_chunk(z, tg.rows(sl), opts, grad=z, scale=1.0, buffers=chunk.buffers, x_is_scratch=True)[0]
-    return (chunk, sl, z), losses
+    return chunk, sl, z, step(z, sl, z)
 
 
 def backward_with_kept(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, kernels: RowKernels, kept, *,
@@ -71,18 +65,15 @@ def backward_with_kept(x, weight, bias, tg: rows.Targets, opts, chunk_rows_, ker
     ``kept`` None (a repeated backward: the first one released it): the last chunk's G is
     recomputed first, as forward made it, so every backward gives the same bits."""
     if kept is None:
-        chunk = _chunk_for(x, weight, tg, opts, chunk_rows_, kernels, grads[1] is not None)
-        kept = _last_chunk_gradient(x, weight, bias, tg, opts, chunk_rows_, kernels, chunk)[0]
+        chunk = chunk_for(x, weight, tg, opts, chunk_rows_, kernels, want_w=grads[1] is not None)
+        start = _last_start(x.shape[0], chunk_rows_)
+        kept = _last_chunk_gradient(x, weight, bias, ce_step(tg, opts, kernels, chunk, 1.0), chunk, start)[:3]
     chunk, sl, g = kept
     kept_chunk_gradients(g, x[sl], weight, sl, grads, scale[sl])
     if sl.start == 0:
         return
-
-    def step(z, rows_, grad):
-        return kernels.ce_chunk(z, tg.rows(rows_), opts, grad=grad, scale=scale[rows_], buffers=chunk.buffers,
-                                x_is_scratch=True)[0]
-
-    run_chunks(x, weight, bias, chunk, chunk_rows_, grads, step, stop=sl.start, written=True)
+    run_chunks(x, weight, bias, chunk, chunk_rows_, grads, ce_step(tg, opts, kernels, chunk, scale),
+               stop=sl.start, written=True)
 
 
 def kept_chunk_gradients(g, xc, weight, rows_, grads, s):
