@@ -35,20 +35,19 @@ _grad_enabled = torch.is_grad_enabled
 _HALF = (torch.float16, torch.bfloat16)
 
 
-
-def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy", *,
-            kdim_limit: int | None = None) -> bool:
+def by_size(input, limit: int, limit_no_grad: int, family: str = "cross_entropy", *, k_dim: bool = False) -> bool:
     """Rule 2's size test: torch's kernel at most ``limit`` elements (``limit_no_grad`` when no
-    gradient will be needed; ``kdim_limit`` for an input of more than two dimensions, classes in
-    dim 1, and any size with at most KDIM_TORCH_ANY_SIZE_CLASSES classes) on the CPU; off it, below the device's fused backend's threshold. Ordered for the small
-    call: one numel() and done."""
+    gradient will be needed; with ``k_dim``, an input of more than two dimensions with its classes
+    in dim 1, KDIM_TORCH_MAX_NUMEL, or any size with at most KDIM_TORCH_ANY_SIZE_CLASSES classes) on
+    the CPU; off it, below the device's fused backend's threshold. Ordered for the small call: one
+    numel() and done."""
     n = input.numel()
     if n <= limit:  # (small enough either way: the device and gradient questions cost calls)
         return True
     if not input.is_cpu:
         needs_grad = input.requires_grad and _grad_enabled()
         return n <= descriptor(fused_for(input.device)).torch_below(family, needs_grad, input.device)
-    if kdim_limit is not None and input.dim() > 2 and (n <= kdim_limit or input.shape[1] <= KDIM_TORCH_ANY_SIZE_CLASSES):
+    if k_dim and input.dim() > 2 and (n <= KDIM_TORCH_MAX_NUMEL or input.shape[1] <= KDIM_TORCH_ANY_SIZE_CLASSES):
         return True
     return n <= limit_no_grad and not (input.requires_grad and _grad_enabled())
 
@@ -62,9 +61,7 @@ def cross_entropy_to_torch(input, label_smoothing, z_loss, softcap, inplace_back
     if (z_loss or inplace_backward or softcap is not None or dtype is not None or _forced.active
             or _backends.ENV_BACKEND or not 0.0 <= label_smoothing <= 1.0):
         return _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype)
-    if not isinstance(input, _Tensor):
-        return False
-    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD, kdim_limit=KDIM_TORCH_MAX_NUMEL)
+    return isinstance(input, _Tensor) and by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD, k_dim=True)
 
 
 def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, inplace_backward, dtype) -> bool:
@@ -76,9 +73,7 @@ def _cross_entropy_to_torch_otherwise(input, label_smoothing, z_loss, softcap, i
         return False
     if (_forced.active or _backends.ENV_BACKEND) and (f := forced()) is not None:
         return f is Backend.TORCH
-    if not isinstance(input, _Tensor):
-        return False
-    return by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD, kdim_limit=KDIM_TORCH_MAX_NUMEL)
+    return isinstance(input, _Tensor) and by_size(input, TORCH_MAX_NUMEL, TORCH_MAX_NUMEL_NO_GRAD, k_dim=True)
 
 
 def nll_loss_to_torch(input) -> bool:
