@@ -26,17 +26,18 @@ def _bce_chunk(x, y, w, pw, logits: bool, grad):
     0.83x without (bench_shapes' `bce_with_logits (4096, 2048)`)."""
     acc = compute_dtype(x.dtype)
     x, y = x.to(acc), y.to(acc)
+    # the input's gradient straight into ``grad`` (logits only: the probabilities' formula has no
+    # in-place form here)
+    direct = logits and grad is not None and grad.dtype == acc and grad.is_contiguous()
     with torch.no_grad():  # (explicit gradients; the chunk never needs a graph)
         if logits:
             pwa = pw.to(acc) if pw is not None else None
             loss = rows.bce_with_logits(x, y, pwa)
             if grad is not None:
-                direct = grad.dtype == acc and grad.is_contiguous()
                 d = rows.bce_with_logits_input_grad(x, y, pwa, out=grad if direct else None)
         else:
             loss = rows.bce(x, y)[0]
             if grad is not None:
-                direct = False
                 d = rows.bce_input_grad(x, y)
         if w is not None:
             wa = w.to(acc)
