@@ -308,12 +308,6 @@ def bce_with_logits(x, y, pos_weight=None):
     return loss.masked_fill_(neg_inf, float("nan"))
 
 
-def bce_with_logits_grads(x, y, pos_weight=None):
-    """(dl/dx, dl/dy) per element, before the weight."""
-    gy = softplus(-x) - softplus(x) if pos_weight is None else pos_weight * softplus(-x) - softplus(x)
-    return bce_with_logits_input_grad(x, y, pos_weight), gy
-
-
 def bce_with_logits_input_grad(x, y, pos_weight=None, *, out=None):
     """dl/dx per element, before the weight: sigmoid(x) - y, or sigmoid(x) (1 + (pw - 1) y) - pw y
     (into ``out`` where given: two passes and no temporary without pos_weight)."""

@@ -19,8 +19,8 @@ def _row_chunks(x: torch.Tensor):
 def _bce_chunk(x, y, w, pw, logits: bool, grad):
     """The chunk's per-element losses (compute dtype); its input gradient written into ``grad``
     (in place where grad is in the compute dtype and contiguous, else through a temporary). Only
-    the input's gradient is computed: the target's (`rows.bce_with_logits_grads`' second part,
-    two more softplus) is the composite backend's. Forward+backward of bce_with_logits at
+    the input's gradient is computed: the target's (two more softplus) is the composite
+    backend's, through autograd. Forward+backward of bce_with_logits at
     4096 x 2048 float32 (8 chunks, the Intel VM): 1.5-2.0x torch's time when the chunk also
     computed the target's gradient, copied the input's and took softplus through two negations;
     0.83x without (bench_shapes' `bce_with_logits (4096, 2048)`)."""
